@@ -1,0 +1,265 @@
+//! Messages over a ring pair: a [`Sender`] on one ring and a [`Receiver`]
+//! on the other, sharing the segment's slot pool.
+//!
+//! A message of `len` bytes goes inline when `8 + len` is within the
+//! inline threshold, otherwise into the smallest slot that holds
+//! `4 + len` bytes (u32 LE length prefix, then the payload), announced by a
+//! 20-byte slot-ref frame; the receiver frees the slot when done. This is
+//! vox-shm 0.3.1's transport convention.
+
+use crate::error::ProtocolError;
+use crate::frame::{self, Frame, SlotRef};
+use crate::layout::SegmentLayout;
+use crate::ring::{Consumer, Producer};
+use crate::slot_pool::{AllocError, SlotPool};
+
+/// Why a message was not sent. Nothing was consumed: retry `Full` and
+/// `Exhausted` later.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendError {
+    /// The ring has no room for the frame now.
+    Full,
+    /// No slot large enough is free now.
+    Exhausted,
+    /// Larger than the largest slot can carry.
+    TooLarge { len: usize, max: u32 },
+    /// The other side broke the protocol.
+    Protocol(ProtocolError),
+}
+
+impl core::fmt::Display for SendError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Full => f.write_str("ring full"),
+            Self::Exhausted => f.write_str("no free slot large enough"),
+            Self::TooLarge { len, max } => {
+                write!(
+                    f,
+                    "message of {len} bytes exceeds the largest slot payload of {max} bytes"
+                )
+            }
+            Self::Protocol(e) => e.fmt(f),
+        }
+    }
+}
+
+impl core::error::Error for SendError {}
+
+impl From<ProtocolError> for SendError {
+    fn from(e: ProtocolError) -> Self {
+        Self::Protocol(e)
+    }
+}
+
+/// The sending end of a channel.
+pub struct Sender {
+    producer: Producer,
+    pool: SlotPool,
+    owner: u8,
+    max_inline: u32,
+    max_slot: u32,
+}
+
+impl Sender {
+    /// A sender writing into `producer`'s ring, allocating slots in `pool`
+    /// as peer `owner`, with limits from `layout`.
+    pub fn new(producer: Producer, pool: SlotPool, owner: u8, layout: &SegmentLayout) -> Self {
+        let max_inline = layout.max_inline_payload();
+        Sender {
+            producer,
+            pool,
+            owner,
+            max_inline,
+            max_slot: layout.max_slot_payload(),
+        }
+    }
+
+    /// Largest payload sent inline.
+    pub fn max_inline(&self) -> u32 {
+        self.max_inline
+    }
+
+    /// Largest payload at all.
+    pub fn max_payload(&self) -> u32 {
+        self.max_slot.max(self.max_inline)
+    }
+
+    /// Sends a copy of `payload`.
+    pub fn send(&mut self, payload: &[u8]) -> Result<(), SendError> {
+        self.send_with(payload.len(), |buf| buf.copy_from_slice(payload))
+    }
+
+    /// Sends `len` bytes written in place by `fill`, inline or in a slot:
+    /// `fill` gets exactly `len` bytes of ring or slot memory. Not called
+    /// when the message can not be sent now.
+    pub fn send_with(&mut self, len: usize, fill: impl FnOnce(&mut [u8])) -> Result<(), SendError> {
+        if len <= self.max_inline as usize {
+            let len32 = len as u32;
+            let total = frame::inline_frame_len(len32);
+            let Some(mut grant) = self.producer.grant(total)? else {
+                return Err(SendError::Full);
+            };
+            let [w0, w1] = frame::inline_header_words(len as u16);
+            grant.put_word(0, w0);
+            grant.put_word(4, w1);
+            let bytes = grant.as_mut_slice();
+            let (payload, padding) = bytes[frame::FRAME_HEADER_SIZE as usize..].split_at_mut(len);
+            fill(payload);
+            padding.fill(0);
+            grant.commit(total);
+            return Ok(());
+        }
+        let Ok(len32) = u32::try_from(len) else {
+            return Err(SendError::TooLarge {
+                len,
+                max: self.max_slot,
+            });
+        };
+        // Room in the ring first, so that a full ring never holds a slot.
+        let Some(mut grant) = self.producer.grant(frame::SLOT_REF_FRAME_SIZE)? else {
+            return Err(SendError::Full);
+        };
+        let slot = match self.pool.allocate(len32, self.owner) {
+            Ok(s) => s,
+            Err(AllocError::Exhausted) => return Err(SendError::Exhausted),
+            Err(AllocError::TooLarge { max, .. }) => return Err(SendError::TooLarge { len, max }),
+            Err(AllocError::Corrupt(e)) => return Err(SendError::Protocol(e.into())),
+        };
+        // SAFETY: we just allocated `slot` and have not sent it.
+        let area = unsafe { self.pool.payload_area_mut(&slot) }.map_err(ProtocolError::from)?;
+        fill(&mut area[..len]);
+        self.pool
+            .set_payload_len(&slot, len32)
+            .map_err(ProtocolError::from)?;
+        for (i, w) in frame::slot_ref_words(&slot).into_iter().enumerate() {
+            grant.put_word(4 * i as u32, w);
+        }
+        grant.commit(frame::SLOT_REF_FRAME_SIZE);
+        Ok(())
+    }
+}
+
+/// The receiving end of a channel.
+pub struct Receiver {
+    consumer: Consumer,
+    pool: SlotPool,
+    /// An error met while dropping a message, reported by the next call.
+    deferred: Option<ProtocolError>,
+}
+
+/// Where a received message's bytes are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Location {
+    /// In the ring; the frame takes `frame_len` ring bytes.
+    Inline { frame_len: u32 },
+    /// In a slot, freed when the message is dropped.
+    Slot(SlotRef),
+}
+
+/// A received message, borrowed in place. Dropping it gives the ring bytes
+/// or the slot back.
+pub struct Message<'a> {
+    receiver: &'a mut Receiver,
+    location: Location,
+    ptr: *const u8,
+    len: u32,
+}
+
+impl Receiver {
+    /// A receiver reading `consumer`'s ring and freeing slots of `pool`.
+    pub fn new(consumer: Consumer, pool: SlotPool) -> Self {
+        Receiver {
+            consumer,
+            pool,
+            deferred: None,
+        }
+    }
+
+    /// The next message, or `None` when the ring is empty.
+    pub fn try_recv(&mut self) -> Result<Option<Message<'_>>, ProtocolError> {
+        if let Some(e) = self.deferred.take() {
+            return Err(e);
+        }
+        let Some(parsed) = self.consumer.peek_frame()? else {
+            return Ok(None);
+        };
+        match parsed.frame {
+            Frame::Inline { offset, len } => {
+                let ptr = self.consumer.data_ptr(offset);
+                Ok(Some(Message {
+                    receiver: self,
+                    location: Location::Inline {
+                        frame_len: parsed.total_len,
+                    },
+                    ptr,
+                    len,
+                }))
+            }
+            Frame::SlotRef(slot) => {
+                let (ptr, len) = self.pool.payload(&slot)?;
+                // The reference is copied; the frame's ring bytes can go.
+                self.consumer.release(parsed.total_len);
+                Ok(Some(Message {
+                    receiver: self,
+                    location: Location::Slot(slot),
+                    ptr,
+                    len,
+                }))
+            }
+            Frame::MmapRef(m) => Err(ProtocolError::MmapRefUnsupported {
+                map_id: m.map_id,
+                payload_len: m.payload_len,
+            }),
+        }
+    }
+
+    /// Whether nothing is waiting (reloads the sender's cursor).
+    pub fn is_empty(&mut self) -> Result<bool, ProtocolError> {
+        self.consumer.is_empty()
+    }
+}
+
+impl Message<'_> {
+    /// Payload length.
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Where the bytes are.
+    pub fn location(&self) -> Location {
+        self.location
+    }
+
+    /// The payload, in place in shared memory. Its bounds were checked;
+    /// its contents are whatever the sender wrote, and a sender that breaks
+    /// the protocol may still be changing them, so parse it once.
+    pub fn as_bytes(&self) -> &[u8] {
+        // SAFETY: `ptr..ptr+len` was bounds-checked against the ring or the
+        // slot when the message was parsed, and stays reserved for us
+        // until this message is dropped.
+        unsafe { core::slice::from_raw_parts(self.ptr, self.len as usize) }
+    }
+
+    /// Pointer to the payload.
+    pub fn as_ptr(&self) -> *const u8 {
+        self.ptr
+    }
+}
+
+impl Drop for Message<'_> {
+    fn drop(&mut self) {
+        match self.location {
+            Location::Inline { frame_len } => self.receiver.consumer.release(frame_len),
+            Location::Slot(slot) => {
+                if let Err(e) = self.receiver.pool.free(slot) {
+                    self.receiver.deferred = Some(e.into());
+                }
+            }
+        }
+    }
+}

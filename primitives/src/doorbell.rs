@@ -1,0 +1,112 @@
+//! The doorbell words: an eventcount per direction, kept in a peer entry's
+//! reserved bytes (shmrt's one extension of the format).
+//!
+//! The protocol (after Vyukov's eventcount):
+//!
+//! * ring: make the condition true (commit a frame, Release), then
+//!   [`Doorbell::ring`] bumps `seq`; only if a waiter is registered does the
+//!   caller issue a wake (a futex wake on `seq`, or the host import). A peer
+//!   that is not parked costs no syscall.
+//! * wait: [`Doorbell::prepare_wait`] registers and returns the sequence;
+//!   the caller re-checks its condition; if still false it sleeps while
+//!   `seq` equals that value (futex wait, with a timeout), then calls
+//!   [`Doorbell::finish_wait`].
+//!
+//! Both `ring` and `prepare_wait` are SeqCst read-modify-writes followed by
+//! SeqCst loads (SYNC POINT "doorbell"): in the single total order either
+//! the ringer sees the registered waiter, or the waiter's sequence load sees
+//! the bump (and through it the condition), so no wake-up is lost.
+//!
+//! The words are hints to the party that reads them: a hostile peer can at
+//! worst cause spurious wake-ups or make its own waits time out, so the
+//! host always waits with a timeout.
+//!
+//! This module has no syscalls: parking is the runtime's or the SDK's.
+
+use core::mem::{offset_of, size_of};
+use core::sync::atomic::{AtomicU32, Ordering};
+
+/// One direction's eventcount: 8 bytes.
+#[repr(C)]
+pub struct Doorbell {
+    /// Bumped on every ring; the futex word.
+    pub seq: AtomicU32,
+    /// Number of parties between `prepare_wait` and `finish_wait`.
+    pub waiters: AtomicU32,
+}
+
+const _: () = {
+    assert!(size_of::<Doorbell>() == 8);
+    assert!(offset_of!(Doorbell, seq) == 0);
+    assert!(offset_of!(Doorbell, waiters) == 4);
+};
+
+impl Doorbell {
+    /// Bumps the sequence; returns whether a waiter is registered and a
+    /// wake is needed.
+    #[inline]
+    pub fn ring(&self) -> bool {
+        self.seq.fetch_add(1, Ordering::SeqCst);
+        self.waiters.load(Ordering::SeqCst) != 0
+    }
+
+    /// Registers a waiter and returns the sequence to sleep on. The caller
+    /// must re-check its condition after this and call
+    /// [`Self::finish_wait`] whatever happens next.
+    #[inline]
+    pub fn prepare_wait(&self) -> u32 {
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        self.seq.load(Ordering::SeqCst)
+    }
+
+    /// Deregisters a waiter.
+    #[inline]
+    pub fn finish_wait(&self) {
+        // A hostile peer may have zeroed the count; never wrap below zero.
+        let _ = self
+            .waiters
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| w.checked_sub(1));
+    }
+
+    /// The current sequence.
+    #[inline]
+    pub fn sequence(&self) -> u32 {
+        self.seq.load(Ordering::Acquire)
+    }
+
+    /// Pointer to the futex word.
+    #[inline]
+    pub fn futex_word(&self) -> &AtomicU32 {
+        &self.seq
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_reports_waiters_only_when_registered() {
+        let d = Doorbell {
+            seq: AtomicU32::new(0),
+            waiters: AtomicU32::new(0),
+        };
+        assert!(!d.ring());
+        let seq = d.prepare_wait();
+        assert_eq!(seq, 1);
+        assert!(d.ring());
+        assert_ne!(
+            d.sequence(),
+            seq,
+            "a ring after prepare_wait changes the sequence"
+        );
+        d.finish_wait();
+        assert!(!d.ring());
+        d.finish_wait();
+        assert_eq!(
+            d.waiters.load(Ordering::Relaxed),
+            0,
+            "never wraps below zero"
+        );
+    }
+}

@@ -1,0 +1,244 @@
+//! One 64-byte peer table entry per guest.
+//!
+//! ```text
+//! [0..4)   state (0 Empty, 1 Attached, 2 Goodbye, 3 Reserved)
+//! [4..8)   epoch: bumped on every attach or reserve
+//! [8..16)  last_heartbeat, monotonic ns
+//! [16..24) ring_offset: this guest's G2H ring; H2G follows one stride later
+//! [24..64) reserved in the format; shmrt keeps its doorbells here:
+//!          [24..32) G2H doorbell (guest rings, host waits)
+//!          [32..40) H2G doorbell (host rings, guest waits)
+//! ```
+//!
+//! The guest id is `1 + index`; the host is peer 0.
+
+use core::mem::{offset_of, size_of};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use crate::doorbell::Doorbell;
+
+/// The states of a peer entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum PeerState {
+    /// Free for a new guest.
+    Empty = 0,
+    /// A guest is attached.
+    Attached = 1,
+    /// The guest is leaving or has crashed.
+    Goodbye = 2,
+    /// The host reserved it for a guest about to attach.
+    Reserved = 3,
+}
+
+impl PeerState {
+    /// Decodes a state word; `None` for anything else.
+    pub fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            0 => Self::Empty,
+            1 => Self::Attached,
+            2 => Self::Goodbye,
+            3 => Self::Reserved,
+            _ => return None,
+        })
+    }
+
+    /// The state's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Empty => "Empty",
+            Self::Attached => "Attached",
+            Self::Goodbye => "Goodbye",
+            Self::Reserved => "Reserved",
+        }
+    }
+}
+
+/// A peer table entry as it sits in shared memory.
+#[repr(C)]
+pub struct PeerEntry {
+    /// A [`PeerState`] word.
+    pub state: AtomicU32,
+    /// Attach counter.
+    pub epoch: AtomicU32,
+    /// Last heartbeat, monotonic ns.
+    pub last_heartbeat: AtomicU64,
+    /// Offset of this guest's G2H ring.
+    pub ring_offset: AtomicU64,
+    /// Guest-to-host doorbell (format-reserved bytes).
+    pub g2h_doorbell: Doorbell,
+    /// Host-to-guest doorbell (format-reserved bytes).
+    pub h2g_doorbell: Doorbell,
+    reserved: [AtomicU32; 6],
+}
+
+const _: () = {
+    assert!(size_of::<PeerEntry>() == 64);
+    assert!(offset_of!(PeerEntry, state) == 0);
+    assert!(offset_of!(PeerEntry, epoch) == 4);
+    assert!(offset_of!(PeerEntry, last_heartbeat) == 8);
+    assert!(offset_of!(PeerEntry, ring_offset) == 16);
+    assert!(offset_of!(PeerEntry, g2h_doorbell) == 24);
+    assert!(offset_of!(PeerEntry, h2g_doorbell) == 32);
+};
+
+/// The state word held something other than what a transition needed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StateMismatch {
+    /// The raw state word found.
+    pub found: u32,
+}
+
+impl core::fmt::Display for StateMismatch {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match PeerState::from_u32(self.found) {
+            Some(s) => write!(f, "peer entry is {}", s.name()),
+            None => write!(f, "peer entry state word is {} (not a state)", self.found),
+        }
+    }
+}
+
+impl core::error::Error for StateMismatch {}
+
+impl PeerEntry {
+    pub(crate) fn init(&self, ring_offset: u64) {
+        // Relaxed: published by the header's magic (SYNC POINT "magic").
+        self.state.store(PeerState::Empty as u32, Ordering::Relaxed);
+        self.epoch.store(0, Ordering::Relaxed);
+        self.last_heartbeat.store(0, Ordering::Relaxed);
+        self.ring_offset.store(ring_offset, Ordering::Relaxed);
+        for d in [&self.g2h_doorbell, &self.h2g_doorbell] {
+            d.seq.store(0, Ordering::Relaxed);
+            d.waiters.store(0, Ordering::Relaxed);
+        }
+        for w in &self.reserved {
+            w.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// The state, or `None` when the word holds no state.
+    pub fn state(&self) -> Option<PeerState> {
+        PeerState::from_u32(self.state.load(Ordering::Acquire))
+    }
+
+    /// The epoch.
+    pub fn epoch(&self) -> u32 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    fn transition(&self, from: PeerState, to: PeerState) -> Result<(), StateMismatch> {
+        // AcqRel: a successful transition publishes what was done before it
+        // and sees what the previous owner did (SYNC POINT "peer state").
+        self.state
+            .compare_exchange(from as u32, to as u32, Ordering::AcqRel, Ordering::Acquire)
+            .map(|_| ())
+            .map_err(|found| StateMismatch { found })
+    }
+
+    /// Empty -> Reserved, bumping the epoch; returns the new epoch.
+    pub fn try_reserve(&self) -> Result<u32, StateMismatch> {
+        self.transition(PeerState::Empty, PeerState::Reserved)?;
+        Ok(self.epoch.fetch_add(1, Ordering::AcqRel).wrapping_add(1))
+    }
+
+    /// Empty -> Attached, bumping the epoch; returns the new epoch.
+    pub fn try_attach(&self) -> Result<u32, StateMismatch> {
+        self.transition(PeerState::Empty, PeerState::Attached)?;
+        Ok(self.epoch.fetch_add(1, Ordering::AcqRel).wrapping_add(1))
+    }
+
+    /// Reserved -> Attached (the reserved guest claims its entry).
+    pub fn try_claim_reserved(&self) -> Result<(), StateMismatch> {
+        self.transition(PeerState::Reserved, PeerState::Attached)
+    }
+
+    /// Reserved -> Empty (a spawn failed before the guest claimed it).
+    pub fn release_reserved(&self) -> Result<(), StateMismatch> {
+        self.transition(PeerState::Reserved, PeerState::Empty)
+    }
+
+    /// Marks the entry Goodbye.
+    pub fn set_goodbye(&self) {
+        self.state
+            .store(PeerState::Goodbye as u32, Ordering::Release);
+    }
+
+    /// Back to Empty after recovery.
+    pub fn reset(&self) {
+        self.last_heartbeat.store(0, Ordering::Release);
+        self.state.store(PeerState::Empty as u32, Ordering::Release);
+    }
+
+    /// Records a heartbeat.
+    pub fn heartbeat(&self, now_ns: u64) {
+        self.last_heartbeat.store(now_ns, Ordering::Release);
+    }
+
+    /// The last heartbeat.
+    pub fn last_heartbeat(&self) -> u64 {
+        self.last_heartbeat.load(Ordering::Acquire)
+    }
+
+    /// True when heartbeats are on and the last one is more than two
+    /// intervals old.
+    pub fn is_heartbeat_stale(&self, now_ns: u64, interval_ns: u64) -> bool {
+        interval_ns != 0
+            && now_ns.saturating_sub(self.last_heartbeat()) > interval_ns.saturating_mul(2)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> std::boxed::Box<PeerEntry> {
+        // SAFETY: PeerEntry is all atomics, for which all-zero is valid.
+        let e: std::boxed::Box<PeerEntry> = unsafe { std::boxed::Box::new(core::mem::zeroed()) };
+        e.init(4096);
+        e
+    }
+
+    #[test]
+    fn reserve_claim_goodbye_reset() {
+        let e = entry();
+        assert_eq!(e.state(), Some(PeerState::Empty));
+        assert_eq!(e.try_reserve(), Ok(1));
+        assert_eq!(e.try_attach(), Err(StateMismatch { found: 3 }));
+        e.try_claim_reserved().unwrap();
+        assert_eq!(e.state(), Some(PeerState::Attached));
+        e.set_goodbye();
+        assert_eq!(e.state(), Some(PeerState::Goodbye));
+        e.reset();
+        assert_eq!(e.try_attach(), Ok(2));
+        assert_eq!(e.ring_offset.load(Ordering::Relaxed), 4096);
+    }
+
+    #[test]
+    fn released_reservation_is_empty_again() {
+        let e = entry();
+        e.try_reserve().unwrap();
+        e.release_reserved().unwrap();
+        assert_eq!(e.state(), Some(PeerState::Empty));
+        assert!(e.release_reserved().is_err());
+    }
+
+    #[test]
+    fn heartbeat_staleness() {
+        let e = entry();
+        e.heartbeat(1_000);
+        assert!(!e.is_heartbeat_stale(2_900, 1_000));
+        assert!(e.is_heartbeat_stale(3_001, 1_000));
+        assert!(
+            !e.is_heartbeat_stale(u64::MAX, 0),
+            "off when the interval is 0"
+        );
+    }
+
+    #[test]
+    fn garbage_state_is_reported_not_guessed() {
+        let e = entry();
+        e.state.store(77, Ordering::Relaxed);
+        assert_eq!(e.state(), None);
+        assert_eq!(e.try_reserve(), Err(StateMismatch { found: 77 }));
+    }
+}

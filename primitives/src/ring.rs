@@ -1,0 +1,701 @@
+//! The BipBuffer ring: a single-producer single-consumer byte ring whose
+//! grants are contiguous, byte-compatible with shm-primitives 0.3.1.
+//!
+//! Header (128 bytes, two cache lines):
+//!
+//! ```text
+//! [0..4)    write      producer's cursor
+//! [4..8)    watermark  where the producer wrapped; 0 = no wrap pending
+//! [8..12)   capacity   data bytes (set at creation)
+//! [64..68)  read       consumer's cursor
+//! ```
+//!
+//! Protocol (Simon Cooke's bip-buffer, as shm-primitives specifies it):
+//!
+//! * grant(n) with `write >= read`: take `[write, write+n)` if it fits
+//!   before the end; otherwise, if `read > 0`, wrap: store
+//!   `watermark = write`, then `write = 0`, and take `[0, n)` if `n < read`.
+//!   With `write < read` (wrapped): take `[write, write+n)` if
+//!   `write + n < read`. The strict `<` keeps a full ring from looking
+//!   empty.
+//! * commit(n): `write += n`, Release (SYNC POINT "write").
+//! * read: with a watermark, drain `[read, watermark)`, then store
+//!   `read = 0`, `watermark = 0` and go on from the front; otherwise
+//!   `[read, write)`.
+//! * release(n): `read += n`, Release (SYNC POINT "read"); reaching the
+//!   watermark wraps as above.
+//!
+//! Departures that keep the bytes and the protocol unchanged:
+//!
+//! * Each side keeps its own cursor privately and never re-reads it from
+//!   shared memory, so a peer scribbling on it cannot mislead us.
+//! * Each side caches the other side's cursor and reloads it only when the
+//!   cache says full (producer) or empty (consumer). A stale `read` is
+//!   always conservative for the producer, a stale `write` for the
+//!   consumer, so the cache is safe and cuts cache-line traffic.
+//! * Every loaded peer value is checked against our own capacity: a bad
+//!   value is a [`ProtocolError`], never an out-of-bounds access.
+
+use core::mem::{offset_of, size_of};
+use core::sync::atomic::Ordering;
+
+use crate::error::{CursorField, ProtocolError};
+use crate::frame::{self, ParsedFrame};
+use crate::sync::AtomicU32;
+
+/// A ring header as it sits in shared memory.
+#[repr(C, align(64))]
+pub struct RingHeader {
+    /// Producer's cursor.
+    pub write: AtomicU32,
+    /// Wrap boundary, 0 = none.
+    pub watermark: AtomicU32,
+    /// Data bytes; written at creation, never trusted afterwards.
+    pub capacity: core::sync::atomic::AtomicU32,
+    _pad0: [u8; 52],
+    /// Consumer's cursor.
+    pub read: AtomicU32,
+    _pad1: [u8; 60],
+}
+
+#[cfg(not(loom))]
+const _: () = {
+    assert!(size_of::<RingHeader>() == 128);
+    assert!(offset_of!(RingHeader, write) == 0);
+    assert!(offset_of!(RingHeader, watermark) == 4);
+    assert!(offset_of!(RingHeader, capacity) == 8);
+    assert!(offset_of!(RingHeader, read) == 64);
+};
+
+/// Where a ring lives, with the capacity from our own layout.
+#[derive(Clone, Copy, Debug)]
+pub struct RingRef {
+    header: *const RingHeader,
+    data: *mut u8,
+    capacity: u32,
+}
+
+// SAFETY: a RingRef is an address into shared memory that is accessed only
+// through atomics and raw-pointer copies; which thread holds it does not
+// matter (the producer/consumer roles are enforced by `Producer` and
+// `Consumer` not being Clone).
+unsafe impl Send for RingRef {}
+// SAFETY: as above; shared references give no access by themselves.
+unsafe impl Sync for RingRef {}
+
+impl RingRef {
+    /// A ring whose 128-byte header is at `header` and whose `capacity`
+    /// data bytes follow it.
+    ///
+    /// # Safety
+    ///
+    /// `header` must be 64-byte aligned and valid for reads and writes of
+    /// `128 + capacity` bytes for as long as this value and every
+    /// `Producer`/`Consumer` made from it are used.
+    pub unsafe fn new(header: *mut u8, capacity: u32) -> Self {
+        debug_assert!(header as usize % 64 == 0);
+        RingRef {
+            header: header as *const RingHeader,
+            // SAFETY: within the region the caller vouches for.
+            data: unsafe { header.add(size_of::<RingHeader>()) },
+            capacity,
+        }
+    }
+
+    #[inline]
+    fn header(&self) -> &RingHeader {
+        // SAFETY: `new`'s contract: valid and aligned for the lifetime.
+        unsafe { &*self.header }
+    }
+
+    /// Data bytes, from our own layout.
+    pub fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
+    /// Writes a fresh, empty header. Only the creator, before publishing
+    /// the segment (SYNC POINT "magic"), with no other party attached.
+    pub fn init(&self) {
+        // SAFETY: `new`'s contract makes the header valid for writes; the
+        // creator is the only party touching it now.
+        unsafe {
+            core::ptr::write(
+                self.header as *mut RingHeader,
+                RingHeader {
+                    write: AtomicU32::new(0),
+                    watermark: AtomicU32::new(0),
+                    capacity: core::sync::atomic::AtomicU32::new(self.capacity),
+                    _pad0: [0; 52],
+                    read: AtomicU32::new(0),
+                    _pad1: [0; 60],
+                },
+            )
+        };
+    }
+
+    /// Empties the ring (recovery, after the peer is gone).
+    pub fn reset(&self) {
+        self.header().write.store(0, Ordering::Release);
+        self.header().watermark.store(0, Ordering::Release);
+        self.header().read.store(0, Ordering::Release);
+    }
+
+    /// Loads the three cursors once, for inspection (not for I/O).
+    pub fn cursors(&self) -> RingCursors {
+        RingCursors {
+            write: self.header().write.load(Ordering::Acquire),
+            watermark: self.header().watermark.load(Ordering::Acquire),
+            read: self.header().read.load(Ordering::Acquire),
+            capacity_field: self.header().capacity.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Loads the little-endian u32 at data offset `off` (4-aligned, in
+    /// bounds: callers check).
+    #[inline]
+    fn load_word(&self, off: u32) -> u32 {
+        debug_assert!(off % 4 == 0 && off + 4 <= self.capacity);
+        // SAFETY: `off + 4 <= capacity` and 4-aligned (data is 64-aligned,
+        // frames start at multiples of 4), checked by the caller; an
+        // atomic load makes a concurrent hostile write a plain race on
+        // the value, not undefined behaviour.
+        let w = unsafe {
+            core::sync::atomic::AtomicU32::from_ptr(self.data.add(off as usize) as *mut u32)
+        };
+        u32::from_le(w.load(Ordering::Relaxed))
+    }
+
+    #[inline]
+    fn store_word(&self, off: u32, value: u32) {
+        debug_assert!(off % 4 == 0 && off + 4 <= self.capacity);
+        // SAFETY: as in `load_word`; the producer only writes inside its
+        // grant.
+        let w = unsafe {
+            core::sync::atomic::AtomicU32::from_ptr(self.data.add(off as usize) as *mut u32)
+        };
+        w.store(value.to_le(), Ordering::Relaxed);
+    }
+
+    /// Pointer to data offset `off`.
+    #[inline]
+    pub fn data_ptr(&self, off: u32) -> *mut u8 {
+        debug_assert!(off <= self.capacity);
+        // SAFETY: `off <= capacity`, within the region of `new`.
+        unsafe { self.data.add(off as usize) }
+    }
+}
+
+/// The cursors of a ring, loaded once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingCursors {
+    pub write: u32,
+    pub watermark: u32,
+    pub read: u32,
+    /// The header's capacity word as found (may have been scribbled).
+    pub capacity_field: u32,
+}
+
+impl RingCursors {
+    /// Bytes waiting to be read, if the cursors are consistent with
+    /// `capacity`.
+    pub fn occupancy(&self, capacity: u32) -> Option<u32> {
+        if self.write > capacity || self.read > capacity || self.watermark > capacity {
+            return None;
+        }
+        if self.watermark != 0 {
+            if self.read > self.watermark {
+                return None;
+            }
+            Some(self.watermark - self.read + self.write)
+        } else if self.write >= self.read {
+            Some(self.write - self.read)
+        } else {
+            None
+        }
+    }
+}
+
+/// The producing end of a ring.
+pub struct Producer {
+    ring: RingRef,
+    write: u32,
+    cached_read: u32,
+}
+
+impl Producer {
+    /// Takes the producing end of a ring, loading both cursors once.
+    pub fn new(ring: RingRef) -> Result<Self, ProtocolError> {
+        let write = ring.header().write.load(Ordering::Acquire);
+        let read = ring.header().read.load(Ordering::Acquire);
+        check_cursor(CursorField::Write, write, ring.capacity)?;
+        check_cursor(CursorField::Read, read, ring.capacity)?;
+        if write % 4 != 0 {
+            return Err(ProtocolError::Cursor {
+                field: CursorField::Write,
+                value: write,
+                capacity: ring.capacity,
+            });
+        }
+        Ok(Producer {
+            ring,
+            write,
+            cached_read: read,
+        })
+    }
+
+    /// The ring.
+    pub fn ring(&self) -> &RingRef {
+        &self.ring
+    }
+
+    fn fits(&self, len: u32, read: u32) -> Option<u32> {
+        let (write, cap) = (self.write, self.ring.capacity);
+        if write >= read {
+            (cap - write >= len).then_some(write)
+        } else {
+            (write + len < read).then_some(write)
+        }
+    }
+
+    /// Reserves `len` contiguous bytes. `Ok(None)` when the ring is full
+    /// for now; a `len` of 0 or past the capacity never fits.
+    pub fn grant(&mut self, len: u32) -> Result<Option<Grant<'_>>, ProtocolError> {
+        if len == 0 || len > self.ring.capacity {
+            return Ok(None);
+        }
+        if let Some(offset) = self.fits(len, self.cached_read) {
+            return Ok(Some(Grant {
+                producer: self,
+                offset,
+                len,
+            }));
+        }
+        // The cache says full: reload `read`. Acquire pairs with the
+        // consumer's Release of `read` (SYNC POINT "read"): bytes it has
+        // released are no longer being read.
+        let read = self.ring.header().read.load(Ordering::Acquire);
+        check_cursor(CursorField::Read, read, self.ring.capacity)?;
+        self.cached_read = read;
+        if let Some(offset) = self.fits(len, read) {
+            return Ok(Some(Grant {
+                producer: self,
+                offset,
+                len,
+            }));
+        }
+        if self.write >= read && read > 0 {
+            // Wrap. Watermark first, then write, both Release: a consumer
+            // that sees the new `write` (Acquire) also sees the watermark
+            // (SYNC POINT "wrap").
+            self.ring
+                .header()
+                .watermark
+                .store(self.write, Ordering::Release);
+            self.ring.header().write.store(0, Ordering::Release);
+            self.write = 0;
+            if len < read {
+                return Ok(Some(Grant {
+                    producer: self,
+                    offset: 0,
+                    len,
+                }));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Bytes reserved in a ring, to fill and commit.
+pub struct Grant<'a> {
+    producer: &'a mut Producer,
+    offset: u32,
+    len: u32,
+}
+
+impl Grant<'_> {
+    /// Offset of the grant within the ring data.
+    pub fn offset(&self) -> u32 {
+        self.offset
+    }
+
+    /// Granted bytes.
+    pub fn len(&self) -> u32 {
+        self.len
+    }
+
+    /// Never true: grants are at least one byte.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The granted bytes. Until commit they belong to the producer by the
+    /// protocol; a hostile consumer writing into them can only garble
+    /// what it will itself receive.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: [offset, offset+len) is inside the ring data (checked in
+        // `grant`) and not readable by the consumer until commit.
+        unsafe {
+            core::slice::from_raw_parts_mut(
+                self.producer.ring.data_ptr(self.offset),
+                self.len as usize,
+            )
+        }
+    }
+
+    /// Stores a little-endian word at byte `at` of the grant (4-aligned).
+    pub fn put_word(&mut self, at: u32, value: u32) {
+        assert!(at % 4 == 0 && at + 4 <= self.len, "word outside the grant");
+        self.producer.ring.store_word(self.offset + at, value);
+    }
+
+    /// Publishes the first `len` granted bytes (all of them for a frame).
+    pub fn commit(self, len: u32) {
+        assert!(len <= self.len, "commit past the grant");
+        let p = self.producer;
+        p.write = self.offset + len;
+        // Release: the bytes written into the grant happen-before a
+        // consumer's Acquire load of `write` (SYNC POINT "write").
+        p.ring.header().write.store(p.write, Ordering::Release);
+    }
+}
+
+/// Readable contiguous bytes of a ring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Readable {
+    /// Offset within the ring data.
+    pub offset: u32,
+    /// Contiguous bytes from there.
+    pub len: u32,
+}
+
+/// The consuming end of a ring.
+pub struct Consumer {
+    ring: RingRef,
+    read: u32,
+    cached_write: u32,
+    /// The producer's watermark while we drain the tail; 0 = none.
+    wrap_end: u32,
+}
+
+fn check_cursor(field: CursorField, value: u32, capacity: u32) -> Result<(), ProtocolError> {
+    if value > capacity {
+        Err(ProtocolError::Cursor {
+            field,
+            value,
+            capacity,
+        })
+    } else {
+        Ok(())
+    }
+}
+
+impl Consumer {
+    /// Takes the consuming end of a ring, loading `read` once.
+    pub fn new(ring: RingRef) -> Result<Self, ProtocolError> {
+        let read = ring.header().read.load(Ordering::Acquire);
+        check_cursor(CursorField::Read, read, ring.capacity)?;
+        if read % 4 != 0 {
+            return Err(ProtocolError::Cursor {
+                field: CursorField::Read,
+                value: read,
+                capacity: ring.capacity,
+            });
+        }
+        Ok(Consumer {
+            ring,
+            read,
+            cached_write: read,
+            wrap_end: 0,
+        })
+    }
+
+    /// The ring.
+    pub fn ring(&self) -> &RingRef {
+        &self.ring
+    }
+
+    fn wrap_to_front(&mut self) {
+        // Release: the tail we drained may be overwritten once the producer
+        // sees `read` at 0 (SYNC POINT "read"). The watermark is cleared
+        // after `read`, as shm-primitives' consumer does; the producer can
+        // not wrap again before it sees a non-zero `read`.
+        self.ring.header().read.store(0, Ordering::Release);
+        self.ring.header().watermark.store(0, Ordering::Release);
+        self.read = 0;
+        self.wrap_end = 0;
+        self.cached_write = 0;
+    }
+
+    /// The contiguous readable bytes, or `None` when the ring is empty.
+    pub fn readable(&mut self) -> Result<Option<Readable>, ProtocolError> {
+        // At most: tail, wrap, refresh, front. Bounded so that no value a
+        // peer writes can keep us looping.
+        for _ in 0..4 {
+            if self.wrap_end != 0 {
+                if self.read < self.wrap_end {
+                    return Ok(Some(Readable {
+                        offset: self.read,
+                        len: self.wrap_end - self.read,
+                    }));
+                }
+                self.wrap_to_front();
+                continue;
+            }
+            if self.read < self.cached_write {
+                return Ok(Some(Readable {
+                    offset: self.read,
+                    len: self.cached_write - self.read,
+                }));
+            }
+            // The cache says empty: reload. `write` first, with Acquire
+            // (SYNC POINT "write" and "wrap"): if it shows the wrap, the
+            // watermark load below sees the watermark.
+            let cap = self.ring.capacity;
+            let write = self.ring.header().write.load(Ordering::Acquire);
+            let watermark = self.ring.header().watermark.load(Ordering::Acquire);
+            check_cursor(CursorField::Write, write, cap)?;
+            check_cursor(CursorField::Watermark, watermark, cap)?;
+            if watermark != 0 {
+                if watermark < self.read {
+                    return Err(ProtocolError::CursorOrder {
+                        field: CursorField::Watermark,
+                        value: watermark,
+                        read: self.read,
+                    });
+                }
+                self.wrap_end = watermark;
+                continue;
+            }
+            if write < self.read {
+                return Err(ProtocolError::CursorOrder {
+                    field: CursorField::Write,
+                    value: write,
+                    read: self.read,
+                });
+            }
+            if write == self.read {
+                return Ok(None);
+            }
+            self.cached_write = write;
+        }
+        Ok(None)
+    }
+
+    /// Parses the next frame without consuming it.
+    pub fn peek_frame(&mut self) -> Result<Option<ParsedFrame>, ProtocolError> {
+        let Some(r) = self.readable()? else {
+            return Ok(None);
+        };
+        let ring = self.ring;
+        let parsed = frame::parse(r.offset, r.len, |i| ring.load_word(r.offset + 4 * i))?;
+        Ok(Some(parsed))
+    }
+
+    /// Releases `len` bytes at the front of what [`Self::readable`]
+    /// returned.
+    pub fn release(&mut self, len: u32) {
+        let end = if self.wrap_end != 0 {
+            self.wrap_end
+        } else {
+            self.cached_write
+        };
+        assert!(len <= end - self.read, "release past the readable bytes");
+        self.read += len;
+        if self.wrap_end != 0 && self.read == self.wrap_end {
+            self.wrap_to_front();
+        } else {
+            // Release: we are done with these bytes (SYNC POINT "read").
+            self.ring.header().read.store(self.read, Ordering::Release);
+        }
+    }
+
+    /// Whether the ring holds nothing (reloads the producer's cursor).
+    pub fn is_empty(&mut self) -> Result<bool, ProtocolError> {
+        Ok(self.readable()?.is_none())
+    }
+
+    /// Reads a byte range of the ring data, e.g. an inline payload that
+    /// [`Self::peek_frame`] returned.
+    pub fn data_ptr(&self, offset: u32) -> *mut u8 {
+        self.ring.data_ptr(offset)
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::vec::Vec;
+
+    pub(crate) struct TestRing {
+        mem: Vec<u64>,
+        cap: u32,
+    }
+
+    impl TestRing {
+        pub(crate) fn new(cap: u32) -> Self {
+            let words = (128 + cap as usize).div_ceil(8) + 8;
+            let mut t = TestRing {
+                mem: std::vec![0u64; words],
+                cap,
+            };
+            t.ring().init();
+            t
+        }
+        pub(crate) fn ring(&mut self) -> RingRef {
+            let base = self.mem.as_mut_ptr() as *mut u8;
+            let pad = base.align_offset(64);
+            // SAFETY: the Vec holds 64 spare bytes for the alignment pad
+            // plus header and capacity, and outlives every use in a test.
+            unsafe { RingRef::new(base.add(pad), self.cap) }
+        }
+    }
+
+    fn push(p: &mut Producer, bytes: &[u8]) -> bool {
+        match p.grant(bytes.len() as u32).unwrap() {
+            Some(mut g) => {
+                g.as_mut_slice().copy_from_slice(bytes);
+                g.commit(bytes.len() as u32);
+                true
+            }
+            None => false,
+        }
+    }
+
+    #[test]
+    fn wraps_when_the_end_is_too_short() {
+        let mut t = TestRing::new(64);
+        let ring = t.ring();
+        let mut p = Producer::new(ring).unwrap();
+        let mut c = Consumer::new(ring).unwrap();
+        assert!(push(&mut p, &[1; 40]));
+        assert!(
+            !push(&mut p, &[2; 32]),
+            "24 left at the end, read is 0: no wrap"
+        );
+        let r = c.readable().unwrap().unwrap();
+        assert_eq!(r, Readable { offset: 0, len: 40 });
+        c.release(40);
+        assert!(
+            push(&mut p, &[3; 32]),
+            "wraps to the front now that read > 0"
+        );
+        assert_eq!(ring.cursors().watermark, 40);
+        let r = c.readable().unwrap().unwrap();
+        assert_eq!(r, Readable { offset: 0, len: 32 });
+        assert_eq!(
+            ring.cursors().watermark,
+            0,
+            "consumer cleared the watermark"
+        );
+        // SAFETY: inside the ring data.
+        let got = unsafe { core::slice::from_raw_parts(c.data_ptr(0), 32) };
+        assert_eq!(got, &[3; 32]);
+        c.release(32);
+        assert!(c.readable().unwrap().is_none());
+    }
+
+    #[test]
+    fn full_ring_never_looks_empty() {
+        let mut t = TestRing::new(64);
+        let ring = t.ring();
+        let mut p = Producer::new(ring).unwrap();
+        let mut c = Consumer::new(ring).unwrap();
+        assert!(push(&mut p, &[1; 32]));
+        c.readable().unwrap();
+        c.release(32);
+        assert!(push(&mut p, &[2; 28]), "fits at the end");
+        // write = 60, read = 32: 4 left at the end; wrap needs n < 32.
+        assert!(push(&mut p, &[3; 28]));
+        assert!(!push(&mut p, &[4; 4]), "write + 4 == read would look empty");
+        let mut total = 0;
+        while let Some(r) = c.readable().unwrap() {
+            total += r.len;
+            c.release(r.len);
+        }
+        assert_eq!(total, 56);
+    }
+
+    #[test]
+    fn cursors_past_capacity_are_protocol_errors() {
+        let mut t = TestRing::new(64);
+        let ring = t.ring();
+        let mut c = Consumer::new(ring).unwrap();
+        ring.header().write.store(1000, Ordering::Relaxed);
+        assert_eq!(
+            c.readable(),
+            Err(ProtocolError::Cursor {
+                field: CursorField::Write,
+                value: 1000,
+                capacity: 64
+            })
+        );
+        ring.header().write.store(8, Ordering::Relaxed);
+        ring.header().watermark.store(65, Ordering::Relaxed);
+        assert!(matches!(
+            c.readable(),
+            Err(ProtocolError::Cursor {
+                field: CursorField::Watermark,
+                ..
+            })
+        ));
+        let mut p = Producer::new(ring).unwrap();
+        ring.header().read.store(u32::MAX, Ordering::Relaxed);
+        assert!(push(&mut p, &[0; 8]), "the cached read still allows this");
+        for _ in 0..10 {
+            match p.grant(8) {
+                Ok(Some(g)) => g.commit(8),
+                Ok(None) => panic!("no error reported"),
+                Err(e) => {
+                    assert_eq!(
+                        e,
+                        ProtocolError::Cursor {
+                            field: CursorField::Read,
+                            value: u32::MAX,
+                            capacity: 64
+                        }
+                    );
+                    return;
+                }
+            }
+        }
+        panic!("the bad read cursor was never reported");
+    }
+
+    #[test]
+    fn a_write_behind_read_without_watermark_is_reported() {
+        let mut t = TestRing::new(64);
+        let ring = t.ring();
+        let mut p = Producer::new(ring).unwrap();
+        let mut c = Consumer::new(ring).unwrap();
+        assert!(push(&mut p, &[1; 16]));
+        c.readable().unwrap();
+        c.release(16);
+        ring.header().write.store(4, Ordering::Relaxed);
+        assert_eq!(
+            c.readable(),
+            Err(ProtocolError::CursorOrder {
+                field: CursorField::Write,
+                value: 4,
+                read: 16
+            })
+        );
+    }
+
+    #[test]
+    fn occupancy_counts_tail_and_front() {
+        let c = RingCursors {
+            write: 8,
+            watermark: 60,
+            read: 40,
+            capacity_field: 64,
+        };
+        assert_eq!(c.occupancy(64), Some(28));
+        let c = RingCursors {
+            write: 8,
+            watermark: 0,
+            read: 40,
+            capacity_field: 64,
+        };
+        assert_eq!(c.occupancy(64), None);
+    }
+}

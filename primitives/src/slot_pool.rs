@@ -1,0 +1,668 @@
+//! The var-slot pool: fixed-size slots in a few size classes, one
+//! lock-free Treiber stack of free slots per class.
+//!
+//! ```text
+//! class header, 64 B: slot_size u32, slot_count u32,
+//!                     free_head u64 = slot index (low 32, u32::MAX = empty)
+//!                                   | ABA tag (high 32)
+//! slot meta, 16 B:    generation u32, state u32 (0 Free, 1 Allocated),
+//!                     owner_peer u32, next_free u32
+//! ```
+//!
+//! Allocation takes the smallest class whose slots fit, then larger ones.
+//! The ABA defence is the tag in the head word: every successful pop and
+//! push adds one to it, so a head that was popped and pushed back between
+//! our load and our CAS no longer compares equal (heapless and crossbeam
+//! use the same scheme). A slot's generation is bumped on every
+//! allocation, so a stale [`SlotRef`] is told apart from the current one.
+//!
+//! Every value loaded from a meta or a head is checked before use, each
+//! CAS loop is bounded, and each walk of a free list stops after
+//! `slot_count` steps: a party that scribbles on the pool gets a
+//! [`SlotError`], and we never index outside a class.
+
+use core::mem::{offset_of, size_of};
+use core::sync::atomic::Ordering;
+
+use crate::error::SlotError;
+use crate::frame::SlotRef;
+use crate::layout::{MAX_SIZE_CLASSES, SLOT_LEN_PREFIX, SegmentLayout};
+use crate::sync::{AtomicU32, AtomicU64};
+
+/// End of a free list.
+pub const EMPTY: u32 = u32::MAX;
+/// Slot state: free.
+pub const SLOT_FREE: u32 = 0;
+/// Slot state: allocated.
+pub const SLOT_ALLOCATED: u32 = 1;
+/// How many times a CAS on a free-list head is retried before giving up.
+/// Far beyond what honest contention between a host and one guest needs.
+pub const MAX_CAS_RETRIES: u32 = 1 << 16;
+
+/// A size-class header as it sits in shared memory.
+#[repr(C, align(64))]
+pub struct SizeClassHeader {
+    /// Bytes per slot.
+    pub slot_size: core::sync::atomic::AtomicU32,
+    /// Slots in the class.
+    pub slot_count: core::sync::atomic::AtomicU32,
+    /// Packed Treiber head: index low, ABA tag high.
+    pub free_head: AtomicU64,
+    _pad: [u8; 48],
+}
+
+/// A slot meta as it sits in shared memory.
+#[repr(C)]
+pub struct SlotMeta {
+    /// Bumped on every allocation.
+    pub generation: AtomicU32,
+    /// [`SLOT_FREE`] or [`SLOT_ALLOCATED`].
+    pub state: AtomicU32,
+    /// Peer that allocated the slot (0 = host).
+    pub owner_peer: AtomicU32,
+    /// Next free slot, [`EMPTY`] at the end.
+    pub next_free: AtomicU32,
+}
+
+#[cfg(not(loom))]
+const _: () = {
+    assert!(size_of::<SizeClassHeader>() == 64);
+    assert!(offset_of!(SizeClassHeader, slot_size) == 0);
+    assert!(offset_of!(SizeClassHeader, slot_count) == 4);
+    assert!(offset_of!(SizeClassHeader, free_head) == 8);
+    assert!(size_of::<SlotMeta>() == 16);
+    assert!(offset_of!(SlotMeta, generation) == 0);
+    assert!(offset_of!(SlotMeta, state) == 4);
+    assert!(offset_of!(SlotMeta, owner_peer) == 8);
+    assert!(offset_of!(SlotMeta, next_free) == 12);
+};
+
+/// Packs a head word (defined next to the CASes that use it).
+#[inline]
+fn pack(index: u32, tag: u32) -> u64 {
+    (tag as u64) << 32 | index as u64
+}
+
+/// Unpacks a head word into (index, tag).
+#[inline]
+fn unpack(head: u64) -> (u32, u32) {
+    (head as u32, (head >> 32) as u32)
+}
+
+/// One class: where its parts are, with sizes from our own layout.
+#[derive(Clone, Copy)]
+pub struct ClassView {
+    header: *const SizeClassHeader,
+    metas: *const SlotMeta,
+    data: *mut u8,
+    slot_size: u32,
+    slot_count: u32,
+}
+
+impl ClassView {
+    /// A class from the addresses of its parts.
+    ///
+    /// # Safety
+    ///
+    /// `header` must be valid for a `SizeClassHeader`, `metas` for
+    /// `slot_count` `SlotMeta`s and `data` for `slot_size * slot_count`
+    /// bytes, all suitably aligned and live while the view is used.
+    pub unsafe fn from_raw(
+        header: *mut SizeClassHeader,
+        metas: *mut SlotMeta,
+        data: *mut u8,
+        slot_size: u32,
+        slot_count: u32,
+    ) -> Self {
+        ClassView {
+            header,
+            metas,
+            data,
+            slot_size,
+            slot_count,
+        }
+    }
+
+    fn header(&self) -> &SizeClassHeader {
+        // SAFETY: `from_raw`'s contract.
+        unsafe { &*self.header }
+    }
+
+    /// The meta of `index`, which must be checked `< slot_count`.
+    fn meta(&self, index: u32) -> &SlotMeta {
+        assert!(index < self.slot_count);
+        // SAFETY: `index < slot_count`, `from_raw`'s contract.
+        unsafe { &*self.metas.add(index as usize) }
+    }
+
+    fn slot_ptr(&self, index: u32) -> *mut u8 {
+        assert!(index < self.slot_count);
+        // SAFETY: `index < slot_count`, so the slot lies within the data
+        // region of `from_raw`.
+        unsafe { self.data.add(index as usize * self.slot_size as usize) }
+    }
+
+    /// Bytes per slot.
+    pub fn slot_size(&self) -> u32 {
+        self.slot_size
+    }
+
+    /// Slots in the class.
+    pub fn slot_count(&self) -> u32 {
+        self.slot_count
+    }
+
+    /// Writes the header and metas: every slot free, linked 0 -> 1 -> ...
+    fn init(&self) {
+        let head = pack(0, 0);
+        // SAFETY: the creator owns the memory exclusively before publishing
+        // (SYNC POINT "magic"); `from_raw` makes the pointers valid.
+        unsafe {
+            core::ptr::write(
+                self.header as *mut SizeClassHeader,
+                SizeClassHeader {
+                    slot_size: core::sync::atomic::AtomicU32::new(self.slot_size),
+                    slot_count: core::sync::atomic::AtomicU32::new(self.slot_count),
+                    free_head: AtomicU64::new(head),
+                    _pad: [0; 48],
+                },
+            );
+            for i in 0..self.slot_count {
+                let next = if i + 1 < self.slot_count {
+                    i + 1
+                } else {
+                    EMPTY
+                };
+                core::ptr::write(
+                    self.metas.add(i as usize) as *mut SlotMeta,
+                    SlotMeta {
+                        generation: AtomicU32::new(0),
+                        state: AtomicU32::new(SLOT_FREE),
+                        owner_peer: AtomicU32::new(0),
+                        next_free: AtomicU32::new(next),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Pops a free slot; `Ok(None)` when the class is exhausted.
+    fn pop(&self, class: u8, owner: u8) -> Result<Option<SlotRef>, SlotError> {
+        let header = self.header();
+        for _ in 0..MAX_CAS_RETRIES {
+            // Acquire pairs with the AcqRel CAS of the push that put this
+            // head there (SYNC POINT "free_head"): its `next_free` store is
+            // visible.
+            let head = header.free_head.load(Ordering::Acquire);
+            let (index, tag) = unpack(head);
+            if index == EMPTY {
+                return Ok(None);
+            }
+            if index >= self.slot_count {
+                return Err(SlotError::Link {
+                    class,
+                    field: "free_head",
+                    value: index,
+                    slot_count: self.slot_count,
+                });
+            }
+            let next = self.meta(index).next_free.load(Ordering::Acquire);
+            if next != EMPTY && next >= self.slot_count {
+                return Err(SlotError::Link {
+                    class,
+                    field: "next_free",
+                    value: next,
+                    slot_count: self.slot_count,
+                });
+            }
+            // ABA: the tag goes up by one on every successful CAS, so a
+            // head popped and pushed back since our load fails here.
+            if header
+                .free_head
+                .compare_exchange(
+                    head,
+                    pack(next, tag.wrapping_add(1)),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_err()
+            {
+                continue;
+            }
+            let meta = self.meta(index);
+            let generation = meta
+                .generation
+                .fetch_add(1, Ordering::AcqRel)
+                .wrapping_add(1);
+            meta.owner_peer.store(owner as u32, Ordering::Relaxed);
+            // AcqRel: a slot on the free list must have been Free; anything
+            // else means the list was corrupt (a cycle or a forged push).
+            let prev = meta.state.swap(SLOT_ALLOCATED, Ordering::AcqRel);
+            if prev != SLOT_FREE {
+                return Err(SlotError::FreeListCorrupt {
+                    class,
+                    slot: index,
+                    state: prev,
+                });
+            }
+            return Ok(Some(SlotRef {
+                class_idx: class,
+                extent_idx: 0,
+                slot_idx: index,
+                generation,
+            }));
+        }
+        Err(SlotError::Contended { class })
+    }
+
+    /// Pushes a slot whose state was already set Free.
+    fn push(&self, class: u8, index: u32) -> Result<(), SlotError> {
+        let header = self.header();
+        let meta = self.meta(index);
+        for _ in 0..MAX_CAS_RETRIES {
+            let head = header.free_head.load(Ordering::Acquire);
+            let (top, tag) = unpack(head);
+            // Relaxed: published by the AcqRel CAS below (SYNC POINT
+            // "free_head").
+            meta.next_free.store(top, Ordering::Relaxed);
+            // ABA: see `pop`.
+            if header
+                .free_head
+                .compare_exchange(
+                    head,
+                    pack(index, tag.wrapping_add(1)),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
+            {
+                return Ok(());
+            }
+        }
+        Err(SlotError::Contended { class })
+    }
+}
+
+/// Why a slot could not be allocated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AllocError {
+    /// No class has slots large enough for this payload.
+    TooLarge { len: u32, max: u32 },
+    /// Every class that fits is exhausted for now.
+    Exhausted,
+    /// The pool is corrupt.
+    Corrupt(SlotError),
+}
+
+impl core::fmt::Display for AllocError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::TooLarge { len, max } => write!(
+                f,
+                "payload of {len} bytes exceeds the largest slot payload {max}"
+            ),
+            Self::Exhausted => f.write_str("every slot class large enough is exhausted"),
+            Self::Corrupt(e) => e.fmt(f),
+        }
+    }
+}
+
+impl core::error::Error for AllocError {}
+
+/// Usage of one class, counted without trusting anything.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClassUsage {
+    pub slot_size: u32,
+    pub slot_count: u32,
+    /// Metas in the Allocated state.
+    pub allocated: u32,
+    /// Metas in the Free state.
+    pub free: u32,
+    /// Metas in neither state.
+    pub invalid: u32,
+    /// Length of the free list, or the error met walking it.
+    pub free_list: Result<u32, SlotError>,
+}
+
+/// The slot pool of a segment.
+#[derive(Clone, Copy)]
+pub struct SlotPool {
+    classes: [Option<ClassView>; MAX_SIZE_CLASSES],
+    len: usize,
+}
+
+// SAFETY: all shared state is reached through atomics and raw-pointer
+// copies of slot bytes; the view itself is immutable.
+unsafe impl Send for SlotPool {}
+// SAFETY: as above.
+unsafe impl Sync for SlotPool {}
+
+impl SlotPool {
+    /// The pool of a segment mapped at `base`, with offsets from `layout`.
+    ///
+    /// # Safety
+    ///
+    /// `base` must be 64-byte aligned and valid for reads and writes of
+    /// `layout.total_size` bytes while the pool is used.
+    pub unsafe fn new(base: *mut u8, layout: &SegmentLayout) -> Self {
+        let mut pool = SlotPool {
+            classes: [None; MAX_SIZE_CLASSES],
+            len: 0,
+        };
+        for c in layout.classes() {
+            // SAFETY: the layout places every part inside total_size, which
+            // the caller vouches for.
+            let view = unsafe {
+                ClassView::from_raw(
+                    base.add(c.header_offset as usize) as *mut SizeClassHeader,
+                    base.add(c.meta_offset as usize) as *mut SlotMeta,
+                    base.add(c.data_offset as usize),
+                    c.slot_size,
+                    c.slot_count,
+                )
+            };
+            pool.classes[pool.len] = Some(view);
+            pool.len += 1;
+        }
+        pool
+    }
+
+    /// A pool of the given classes (for tests and models).
+    pub fn from_classes(classes: &[ClassView]) -> Self {
+        let mut pool = SlotPool {
+            classes: [None; MAX_SIZE_CLASSES],
+            len: 0,
+        };
+        for c in classes.iter().take(MAX_SIZE_CLASSES) {
+            pool.classes[pool.len] = Some(*c);
+            pool.len += 1;
+        }
+        pool
+    }
+
+    fn class(&self, i: usize) -> Option<&ClassView> {
+        self.classes.get(i).and_then(|c| c.as_ref())
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (u8, &ClassView)> {
+        self.classes[..self.len]
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| Some((i as u8, c.as_ref()?)))
+    }
+
+    /// Number of classes.
+    pub fn class_count(&self) -> usize {
+        self.len
+    }
+
+    /// Writes every class header and meta. Only the creator, before
+    /// publishing the segment.
+    pub fn init(&self) {
+        for (_, c) in self.iter() {
+            c.init();
+        }
+    }
+
+    /// Allocates a slot for a payload of `payload_len` bytes (the slot also
+    /// holds the 4-byte length prefix): the smallest class that fits first,
+    /// then larger ones.
+    pub fn allocate(&self, payload_len: u32, owner: u8) -> Result<SlotRef, AllocError> {
+        let needed = payload_len.checked_add(SLOT_LEN_PREFIX);
+        let mut any_fits = false;
+        for (i, c) in self.iter() {
+            if needed.is_none_or(|n| c.slot_size < n) {
+                continue;
+            }
+            any_fits = true;
+            if let Some(r) = c.pop(i, owner).map_err(AllocError::Corrupt)? {
+                return Ok(r);
+            }
+        }
+        if any_fits {
+            Err(AllocError::Exhausted)
+        } else {
+            let max = self
+                .iter()
+                .map(|(_, c)| c.slot_size.saturating_sub(SLOT_LEN_PREFIX))
+                .max()
+                .unwrap_or(0);
+            Err(AllocError::TooLarge {
+                len: payload_len,
+                max,
+            })
+        }
+    }
+
+    /// Checks a reference's class, extent and index; returns the class.
+    fn resolve(&self, r: &SlotRef) -> Result<&ClassView, SlotError> {
+        let class = self
+            .class(r.class_idx as usize)
+            .filter(|_| (r.class_idx as usize) < self.len)
+            .ok_or(SlotError::Class {
+                value: r.class_idx,
+                classes: self.len as u32,
+            })?;
+        if r.extent_idx != 0 {
+            return Err(SlotError::Extent {
+                value: r.extent_idx,
+            });
+        }
+        if r.slot_idx >= class.slot_count {
+            return Err(SlotError::Index {
+                class: r.class_idx,
+                value: r.slot_idx,
+                slot_count: class.slot_count,
+            });
+        }
+        Ok(class)
+    }
+
+    /// Checks that `r` names an allocated slot of its generation.
+    fn check_live(&self, r: &SlotRef) -> Result<&ClassView, SlotError> {
+        let class = self.resolve(r)?;
+        let meta = class.meta(r.slot_idx);
+        let found = meta.generation.load(Ordering::Acquire);
+        if found != r.generation {
+            return Err(SlotError::Generation {
+                class: r.class_idx,
+                slot: r.slot_idx,
+                expected: r.generation,
+                found,
+            });
+        }
+        let state = meta.state.load(Ordering::Acquire);
+        if state != SLOT_ALLOCATED {
+            return Err(SlotError::NotAllocated {
+                class: r.class_idx,
+                slot: r.slot_idx,
+                state,
+            });
+        }
+        Ok(class)
+    }
+
+    /// Frees a slot: checks the reference and the generation, marks it
+    /// Free (a CAS, so that two frees of one slot can not both succeed)
+    /// and pushes it.
+    pub fn free(&self, r: SlotRef) -> Result<(), SlotError> {
+        let class = self.check_live(&r)?;
+        let meta = class.meta(r.slot_idx);
+        meta.state
+            .compare_exchange(
+                SLOT_ALLOCATED,
+                SLOT_FREE,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .map_err(|state| SlotError::NotAllocated {
+                class: r.class_idx,
+                slot: r.slot_idx,
+                state,
+            })?;
+        meta.owner_peer.store(0, Ordering::Relaxed);
+        class.push(r.class_idx, r.slot_idx)
+    }
+
+    /// The payload area of a slot (after the length prefix), for the
+    /// party that allocated it to fill before sending it.
+    ///
+    /// # Safety
+    ///
+    /// The caller allocated `r`, has not sent or freed it, and holds no
+    /// other reference into it. (A hostile peer writing into it anyway can
+    /// only garble what it will itself receive.)
+    #[expect(
+        clippy::mut_from_ref,
+        reason = "the slot is owned by its allocator, not by the view"
+    )]
+    pub unsafe fn payload_area_mut(&self, r: &SlotRef) -> Result<&mut [u8], SlotError> {
+        let class = self.resolve(r)?;
+        let len = class.slot_size.saturating_sub(SLOT_LEN_PREFIX) as usize;
+        // SAFETY: the slot is in bounds (resolve) and at least 4 bytes;
+        // exclusivity is the caller's promise.
+        Ok(unsafe {
+            core::slice::from_raw_parts_mut(
+                class.slot_ptr(r.slot_idx).add(SLOT_LEN_PREFIX as usize),
+                len,
+            )
+        })
+    }
+
+    /// Writes the length prefix of a slot about to be sent.
+    pub fn set_payload_len(&self, r: &SlotRef, len: u32) -> Result<(), SlotError> {
+        let class = self.resolve(r)?;
+        let max = class.slot_size.saturating_sub(SLOT_LEN_PREFIX);
+        if len > max {
+            return Err(SlotError::PayloadLen {
+                class: r.class_idx,
+                slot: r.slot_idx,
+                value: len,
+                max,
+            });
+        }
+        // SAFETY: slot data is 64-aligned (layout) and at least 4 bytes
+        // (slot_size > 4); atomic so a racing reader is not UB.
+        let w = unsafe {
+            core::sync::atomic::AtomicU32::from_ptr(class.slot_ptr(r.slot_idx) as *mut u32)
+        };
+        w.store(len.to_le(), Ordering::Release);
+        Ok(())
+    }
+
+    /// The payload of a received slot: checks the reference against the
+    /// slot's meta, loads the length prefix once and bounds it. Returns a
+    /// pointer to the payload and its length; the bytes may still be
+    /// changed by the sender if it misbehaves.
+    pub fn payload(&self, r: &SlotRef) -> Result<(*const u8, u32), SlotError> {
+        let class = self.check_live(r)?;
+        let ptr = class.slot_ptr(r.slot_idx);
+        // SAFETY: as in `set_payload_len`. Acquire pairs with its Release.
+        let len = u32::from_le(
+            unsafe { core::sync::atomic::AtomicU32::from_ptr(ptr as *mut u32) }
+                .load(Ordering::Acquire),
+        );
+        let max = class.slot_size.saturating_sub(SLOT_LEN_PREFIX);
+        if len > max {
+            return Err(SlotError::PayloadLen {
+                class: r.class_idx,
+                slot: r.slot_idx,
+                value: len,
+                max,
+            });
+        }
+        // SAFETY: 4 + len <= slot_size, inside the slot.
+        Ok((unsafe { ptr.add(SLOT_LEN_PREFIX as usize) }, len))
+    }
+
+    /// Frees every allocated slot owned by `peer` (recovery after the peer
+    /// is gone). Returns how many were freed; stops at the first error.
+    pub fn reclaim_owned_by(&self, peer: u8) -> Result<u32, SlotError> {
+        let mut freed = 0;
+        for (i, c) in self.iter() {
+            for slot in 0..c.slot_count {
+                let meta = c.meta(slot);
+                if meta.owner_peer.load(Ordering::Acquire) != peer as u32
+                    || meta.state.load(Ordering::Acquire) != SLOT_ALLOCATED
+                {
+                    continue;
+                }
+                let generation = meta.generation.load(Ordering::Acquire);
+                match self.free(SlotRef {
+                    class_idx: i,
+                    extent_idx: 0,
+                    slot_idx: slot,
+                    generation,
+                }) {
+                    Ok(()) => freed += 1,
+                    // Freed by someone else meanwhile: nothing to reclaim.
+                    Err(SlotError::NotAllocated { .. } | SlotError::Generation { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(freed)
+    }
+
+    /// Counts a class's slots by state and walks its free list, at most
+    /// `slot_count` steps.
+    pub fn usage(&self, class: usize) -> Option<ClassUsage> {
+        let c = self.class(class).filter(|_| class < self.len)?;
+        let (mut allocated, mut free, mut invalid) = (0, 0, 0);
+        for slot in 0..c.slot_count {
+            match c.meta(slot).state.load(Ordering::Acquire) {
+                SLOT_FREE => free += 1,
+                SLOT_ALLOCATED => allocated += 1,
+                _ => invalid += 1,
+            }
+        }
+        Some(ClassUsage {
+            slot_size: c.slot_size,
+            slot_count: c.slot_count,
+            allocated,
+            free,
+            invalid,
+            free_list: self.free_list_len(class as u8, c),
+        })
+    }
+
+    fn free_list_len(&self, class: u8, c: &ClassView) -> Result<u32, SlotError> {
+        let (mut index, _) = unpack(c.header().free_head.load(Ordering::Acquire));
+        let mut field = "free_head";
+        let mut len = 0u32;
+        while index != EMPTY {
+            if index >= c.slot_count {
+                return Err(SlotError::Link {
+                    class,
+                    field,
+                    value: index,
+                    slot_count: c.slot_count,
+                });
+            }
+            len += 1;
+            if len > c.slot_count {
+                // More links than slots: the list loops.
+                return Err(SlotError::FreeListCorrupt {
+                    class,
+                    slot: index,
+                    state: SLOT_FREE,
+                });
+            }
+            index = c.meta(index).next_free.load(Ordering::Acquire);
+            field = "next_free";
+        }
+        Ok(len)
+    }
+
+    /// The owner of each allocated slot of a class, for inspection.
+    pub fn owners(&self, class: usize, mut each: impl FnMut(u32, u32)) {
+        if let Some(c) = self.class(class).filter(|_| class < self.len) {
+            for slot in 0..c.slot_count {
+                let meta = c.meta(slot);
+                if meta.state.load(Ordering::Acquire) == SLOT_ALLOCATED {
+                    each(slot, meta.owner_peer.load(Ordering::Acquire));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,10 @@
+use clap::Parser;
+
+/// shmrt: run WebAssembly plugins that share zero-copy rings with their host.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {}
+
+fn main() {
+    let _cli = Cli::parse();
+}
