@@ -46,6 +46,8 @@ pub mod channel;
 pub mod doorbell;
 pub mod error;
 pub mod frame;
+#[cfg(any(feature = "std", test))]
+pub mod heap_region;
 pub mod layout;
 pub mod peer_entry;
 pub mod ring;

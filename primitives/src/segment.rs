@@ -427,3 +427,316 @@ impl Segment {
         report
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::channel::Location;
+    use crate::frame::SlotRef;
+    use crate::heap_region::HeapRegion;
+    use crate::layout::SizeClasses;
+    use crate::segment_header::MAGIC;
+    use std::vec::Vec;
+
+    fn config() -> SegmentConfig {
+        SegmentConfig {
+            max_guests: 2,
+            ring_capacity: 4096,
+            max_payload_size: 1 << 16,
+            inline_threshold: 0,
+            heartbeat_interval_ns: 0,
+            size_classes: SizeClasses::new(&[
+                SizeClass {
+                    slot_size: 1024,
+                    slot_count: 4,
+                },
+                SizeClass {
+                    slot_size: 16384,
+                    slot_count: 2,
+                },
+            ])
+            .unwrap(),
+            features: crate::segment_header::FEATURE_DOORBELLS,
+        }
+    }
+
+    fn create() -> (HeapRegion, Segment) {
+        let layout = SegmentLayout::compute(&config()).unwrap();
+        let region = HeapRegion::zeroed(layout.total_size as usize);
+        // SAFETY: fresh region of the right size.
+        let seg = unsafe { Segment::create(region.as_mut_ptr(), region.len(), &config()) }.unwrap();
+        (region, seg)
+    }
+
+    fn reopen(region: &HeapRegion) -> Result<Segment, HeaderError> {
+        // SAFETY: the region outlives the view in each test.
+        unsafe { Segment::open_validated(region.as_mut_ptr(), region.len()) }
+    }
+
+    #[test]
+    fn validated_and_trusting_opens_agree_with_the_creator() {
+        let (region, seg) = create();
+        let opened = reopen(&region).unwrap();
+        assert_eq!(opened.layout(), seg.layout());
+        // SAFETY: the region holds a segment we created.
+        let trusted = unsafe { Segment::open_trusting(region.as_mut_ptr()) }.unwrap();
+        assert_eq!(trusted.layout(), seg.layout());
+        assert_eq!(seg.header().snapshot().magic, MAGIC);
+    }
+
+    fn corrupt(at: usize, bytes: &[u8]) -> HeaderError {
+        let (mut region, _seg) = create();
+        region.bytes_mut()[at..at + bytes.len()].copy_from_slice(bytes);
+        match reopen(&region) {
+            Ok(_) => panic!("corruption at {at} was accepted"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn each_header_field_is_checked() {
+        assert_eq!(corrupt(0, &[0; 8]), HeaderError::NotInitialized);
+        assert!(matches!(
+            corrupt(0, b"TELXHUB\x06"),
+            HeaderError::BadMagic { .. }
+        ));
+        assert_eq!(
+            corrupt(8, &8u32.to_le_bytes()),
+            HeaderError::Version { found: 8 }
+        );
+        assert!(matches!(
+            corrupt(12, &64u32.to_le_bytes()),
+            HeaderError::Field {
+                field: "header_size",
+                ..
+            }
+        ));
+        assert!(matches!(
+            corrupt(16, &u64::MAX.to_le_bytes()),
+            HeaderError::Truncated {
+                field: "total_size",
+                ..
+            }
+        ));
+        assert!(matches!(
+            corrupt(32, &0u32.to_le_bytes()),
+            HeaderError::Field {
+                field: "max_guests",
+                ..
+            }
+        ));
+        assert!(matches!(
+            corrupt(32, &3u32.to_le_bytes()),
+            HeaderError::Layout {
+                field: "var_pool_offset",
+                ..
+            }
+        ));
+        assert!(matches!(
+            corrupt(40, &256u64.to_le_bytes()),
+            HeaderError::Layout {
+                field: "peer_table_offset",
+                ..
+            }
+        ));
+        assert!(matches!(
+            corrupt(48, &64u64.to_le_bytes()),
+            HeaderError::Layout {
+                field: "var_pool_offset",
+                ..
+            }
+        ));
+        assert!(matches!(
+            corrupt(68, &0u32.to_le_bytes()),
+            HeaderError::Field {
+                field: "num_var_slot_classes",
+                ..
+            }
+        ));
+        assert!(matches!(
+            corrupt(68, &17u32.to_le_bytes()),
+            HeaderError::Field {
+                field: "num_var_slot_classes",
+                ..
+            }
+        ));
+        assert!(matches!(
+            corrupt(80, &0x80u32.to_le_bytes()),
+            HeaderError::Field {
+                field: "features",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn peers_rings_and_classes_are_checked() {
+        let (_r, seg) = create();
+        let l = *seg.layout();
+        let peer1 = l.peer_entry_offset(1) as usize + 16;
+        assert_eq!(
+            corrupt(peer1, &8u64.to_le_bytes()),
+            HeaderError::Peer {
+                index: 1,
+                field: "ring_offset",
+                value: 8,
+                expected: l.ring_pair_offset(1)
+            }
+        );
+        let cap = l.h2g_ring_offset(0) as usize + 8;
+        assert!(matches!(
+            corrupt(cap, &1u32.to_le_bytes()),
+            HeaderError::Peer {
+                index: 0,
+                field: "H2G ring capacity",
+                ..
+            }
+        ));
+        let class1 = l.classes()[1].header_offset as usize;
+        assert!(matches!(
+            corrupt(class1, &4u32.to_le_bytes()),
+            HeaderError::Class {
+                index: 1,
+                field: "slot_size",
+                ..
+            }
+        ));
+        // A bigger class means a bigger pool than the header's total_size.
+        assert!(matches!(
+            corrupt(class1 + 4, &3u32.to_le_bytes()),
+            HeaderError::Truncated { .. }
+                | HeaderError::Layout {
+                    field: "total_size",
+                    ..
+                }
+        ));
+    }
+
+    #[test]
+    fn a_truncated_mapping_is_refused() {
+        let (region, seg) = create();
+        let short = seg.layout().total_size as usize - 1;
+        // SAFETY: a prefix of a live region.
+        let err = unsafe { Segment::open_validated(region.as_mut_ptr(), short) }
+            .err()
+            .unwrap();
+        assert!(matches!(err, HeaderError::Truncated { .. }));
+        // SAFETY: as above.
+        let err = unsafe { Segment::open_validated(region.as_mut_ptr(), 100) }
+            .err()
+            .unwrap();
+        assert_eq!(err, HeaderError::TooShort { len: 100 });
+    }
+
+    fn roundtrip(tx: &mut Sender, rx: &mut Receiver, payload: &[u8]) -> Location {
+        tx.send(payload).unwrap();
+        let msg = rx.try_recv().unwrap().expect("a message");
+        assert_eq!(
+            msg.as_bytes(),
+            payload,
+            "payload of {} bytes",
+            payload.len()
+        );
+        msg.location()
+    }
+
+    #[test]
+    fn messages_go_inline_or_in_slots_by_size() {
+        let (_r, seg) = create();
+        let (mut htx, mut hrx) = seg.host_channel(0).unwrap();
+        let (mut gtx, mut grx) = seg.guest_channel(0).unwrap();
+        let max_slot = 16384 - 4;
+        for len in [0usize, 1, 3, 247, 248, 249, 1019, 1020, 1021, max_slot] {
+            let payload: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+            let inline = len <= 248;
+            let loc = roundtrip(&mut htx, &mut grx, &payload);
+            assert_eq!(matches!(loc, Location::Inline { .. }), inline, "H2G {len}");
+            let loc = roundtrip(&mut gtx, &mut hrx, &payload);
+            assert_eq!(matches!(loc, Location::Inline { .. }), inline, "G2H {len}");
+            if len == 1021 {
+                assert!(matches!(loc, Location::Slot(SlotRef { class_idx: 1, .. })));
+            }
+        }
+        assert_eq!(
+            htx.send(&std::vec![0; max_slot + 1]),
+            Err(crate::SendError::TooLarge {
+                len: max_slot + 1,
+                max: max_slot as u32
+            })
+        );
+        for c in 0..2 {
+            let u = seg.pool().usage(c).unwrap();
+            assert_eq!(u.allocated, 0, "every slot came back");
+            assert_eq!(u.free_list, Ok(u.slot_count));
+        }
+    }
+
+    #[test]
+    fn a_full_ring_or_pool_is_reported_and_nothing_is_lost() {
+        let (_r, seg) = create();
+        let (mut tx, _) = seg.host_channel(1).unwrap();
+        let (_, mut rx) = seg.guest_channel(1).unwrap();
+        let mut sent = 0u32;
+        loop {
+            match tx.send(&sent.to_le_bytes()) {
+                Ok(()) => sent += 1,
+                Err(crate::SendError::Full) => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(sent, 4096 / 12, "12-byte frames fill the ring");
+        for want in 0..sent {
+            let m = rx.try_recv().unwrap().unwrap();
+            assert_eq!(m.as_bytes(), want.to_le_bytes());
+        }
+        assert!(rx.try_recv().unwrap().is_none());
+        // Six slots in all (4 + 2): the seventh big message waits.
+        let big = std::vec![9u8; 1000];
+        for _ in 0..6 {
+            tx.send(&big).unwrap();
+        }
+        assert_eq!(tx.send(&big), Err(crate::SendError::Exhausted));
+        drop(rx.try_recv().unwrap().unwrap());
+        tx.send(&big).unwrap();
+    }
+
+    #[test]
+    fn recovery_frees_queued_and_owned_slots_and_empties_the_entry() {
+        let (_r, seg) = create();
+        let entry = seg.peer(0).unwrap();
+        entry.try_reserve().unwrap();
+        entry.try_claim_reserved().unwrap();
+        let (mut htx, _hrx) = seg.host_channel(0).unwrap();
+        let (mut gtx, _grx) = seg.guest_channel(0).unwrap();
+        htx.send(&[1; 2000]).unwrap();
+        htx.send(&[2; 10]).unwrap();
+        gtx.send(&[3; 900]).unwrap();
+        gtx.send(&[4; 900]).unwrap();
+        let report = seg.recover_guest(0);
+        assert_eq!(
+            report,
+            Recovery {
+                queued_slots_freed: 1,
+                owned_slots_freed: 2,
+                scan_error: None
+            }
+        );
+        assert_eq!(entry.state(), Some(crate::PeerState::Empty));
+        for c in 0..2 {
+            assert_eq!(seg.pool().usage(c).unwrap().allocated, 0);
+        }
+        assert_eq!(seg.h2g_ring(0).unwrap().cursors().write, 0);
+    }
+
+    #[test]
+    fn recovery_survives_a_scribbled_ring() {
+        let (mut region, seg) = create();
+        let (mut htx, _hrx) = seg.host_channel(0).unwrap();
+        htx.send(&[1; 2000]).unwrap();
+        let frame_at = seg.layout().h2g_ring_offset(0) as usize + 128;
+        region.bytes_mut()[frame_at..frame_at + 4].copy_from_slice(&7u32.to_le_bytes());
+        let report = seg.recover_guest(0);
+        assert!(matches!(report.scan_error, Some(ProtocolError::Frame(_))));
+        assert_eq!(seg.peer(0).unwrap().state(), Some(crate::PeerState::Empty));
+    }
+}

@@ -666,3 +666,210 @@ impl SlotPool {
         }
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::heap_region::HeapRegion;
+    use crate::layout::SizeClass;
+    use std::vec::Vec;
+
+    fn pool(classes: &[SizeClass]) -> (HeapRegion, SlotPool, SegmentLayout) {
+        let layout = SegmentLayout::canonical(1, 64, classes).unwrap();
+        let region = HeapRegion::zeroed(layout.total_size as usize);
+        // SAFETY: the region holds the whole layout and outlives the pool.
+        let pool = unsafe { SlotPool::new(region.as_mut_ptr(), &layout) };
+        pool.init();
+        (region, pool, layout)
+    }
+
+    const CLASSES: [SizeClass; 2] = [
+        SizeClass {
+            slot_size: 64,
+            slot_count: 3,
+        },
+        SizeClass {
+            slot_size: 256,
+            slot_count: 2,
+        },
+    ];
+
+    #[test]
+    fn smallest_fit_first_then_larger() {
+        let (_r, p, _) = pool(&CLASSES);
+        let small: Vec<_> = (0..3).map(|_| p.allocate(60, 1).unwrap()).collect();
+        assert!(small.iter().all(|r| r.class_idx == 0));
+        assert_eq!(
+            small[0],
+            SlotRef {
+                class_idx: 0,
+                extent_idx: 0,
+                slot_idx: 0,
+                generation: 1
+            }
+        );
+        let spill = p.allocate(60, 1).unwrap();
+        assert_eq!(spill.class_idx, 1, "class 0 exhausted: the next larger one");
+        assert_eq!(
+            p.allocate(61, 1).unwrap().class_idx,
+            1,
+            "61 + 4 needs class 1"
+        );
+        assert_eq!(p.allocate(1, 1), Err(AllocError::Exhausted));
+        assert_eq!(
+            p.allocate(253, 1),
+            Err(AllocError::TooLarge { len: 253, max: 252 })
+        );
+        p.free(small[1]).unwrap();
+        let again = p.allocate(1, 2).unwrap();
+        assert_eq!(
+            (again.slot_idx, again.generation),
+            (1, 2),
+            "LIFO, next generation"
+        );
+    }
+
+    #[test]
+    fn bad_frees_are_refused_and_change_nothing() {
+        let (_r, p, _) = pool(&CLASSES);
+        let r = p.allocate(10, 1).unwrap();
+        assert_eq!(
+            p.free(SlotRef { class_idx: 5, ..r }),
+            Err(SlotError::Class {
+                value: 5,
+                classes: 2
+            })
+        );
+        assert_eq!(
+            p.free(SlotRef { extent_idx: 1, ..r }),
+            Err(SlotError::Extent { value: 1 })
+        );
+        assert_eq!(
+            p.free(SlotRef { slot_idx: 3, ..r }),
+            Err(SlotError::Index {
+                class: 0,
+                value: 3,
+                slot_count: 3
+            })
+        );
+        assert_eq!(
+            p.free(SlotRef { generation: 9, ..r }),
+            Err(SlotError::Generation {
+                class: 0,
+                slot: 0,
+                expected: 9,
+                found: 1
+            })
+        );
+        p.free(r).unwrap();
+        assert_eq!(
+            p.free(r),
+            Err(SlotError::NotAllocated {
+                class: 0,
+                slot: 0,
+                state: SLOT_FREE
+            })
+        );
+        assert_eq!(
+            p.usage(0).unwrap().free_list,
+            Ok(3),
+            "the double free pushed nothing"
+        );
+    }
+
+    #[test]
+    fn payload_lengths_are_bounded() {
+        let (_r, p, _) = pool(&CLASSES);
+        let r = p.allocate(10, 0).unwrap();
+        assert!(matches!(
+            p.set_payload_len(&r, 61),
+            Err(SlotError::PayloadLen {
+                value: 61,
+                max: 60,
+                ..
+            })
+        ));
+        p.set_payload_len(&r, 60).unwrap();
+        assert_eq!(p.payload(&r).unwrap().1, 60);
+        // A sender that scribbles the prefix afterwards is caught on read.
+        // SAFETY: we allocated r; we reach the prefix just before the area.
+        let area = unsafe { p.payload_area_mut(&r) }.unwrap();
+        // SAFETY: the prefix is the 4 bytes before the payload area.
+        unsafe { core::ptr::write_unaligned(area.as_mut_ptr().sub(4) as *mut u32, 1000) };
+        assert!(matches!(
+            p.payload(&r),
+            Err(SlotError::PayloadLen { value: 1000, .. })
+        ));
+    }
+
+    fn meta_word<'a>(
+        region: &'a mut HeapRegion,
+        layout: &SegmentLayout,
+        class: usize,
+        slot: u32,
+        word: usize,
+    ) -> &'a mut [u8] {
+        let at = layout.classes()[class].meta_offset as usize + slot as usize * 16 + word * 4;
+        &mut region.bytes_mut()[at..at + 4]
+    }
+
+    #[test]
+    fn out_of_range_links_are_reported() {
+        let (mut r, p, l) = pool(&CLASSES);
+        meta_word(&mut r, &l, 0, 0, 3).copy_from_slice(&77u32.to_le_bytes());
+        assert_eq!(
+            p.allocate(1, 0),
+            Err(AllocError::Corrupt(SlotError::Link {
+                class: 0,
+                field: "next_free",
+                value: 77,
+                slot_count: 3
+            }))
+        );
+        let head_at = l.classes()[1].header_offset as usize + 8;
+        r.bytes_mut()[head_at..head_at + 4].copy_from_slice(&9u32.to_le_bytes());
+        assert!(matches!(
+            p.usage(1).unwrap().free_list,
+            Err(SlotError::Link {
+                field: "free_head",
+                value: 9,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn cycles_are_caught_by_the_walk_and_by_allocation() {
+        let (mut r, p, l) = pool(&CLASSES);
+        // 0 -> 1 -> 0 -> ...
+        meta_word(&mut r, &l, 0, 1, 3).copy_from_slice(&0u32.to_le_bytes());
+        assert!(matches!(
+            p.usage(0).unwrap().free_list,
+            Err(SlotError::FreeListCorrupt { .. })
+        ));
+        p.allocate(1, 0).unwrap();
+        p.allocate(1, 0).unwrap();
+        assert_eq!(
+            p.allocate(1, 0),
+            Err(AllocError::Corrupt(SlotError::FreeListCorrupt {
+                class: 0,
+                slot: 0,
+                state: SLOT_ALLOCATED
+            }))
+        );
+    }
+
+    #[test]
+    fn reclaim_frees_only_the_owner_slots() {
+        let (_r, p, _) = pool(&CLASSES);
+        let mine: Vec<_> = (0..2).map(|_| p.allocate(1, 3).unwrap()).collect();
+        let theirs = p.allocate(1, 4).unwrap();
+        assert_eq!(p.reclaim_owned_by(3), Ok(2));
+        assert_eq!(p.usage(0).unwrap().allocated, 1);
+        assert!(p.free(mine[0]).is_err(), "reclaimed references are stale");
+        p.free(theirs).unwrap();
+        let mut owners = Vec::new();
+        p.owners(0, |slot, owner| owners.push((slot, owner)));
+        assert!(owners.is_empty());
+    }
+}
