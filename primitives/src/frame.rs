@@ -159,7 +159,7 @@ pub fn parse(
         return Err(FrameError::Truncated { available });
     }
     let total_len = word(0);
-    if total_len < FRAME_HEADER_SIZE || total_len % 4 != 0 || total_len > available {
+    if total_len < FRAME_HEADER_SIZE || !total_len.is_multiple_of(4) || total_len > available {
         return Err(FrameError::TotalLen {
             value: total_len,
             available,

@@ -210,7 +210,7 @@ impl SegmentLayout {
             });
         }
         if config.ring_capacity < 64
-            || config.ring_capacity % 4 != 0
+            || !config.ring_capacity.is_multiple_of(4)
             || config.ring_capacity > 1 << 30
         {
             return Err(LayoutError::RingCapacity {

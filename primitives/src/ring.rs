@@ -93,7 +93,7 @@ impl RingRef {
     /// `128 + capacity` bytes for as long as this value and every
     /// `Producer`/`Consumer` made from it are used.
     pub unsafe fn new(header: *mut u8, capacity: u32) -> Self {
-        debug_assert!(header as usize % 64 == 0);
+        debug_assert!((header as usize).is_multiple_of(64));
         RingRef {
             header: header as *const RingHeader,
             // SAFETY: within the region the caller vouches for.
@@ -154,7 +154,7 @@ impl RingRef {
     /// bounds: callers check).
     #[inline]
     fn load_word(&self, off: u32) -> u32 {
-        debug_assert!(off % 4 == 0 && off + 4 <= self.capacity);
+        debug_assert!(off.is_multiple_of(4) && off + 4 <= self.capacity);
         // SAFETY: `off + 4 <= capacity` and 4-aligned (data is 64-aligned,
         // frames start at multiples of 4), checked by the caller; an
         // atomic load makes a concurrent hostile write a plain race on
@@ -167,7 +167,7 @@ impl RingRef {
 
     #[inline]
     fn store_word(&self, off: u32, value: u32) {
-        debug_assert!(off % 4 == 0 && off + 4 <= self.capacity);
+        debug_assert!(off.is_multiple_of(4) && off + 4 <= self.capacity);
         // SAFETY: as in `load_word`; the producer only writes inside its
         // grant.
         let w = unsafe {
@@ -229,7 +229,7 @@ impl Producer {
         let read = ring.header().read.load(Ordering::Acquire);
         check_cursor(CursorField::Write, write, ring.capacity)?;
         check_cursor(CursorField::Read, read, ring.capacity)?;
-        if write % 4 != 0 {
+        if !write.is_multiple_of(4) {
             return Err(ProtocolError::Cursor {
                 field: CursorField::Write,
                 value: write,
@@ -349,7 +349,10 @@ impl Grant<'_> {
 
     /// Stores a little-endian word at byte `at` of the grant (4-aligned).
     pub fn put_word(&mut self, at: u32, value: u32) {
-        assert!(at % 4 == 0 && at + 4 <= self.len, "word outside the grant");
+        assert!(
+            at.is_multiple_of(4) && at + 4 <= self.len,
+            "word outside the grant"
+        );
         self.producer.ring.store_word(self.offset + at, value);
     }
 
@@ -399,7 +402,7 @@ impl Consumer {
     pub fn new(ring: RingRef) -> Result<Self, ProtocolError> {
         let read = ring.header().read.load(Ordering::Acquire);
         check_cursor(CursorField::Read, read, ring.capacity)?;
-        if read % 4 != 0 {
+        if !read.is_multiple_of(4) {
             return Err(ProtocolError::Cursor {
                 field: CursorField::Read,
                 value: read,

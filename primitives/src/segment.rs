@@ -89,7 +89,7 @@ impl Segment {
                 available: len as u64,
             });
         }
-        debug_assert!(base as usize % 64 == 0);
+        debug_assert!((base as usize).is_multiple_of(64));
         Ok(Segment { base, len, layout })
     }
 

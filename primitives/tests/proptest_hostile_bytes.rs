@@ -3,10 +3,10 @@
 //! never panic, hang or reach outside the segment.
 
 use proptest::prelude::*;
+use shmrt_primitives::Segment;
 use shmrt_primitives::frame;
 use shmrt_primitives::heap_region::HeapRegion;
 use shmrt_primitives::layout::{SegmentConfig, SegmentLayout, SizeClass, SizeClasses};
-use shmrt_primitives::{Segment, SendError};
 
 fn config() -> SegmentConfig {
     SegmentConfig {
@@ -44,16 +44,8 @@ fn host_workload(seg: &Segment) {
                 }
             }
             for len in [0usize, 10, 100, 300] {
-                match tx.send(&vec![1; len]) {
-                    Ok(())
-                    | Err(
-                        SendError::Full
-                        | SendError::Exhausted
-                        | SendError::TooLarge { .. }
-                        | SendError::Protocol(_),
-                    ) => {}
-                    Err(e) => panic!("unexpected send error {e}"),
-                }
+                // Any outcome but a panic is acceptable here.
+                let _ = tx.send(&vec![1; len]);
             }
         }
         let pool = seg.pool();
