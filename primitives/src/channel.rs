@@ -10,7 +10,7 @@
 use crate::error::ProtocolError;
 use crate::frame::{self, Frame, SlotRef};
 use crate::layout::SegmentLayout;
-use crate::ring::{Consumer, Producer};
+use crate::ring::{Consumer, Grant, Producer};
 use crate::slot_pool::{AllocError, SlotPool};
 
 /// Why a message was not sent. Nothing was consumed: retry `Full` and
@@ -93,21 +93,27 @@ impl Sender {
     /// `fill` gets exactly `len` bytes of ring or slot memory. Not called
     /// when the message can not be sent now.
     pub fn send_with(&mut self, len: usize, fill: impl FnOnce(&mut [u8])) -> Result<(), SendError> {
+        let mut r = self.reserve(len)?;
+        fill(r.as_mut_slice());
+        r.commit();
+        Ok(())
+    }
+
+    /// Reserves room for a message of `len` bytes: ring bytes, and a slot
+    /// when it does not go inline. Fill it, then commit; dropping it
+    /// uncommitted gives everything back.
+    pub fn reserve(&mut self, len: usize) -> Result<Reservation<'_>, SendError> {
         if len <= self.max_inline as usize {
-            let len32 = len as u32;
-            let total = frame::inline_frame_len(len32);
-            let Some(mut grant) = self.producer.grant(total)? else {
+            let total = frame::inline_frame_len(len as u32);
+            let Some(grant) = self.producer.grant(total)? else {
                 return Err(SendError::Full);
             };
-            let [w0, w1] = frame::inline_header_words(len as u16);
-            grant.put_word(0, w0);
-            grant.put_word(4, w1);
-            let bytes = grant.as_mut_slice();
-            let (payload, padding) = bytes[frame::FRAME_HEADER_SIZE as usize..].split_at_mut(len);
-            fill(payload);
-            padding.fill(0);
-            grant.commit(total);
-            return Ok(());
+            return Ok(Reservation {
+                grant: Some(grant),
+                pool: &self.pool,
+                len,
+                slot: None,
+            });
         }
         let Ok(len32) = u32::try_from(len) else {
             return Err(SendError::TooLarge {
@@ -116,7 +122,7 @@ impl Sender {
             });
         };
         // Room in the ring first, so that a full ring never holds a slot.
-        let Some(mut grant) = self.producer.grant(frame::SLOT_REF_FRAME_SIZE)? else {
+        let Some(grant) = self.producer.grant(frame::SLOT_REF_FRAME_SIZE)? else {
             return Err(SendError::Full);
         };
         let slot = match self.pool.allocate(len32, self.owner) {
@@ -125,17 +131,91 @@ impl Sender {
             Err(AllocError::TooLarge { max, .. }) => return Err(SendError::TooLarge { len, max }),
             Err(AllocError::Corrupt(e)) => return Err(SendError::Protocol(e.into())),
         };
-        // SAFETY: we just allocated `slot` and have not sent it.
-        let area = unsafe { self.pool.payload_area_mut(&slot) }.map_err(ProtocolError::from)?;
-        fill(&mut area[..len]);
-        self.pool
-            .set_payload_len(&slot, len32)
-            .map_err(ProtocolError::from)?;
-        for (i, w) in frame::slot_ref_words(&slot).into_iter().enumerate() {
-            grant.put_word(4 * i as u32, w);
+        Ok(Reservation {
+            grant: Some(grant),
+            pool: &self.pool,
+            len,
+            slot: Some(slot),
+        })
+    }
+
+    /// Whether a message of `len` bytes would find room now (a hint: the
+    /// peer may take the last slot meanwhile). Changes nothing.
+    pub fn could_send(&self, len: usize) -> Result<bool, ProtocolError> {
+        if len <= self.max_inline as usize {
+            return self.producer.has_room(frame::inline_frame_len(len as u32));
         }
-        grant.commit(frame::SLOT_REF_FRAME_SIZE);
-        Ok(())
+        let Ok(len32) = u32::try_from(len) else {
+            return Ok(true);
+        };
+        Ok(self.producer.has_room(frame::SLOT_REF_FRAME_SIZE)? && self.pool.could_allocate(len32))
+    }
+}
+
+/// Room for one message, reserved by [`Sender::reserve`].
+pub struct Reservation<'a> {
+    /// Taken by `commit`.
+    grant: Option<Grant<'a>>,
+    pool: &'a SlotPool,
+    len: usize,
+    slot: Option<SlotRef>,
+}
+
+impl Reservation<'_> {
+    /// The `len` payload bytes to fill, in the ring or in the slot.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        match &self.slot {
+            None => {
+                let start = frame::FRAME_HEADER_SIZE as usize;
+                let grant = self.grant.as_mut().expect("present until commit");
+                &mut grant.as_mut_slice()[start..start + self.len]
+            }
+            // SAFETY: we allocated this slot and have not sent it; the
+            // returned borrow is tied to `self`.
+            Some(slot) => match unsafe { self.pool.payload_area_mut(slot) } {
+                Ok(area) => &mut area[..self.len],
+                Err(_) => unreachable!("a slot we allocated resolves"),
+            },
+        }
+    }
+
+    /// Whether the payload goes in a slot.
+    pub fn is_slot(&self) -> bool {
+        self.slot.is_some()
+    }
+
+    /// Publishes the message.
+    pub fn commit(mut self) {
+        let mut grant = self.grant.take().expect("present until commit");
+        match self.slot.take() {
+            None => {
+                let [total, w1] = frame::inline_header_words(self.len as u16);
+                grant.put_word(0, total);
+                grant.put_word(4, w1);
+                let start = frame::FRAME_HEADER_SIZE as usize + self.len;
+                grant.as_mut_slice()[start..total as usize].fill(0);
+                grant.commit(total);
+            }
+            Some(slot) => {
+                if self.pool.set_payload_len(&slot, self.len as u32).is_err() {
+                    unreachable!("the length was checked against the class at allocation");
+                }
+                for (i, w) in frame::slot_ref_words(&slot).into_iter().enumerate() {
+                    grant.put_word(4 * i as u32, w);
+                }
+                grant.commit(frame::SLOT_REF_FRAME_SIZE);
+            }
+        }
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            // Ours and never sent: freeing it can not fail unless the peer
+            // scribbled the meta, and then there is nothing better to do.
+            let _ = self.pool.free(slot);
+        }
     }
 }
 

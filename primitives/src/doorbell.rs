@@ -56,7 +56,21 @@ impl Doorbell {
     #[inline]
     pub fn prepare_wait(&self) -> u32 {
         self.waiters.fetch_add(1, Ordering::SeqCst);
+        // SeqCst fence: pairs with the one in `should_ring` (SYNC POINT
+        // "doorbell"), so a waiter's check of its condition and a
+        // publisher's check of `waiters` can not both miss.
+        core::sync::atomic::fence(Ordering::SeqCst);
         self.seq.load(Ordering::SeqCst)
+    }
+
+    /// The cheap publisher path: after publishing (a commit or a
+    /// release), returns whether anyone is registered, so that the caller
+    /// rings only then. Either this returns true, or the waiter's re-check
+    /// after [`Self::prepare_wait`] sees what was published.
+    #[inline]
+    pub fn should_ring(&self) -> bool {
+        core::sync::atomic::fence(Ordering::SeqCst);
+        self.waiters.load(Ordering::Relaxed) != 0
     }
 
     /// Deregisters a waiter.

@@ -43,6 +43,7 @@
 extern crate std;
 
 pub mod channel;
+pub mod checksum;
 pub mod doorbell;
 pub mod error;
 pub mod frame;

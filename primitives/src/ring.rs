@@ -257,6 +257,18 @@ impl Producer {
         }
     }
 
+    /// Whether `len` bytes could be granted now (reloads `read`; changes
+    /// nothing).
+    pub fn has_room(&self, len: u32) -> Result<bool, ProtocolError> {
+        if len == 0 || len > self.ring.capacity {
+            return Ok(false);
+        }
+        // Acquire: SYNC POINT "read".
+        let read = self.ring.header().read.load(Ordering::Acquire);
+        check_cursor(CursorField::Read, read, self.ring.capacity)?;
+        Ok(self.fits(len, read).is_some() || (self.write >= read && len < read))
+    }
+
     /// Reserves `len` contiguous bytes. `Ok(None)` when the ring is full
     /// for now; a `len` of 0 or past the capacity never fits.
     pub fn grant(&mut self, len: u32) -> Result<Option<Grant<'_>>, ProtocolError> {

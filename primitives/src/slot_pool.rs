@@ -434,6 +434,17 @@ impl SlotPool {
         }
     }
 
+    /// Whether some class that fits `payload_len` has a free slot now (a
+    /// hint; changes nothing).
+    pub fn could_allocate(&self, payload_len: u32) -> bool {
+        let Some(needed) = payload_len.checked_add(SLOT_LEN_PREFIX) else {
+            return false;
+        };
+        self.iter().any(|(_, c)| {
+            c.slot_size >= needed && unpack(c.header().free_head.load(Ordering::Acquire)).0 != EMPTY
+        })
+    }
+
     /// Checks a reference's class, extent and index; returns the class.
     fn resolve(&self, r: &SlotRef) -> Result<&ClassView, SlotError> {
         let class = self

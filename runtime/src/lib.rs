@@ -1,4 +1,32 @@
 //! shmrt: a WebAssembly sandbox runtime whose host and guests exchange
-//! messages through a shared-memory segment mapped inside guest memory.
+//! messages through a shared-memory segment mapped inside guest memory,
+//! with zero copies.
+//!
+//! ```no_run
+//! use shmrt::{Runtime, SandboxOptions};
+//!
+//! let runtime = Runtime::new()?;
+//! let mut sandbox = runtime.spawn_file("echo.wasm".as_ref(), SandboxOptions::default())?;
+//! sandbox.sender().send(b"hello")?;
+//! let reply = sandbox.receiver().recv()?;
+//! assert_eq!(reply.as_bytes(), b"hello");
+//! drop(reply);
+//! sandbox.sender().goodbye();
+//! let status = sandbox.join()?;
+//! # Ok::<(), shmrt::SandboxError>(())
+//! ```
 
+pub mod doorbell_futex;
+pub mod error;
+pub mod host_imports;
+mod memory_window;
+mod module_check;
+pub mod sandbox;
+pub mod segment_file;
+
+pub use error::SandboxError;
+pub use sandbox::{
+    GuestStdout, HostMessage, HostReceiver, HostSender, Runtime, Sandbox, SandboxHandle,
+    SandboxOptions,
+};
 pub use shmrt_primitives as primitives;

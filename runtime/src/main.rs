@@ -1,10 +1,19 @@
+//! The `shmrt` command line.
+
+mod cli;
+
+use std::process::ExitCode;
+
 use clap::Parser;
 
-/// shmrt: run WebAssembly plugins that share zero-copy rings with their host.
-#[derive(Parser)]
-#[command(version, about)]
-struct Cli {}
-
-fn main() {
-    let _cli = Cli::parse();
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    cli::init_tracing(&args);
+    match args.command.execute() {
+        Ok(code) => code,
+        Err(failure) => {
+            eprintln!("shmrt: {:#}", failure.error);
+            ExitCode::from(failure.code)
+        }
+    }
 }

@@ -1,0 +1,282 @@
+//! The guest's channel to its host.
+
+use core::fmt;
+use core::mem::ManuallyDrop;
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use shmrt_primitives::channel::{self, Location, Receiver, Sender};
+use shmrt_primitives::{HeaderError, ProtocolError, Segment};
+
+use crate::host;
+
+/// Spin rounds before parking in `wait`.
+const SPIN: u32 = 1000;
+/// How long one park lasts while waiting for room to send, in ns. The
+/// host rings when it frees room and sees us parked; the bound only covers
+/// a ring that raced with our registration.
+const ROOM_WAIT_NS: i64 = 200_000;
+
+static OPENED: AtomicBool = AtomicBool::new(false);
+
+/// Why the channel could not be opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenError {
+    /// `Channel::open` was already called.
+    AlreadyOpen,
+    /// The segment header in the window is not valid.
+    Header(HeaderError),
+    /// The host gave a peer id with no entry in the segment.
+    Peer(u32),
+    /// A ring cursor was invalid at open.
+    Protocol(ProtocolError),
+}
+
+impl fmt::Display for OpenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::AlreadyOpen => f.write_str("the channel is already open; open it once"),
+            Self::Header(e) => write!(f, "segment header: {e}"),
+            Self::Peer(id) => write!(f, "peer id {id} has no entry in the segment"),
+            Self::Protocol(e) => e.fmt(f),
+        }
+    }
+}
+
+impl core::error::Error for OpenError {}
+
+/// Why a message was not sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendError {
+    /// Larger than the largest slot can carry.
+    TooLarge { len: usize, max: u32 },
+    /// The host broke the protocol.
+    Protocol(ProtocolError),
+}
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::TooLarge { len, max } => write!(
+                f,
+                "message of {len} bytes exceeds the largest slot payload {max}"
+            ),
+            Self::Protocol(e) => e.fmt(f),
+        }
+    }
+}
+
+impl core::error::Error for SendError {}
+
+/// The plugin's channel: an [`Inbox`] for what the host sends and an
+/// [`Outbox`] for replies. [`Channel::split`] gives both at once, so that
+/// a received message (borrowed in place) can be answered while held.
+pub struct Channel {
+    inbox: Inbox,
+    outbox: Outbox,
+}
+
+/// Receives what the host sends.
+pub struct Inbox {
+    rx: Receiver,
+    segment: Segment,
+    index: u32,
+}
+
+/// Sends to the host.
+pub struct Outbox {
+    tx: Sender,
+    segment: Segment,
+    index: u32,
+}
+
+/// A message from the host, read in place in the segment. Dropping it
+/// gives its ring bytes or its slot back.
+pub struct Message<'a> {
+    inner: ManuallyDrop<channel::Message<'a>>,
+    segment: &'a Segment,
+    index: u32,
+}
+
+impl Message<'_> {
+    /// The payload, in place.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.inner.as_bytes()
+    }
+
+    /// Payload length.
+    pub fn len(&self) -> usize {
+        self.inner.len()
+    }
+
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.inner.is_empty()
+    }
+
+    /// Whether the payload sits in a slot (else inline in the ring).
+    pub fn is_slot(&self) -> bool {
+        matches!(self.inner.location(), Location::Slot(_))
+    }
+}
+
+impl Drop for Message<'_> {
+    fn drop(&mut self) {
+        // SAFETY: dropped once, here.
+        unsafe { ManuallyDrop::drop(&mut self.inner) };
+        notify_host(self.segment, self.index);
+    }
+}
+
+/// Rings the host only if it is parked (a fence and a load otherwise).
+fn notify_host(segment: &Segment, index: u32) {
+    if let Some(peer) = segment.peer(index)
+        && peer.g2h_doorbell.should_ring()
+    {
+        host::ring();
+    }
+}
+
+impl Channel {
+    /// Opens the channel to the host. Once per plugin.
+    pub fn open() -> Result<Channel, OpenError> {
+        if OPENED.swap(true, Ordering::AcqRel) {
+            return Err(OpenError::AlreadyOpen);
+        }
+        let base = host::segment_base() as *mut u8;
+        // SAFETY: the host placed an initialized segment at `base` in our
+        // memory; we trust the header our host wrote (a bad one could only
+        // make us trap).
+        let segment = unsafe { Segment::open_trusting(base) }.map_err(OpenError::Header)?;
+        let peer = host::peer_id();
+        let index = peer.wrapping_sub(1);
+        if segment.peer(index).is_none() {
+            return Err(OpenError::Peer(peer));
+        }
+        let (tx, rx) = segment.guest_channel(index).map_err(OpenError::Protocol)?;
+        Ok(Channel {
+            inbox: Inbox { rx, segment, index },
+            outbox: Outbox { tx, segment, index },
+        })
+    }
+
+    /// Both ends, to answer a message while holding it.
+    pub fn split(&mut self) -> (&mut Inbox, &mut Outbox) {
+        (&mut self.inbox, &mut self.outbox)
+    }
+
+    /// See [`Inbox::recv`].
+    pub fn recv(&mut self) -> Option<Message<'_>> {
+        self.inbox.recv()
+    }
+
+    /// See [`Outbox::send`].
+    pub fn send(&mut self, payload: &[u8]) -> Result<(), SendError> {
+        self.outbox.send(payload)
+    }
+
+    /// See [`Outbox::send_with`].
+    pub fn send_with(&mut self, len: usize, fill: impl FnOnce(&mut [u8])) -> Result<(), SendError> {
+        self.outbox.send_with(len, fill)
+    }
+
+    /// Whether the host has said goodbye (it sends nothing more).
+    pub fn host_goodbye(&self) -> bool {
+        self.inbox.host_goodbye()
+    }
+}
+
+impl Inbox {
+    /// Whether the host has said goodbye (it sends nothing more).
+    pub fn host_goodbye(&self) -> bool {
+        self.segment.header().host_goodbye()
+    }
+
+    /// The next message if one is there.
+    pub fn try_recv(&mut self) -> Result<Option<Message<'_>>, ProtocolError> {
+        let (segment, index) = (&self.segment, self.index);
+        Ok(self.rx.try_recv()?.map(|m| Message {
+            inner: ManuallyDrop::new(m),
+            segment,
+            index,
+        }))
+    }
+
+    /// Waits for the next message: spins briefly, then parks until the
+    /// host rings. `None` once the host has said goodbye and everything it
+    /// sent has been read.
+    ///
+    /// # Panics
+    ///
+    /// If the host breaks the protocol (the shmrt host never does).
+    pub fn recv(&mut self) -> Option<Message<'_>> {
+        let mut spins = 0;
+        loop {
+            if !self.rx.is_empty().unwrap_or_else(|e| protocol_panic(e)) {
+                break;
+            }
+            if self.host_goodbye() {
+                // Messages sent before the goodbye are visible now.
+                if self.rx.is_empty().unwrap_or_else(|e| protocol_panic(e)) {
+                    return None;
+                }
+                break;
+            }
+            if spins < SPIN {
+                spins += 1;
+                core::hint::spin_loop();
+            } else {
+                host::wait(-1);
+            }
+        }
+        self.try_recv().unwrap_or_else(|e| protocol_panic(e))
+    }
+}
+
+impl Outbox {
+    /// Sends a copy of `payload`, waiting for room.
+    pub fn send(&mut self, payload: &[u8]) -> Result<(), SendError> {
+        self.send_with(payload.len(), |b| b.copy_from_slice(payload))
+    }
+
+    /// Sends `len` bytes written in place by `fill`, inline or in a slot
+    /// by size, waiting for room.
+    pub fn send_with(&mut self, len: usize, fill: impl FnOnce(&mut [u8])) -> Result<(), SendError> {
+        let mut spins = 0;
+        loop {
+            match self.tx.reserve(len) {
+                Ok(mut r) => {
+                    fill(r.as_mut_slice());
+                    r.commit();
+                    notify_host(&self.segment, self.index);
+                    return Ok(());
+                }
+                Err(channel::SendError::Full | channel::SendError::Exhausted) => {
+                    if spins < SPIN {
+                        spins += 1;
+                        core::hint::spin_loop();
+                    } else {
+                        host::wait(ROOM_WAIT_NS);
+                    }
+                }
+                Err(channel::SendError::TooLarge { len, max }) => {
+                    return Err(SendError::TooLarge { len, max });
+                }
+                Err(channel::SendError::Protocol(e)) => return Err(SendError::Protocol(e)),
+            }
+        }
+    }
+
+    /// Largest payload that can be sent.
+    pub fn max_payload(&self) -> u32 {
+        self.tx.max_payload()
+    }
+
+    /// Largest payload sent inline in the ring.
+    pub fn max_inline(&self) -> u32 {
+        self.tx.max_inline()
+    }
+}
+
+fn protocol_panic(e: ProtocolError) -> ! {
+    panic!("the host broke the shmrt protocol: {e}")
+}

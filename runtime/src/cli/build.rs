@@ -1,0 +1,164 @@
+//! `shmrt build DIR`: builds a guest crate for wasm32 with the flags
+//! shmrt guests need, and prints the path of the .wasm as the last line.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+
+use anyhow::{Context, bail};
+use clap::Args;
+
+use super::Failure;
+
+/// The flags every guest needs: without atomics a guest polling its ring
+/// can hang forever.
+pub const GUEST_RUSTFLAGS: &str = "-C target-feature=+atomics,+bulk-memory";
+const DEFAULT_TARGET: &str = "wasm32-unknown-unknown";
+const TARGETS: [&str; 2] = ["wasm32-unknown-unknown", "wasm32-wasip1"];
+
+#[derive(Args)]
+pub struct BuildCommand {
+    /// The guest crate's directory.
+    #[arg(default_value = ".")]
+    dir: PathBuf,
+    /// Build with the dev profile instead of release.
+    #[arg(long)]
+    debug: bool,
+    /// wasm32 target; default: `build.target` of DIR/.cargo/config.toml,
+    /// else wasm32-unknown-unknown.
+    #[arg(long)]
+    target: Option<String>,
+}
+
+impl BuildCommand {
+    pub fn execute(self) -> Result<ExitCode, Failure> {
+        let wasm = build(&self.dir, self.target.as_deref(), !self.debug)?;
+        println!("{}", wasm.display());
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// Builds the guest crate at `dir`; returns the path of its .wasm.
+pub fn build(dir: &Path, target: Option<&str>, release: bool) -> anyhow::Result<PathBuf> {
+    let manifest = dir.join("Cargo.toml");
+    if !manifest.is_file() {
+        bail!(
+            "{} has no Cargo.toml: give the directory of a guest crate",
+            dir.display()
+        );
+    }
+    let target = match target {
+        Some(t) => t.to_string(),
+        None => configured_target(dir)?.unwrap_or_else(|| DEFAULT_TARGET.to_string()),
+    };
+    if !TARGETS.contains(&target.as_str()) {
+        bail!(
+            "target {target} is not a wasm32 target shmrt runs; use one of {}",
+            TARGETS.join(", ")
+        );
+    }
+    ensure_target(&target)?;
+    let env_key = format!(
+        "CARGO_TARGET_{}_RUSTFLAGS",
+        target.to_uppercase().replace('-', "_")
+    );
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(dir)
+        .args([
+            "build",
+            "--target",
+            &target,
+            "--message-format=json-render-diagnostics",
+        ])
+        .env(env_key, GUEST_RUSTFLAGS)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    if release {
+        cmd.arg("--release");
+    }
+    let out = cmd
+        .output()
+        .with_context(|| format!("running cargo build in {}", dir.display()))?;
+    if !out.status.success() {
+        bail!(
+            "cargo build failed in {} ({}); its messages are above",
+            dir.display(),
+            out.status
+        );
+    }
+    let manifest = manifest
+        .canonicalize()
+        .with_context(|| format!("resolving {}", manifest.display()))?;
+    let mut wasm = None;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if msg["reason"] != "compiler-artifact" {
+            continue;
+        }
+        let same = msg["manifest_path"]
+            .as_str()
+            .map(Path::new)
+            .and_then(|p| p.canonicalize().ok());
+        if same.as_deref() != Some(manifest.as_path()) {
+            continue;
+        }
+        let files = msg["filenames"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f.as_str());
+        if let Some(f) = files.filter(|f| f.ends_with(".wasm")).last() {
+            wasm = Some(PathBuf::from(f));
+        }
+    }
+    wasm.with_context(|| {
+        format!(
+            "cargo built {} but produced no .wasm: make the crate a `cdylib` (no_std plugin) or a binary (WASI command)",
+            dir.display()
+        )
+    })
+}
+
+/// `build.target` from DIR/.cargo/config.toml, if set.
+fn configured_target(dir: &Path) -> anyhow::Result<Option<String>> {
+    let path = dir.join(".cargo").join("config.toml");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(None);
+    };
+    let value: toml::Table = text
+        .parse()
+        .with_context(|| format!("parsing {}", path.display()))?;
+    Ok(value
+        .get("build")
+        .and_then(|b| b.get("target"))
+        .and_then(|t| t.as_str())
+        .map(str::to_string))
+}
+
+/// Installs `target` with rustup when it is missing.
+fn ensure_target(target: &str) -> anyhow::Result<()> {
+    let listed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output();
+    if let Ok(out) = &listed
+        && out.status.success()
+        && String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l.trim() == target)
+    {
+        return Ok(());
+    }
+    eprintln!("shmrt: installing the {target} target with rustup");
+    let status = Command::new("rustup")
+        .args(["target", "add", target])
+        .stdout(Stdio::null())
+        .status()
+        .with_context(|| format!("could not run rustup to install {target}; install it with `rustup target add {target}`"))?;
+    if !status.success() {
+        bail!(
+            "rustup could not install {target} ({status}); install it with `rustup target add {target}`"
+        );
+    }
+    Ok(())
+}

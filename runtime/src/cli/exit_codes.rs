@@ -1,0 +1,57 @@
+//! Exit statuses of the CLI, one per way a run can end badly, so that
+//! scripts can tell them apart. A guest's own status passes through as is.
+
+use shmrt::SandboxError;
+
+/// Something failed outside the guest (I/O, a bad argument).
+pub const OTHER: u8 = 1;
+/// The plugin file could not be read (EX_NOINPUT).
+pub const UNREADABLE: u8 = 66;
+/// Not a valid module, or one shmrt refuses (EX_DATAERR).
+pub const INVALID_MODULE: u8 = 65;
+/// The guest trapped (EX_SOFTWARE).
+pub const TRAP: u8 = 70;
+/// The guest broke the shared-memory protocol (EX_PROTOCOL).
+pub const PROTOCOL: u8 = 76;
+/// The guest ran past `--timeout` (as timeout(1)).
+pub const TIMEOUT: u8 = 124;
+
+/// An error and the status to exit with.
+pub struct Failure {
+    pub error: anyhow::Error,
+    pub code: u8,
+}
+
+impl Failure {
+    pub fn other(error: anyhow::Error) -> Self {
+        Failure { error, code: OTHER }
+    }
+}
+
+impl From<SandboxError> for Failure {
+    fn from(e: SandboxError) -> Self {
+        let code = match &e {
+            SandboxError::Read { .. } => UNREADABLE,
+            SandboxError::Compile { .. }
+            | SandboxError::Refused { .. }
+            | SandboxError::Instantiate { .. } => INVALID_MODULE,
+            SandboxError::Trap { .. } => TRAP,
+            SandboxError::Protocol { .. } => PROTOCOL,
+            SandboxError::Timeout { .. } => TIMEOUT,
+            _ => OTHER,
+        };
+        Failure {
+            error: e.into(),
+            code,
+        }
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Self {
+        match error.downcast::<SandboxError>() {
+            Ok(e) => e.into(),
+            Err(error) => Failure::other(error),
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! One struct per subcommand, each with `execute()`.
+
+mod build;
+mod exit_codes;
+mod run;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub use exit_codes::Failure;
+
+/// shmrt: run WebAssembly plugins that share zero-copy rings with their host.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+pub struct Cli {
+    /// More logging on stderr (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors on stderr.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run a plugin; stdin is cut into messages for it, its messages go to stdout.
+    Run(run::RunCommand),
+    /// Build the guest crate in DIR for wasm32 and print the path of the .wasm.
+    Build(build::BuildCommand),
+}
+
+impl Command {
+    pub fn execute(self) -> Result<ExitCode, Failure> {
+        match self {
+            Command::Run(c) => c.execute(),
+            Command::Build(c) => c.execute(),
+        }
+    }
+}
+
+/// Logs go to stderr; `RUST_LOG` overrides `-v`/`-q`.
+pub fn init_tracing(cli: &Cli) {
+    let default = match (cli.quiet, cli.verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn,shmrt::guest=info",
+        (false, 1) => "info",
+        (false, 2) => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,285 @@
+//! `shmrt run PLUGIN.wasm`: the CLI is the host. Standard input is cut
+//! into messages for the guest; the guest's messages go to standard output.
+
+use std::io::{self, BufRead, BufWriter, Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use shmrt::primitives::layout::{SLOT_LEN_PREFIX, SizeClass, SizeClasses};
+use shmrt::{HostReceiver, HostSender, Runtime, SandboxError, SandboxOptions};
+
+use super::Failure;
+
+/// How standard input and output are cut into messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Framing {
+    /// One message per input line (newline removed); each guest message is
+    /// written followed by a newline.
+    Lines,
+    /// Input cut into messages of `--chunk` bytes; guest messages written
+    /// as they are.
+    Raw,
+    /// u32 little-endian length-prefixed records, both ways.
+    Len32,
+}
+
+#[derive(Args)]
+pub struct RunCommand {
+    /// The plugin (.wasm).
+    plugin: PathBuf,
+    /// How stdin and stdout are cut into messages.
+    #[arg(long, value_enum, default_value = "lines")]
+    framing: Framing,
+    /// Message size for `--framing raw` (e.g. 4096, 64KiB, 1MiB).
+    #[arg(long, default_value = "64KiB", value_parser = parse_size)]
+    chunk: u64,
+    /// Wall-clock limit for the guest (e.g. 500ms, 2s, 1m).
+    #[arg(long, value_parser = parse_duration)]
+    timeout: Option<Duration>,
+    /// Data bytes of each ring, per direction.
+    #[arg(long, default_value = "64KiB", value_parser = parse_size)]
+    ring_capacity: u64,
+    /// Messages of up to THRESHOLD - 8 bytes go inline in the ring (0 = 256).
+    #[arg(long, default_value_t = 0)]
+    inline_threshold: u32,
+    /// Slot classes as PAYLOAD:COUNT pairs, smallest first
+    /// (default 4092:64,65532:16,1MiB:4). Each slot also holds a 4-byte length.
+    #[arg(long, value_parser = parse_classes)]
+    slot_classes: Option<SizeClasses>,
+    /// Give the guest a host directory: HOST or HOST::GUEST (WASI guests).
+    #[arg(long = "dir")]
+    dirs: Vec<String>,
+    /// An environment variable for the guest: KEY=VALUE (WASI guests).
+    #[arg(long = "env")]
+    env: Vec<String>,
+    /// Arguments for the guest (WASI guests), after `--`.
+    #[arg(last = true)]
+    args: Vec<String>,
+}
+
+impl RunCommand {
+    pub fn execute(self) -> Result<ExitCode, Failure> {
+        let mut options = SandboxOptions {
+            name: self.plugin.display().to_string(),
+            timeout: self.timeout,
+            ..SandboxOptions::default()
+        };
+        options.segment.ring_capacity = u32::try_from(self.ring_capacity).map_err(|_| {
+            Failure::other(anyhow::anyhow!(
+                "--ring-capacity {} is too large",
+                self.ring_capacity
+            ))
+        })?;
+        options.segment.inline_threshold = self.inline_threshold;
+        if let Some(classes) = self.slot_classes {
+            options.segment.size_classes = classes;
+            options.segment.max_payload_size = classes
+                .as_slice()
+                .iter()
+                .map(|c| c.max_payload())
+                .max()
+                .unwrap_or(0);
+        }
+        options.args = std::iter::once(self.plugin.display().to_string())
+            .chain(self.args)
+            .collect();
+        for e in &self.env {
+            let (k, v) = e
+                .split_once('=')
+                .with_context(|| format!("--env {e}: expected KEY=VALUE"))
+                .map_err(Failure::other)?;
+            options.env.push((k.into(), v.into()));
+        }
+        for d in &self.dirs {
+            let (host, guest) = d.split_once("::").unwrap_or((d, d));
+            options.dirs.push((host.into(), guest.into()));
+        }
+        let chunk = usize::try_from(self.chunk.max(1)).unwrap_or(usize::MAX);
+
+        let runtime = Runtime::new()?;
+        let sandbox = runtime.spawn_file(&self.plugin, options)?;
+        let (tx, mut rx, handle) = sandbox.split();
+        let framing = self.framing;
+        // The feeder may stay blocked on stdin after the guest ends; it is
+        // not joined, the process exits.
+        let feeder = std::thread::Builder::new()
+            .name("shmrt-stdin".into())
+            .spawn(move || feed(io::stdin().lock(), framing, chunk, tx))
+            .context("starting the stdin thread")?;
+        let drained = drain(&mut rx, framing);
+        let status = handle.join();
+        if feeder.is_finished()
+            && let Ok(Err(e)) = feeder.join()
+        {
+            // Reading stdin failed: that is the error to report.
+            return Err(Failure::other(e.context("reading standard input")));
+        }
+        drained?;
+        let code = status?;
+        Ok(ExitCode::from(code.clamp(0, 255) as u8))
+    }
+}
+
+/// Cuts `input` into messages, sends them, then says goodbye.
+fn feed(
+    mut input: impl BufRead,
+    framing: Framing,
+    chunk: usize,
+    mut tx: HostSender,
+) -> anyhow::Result<()> {
+    let result = (|| -> anyhow::Result<()> {
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            let more = match framing {
+                Framing::Lines => {
+                    let n = input.read_until(b'\n', &mut buf)?;
+                    if buf.last() == Some(&b'\n') {
+                        buf.pop();
+                    }
+                    n > 0
+                }
+                Framing::Raw => {
+                    (&mut input).take(chunk as u64).read_to_end(&mut buf)?;
+                    !buf.is_empty()
+                }
+                Framing::Len32 => {
+                    let mut len = [0u8; 4];
+                    match input.read_exact(&mut len) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+                        Err(e) => return Err(e.into()),
+                    }
+                    let n = u32::from_le_bytes(len) as u64;
+                    (&mut input).take(n).read_to_end(&mut buf)?;
+                    if (buf.len() as u64) < n {
+                        anyhow::bail!(
+                            "a len32 record announces {n} bytes but stdin ends after {}",
+                            buf.len()
+                        );
+                    }
+                    true
+                }
+            };
+            if !more {
+                return Ok(());
+            }
+            match tx.send(&buf) {
+                Ok(()) => {}
+                // The guest ended: what is left of stdin has no reader.
+                Err(SandboxError::Closed { .. }) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    })();
+    tx.goodbye();
+    result
+}
+
+/// Writes the guest's messages until it has ended and all are read.
+fn drain(rx: &mut HostReceiver, framing: Framing) -> Result<(), Failure> {
+    let stdout = io::stdout();
+    let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
+    let write_err =
+        |e: io::Error| Failure::other(anyhow::Error::new(e).context("writing standard output"));
+    loop {
+        if rx.is_empty()? {
+            // Nothing queued: show what we have before waiting.
+            out.flush().map_err(write_err)?;
+        }
+        let msg = match rx.recv() {
+            Ok(m) => m,
+            Err(SandboxError::Closed { .. }) => break,
+            Err(e) => return Err(e.into()),
+        };
+        let bytes = msg.as_bytes();
+        match framing {
+            Framing::Lines => {
+                out.write_all(bytes).map_err(write_err)?;
+                out.write_all(b"\n").map_err(write_err)?;
+            }
+            Framing::Raw => out.write_all(bytes).map_err(write_err)?,
+            Framing::Len32 => {
+                out.write_all(&(bytes.len() as u32).to_le_bytes())
+                    .map_err(write_err)?;
+                out.write_all(bytes).map_err(write_err)?;
+            }
+        }
+    }
+    out.flush().map_err(write_err)?;
+    Ok(())
+}
+
+/// `4096`, `64KiB`, `1MiB`, `2GiB` (also K, M, G, KB, MB, GB as binary units).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (e.g. 4096, 64KiB, 1MiB)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown size unit `{other}` in `{s}` (use KiB, MiB or GiB)"
+            ));
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("`{s}` is too large"))
+}
+
+/// `500ms`, `2s`, `1m`, `250us`, `10ns`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (e.g. 500ms, 2s, 1m)"))?;
+    let secs = match unit {
+        "ns" => n / 1e9,
+        "us" | "µs" => n / 1e6,
+        "ms" => n / 1e3,
+        "s" | "" => n,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        other => {
+            return Err(format!(
+                "unknown duration unit `{other}` in `{s}` (use ms, s, m)"
+            ));
+        }
+    };
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("`{s}` is not a valid duration"))
+}
+
+/// `PAYLOAD:COUNT,...`, e.g. `4092:64,65532:16,1MiB:4`.
+pub fn parse_classes(s: &str) -> Result<SizeClasses, String> {
+    let mut classes = Vec::new();
+    for part in s.split(',') {
+        let (size, count) = part.split_once(':').ok_or_else(|| {
+            format!("`{part}` in --slot-classes: expected PAYLOAD:COUNT, e.g. 64KiB:16")
+        })?;
+        let payload = parse_size(size)?;
+        let slot_size = u32::try_from(payload + SLOT_LEN_PREFIX as u64)
+            .map_err(|_| format!("slot payload `{size}` is too large (at most 4 GiB - 5 bytes)"))?;
+        let slot_count: u32 = count
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{count}` is not a slot count"))?;
+        classes.push(SizeClass {
+            slot_size,
+            slot_count,
+        });
+    }
+    SizeClasses::new(&classes).map_err(|e| e.to_string())
+}

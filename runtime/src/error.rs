@@ -1,0 +1,75 @@
+//! The runtime library's public errors. Each names the sandbox (and the
+//! file, when there is one) and says what to do where that is known.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use shmrt_primitives::{LayoutError, ProtocolError};
+
+/// Why a sandbox could not be created, or how it ended badly.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// An OS call failed.
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The plugin file could not be read.
+    #[error("cannot read plugin {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The segment configuration is invalid.
+    #[error("invalid segment configuration: {0}")]
+    Config(LayoutError),
+    /// The bytes are not a valid WebAssembly module for this runtime.
+    #[error("sandbox {sandbox}: invalid WebAssembly module: {message}")]
+    Compile { sandbox: String, message: String },
+    /// A valid module that shmrt will not run, and why.
+    #[error("sandbox {sandbox}: {reason}")]
+    Refused { sandbox: String, reason: String },
+    /// Instantiation failed (a missing import, a start function trap).
+    #[error("sandbox {sandbox}: instantiation failed: {message}")]
+    Instantiate { sandbox: String, message: String },
+    /// The guest trapped.
+    #[error("sandbox {sandbox}: guest trapped: {message}")]
+    Trap { sandbox: String, message: String },
+    /// The guest ran past its deadline.
+    #[error("sandbox {sandbox}: timed out after {after:?}")]
+    Timeout { sandbox: String, after: Duration },
+    /// The guest broke the shared-memory protocol.
+    #[error("sandbox {sandbox}: protocol violation: {error}")]
+    Protocol {
+        sandbox: String,
+        error: ProtocolError,
+    },
+    /// The guest has ended and everything it sent has been read.
+    #[error("sandbox {sandbox}: the guest has ended")]
+    Closed { sandbox: String },
+    /// A message larger than any slot.
+    #[error(
+        "sandbox {sandbox}: message of {len} bytes exceeds the largest slot payload of {max} bytes; raise the largest size class"
+    )]
+    TooLarge {
+        sandbox: String,
+        len: usize,
+        max: u32,
+    },
+    /// A blocking call ran out of time.
+    #[error("sandbox {sandbox}: {what} timed out after {after:?}")]
+    WouldBlock {
+        sandbox: String,
+        what: &'static str,
+        after: Duration,
+    },
+}
+
+impl SandboxError {
+    pub(crate) fn io(what: &'static str, source: std::io::Error) -> Self {
+        SandboxError::Io { what, source }
+    }
+}

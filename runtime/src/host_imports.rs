@@ -1,0 +1,132 @@
+//! The host imports of module `shmrt`, the one place that defines them.
+//! This mirrors `wit/shmrt.wit`; a test parses the WIT and checks that the
+//! linker defines exactly these names with the matching core signatures.
+
+use std::time::{Duration, Instant};
+
+use wasmtime::{Caller, Linker};
+
+use crate::doorbell_futex;
+use crate::sandbox::{DeadlineExceeded, SandboxState};
+
+/// The core import module name.
+pub const MODULE: &str = "shmrt";
+
+/// Longest log message passed on; longer ones are cut.
+pub const MAX_LOG_BYTES: usize = 4096;
+
+/// `wait` results.
+pub const WAIT_RANG: i32 = 0;
+/// `wait`: the timeout passed.
+pub const WAIT_TIMEOUT: i32 = 1;
+/// `wait`: the host said goodbye (or is stopping the sandbox).
+pub const WAIT_GOODBYE: i32 = 2;
+
+/// Longest single park inside `wait`, so that a stop or a deadline is
+/// noticed even if a wake-up is lost to a scribbled waiter count.
+const MAX_PARK: Duration = Duration::from_millis(50);
+
+/// Defines every import of [`MODULE`].
+pub(crate) fn add_to_linker(linker: &mut Linker<SandboxState>) -> wasmtime::Result<()> {
+    linker.func_wrap(
+        MODULE,
+        "segment_base",
+        |c: Caller<'_, SandboxState>| -> u32 { c.data().shared.window_base() as u32 },
+    )?;
+    linker.func_wrap(
+        MODULE,
+        "segment_size",
+        |c: Caller<'_, SandboxState>| -> u32 { c.data().shared.segment_file.len() as u32 },
+    )?;
+    linker.func_wrap(MODULE, "peer_id", |c: Caller<'_, SandboxState>| -> u32 {
+        c.data().shared.guest_index + 1
+    })?;
+    linker.func_wrap(MODULE, "ring", |c: Caller<'_, SandboxState>| {
+        doorbell_futex::ring(&c.data().shared.peer().g2h_doorbell);
+    })?;
+    linker.func_wrap(MODULE, "wait", wait)?;
+    linker.func_wrap(MODULE, "log", log)?;
+    linker.func_wrap(MODULE, "now_ns", |c: Caller<'_, SandboxState>| -> u64 {
+        c.data().shared.started.elapsed().as_nanos() as u64
+    })?;
+    Ok(())
+}
+
+fn wait(c: Caller<'_, SandboxState>, timeout_ns: i64) -> wasmtime::Result<i32> {
+    let state = c.data();
+    let shared = &state.shared;
+    let bell = &shared.peer().h2g_doorbell;
+    let now = Instant::now();
+    let until = u64::try_from(timeout_ns)
+        .ok()
+        .map(|ns| now + Duration::from_nanos(ns));
+    loop {
+        // Register, then check, then sleep on the sequence seen at
+        // registration (the eventcount protocol of the doorbell module).
+        let seq = bell.prepare_wait();
+        let outcome = if shared.goodbye_or_stopped() {
+            Some(WAIT_GOODBYE)
+        } else if shared.h2g_has_data() {
+            Some(WAIT_RANG)
+        } else {
+            None
+        };
+        if let Some(o) = outcome {
+            bell.finish_wait();
+            return Ok(o);
+        }
+        let now = Instant::now();
+        if state.deadline.is_some_and(|d| now >= d) {
+            bell.finish_wait();
+            return Err(wasmtime::Error::new(DeadlineExceeded));
+        }
+        if until.is_some_and(|u| now >= u) {
+            bell.finish_wait();
+            return Ok(WAIT_TIMEOUT);
+        }
+        let mut nap = MAX_PARK;
+        for limit in [until, state.deadline].into_iter().flatten() {
+            nap = nap.min(limit.saturating_duration_since(now));
+        }
+        doorbell_futex::park(bell.futex_word(), seq, Some(nap));
+        bell.finish_wait();
+        if bell.sequence() != seq {
+            return Ok(if shared.goodbye_or_stopped() {
+                WAIT_GOODBYE
+            } else {
+                WAIT_RANG
+            });
+        }
+    }
+}
+
+fn log(mut c: Caller<'_, SandboxState>, level: i32, ptr: u32, len: u32) -> wasmtime::Result<()> {
+    let Some(memory) = c.get_export("memory").and_then(|e| e.into_memory()) else {
+        wasmtime::bail!("shmrt.log called but the module exports no `memory`");
+    };
+    let data = memory.data(&c);
+    let (start, n) = (ptr as usize, len as usize);
+    let Some(bytes) = start.checked_add(n).and_then(|end| data.get(start..end)) else {
+        wasmtime::bail!(
+            "shmrt.log called with ptr {ptr} and len {len}, outside linear memory ({} bytes)",
+            data.len()
+        );
+    };
+    let cut = &bytes[..n.min(MAX_LOG_BYTES)];
+    let text = String::from_utf8_lossy(cut);
+    let truncated = if n > MAX_LOG_BYTES {
+        " [truncated]"
+    } else {
+        ""
+    };
+    let shared = &c.data().shared;
+    let (sandbox, peer) = (shared.name.as_str(), shared.guest_index + 1);
+    match level {
+        i32::MIN..=0 => tracing::trace!(target: "shmrt::guest", sandbox, peer, "{text}{truncated}"),
+        1 => tracing::debug!(target: "shmrt::guest", sandbox, peer, "{text}{truncated}"),
+        2 => tracing::info!(target: "shmrt::guest", sandbox, peer, "{text}{truncated}"),
+        3 => tracing::warn!(target: "shmrt::guest", sandbox, peer, "{text}{truncated}"),
+        _ => tracing::error!(target: "shmrt::guest", sandbox, peer, "{text}{truncated}"),
+    }
+    Ok(())
+}

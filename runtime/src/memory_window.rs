@@ -1,0 +1,197 @@
+//! The memory window: a wasmtime `MemoryCreator` whose linear memories can
+//! map a segment file into themselves, so that guest and host share the
+//! same pages.
+//!
+//! Each linear memory reserves its whole range (4 GiB plus the guard) as
+//! `PROT_NONE`, makes the module's initial pages read-write, and grows by
+//! making more pages read-write. A sandbox hands its segment to the memory
+//! about to be created (through a thread-local, since instantiation runs on
+//! the caller's thread); right after instantiation the runtime grows the
+//! memory by the window's size, and that one growth maps the file there
+//! `MAP_SHARED | MAP_FIXED` instead of anonymous pages. Later `memory.grow`
+//! calls by the guest land after the window; accesses past the current
+//! size stay `PROT_NONE` and trap.
+
+use std::cell::RefCell;
+use std::ffi::c_void;
+use std::fs::File;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use rustix::mm::{MapFlags, MprotectFlags, ProtFlags};
+use wasmtime::{LinearMemory, MemoryCreator, MemoryType};
+
+/// 4 GiB: every 32-bit memory reserves its whole address range.
+const RESERVATION_32: usize = 1 << 32;
+
+/// A segment file to map as the next growth of the memory being created.
+pub(crate) struct PendingWindow {
+    pub file: Arc<File>,
+    /// Bytes of the file to map (a multiple of 64 KiB).
+    pub len: usize,
+    /// Set once mapped: the window's offset in linear memory.
+    pub placed_at: Arc<AtomicUsize>,
+}
+
+thread_local! {
+    static PENDING: RefCell<Option<PendingWindow>> = const { RefCell::new(None) };
+}
+
+/// Makes `window` the window of the next linear memory created on this
+/// thread, for the duration of `f` (the instantiation).
+pub(crate) fn with_pending_window<R>(window: PendingWindow, f: impl FnOnce() -> R) -> R {
+    PENDING.with(|p| *p.borrow_mut() = Some(window));
+    let r = f();
+    PENDING.with(|p| p.borrow_mut().take());
+    r
+}
+
+/// Not placed yet.
+pub(crate) const NOT_PLACED: usize = usize::MAX;
+
+/// The engine's memory creator.
+pub(crate) struct WindowMemoryCreator;
+
+// SAFETY: the memories we return keep their base fixed for their lifetime
+// (the whole range is reserved up front), are zero-filled (fresh anonymous
+// pages; the window is the segment, which the runtime initialized), and
+// keep `guard_size_in_bytes` unmapped after the reservation.
+unsafe impl MemoryCreator for WindowMemoryCreator {
+    fn new_memory(
+        &self,
+        ty: MemoryType,
+        minimum: usize,
+        maximum: Option<usize>,
+        reserved_size_in_bytes: Option<usize>,
+        guard_size_in_bytes: usize,
+    ) -> Result<Box<dyn LinearMemory>, String> {
+        if ty.is_64() {
+            return Err("64-bit memories (memory64) are not supported by shmrt".into());
+        }
+        let window = PENDING.with(|p| p.borrow_mut().take());
+        let reservation = reserved_size_in_bytes
+            .unwrap_or(RESERVATION_32)
+            .max(minimum);
+        let total = reservation
+            .checked_add(guard_size_in_bytes)
+            .ok_or("memory reservation overflows the address space")?;
+        // SAFETY: a fresh anonymous reservation; nothing else refers to it.
+        let base = unsafe {
+            rustix::mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                total,
+                ProtFlags::empty(),
+                MapFlags::PRIVATE | MapFlags::NORESERVE,
+            )
+        }
+        .map_err(|e| format!("could not reserve {total} bytes for linear memory: {e}"))?;
+        let mut memory = WindowedMemory {
+            base: base as *mut u8,
+            total,
+            reservation,
+            size: 0,
+            maximum: maximum.unwrap_or(reservation).min(reservation),
+            window,
+        };
+        memory.make_accessible(minimum).map_err(|e| e.to_string())?;
+        Ok(Box::new(memory))
+    }
+}
+
+struct WindowedMemory {
+    base: *mut u8,
+    total: usize,
+    reservation: usize,
+    size: usize,
+    maximum: usize,
+    window: Option<PendingWindow>,
+}
+
+// SAFETY: the memory is plain address space owned by this value; wasmtime
+// serializes access to it through its store.
+unsafe impl Send for WindowedMemory {}
+// SAFETY: as above.
+unsafe impl Sync for WindowedMemory {}
+
+impl WindowedMemory {
+    /// Makes `[size, new_size)` read-write with anonymous pages.
+    fn make_accessible(&mut self, new_size: usize) -> std::io::Result<()> {
+        if new_size > self.size {
+            // SAFETY: the range is inside our reservation.
+            unsafe {
+                rustix::mm::mprotect(
+                    self.base.add(self.size) as *mut c_void,
+                    new_size - self.size,
+                    MprotectFlags::READ | MprotectFlags::WRITE,
+                )
+            }?;
+            self.size = new_size;
+        }
+        Ok(())
+    }
+
+    /// Maps the pending window's file at the current end.
+    fn map_window(&mut self) -> std::io::Result<()> {
+        let Some(w) = &self.window else { return Ok(()) };
+        // SAFETY: `[size, size + len)` is inside our reservation (checked
+        // by the caller) and only ours; MAP_FIXED replaces the PROT_NONE
+        // pages with the shared file pages.
+        unsafe {
+            rustix::mm::mmap(
+                self.base.add(self.size) as *mut c_void,
+                w.len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED | MapFlags::FIXED,
+                &*w.file,
+                0,
+            )
+        }?;
+        w.placed_at.store(self.size, Ordering::Release);
+        self.size += w.len;
+        Ok(())
+    }
+}
+
+// SAFETY: `as_ptr` stays fixed; `byte_size` bytes from it are accessible;
+// growth never moves the base.
+unsafe impl LinearMemory for WindowedMemory {
+    fn byte_size(&self) -> usize {
+        self.size
+    }
+
+    fn byte_capacity(&self) -> usize {
+        self.reservation
+    }
+
+    fn grow_to(&mut self, new_size: usize) -> wasmtime::Result<()> {
+        if new_size > self.maximum {
+            wasmtime::bail!(
+                "memory can not grow to {new_size} bytes: the maximum is {}",
+                self.maximum
+            );
+        }
+        let unplaced = self
+            .window
+            .as_ref()
+            .is_some_and(|w| w.placed_at.load(Ordering::Acquire) == NOT_PLACED);
+        if unplaced && new_size >= self.size + self.window.as_ref().map_or(0, |w| w.len) {
+            self.map_window()?;
+        }
+        self.make_accessible(new_size)?;
+        Ok(())
+    }
+
+    fn as_ptr(&self) -> *mut u8 {
+        self.base
+    }
+}
+
+impl Drop for WindowedMemory {
+    fn drop(&mut self) {
+        // SAFETY: we own the whole reservation, window mapping included;
+        // wasmtime drops the memory only when nothing uses it any more.
+        if let Err(e) = unsafe { rustix::mm::munmap(self.base as *mut c_void, self.total) } {
+            tracing::error!("unmapping a linear memory failed: {e}");
+        }
+    }
+}

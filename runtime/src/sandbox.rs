@@ -1,0 +1,867 @@
+//! The runtime object, sandboxes, and the host's ends of their channels.
+
+use std::mem::ManuallyDrop;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use shmrt_primitives::channel::{Location, Message, Receiver, Reservation, Sender};
+use shmrt_primitives::{PeerEntry, ProtocolError, SegmentConfig, SendError};
+use wasmtime::{Config, Engine, Linker, Module, Store, TypedFunc, UpdateDeadline};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+
+use crate::doorbell_futex::{self, SpinBudget};
+use crate::error::SandboxError;
+use crate::memory_window::{self, NOT_PLACED, PendingWindow, WindowMemoryCreator};
+use crate::segment_file::SegmentFile;
+use crate::{host_imports, module_check};
+
+/// How often the engine's epoch advances: the granularity of deadlines
+/// and stops for a guest that is running wasm code.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Marker error: the guest's deadline passed.
+#[derive(Debug)]
+pub(crate) struct DeadlineExceeded;
+
+impl std::fmt::Display for DeadlineExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("sandbox deadline exceeded")
+    }
+}
+
+impl std::error::Error for DeadlineExceeded {}
+
+/// Marker error: the host stopped the sandbox.
+#[derive(Debug)]
+pub(crate) struct Stopped;
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("sandbox stopped by the host")
+    }
+}
+
+impl std::error::Error for Stopped {}
+
+/// Where a WASI guest's standard output goes. shmrt's own stdout carries
+/// messages in `shmrt run`, so the default is stderr.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GuestStdout {
+    /// To the host's stderr.
+    #[default]
+    Stderr,
+    /// To the host's stdout.
+    Stdout,
+    /// Discarded.
+    Null,
+}
+
+/// How to run one sandbox.
+#[derive(Clone, Debug)]
+pub struct SandboxOptions {
+    /// A name for messages and logs (e.g. the plugin file name).
+    pub name: String,
+    /// The segment: ring capacity, size classes, inline threshold. The
+    /// guest count is always 1 (one segment per sandbox).
+    pub segment: SegmentConfig,
+    /// Wall-clock limit from the start of the guest's entry point.
+    pub timeout: Option<Duration>,
+    /// WASI arguments (the first is the program name).
+    pub args: Vec<String>,
+    /// WASI environment.
+    pub env: Vec<(String, String)>,
+    /// Host directories the guest may open: (host path, guest path).
+    pub dirs: Vec<(PathBuf, String)>,
+    /// WASI stdout.
+    pub stdout: GuestStdout,
+    /// Spin rounds before the host parks in a blocking call.
+    pub spin: SpinBudget,
+}
+
+impl Default for SandboxOptions {
+    fn default() -> Self {
+        SandboxOptions {
+            name: "sandbox".into(),
+            segment: SegmentConfig::single_guest(),
+            timeout: None,
+            args: Vec::new(),
+            env: Vec::new(),
+            dirs: Vec::new(),
+            stdout: GuestStdout::default(),
+            spin: SpinBudget::default(),
+        }
+    }
+}
+
+/// State shared by the guest thread, the host ends and the imports.
+pub(crate) struct SandboxShared {
+    pub name: String,
+    pub segment_file: SegmentFile,
+    pub placed_at: Arc<AtomicUsize>,
+    pub guest_index: u32,
+    pub started: Instant,
+    /// The host asked the guest to stop.
+    pub stop: AtomicBool,
+    /// The guest's entry point has returned (or trapped). Release after
+    /// its last commit (SYNC POINT "guest_done").
+    pub guest_done: AtomicBool,
+    pub spin: SpinBudget,
+}
+
+impl SandboxShared {
+    pub fn window_base(&self) -> usize {
+        self.placed_at.load(Ordering::Acquire)
+    }
+
+    pub fn peer(&self) -> &PeerEntry {
+        self.segment_file
+            .segment()
+            .peer(self.guest_index)
+            .expect("guest index in range")
+    }
+
+    pub fn goodbye_or_stopped(&self) -> bool {
+        self.stop.load(Ordering::Acquire) || self.segment_file.segment().header().host_goodbye()
+    }
+
+    /// Whether the host-to-guest ring holds anything (a hint: the guest
+    /// can scribble the cursors, which only affects its own wait).
+    pub fn h2g_has_data(&self) -> bool {
+        let c = self
+            .segment_file
+            .segment()
+            .h2g_ring(self.guest_index)
+            .expect("in range")
+            .cursors();
+        c.write != c.read || c.watermark != 0
+    }
+
+    fn guest_done(&self) -> bool {
+        self.guest_done.load(Ordering::Acquire)
+    }
+}
+
+/// The store data of a sandbox.
+pub(crate) struct SandboxState {
+    pub wasi: WasiP1Ctx,
+    pub shared: Arc<SandboxShared>,
+    pub deadline: Option<Instant>,
+}
+
+/// The engine, the linker with the host imports, and the epoch ticker.
+/// One per process is enough; sandboxes are spawned from it.
+pub struct Runtime {
+    engine: Engine,
+    linker: Arc<Linker<SandboxState>>,
+    ticker: Option<JoinHandle<()>>,
+    ticking: Arc<AtomicBool>,
+}
+
+impl Runtime {
+    /// A runtime with wasm threads (atomics) on, the memory window, and
+    /// epoch interruption for deadlines.
+    pub fn new() -> Result<Self, SandboxError> {
+        let mut config = Config::new();
+        config.wasm_threads(true);
+        config.epoch_interruption(true);
+        config.with_host_memory(Arc::new(WindowMemoryCreator));
+        // Copy-on-write images need wasmtime's own mmap memories.
+        config.memory_init_cow(false);
+        let engine = Engine::new(&config).map_err(|e| SandboxError::Compile {
+            sandbox: "-".into(),
+            message: format!("engine configuration: {e}"),
+        })?;
+        let mut linker = Linker::new(&engine);
+        let setup = |e: wasmtime::Error| SandboxError::Compile {
+            sandbox: "-".into(),
+            message: e.to_string(),
+        };
+        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut SandboxState| &mut s.wasi)
+            .map_err(setup)?;
+        host_imports::add_to_linker(&mut linker).map_err(setup)?;
+        let ticking = Arc::new(AtomicBool::new(true));
+        let ticker = {
+            let (engine, ticking) = (engine.clone(), ticking.clone());
+            std::thread::Builder::new()
+                .name("shmrt-epoch".into())
+                .spawn(move || {
+                    while ticking.load(Ordering::Relaxed) {
+                        std::thread::sleep(EPOCH_TICK);
+                        engine.increment_epoch();
+                    }
+                })
+                .map_err(|e| SandboxError::io("starting the epoch thread", e))?
+        };
+        Ok(Runtime {
+            engine,
+            linker: Arc::new(linker),
+            ticker: Some(ticker),
+            ticking,
+        })
+    }
+
+    /// Reads `path` and spawns it.
+    pub fn spawn_file(
+        &self,
+        path: &Path,
+        mut options: SandboxOptions,
+    ) -> Result<Sandbox, SandboxError> {
+        let bytes = std::fs::read(path).map_err(|source| SandboxError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        if options.name == SandboxOptions::default().name {
+            options.name = path.display().to_string();
+        }
+        self.spawn(&bytes, options)
+    }
+
+    /// Checks, compiles and instantiates `wasm` with a fresh segment in its
+    /// memory, and starts its entry point on a thread of its own.
+    pub fn spawn(&self, wasm: &[u8], options: SandboxOptions) -> Result<Sandbox, SandboxError> {
+        let name = options.name.clone();
+        let mut seg_config = options.segment;
+        seg_config.max_guests = 1;
+        let segment_file = SegmentFile::create_memfd(&seg_config)?;
+        let window_pages = segment_file.len() as u64 / 65536;
+        module_check::check(wasm, window_pages).map_err(|reason| SandboxError::Refused {
+            sandbox: name.clone(),
+            reason,
+        })?;
+        let module = Module::new(&self.engine, wasm).map_err(|e| SandboxError::Compile {
+            sandbox: name.clone(),
+            message: format!("{e:#}"),
+        })?;
+
+        let placed_at = Arc::new(AtomicUsize::new(NOT_PLACED));
+        let shared = Arc::new(SandboxShared {
+            name: name.clone(),
+            segment_file,
+            placed_at: placed_at.clone(),
+            guest_index: 0,
+            started: Instant::now(),
+            stop: AtomicBool::new(false),
+            guest_done: AtomicBool::new(false),
+            spin: options.spin,
+        });
+        let wasi = build_wasi(&options).map_err(|e| SandboxError::Instantiate {
+            sandbox: name.clone(),
+            message: e,
+        })?;
+        let mut store = Store::new(
+            &self.engine,
+            SandboxState {
+                wasi,
+                shared: shared.clone(),
+                deadline: None,
+            },
+        );
+        // Never interrupted until the entry point runs with its deadline.
+        store.set_epoch_deadline(u64::MAX / 2);
+        let instantiate_err = |e: wasmtime::Error| SandboxError::Instantiate {
+            sandbox: name.clone(),
+            message: format!("{e:#}"),
+        };
+        let window = PendingWindow {
+            file: shared.segment_file.file().clone(),
+            len: shared.segment_file.len(),
+            placed_at,
+        };
+        let instance = memory_window::with_pending_window(window, || {
+            self.linker.instantiate(&mut store, &module)
+        })
+        .map_err(instantiate_err)?;
+        let memory =
+            instance
+                .get_memory(&mut store, "memory")
+                .ok_or_else(|| SandboxError::Refused {
+                    sandbox: name.clone(),
+                    reason: "module does not export its linear memory as `memory`".into(),
+                })?;
+        memory
+            .grow(&mut store, window_pages)
+            .map_err(instantiate_err)?;
+        let base = shared.window_base();
+        if base == NOT_PLACED
+            || memory.data(&store).get(base..base + 8)
+                != Some(&shmrt_primitives::segment_header::MAGIC[..])
+        {
+            return Err(SandboxError::Instantiate {
+                sandbox: name,
+                message: "the segment window could not be placed in linear memory".into(),
+            });
+        }
+        let entry = Entry::find(&instance, &mut store).ok_or_else(|| SandboxError::Refused {
+            sandbox: name.clone(),
+            reason: "module exports neither `shmrt_main: () -> i32` nor `_start: () -> ()`; build it with \
+                     the guest SDK's entry macro, or as a WASI command"
+                .into(),
+        })?;
+        let initialize = instance
+            .get_typed_func::<(), ()>(&mut store, "_initialize")
+            .ok();
+
+        let segment = *shared.segment_file.segment();
+        let entry_state = shared.peer();
+        entry_state
+            .try_reserve()
+            .map_err(|e| SandboxError::Instantiate {
+                sandbox: name.clone(),
+                message: e.to_string(),
+            })?;
+        let (tx, rx) =
+            segment
+                .host_channel(shared.guest_index)
+                .map_err(|error| SandboxError::Protocol {
+                    sandbox: name.clone(),
+                    error,
+                })?;
+
+        let timeout = options.timeout;
+        let thread_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("shmrt-guest {name}"))
+            .spawn(move || run_guest(store, entry, initialize, timeout, thread_shared))
+            .map_err(|e| SandboxError::io("starting the guest thread", e))?;
+        Ok(Sandbox {
+            sender: HostSender {
+                tx,
+                shared: shared.clone(),
+            },
+            receiver: HostReceiver {
+                rx,
+                shared: shared.clone(),
+            },
+            handle: SandboxHandle {
+                shared,
+                thread: Some(thread),
+            },
+        })
+    }
+
+    /// The engine (for embedders that compile modules themselves).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The name and core signature of every `shmrt` import the linker
+    /// defines, for checking them against `wit/shmrt.wit`.
+    #[doc(hidden)]
+    pub fn shmrt_import_signatures(
+        &self,
+    ) -> Result<Vec<(String, Vec<String>, Vec<String>)>, SandboxError> {
+        let mut config = SegmentConfig::single_guest();
+        config.ring_capacity = 4096;
+        let shared = Arc::new(SandboxShared {
+            name: "signatures".into(),
+            segment_file: SegmentFile::create_memfd(&config)?,
+            placed_at: Arc::new(AtomicUsize::new(NOT_PLACED)),
+            guest_index: 0,
+            started: Instant::now(),
+            stop: AtomicBool::new(false),
+            guest_done: AtomicBool::new(false),
+            spin: SpinBudget::default(),
+        });
+        let wasi = WasiCtxBuilder::new().build_p1();
+        let mut store = Store::new(
+            &self.engine,
+            SandboxState {
+                wasi,
+                shared,
+                deadline: None,
+            },
+        );
+        let defs: Vec<_> = self
+            .linker
+            .iter(&mut store)
+            .filter(|(module, _, _)| *module == host_imports::MODULE)
+            .map(|(_, name, ext)| (name.to_string(), ext))
+            .collect();
+        let mut out = Vec::new();
+        for (name, ext) in defs {
+            let Some(f) = ext.into_func() else { continue };
+            let ty = f.ty(&store);
+            let show = |t: wasmtime::ValType| t.to_string();
+            out.push((
+                name.to_string(),
+                ty.params().map(show).collect(),
+                ty.results().map(show).collect(),
+            ));
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticking.store(false, Ordering::Relaxed);
+        if let Some(t) = self.ticker.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn build_wasi(options: &SandboxOptions) -> Result<WasiP1Ctx, String> {
+    let mut b = WasiCtxBuilder::new();
+    b.args(&options.args).envs(&options.env).inherit_stderr();
+    match options.stdout {
+        GuestStdout::Stderr => {
+            b.stdout(std::io::stderr());
+        }
+        GuestStdout::Stdout => {
+            b.inherit_stdout();
+        }
+        GuestStdout::Null => {}
+    }
+    for (host, guest) in &options.dirs {
+        b.preopened_dir(host, guest, FsPerms::ReadWrite)
+            .map_err(|e| format!("cannot give the guest directory {}: {e}", host.display()))?;
+    }
+    Ok(b.build_p1())
+}
+
+enum Entry {
+    Main(TypedFunc<(), i32>),
+    Start(TypedFunc<(), ()>),
+}
+
+impl Entry {
+    fn find(instance: &wasmtime::Instance, store: &mut Store<SandboxState>) -> Option<Self> {
+        if let Ok(f) = instance.get_typed_func::<(), i32>(&mut *store, "shmrt_main") {
+            return Some(Entry::Main(f));
+        }
+        instance
+            .get_typed_func::<(), ()>(store, "_start")
+            .ok()
+            .map(Entry::Start)
+    }
+}
+
+/// Sets `guest_done` and wakes the host however the guest thread ends.
+struct DoneGuard(Arc<SandboxShared>);
+
+impl Drop for DoneGuard {
+    fn drop(&mut self) {
+        let peer = self.0.peer();
+        peer.set_goodbye();
+        // Release: everything the guest committed is visible to a host that
+        // sees `guest_done` (SYNC POINT "guest_done").
+        self.0.guest_done.store(true, Ordering::Release);
+        doorbell_futex::ring(&peer.g2h_doorbell);
+        doorbell_futex::wake_all(peer.g2h_doorbell.futex_word());
+    }
+}
+
+fn run_guest(
+    mut store: Store<SandboxState>,
+    entry: Entry,
+    initialize: Option<TypedFunc<(), ()>>,
+    timeout: Option<Duration>,
+    shared: Arc<SandboxShared>,
+) -> Result<i32, SandboxError> {
+    let _done = DoneGuard(shared.clone());
+    if let Err(e) = shared.peer().try_claim_reserved() {
+        return Err(SandboxError::Instantiate {
+            sandbox: shared.name.clone(),
+            message: format!("claiming the peer entry: {e}"),
+        });
+    }
+    let start = Instant::now();
+    let deadline = timeout.map(|t| start + t);
+    store.data_mut().deadline = deadline;
+    // Every epoch tick, check the stop flag and the deadline.
+    store.set_epoch_deadline(1);
+    let cb_shared = shared.clone();
+    store.epoch_deadline_callback(move |_ctx| {
+        if cb_shared.stop.load(Ordering::Acquire) {
+            return Err(wasmtime::Error::new(Stopped));
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(wasmtime::Error::new(DeadlineExceeded));
+        }
+        Ok(UpdateDeadline::Continue(1))
+    });
+    let result = (|| {
+        if let Some(init) = initialize {
+            init.call(&mut store, ())?;
+        }
+        match entry {
+            Entry::Main(f) => f.call(&mut store, ()),
+            Entry::Start(f) => f.call(&mut store, ()).map(|()| 0),
+        }
+    })();
+    result.or_else(|e| exit_status(e, &shared.name, timeout))
+}
+
+/// Maps how a guest call failed to an exit status or an error.
+fn exit_status(
+    e: wasmtime::Error,
+    sandbox: &str,
+    timeout: Option<Duration>,
+) -> Result<i32, SandboxError> {
+    if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        return Ok(exit.0);
+    }
+    if e.downcast_ref::<DeadlineExceeded>().is_some() {
+        return Err(SandboxError::Timeout {
+            sandbox: sandbox.into(),
+            after: timeout.unwrap_or_default(),
+        });
+    }
+    if e.downcast_ref::<Stopped>().is_some() {
+        return Err(SandboxError::Trap {
+            sandbox: sandbox.into(),
+            message: "stopped by the host".into(),
+        });
+    }
+    Err(SandboxError::Trap {
+        sandbox: sandbox.into(),
+        message: format!("{e:#}"),
+    })
+}
+
+/// A running sandbox: the host's ends of its channel and its thread.
+pub struct Sandbox {
+    sender: HostSender,
+    receiver: HostReceiver,
+    handle: SandboxHandle,
+}
+
+impl Sandbox {
+    /// The sandbox's name.
+    pub fn name(&self) -> &str {
+        &self.handle.shared.name
+    }
+
+    /// The sending end (host to guest).
+    pub fn sender(&mut self) -> &mut HostSender {
+        &mut self.sender
+    }
+
+    /// The receiving end (guest to host).
+    pub fn receiver(&mut self) -> &mut HostReceiver {
+        &mut self.receiver
+    }
+
+    /// Splits into ends that can move to other threads, and the handle
+    /// that joins the guest.
+    pub fn split(self) -> (HostSender, HostReceiver, SandboxHandle) {
+        (self.sender, self.receiver, self.handle)
+    }
+
+    /// Says goodbye, drains nothing, waits for the guest to return.
+    pub fn join(self) -> Result<i32, SandboxError> {
+        self.handle.join()
+    }
+}
+
+/// Joins a sandbox's guest thread.
+pub struct SandboxHandle {
+    shared: Arc<SandboxShared>,
+    thread: Option<JoinHandle<Result<i32, SandboxError>>>,
+}
+
+impl SandboxHandle {
+    /// Asks the guest to stop: its next epoch check traps, and a `wait`
+    /// returns goodbye at once.
+    pub fn stop(&self) {
+        self.shared.stop.store(true, Ordering::Release);
+        doorbell_futex::wake_all(self.shared.peer().h2g_doorbell.futex_word());
+    }
+
+    /// Whether the guest's entry point has returned.
+    pub fn is_finished(&self) -> bool {
+        self.shared.guest_done()
+    }
+
+    /// Waits for the guest to return; its exit status (the value of
+    /// `shmrt_main`, or the WASI exit code) or how it failed.
+    pub fn join(mut self) -> Result<i32, SandboxError> {
+        let thread = self.thread.take().expect("joined once");
+        thread.join().unwrap_or_else(|_| {
+            Err(SandboxError::Trap {
+                sandbox: self.shared.name.clone(),
+                message: "the guest thread panicked".into(),
+            })
+        })
+    }
+}
+
+impl Drop for SandboxHandle {
+    fn drop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            self.stop();
+            let _ = t.join();
+        }
+    }
+}
+
+fn protocol(shared: &SandboxShared, error: ProtocolError) -> SandboxError {
+    // A violation stops this sandbox only.
+    shared.stop.store(true, Ordering::Release);
+    doorbell_futex::wake_all(shared.peer().h2g_doorbell.futex_word());
+    SandboxError::Protocol {
+        sandbox: shared.name.clone(),
+        error,
+    }
+}
+
+/// Spins `budget` rounds, then parks on the guest-to-host doorbell until
+/// `ready` holds, the guest ends, or `deadline` passes. Returns whether
+/// `ready` held.
+fn block_on_guest(
+    shared: &SandboxShared,
+    deadline: Option<Instant>,
+    mut ready: impl FnMut() -> Result<bool, SandboxError>,
+) -> Result<bool, SandboxError> {
+    for _ in 0..shared.spin.0 {
+        if ready()? {
+            return Ok(true);
+        }
+        std::hint::spin_loop();
+    }
+    let bell = &shared.peer().g2h_doorbell;
+    loop {
+        let seq = bell.prepare_wait();
+        let r = ready();
+        if !matches!(r, Ok(false)) || shared.guest_done() {
+            bell.finish_wait();
+            return r;
+        }
+        let now = Instant::now();
+        if deadline.is_some_and(|d| now >= d) {
+            bell.finish_wait();
+            return Ok(false);
+        }
+        // Bounded naps: a guest that zeroes the waiter count can at worst
+        // delay us by one nap.
+        let nap = deadline.map_or(Duration::from_millis(100), |d| {
+            (d - now).min(Duration::from_millis(100))
+        });
+        doorbell_futex::park(bell.futex_word(), seq, Some(nap));
+        bell.finish_wait();
+    }
+}
+
+/// The host's sending end: host to guest.
+pub struct HostSender {
+    tx: Sender,
+    shared: Arc<SandboxShared>,
+}
+
+impl HostSender {
+    /// Largest payload that fits a slot.
+    pub fn max_payload(&self) -> u32 {
+        self.tx.max_payload()
+    }
+
+    /// Sends `payload` if there is room now; `Ok(false)` when the ring or
+    /// the pool is full.
+    pub fn try_send(&mut self, payload: &[u8]) -> Result<bool, SandboxError> {
+        let shared = self.shared.clone();
+        match self.reserve_now(payload.len())? {
+            Some(mut r) => {
+                r.as_mut_slice().copy_from_slice(payload);
+                r.commit();
+                doorbell_futex::ring(&shared.peer().h2g_doorbell);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    fn reserve_now(&mut self, len: usize) -> Result<Option<Reservation<'_>>, SandboxError> {
+        match self.tx.reserve(len) {
+            Ok(r) => Ok(Some(r)),
+            Err(SendError::Full | SendError::Exhausted) => Ok(None),
+            Err(SendError::TooLarge { len, max }) => Err(SandboxError::TooLarge {
+                sandbox: self.shared.name.clone(),
+                len,
+                max,
+            }),
+            Err(SendError::Protocol(e)) => Err(protocol(&self.shared, e)),
+        }
+    }
+
+    /// Sends `payload`, waiting for room as long as the guest runs.
+    pub fn send(&mut self, payload: &[u8]) -> Result<(), SandboxError> {
+        self.send_with(payload.len(), |b| b.copy_from_slice(payload))
+    }
+
+    /// Sends `len` bytes written in place by `fill` (ring or slot memory,
+    /// never copied again), waiting for room as long as the guest runs.
+    /// Errs with `Closed` once the guest has ended.
+    pub fn send_with(
+        &mut self,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Result<(), SandboxError> {
+        self.send_with_timeout(len, fill, None)
+    }
+
+    /// [`Self::send_with`] with a limit on the wait.
+    pub fn send_with_timeout(
+        &mut self,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]),
+        timeout: Option<Duration>,
+    ) -> Result<(), SandboxError> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let shared = self.shared.clone();
+        loop {
+            if shared.guest_done() || shared.stop.load(Ordering::Acquire) {
+                return Err(SandboxError::Closed {
+                    sandbox: shared.name.clone(),
+                });
+            }
+            if let Some(mut r) = self.reserve_now(len)? {
+                fill(r.as_mut_slice());
+                r.commit();
+                doorbell_futex::ring(&shared.peer().h2g_doorbell);
+                return Ok(());
+            }
+            let tx = &self.tx;
+            let ready = block_on_guest(&shared, deadline, || {
+                tx.could_send(len).map_err(|e| protocol(&shared, e))
+            })?;
+            if !ready && deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(SandboxError::WouldBlock {
+                    sandbox: shared.name.clone(),
+                    what: "send",
+                    after: timeout.unwrap_or_default(),
+                });
+            }
+        }
+    }
+
+    /// Raises host goodbye: the guest drains what is queued and returns.
+    pub fn goodbye(&mut self) {
+        let shared = &self.shared;
+        shared.segment_file.segment().header().say_goodbye();
+        let bell = &shared.peer().h2g_doorbell;
+        bell.ring();
+        doorbell_futex::wake_all(bell.futex_word());
+    }
+}
+
+/// The host's receiving end: guest to host.
+pub struct HostReceiver {
+    rx: Receiver,
+    shared: Arc<SandboxShared>,
+}
+
+/// A message from the guest, in place in the segment. Dropping it releases
+/// its ring bytes or frees its slot.
+pub struct HostMessage<'a> {
+    inner: ManuallyDrop<Message<'a>>,
+    shared: &'a SandboxShared,
+}
+
+impl HostMessage<'_> {
+    /// The payload, in place in shared memory. Its bounds were checked; a
+    /// guest that breaks the protocol may still change its bytes, so parse
+    /// it once.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.inner.as_bytes()
+    }
+
+    /// Payload length.
+    pub fn len(&self) -> usize {
+        self.inner.len()
+    }
+
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.inner.is_empty()
+    }
+
+    /// Whether it came in a slot (else inline in the ring).
+    pub fn is_slot(&self) -> bool {
+        matches!(self.inner.location(), Location::Slot(_))
+    }
+}
+
+impl Drop for HostMessage<'_> {
+    fn drop(&mut self) {
+        // SAFETY: dropped once, here; not used afterwards.
+        unsafe { ManuallyDrop::drop(&mut self.inner) };
+        // The guest may be parked waiting for room in its ring or pool.
+        let bell = &self.shared.peer().h2g_doorbell;
+        if bell.waiters.load(Ordering::SeqCst) != 0 {
+            doorbell_futex::ring(bell);
+        }
+    }
+}
+
+impl HostReceiver {
+    /// The next message if one is there.
+    pub fn try_recv(&mut self) -> Result<Option<HostMessage<'_>>, SandboxError> {
+        let shared = &*self.shared;
+        match self.rx.try_recv() {
+            Ok(Some(m)) => Ok(Some(HostMessage {
+                inner: ManuallyDrop::new(m),
+                shared,
+            })),
+            Ok(None) => Ok(None),
+            Err(e) => Err(protocol(shared, e)),
+        }
+    }
+
+    /// Whether nothing is queued now.
+    pub fn is_empty(&mut self) -> Result<bool, SandboxError> {
+        self.rx.is_empty().map_err(|e| protocol(&self.shared, e))
+    }
+
+    /// Waits for the next message: `Ok(None)` when `timeout` passes,
+    /// `Err(Closed)` once the guest has ended and everything it sent has
+    /// been read.
+    pub fn recv_timeout(
+        &mut self,
+        timeout: Option<Duration>,
+    ) -> Result<Option<HostMessage<'_>>, SandboxError> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let shared = self.shared.clone();
+        let rx = &mut self.rx;
+        let has_data = block_on_guest(&shared, deadline, || {
+            rx.is_empty().map(|e| !e).map_err(|e| protocol(&shared, e))
+        })?;
+        if !has_data {
+            if shared.guest_done() && self.rx.is_empty().map_err(|e| protocol(&shared, e))? {
+                return Err(SandboxError::Closed {
+                    sandbox: shared.name.clone(),
+                });
+            }
+            return Ok(None);
+        }
+        self.try_recv()
+    }
+
+    /// Waits as long as it takes.
+    pub fn recv(&mut self) -> Result<HostMessage<'_>, SandboxError> {
+        loop {
+            // Re-borrow per iteration; `None` only on timeouts, which an
+            // unbounded wait does not have, but a spurious one just loops.
+            if !self.rx.is_empty().map_err(|e| protocol(&self.shared, e))?
+                || self.shared.guest_done()
+            {
+                break;
+            }
+            let shared = self.shared.clone();
+            let rx = &mut self.rx;
+            block_on_guest(&shared, None, || {
+                rx.is_empty().map(|e| !e).map_err(|e| protocol(&shared, e))
+            })?;
+        }
+        let shared = self.shared.clone();
+        match self.try_recv()? {
+            Some(m) => Ok(m),
+            None => Err(SandboxError::Closed {
+                sandbox: shared.name.clone(),
+            }),
+        }
+    }
+}
