@@ -5,7 +5,9 @@
 //! inline threshold, otherwise into the smallest slot that holds
 //! `4 + len` bytes (u32 LE length prefix, then the payload), announced by a
 //! 20-byte slot-ref frame; the receiver frees the slot when done. This is
-//! vox-shm 0.3.1's transport convention.
+//! vox-shm 0.3.1's transport convention. A sender takes at most half of
+//! each class's slots ([`SlotPool::allocate_fair_share`]), so that two
+//! sides answering each other never starve each other.
 
 use crate::error::ProtocolError;
 use crate::frame::{self, Frame, SlotRef};
@@ -125,7 +127,7 @@ impl Sender {
         let Some(grant) = self.producer.grant(frame::SLOT_REF_FRAME_SIZE)? else {
             return Err(SendError::Full);
         };
-        let slot = match self.pool.allocate(len32, self.owner) {
+        let slot = match self.pool.allocate_fair_share(len32, self.owner) {
             Ok(s) => s,
             Err(AllocError::Exhausted) => return Err(SendError::Exhausted),
             Err(AllocError::TooLarge { max, .. }) => return Err(SendError::TooLarge { len, max }),

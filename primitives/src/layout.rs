@@ -119,16 +119,17 @@ pub struct SegmentConfig {
 }
 
 impl SegmentConfig {
-    /// One guest, 64 KiB rings, slots of 4 KiB, 64 KiB and 1 MiB + 4, the
-    /// default inline threshold and doorbells on.
+    /// One guest, 64 KiB rings, slots carrying 4 KiB (64 of them), 64 KiB
+    /// (16) and 1 MiB (4) payloads, the default inline threshold and
+    /// doorbells on.
     pub fn single_guest() -> Self {
         const CLASSES: [SizeClass; 3] = [
             SizeClass {
-                slot_size: 4096,
+                slot_size: 4096 + SLOT_LEN_PREFIX,
                 slot_count: 64,
             },
             SizeClass {
-                slot_size: 65536,
+                slot_size: 65536 + SLOT_LEN_PREFIX,
                 slot_count: 16,
             },
             SizeClass {

@@ -690,9 +690,9 @@ mod tests {
             assert_eq!(m.as_bytes(), want.to_le_bytes());
         }
         assert!(rx.try_recv().unwrap().is_none());
-        // Six slots in all (4 + 2): the seventh big message waits.
+        // A sender takes half of each class: 2 of 4, then 1 of 2.
         let big = std::vec![9u8; 1000];
-        for _ in 0..6 {
+        for _ in 0..3 {
             tx.send(&big).unwrap();
         }
         assert_eq!(tx.send(&big), Err(crate::SendError::Exhausted));

@@ -445,6 +445,45 @@ impl SlotPool {
         })
     }
 
+    /// Like [`Self::allocate`], but takes a slot of a class only while
+    /// `owner` holds fewer than half of its slots (at least one). When both
+    /// sides of a channel send slot messages, neither can then take every
+    /// slot and leave the other unable to answer (a deadlock when each
+    /// holds what it received while waiting to send).
+    pub fn allocate_fair_share(&self, payload_len: u32, owner: u8) -> Result<SlotRef, AllocError> {
+        let needed = payload_len.checked_add(SLOT_LEN_PREFIX);
+        let mut any_fits = false;
+        for (i, c) in self.iter() {
+            if needed.is_none_or(|n| c.slot_size < n) {
+                continue;
+            }
+            any_fits = true;
+            let share = (c.slot_count / 2).max(1);
+            if self.owned_in(c, owner) >= share {
+                continue;
+            }
+            if let Some(r) = c.pop(i, owner).map_err(AllocError::Corrupt)? {
+                return Ok(r);
+            }
+        }
+        if any_fits {
+            Err(AllocError::Exhausted)
+        } else {
+            self.allocate(payload_len, owner)
+        }
+    }
+
+    /// Allocated slots of class `c` owned by `owner` (a scan of its metas).
+    fn owned_in(&self, c: &ClassView, owner: u8) -> u32 {
+        (0..c.slot_count)
+            .filter(|&s| {
+                let m = c.meta(s);
+                m.state.load(Ordering::Relaxed) == SLOT_ALLOCATED
+                    && m.owner_peer.load(Ordering::Relaxed) == owner as u32
+            })
+            .count() as u32
+    }
+
     /// Checks a reference's class, extent and index; returns the class.
     fn resolve(&self, r: &SlotRef) -> Result<&ClassView, SlotError> {
         let class = self

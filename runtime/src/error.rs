@@ -10,14 +10,14 @@ use shmrt_primitives::{LayoutError, ProtocolError};
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
     /// An OS call failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         what: &'static str,
         #[source]
         source: std::io::Error,
     },
     /// The plugin file could not be read.
-    #[error("cannot read plugin {}: {source}", path.display())]
+    #[error("cannot read plugin {}", path.display())]
     Read {
         path: PathBuf,
         #[source]

@@ -126,7 +126,12 @@ fn log(mut c: Caller<'_, SandboxState>, level: i32, ptr: u32, len: u32) -> wasmt
         1 => tracing::debug!(target: "shmrt::guest", sandbox, peer, "{text}{truncated}"),
         2 => tracing::info!(target: "shmrt::guest", sandbox, peer, "{text}{truncated}"),
         3 => tracing::warn!(target: "shmrt::guest", sandbox, peer, "{text}{truncated}"),
-        _ => tracing::error!(target: "shmrt::guest", sandbox, peer, "{text}{truncated}"),
+        _ => {
+            tracing::error!(target: "shmrt::guest", sandbox, peer, "{text}{truncated}");
+            if let Ok(mut last) = shared.last_error_log.lock() {
+                *last = Some(text.into_owned());
+            }
+        }
     }
     Ok(())
 }

@@ -110,6 +110,9 @@ pub(crate) struct SandboxShared {
     /// its last commit (SYNC POINT "guest_done").
     pub guest_done: AtomicBool,
     pub spin: SpinBudget,
+    /// The last error-level log line of the guest (a panic message), to
+    /// explain a trap.
+    pub last_error_log: std::sync::Mutex<Option<String>>,
 }
 
 impl SandboxShared {
@@ -228,13 +231,19 @@ impl Runtime {
         seg_config.max_guests = 1;
         let segment_file = SegmentFile::create_memfd(&seg_config)?;
         let window_pages = segment_file.len() as u64 / 65536;
-        module_check::check(wasm, window_pages).map_err(|reason| SandboxError::Refused {
+        // Text modules (WAT) are accepted too; the checks read the binary.
+        let binary = wat::parse_bytes(wasm).map_err(|e| SandboxError::Compile {
+            sandbox: name.clone(),
+            message: e.to_string(),
+        })?;
+        let module =
+            Module::from_binary(&self.engine, &binary).map_err(|e| SandboxError::Compile {
+                sandbox: name.clone(),
+                message: format!("{e:#}"),
+            })?;
+        module_check::check(&binary, window_pages).map_err(|reason| SandboxError::Refused {
             sandbox: name.clone(),
             reason,
-        })?;
-        let module = Module::new(&self.engine, wasm).map_err(|e| SandboxError::Compile {
-            sandbox: name.clone(),
-            message: format!("{e:#}"),
         })?;
 
         let placed_at = Arc::new(AtomicUsize::new(NOT_PLACED));
@@ -247,6 +256,7 @@ impl Runtime {
             stop: AtomicBool::new(false),
             guest_done: AtomicBool::new(false),
             spin: options.spin,
+            last_error_log: Default::default(),
         });
         let wasi = build_wasi(&options).map_err(|e| SandboxError::Instantiate {
             sandbox: name.clone(),
@@ -365,6 +375,7 @@ impl Runtime {
             stop: AtomicBool::new(false),
             guest_done: AtomicBool::new(false),
             spin: SpinBudget::default(),
+            last_error_log: Default::default(),
         });
         let wasi = WasiCtxBuilder::new().build_p1();
         let mut store = Store::new(
@@ -494,15 +505,16 @@ fn run_guest(
             Entry::Start(f) => f.call(&mut store, ()).map(|()| 0),
         }
     })();
-    result.or_else(|e| exit_status(e, &shared.name, timeout))
+    result.or_else(|e| exit_status(e, &shared, timeout))
 }
 
 /// Maps how a guest call failed to an exit status or an error.
 fn exit_status(
     e: wasmtime::Error,
-    sandbox: &str,
+    shared: &SandboxShared,
     timeout: Option<Duration>,
 ) -> Result<i32, SandboxError> {
+    let sandbox = shared.name.as_str();
     if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
         return Ok(exit.0);
     }
@@ -518,9 +530,18 @@ fn exit_status(
             message: "stopped by the host".into(),
         });
     }
+    tracing::debug!(sandbox, "guest failed: {e:?}");
+    // The trap itself, without the wasm backtrace (logged at debug).
+    let mut message = match e.downcast_ref::<wasmtime::Trap>() {
+        Some(trap) => trap.to_string(),
+        None => e.root_cause().to_string(),
+    };
+    if let Some(last) = shared.last_error_log.lock().ok().and_then(|mut l| l.take()) {
+        message = format!("{last} ({message})");
+    }
     Err(SandboxError::Trap {
         sandbox: sandbox.into(),
-        message: format!("{e:#}"),
+        message,
     })
 }
 

@@ -1,5 +1,6 @@
-//! Answers every message with one line, `<length> <checksum64 in hex>`,
+//! Answers every message with one line, `<length> <checksum64 in hex>\n`,
 //! computed over the payload in place (a slot payload is never copied).
+//! The reply carries its own newline, so run it with `--framing raw`.
 //!
 //! Run: `head -c 3000000 /dev/urandom | shmrt run --framing raw $(shmrt build examples/checksum)`
 #![no_std]
@@ -28,7 +29,7 @@ fn run(mut channel: Channel) -> i32 {
     let (inbox, outbox) = channel.split();
     while let Some(msg) = inbox.recv() {
         let mut line = Line { buf: [0; 48], len: 0 };
-        let _ = write!(line, "{} {:016x}", msg.len(), checksum64(msg.as_bytes()));
+        let _ = writeln!(line, "{} {:016x}", msg.len(), checksum64(msg.as_bytes()));
         drop(msg);
         if let Err(e) = outbox.send(&line.buf[..line.len]) {
             shmrt_guest::error!("checksum failed: {}", e);

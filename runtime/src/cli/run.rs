@@ -46,7 +46,7 @@ pub struct RunCommand {
     #[arg(long, default_value_t = 0)]
     inline_threshold: u32,
     /// Slot classes as PAYLOAD:COUNT pairs, smallest first
-    /// (default 4092:64,65532:16,1MiB:4). Each slot also holds a 4-byte length.
+    /// (default 4KiB:64,64KiB:16,1MiB:4). Each slot also holds a 4-byte length.
     #[arg(long, value_parser = parse_classes)]
     slot_classes: Option<SizeClasses>,
     /// Give the guest a host directory: HOST or HOST::GUEST (WASI guests).
@@ -262,7 +262,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(secs).map_err(|_| format!("`{s}` is not a valid duration"))
 }
 
-/// `PAYLOAD:COUNT,...`, e.g. `4092:64,65532:16,1MiB:4`.
+/// `PAYLOAD:COUNT,...`, e.g. `4KiB:64,64KiB:16,1MiB:4`.
 pub fn parse_classes(s: &str) -> Result<SizeClasses, String> {
     let mut classes = Vec::new();
     for part in s.split(',') {

@@ -1,0 +1,16 @@
+//! A WASI (std) guest: echoes every message with a prefix that uses the
+//! heap, prints to stdout (which shmrt sends to stderr), and exits with
+//! the number of messages it saw through `std::process::exit`.
+
+fn main() {
+    let mut channel = shmrt_guest::Channel::open().expect("open the channel");
+    let (inbox, outbox) = channel.split();
+    let mut seen = 0;
+    while let Some(msg) = inbox.recv() {
+        let reply = format!("std:{}", String::from_utf8_lossy(msg.as_bytes()));
+        outbox.send(reply.as_bytes()).expect("send");
+        seen += 1;
+    }
+    println!("std-echo saw {seen} messages");
+    std::process::exit(seen);
+}
