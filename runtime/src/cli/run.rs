@@ -4,6 +4,7 @@
 use std::io::{self, BufRead, BufWriter, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -103,19 +104,21 @@ impl RunCommand {
         let sandbox = runtime.spawn_file(&self.plugin, options)?;
         let (tx, mut rx, handle) = sandbox.split();
         let framing = self.framing;
-        // The feeder may stay blocked on stdin after the guest ends; it is
-        // not joined, the process exits.
-        let feeder = std::thread::Builder::new()
+        // The feeder records how reading went before it says goodbye, so
+        // the outcome is known once the guest has returned. It may stay
+        // blocked on stdin after the guest ends; it is not joined.
+        let feed_error = Arc::new(Mutex::new(None));
+        let feed_report = feed_error.clone();
+        std::thread::Builder::new()
             .name("shmrt-stdin".into())
-            .spawn(move || feed(io::stdin().lock(), framing, chunk, tx))
+            .spawn(move || feed(io::stdin().lock(), framing, chunk, tx, &feed_report))
             .context("starting the stdin thread")?;
         let drained = drain(&mut rx, framing);
         let status = handle.join();
-        if feeder.is_finished()
-            && let Ok(Err(e)) = feeder.join()
-        {
-            // Reading stdin failed: that is the error to report.
-            return Err(Failure::other(e.context("reading standard input")));
+        if let Some(e) = feed_error.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            return Err(Failure::from(
+                e.context("feeding standard input to the guest"),
+            ));
         }
         drained?;
         let code = status?;
@@ -123,13 +126,15 @@ impl RunCommand {
     }
 }
 
-/// Cuts `input` into messages, sends them, then says goodbye.
+/// Cuts `input` into messages, sends them, records any error in `report`,
+/// then says goodbye.
 fn feed(
     mut input: impl BufRead,
     framing: Framing,
     chunk: usize,
     mut tx: HostSender,
-) -> anyhow::Result<()> {
+    report: &Mutex<Option<anyhow::Error>>,
+) {
     let result = (|| -> anyhow::Result<()> {
         let mut buf = Vec::new();
         loop {
@@ -175,8 +180,10 @@ fn feed(
             }
         }
     })();
+    if let Err(e) = result {
+        *report.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+    }
     tx.goodbye();
-    result
 }
 
 /// Writes the guest's messages until it has ended and all are read.

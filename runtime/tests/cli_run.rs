@@ -1,0 +1,240 @@
+//! `shmrt build` and `shmrt run` driven as a user would, with guests built
+//! from source.
+
+mod common;
+
+use common::{bytes, guest, len32, parse_len32, run, stderr};
+use shmrt::primitives::checksum::checksum64;
+
+#[test]
+fn upper_prints_hello_world() {
+    let out = run(&[], &guest("examples/upper"), b"hello\nworld\n");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "HELLO\nWORLD\n");
+}
+
+/// Every frame kind both ways: sizes around the inline threshold (248
+/// bytes of payload with the default threshold of 256) and one byte under,
+/// at and over each slot class's capacity (4 KiB, 64 KiB, 1 MiB).
+#[test]
+fn echo_every_frame_kind_and_boundary_size_both_ways() {
+    let mut sizes = vec![0usize, 1, 2, 3, 4, 5, 247, 248, 249];
+    for cap in [4096usize, 65536, 1 << 20] {
+        sizes.extend([cap - 1, cap]);
+        if cap < 1 << 20 {
+            sizes.push(cap + 1);
+        }
+    }
+    let records: Vec<Vec<u8>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| bytes(i as u64, n))
+        .collect();
+    let out = run(
+        &["--framing", "len32"],
+        &guest("examples/echo"),
+        &len32(&records),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let got = parse_len32(&out.stdout);
+    assert_eq!(got.len(), records.len());
+    for (g, r) in got.iter().zip(&records) {
+        assert!(
+            g == r,
+            "a {}-byte message came back as {} bytes or changed",
+            r.len(),
+            g.len()
+        );
+    }
+}
+
+#[test]
+fn a_message_larger_than_any_slot_is_refused_clearly() {
+    let records = vec![b"fine".to_vec(), vec![7u8; (1 << 20) + 1]];
+    let out = run(
+        &["--framing", "len32"],
+        &guest("examples/echo"),
+        &len32(&records),
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("1048577 bytes exceeds the largest slot payload of 1048576"),
+        "{err}"
+    );
+}
+
+#[test]
+fn hundred_thousand_messages_without_loss_duplication_or_reordering() {
+    let input: String = (0..100_000).map(|i| format!("{i}\n")).collect();
+    let out = run(&[], &guest("examples/echo"), input.as_bytes());
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        out.stdout == input.as_bytes(),
+        "the echoed sequence differs"
+    );
+}
+
+#[test]
+fn ring_wraps_under_sustained_traffic_in_a_small_ring() {
+    // 4 KiB rings: lines of 1..300 bytes wrap the ring hundreds of times,
+    // inline and in slots.
+    let mut input = Vec::new();
+    for i in 0..20_000usize {
+        let len = 1 + (i * 37) % 300;
+        input.extend(bytes(i as u64, len).iter().map(|b| b'a' + b % 26));
+        input.push(b'\n');
+    }
+    let out = run(
+        &["--ring-capacity", "4KiB"],
+        &guest("examples/echo"),
+        &input,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.stdout == input, "the echoed stream differs");
+}
+
+#[test]
+fn three_megabytes_of_random_bytes_through_raw_echo_are_byte_exact() {
+    let input = bytes(42, 3_000_000);
+    let out = run(&["--framing", "raw"], &guest("examples/echo"), &input);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(out.stdout.len(), input.len());
+    assert!(out.stdout == input, "raw echo is not byte-exact");
+}
+
+#[test]
+fn checksum_reads_slot_payloads_in_place() {
+    let input = bytes(7, 1_000_000);
+    let out = run(
+        &["--framing", "raw", "--chunk", "300KiB"],
+        &guest("examples/checksum"),
+        &input,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let want: String = input
+        .chunks(300 * 1024)
+        .map(|c| format!("{} {:016x}\n", c.len(), checksum64(c)))
+        .collect();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), want);
+}
+
+#[test]
+fn a_wasi_std_guest_prints_to_stderr_and_exits_with_its_status() {
+    let out = run(&[], &guest("runtime/tests/guests/std-echo"), b"x\ny\nz\n");
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "std:x\nstd:y\nstd:z\n"
+    );
+    assert!(
+        stderr(&out).contains("std-echo saw 3 messages"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_no_std_guest_exits_with_the_value_of_shmrt_main() {
+    let out = run(
+        &[],
+        &guest("runtime/tests/guests/probe"),
+        b"before\nexit 7\nnever read\n",
+    );
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "before\n");
+}
+
+#[test]
+fn a_trapping_guest_is_reported_with_its_message() {
+    let out = run(
+        &[],
+        &guest("runtime/tests/guests/probe"),
+        b"panic the probe gave up\n",
+    );
+    assert_eq!(out.status.code(), Some(70));
+    let err = stderr(&out);
+    assert!(
+        err.contains("guest trapped") && err.contains("the probe gave up"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("RUST_BACKTRACE"),
+        "the host must not panic: {err}"
+    );
+}
+
+#[test]
+fn a_spinning_guest_is_ended_by_its_timeout() {
+    let start = std::time::Instant::now();
+    let out = run(
+        &["--timeout", "300ms"],
+        &guest("runtime/tests/guests/probe"),
+        b"spin\n",
+    );
+    assert_eq!(out.status.code(), Some(124), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("timed out after 300ms"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(start.elapsed() < std::time::Duration::from_secs(20));
+}
+
+#[test]
+fn a_module_without_atomics_is_refused_with_the_fix() {
+    let dir = tempdir();
+    let wat = dir.join("no-atomics.wat");
+    std::fs::write(
+        &wat,
+        r#"(module
+             (import "shmrt" "ring" (func))
+             (memory (export "memory") 1)
+             (func (export "shmrt_main") (result i32) i32.const 0))"#,
+    )
+    .unwrap();
+    let out = run(&[], &wat, b"");
+    assert_eq!(out.status.code(), Some(65));
+    let err = stderr(&out);
+    assert!(
+        err.contains("no atomic instruction") && err.contains("+atomics,+bulk-memory"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unreadable_and_invalid_plugins_give_clear_errors() {
+    let out = run(&[], "/nonexistent/plugin.wasm".as_ref(), b"");
+    assert_eq!(out.status.code(), Some(66));
+    assert!(
+        stderr(&out).contains("cannot read plugin /nonexistent/plugin.wasm"),
+        "{}",
+        stderr(&out)
+    );
+    let dir = tempdir();
+    let bad = dir.join("bad.wasm");
+    std::fs::write(&bad, b"\0asm\x01\0\0\0\xff\xff").unwrap();
+    let out = run(&[], &bad, b"");
+    assert_eq!(out.status.code(), Some(65));
+    assert!(
+        stderr(&out).contains("invalid WebAssembly module"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "shmrt-test-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
