@@ -14,8 +14,11 @@ cargo fmt --all -- --check
 step "clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
-step "unit, integration, compatibility and property tests"
+step "unit, integration, compatibility and property tests (guests are built from source)"
 cargo test --workspace
+
+step "the embedding example"
+cargo run -q -p shmrt --example embed -- "$(cargo run -q -p shmrt -- build examples/upper)"
 
 step "no_std builds for wasm32"
 cargo build -p shmrt-primitives --target wasm32-unknown-unknown

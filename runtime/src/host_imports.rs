@@ -26,6 +26,15 @@ pub const WAIT_GOODBYE: i32 = 2;
 /// noticed even if a wake-up is lost to a scribbled waiter count.
 const MAX_PARK: Duration = Duration::from_millis(50);
 
+/// A defined import's name and core signature (value types as text,
+/// e.g. `i32`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImportSignature {
+    pub name: String,
+    pub params: Vec<String>,
+    pub results: Vec<String>,
+}
+
 /// Defines every import of [`MODULE`].
 pub(crate) fn add_to_linker(linker: &mut Linker<SandboxState>) -> wasmtime::Result<()> {
     linker.func_wrap(

@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use shmrt_primitives::channel::{Location, Message, Receiver, Reservation, Sender};
-use shmrt_primitives::{PeerEntry, ProtocolError, SegmentConfig, SendError};
+use shmrt_primitives::{PeerEntry, ProtocolError, Segment, SegmentConfig, SendError};
 use wasmtime::{Config, Engine, Linker, Module, Store, TypedFunc, UpdateDeadline};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
@@ -363,7 +363,7 @@ impl Runtime {
     #[doc(hidden)]
     pub fn shmrt_import_signatures(
         &self,
-    ) -> Result<Vec<(String, Vec<String>, Vec<String>)>, SandboxError> {
+    ) -> Result<Vec<host_imports::ImportSignature>, SandboxError> {
         let mut config = SegmentConfig::single_guest();
         config.ring_capacity = 4096;
         let shared = Arc::new(SandboxShared {
@@ -397,11 +397,11 @@ impl Runtime {
             let Some(f) = ext.into_func() else { continue };
             let ty = f.ty(&store);
             let show = |t: wasmtime::ValType| t.to_string();
-            out.push((
-                name.to_string(),
-                ty.params().map(show).collect(),
-                ty.results().map(show).collect(),
-            ));
+            out.push(host_imports::ImportSignature {
+                name,
+                params: ty.params().map(show).collect(),
+                results: ty.results().map(show).collect(),
+            });
         }
         Ok(out)
     }
@@ -556,6 +556,17 @@ impl Sandbox {
     /// The sandbox's name.
     pub fn name(&self) -> &str {
         &self.handle.shared.name
+    }
+
+    /// The segment through the host's own mapping (for inspection; the
+    /// guest may write any of it at any time).
+    pub fn segment(&self) -> &Segment {
+        self.handle.shared.segment_file.segment()
+    }
+
+    /// Where the segment window starts in the guest's linear memory.
+    pub fn window_base(&self) -> usize {
+        self.handle.shared.window_base()
     }
 
     /// The sending end (host to guest).

@@ -103,12 +103,12 @@ pub fn build(dir: &Path, target: Option<&str>, release: bool) -> anyhow::Result<
         if same.as_deref() != Some(manifest.as_path()) {
             continue;
         }
-        let files = msg["filenames"]
+        let mut files = msg["filenames"]
             .as_array()
             .into_iter()
             .flatten()
             .filter_map(|f| f.as_str());
-        if let Some(f) = files.filter(|f| f.ends_with(".wasm")).last() {
+        if let Some(f) = files.rfind(|f| f.ends_with(".wasm")) {
             wasm = Some(PathBuf::from(f));
         }
     }

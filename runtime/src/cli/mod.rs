@@ -27,7 +27,7 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     /// Run a plugin; stdin is cut into messages for it, its messages go to stdout.
-    Run(run::RunCommand),
+    Run(Box<run::RunCommand>),
     /// Build the guest crate in DIR for wasm32 and print the path of the .wasm.
     Build(build::BuildCommand),
 }
