@@ -23,6 +23,19 @@ pub enum SandboxError {
         #[source]
         source: std::io::Error,
     },
+    /// A named segment file could not be created.
+    #[error("cannot create segment file {} (it must not exist yet)", path.display())]
+    NamedSegment {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// An existing segment could not be opened for attaching.
+    #[error(transparent)]
+    Attach(#[from] crate::segment_file::OpenSegmentError),
+    /// The peer entry to attach as is not available.
+    #[error("segment {}: {reason}", path.display())]
+    Peer { path: PathBuf, reason: String },
     /// The segment configuration is invalid.
     #[error("invalid segment configuration: {0}")]
     Config(LayoutError),

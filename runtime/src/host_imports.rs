@@ -51,7 +51,12 @@ pub(crate) fn add_to_linker(linker: &mut Linker<SandboxState>) -> wasmtime::Resu
         c.data().shared.guest_index + 1
     })?;
     linker.func_wrap(MODULE, "ring", |c: Caller<'_, SandboxState>| {
-        doorbell_futex::ring(&c.data().shared.peer().g2h_doorbell);
+        let shared = &c.data().shared;
+        // Without the doorbell flag the words are not live (a vox segment):
+        // its host polls.
+        if shared.doorbells {
+            doorbell_futex::ring(&shared.peer().g2h_doorbell);
+        }
     })?;
     linker.func_wrap(MODULE, "wait", wait)?;
     linker.func_wrap(MODULE, "log", log)?;
@@ -69,10 +74,21 @@ fn wait(c: Caller<'_, SandboxState>, timeout_ns: i64) -> wasmtime::Result<i32> {
     let until = u64::try_from(timeout_ns)
         .ok()
         .map(|ns| now + Duration::from_nanos(ns));
+    // Polling backoff for segments without doorbells.
+    let mut backoff = Duration::from_micros(20);
     loop {
         // Register, then check, then sleep on the sequence seen at
         // registration (the eventcount protocol of the doorbell module).
-        let seq = bell.prepare_wait();
+        let seq = if shared.doorbells {
+            Some(bell.prepare_wait())
+        } else {
+            None
+        };
+        let finish = || {
+            if seq.is_some() {
+                bell.finish_wait();
+            }
+        };
         let outcome = if shared.goodbye_or_stopped() {
             Some(WAIT_GOODBYE)
         } else if shared.h2g_has_data() {
@@ -81,22 +97,27 @@ fn wait(c: Caller<'_, SandboxState>, timeout_ns: i64) -> wasmtime::Result<i32> {
             None
         };
         if let Some(o) = outcome {
-            bell.finish_wait();
+            finish();
             return Ok(o);
         }
         let now = Instant::now();
         if state.deadline.is_some_and(|d| now >= d) {
-            bell.finish_wait();
+            finish();
             return Err(wasmtime::Error::new(DeadlineExceeded));
         }
         if until.is_some_and(|u| now >= u) {
-            bell.finish_wait();
+            finish();
             return Ok(WAIT_TIMEOUT);
         }
         let mut nap = MAX_PARK;
         for limit in [until, state.deadline].into_iter().flatten() {
             nap = nap.min(limit.saturating_duration_since(now));
         }
+        let Some(seq) = seq else {
+            std::thread::sleep(nap.min(backoff));
+            backoff = (backoff * 2).min(Duration::from_millis(1));
+            continue;
+        };
         doorbell_futex::park(bell.futex_word(), seq, Some(nap));
         bell.finish_wait();
         if bell.sequence() != seq {

@@ -19,14 +19,16 @@
 pub mod doorbell_futex;
 pub mod error;
 pub mod host_imports;
+pub mod host_segment;
 mod memory_window;
 mod module_check;
 pub mod sandbox;
 pub mod segment_file;
 
 pub use error::SandboxError;
+pub use host_segment::HostSegment;
 pub use sandbox::{
     GuestStdout, HostMessage, HostReceiver, HostSender, Runtime, Sandbox, SandboxHandle,
-    SandboxOptions,
+    SandboxOptions, SegmentSource,
 };
 pub use shmrt_primitives as primitives;

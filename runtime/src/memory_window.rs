@@ -27,8 +27,13 @@ const RESERVATION_32: usize = 1 << 32;
 /// A segment file to map as the next growth of the memory being created.
 pub(crate) struct PendingWindow {
     pub file: Arc<File>,
-    /// Bytes of the file to map (a multiple of 64 KiB).
+    /// Bytes of the window (a multiple of 64 KiB).
     pub len: usize,
+    /// Bytes of it mapped from the file (a multiple of the OS page, at most
+    /// `len`); the rest is anonymous memory. A file another program made
+    /// need not be a multiple of 64 KiB, and pages past its end must not
+    /// be mapped from it.
+    pub file_len: usize,
     /// Set once mapped: the window's offset in linear memory.
     pub placed_at: Arc<AtomicUsize>,
 }
@@ -139,16 +144,19 @@ impl WindowedMemory {
         unsafe {
             rustix::mm::mmap(
                 self.base.add(self.size) as *mut c_void,
-                w.len,
+                w.file_len.min(w.len),
                 ProtFlags::READ | ProtFlags::WRITE,
                 MapFlags::SHARED | MapFlags::FIXED,
                 &*w.file,
                 0,
             )
         }?;
-        w.placed_at.store(self.size, Ordering::Release);
-        self.size += w.len;
-        Ok(())
+        let placed = self.size;
+        self.size += w.file_len.min(w.len);
+        let end = placed + w.len;
+        w.placed_at.store(placed, Ordering::Release);
+        // Anonymous pages for the rest of the window.
+        self.make_accessible(end)
     }
 }
 

@@ -8,7 +8,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use shmrt_primitives::channel::{Location, Message, Receiver, Reservation, Sender};
-use shmrt_primitives::{PeerEntry, ProtocolError, Segment, SegmentConfig, SendError};
+use shmrt_primitives::segment_header::FEATURE_DOORBELLS;
+use shmrt_primitives::{PeerEntry, PeerState, ProtocolError, Segment, SegmentConfig, SendError};
 use wasmtime::{Config, Engine, Linker, Module, Store, TypedFunc, UpdateDeadline};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
@@ -80,6 +81,8 @@ pub struct SandboxOptions {
     pub stdout: GuestStdout,
     /// Spin rounds before the host parks in a blocking call.
     pub spin: SpinBudget,
+    /// Where the segment lives.
+    pub segment_source: SegmentSource,
 }
 
 impl Default for SandboxOptions {
@@ -93,6 +96,7 @@ impl Default for SandboxOptions {
             dirs: Vec::new(),
             stdout: GuestStdout::default(),
             spin: SpinBudget::default(),
+            segment_source: SegmentSource::Memfd,
         }
     }
 }
@@ -100,7 +104,13 @@ impl Default for SandboxOptions {
 /// State shared by the guest thread, the host ends and the imports.
 pub(crate) struct SandboxShared {
     pub name: String,
-    pub segment_file: SegmentFile,
+    pub segment_file: Arc<SegmentFile>,
+    /// The guest runs in another process (this side is only the host):
+    /// it has ended when its peer entry says Goodbye.
+    pub external_guest: bool,
+    /// The segment carries live doorbell words; without them (a vox
+    /// segment), waits poll with backoff.
+    pub doorbells: bool,
     pub placed_at: Arc<AtomicUsize>,
     pub guest_index: u32,
     pub started: Instant,
@@ -145,7 +155,52 @@ impl SandboxShared {
 
     fn guest_done(&self) -> bool {
         self.guest_done.load(Ordering::Acquire)
+            || (self.external_guest && self.peer().state() == Some(PeerState::Goodbye))
     }
+
+    pub(crate) fn new(
+        name: String,
+        segment_file: Arc<SegmentFile>,
+        guest_index: u32,
+        spin: SpinBudget,
+    ) -> Self {
+        let doorbells = segment_file.segment().layout().features & FEATURE_DOORBELLS != 0;
+        SandboxShared {
+            name,
+            segment_file,
+            external_guest: false,
+            doorbells,
+            placed_at: Arc::new(AtomicUsize::new(NOT_PLACED)),
+            guest_index,
+            started: Instant::now(),
+            stop: AtomicBool::new(false),
+            guest_done: AtomicBool::new(false),
+            spin,
+            last_error_log: Default::default(),
+        }
+    }
+}
+
+/// Where a sandbox's segment lives.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum SegmentSource {
+    /// An anonymous sealed memfd (the default).
+    #[default]
+    Memfd,
+    /// A named file, created exclusively with mode 0600, so that other
+    /// processes and `shmrt inspect` can open it; removed when the sandbox
+    /// is dropped unless `keep`.
+    Named { path: PathBuf, keep: bool },
+}
+
+/// How the guest takes its peer entry.
+enum Claim {
+    /// We created the segment: reserve, then the guest thread claims.
+    Own,
+    /// Another program reserved the entry: claim it now.
+    Reserved,
+    /// A walk-in guest on the first Empty entry.
+    Empty,
 }
 
 /// The store data of a sandbox.
@@ -226,11 +281,128 @@ impl Runtime {
     /// Checks, compiles and instantiates `wasm` with a fresh segment in its
     /// memory, and starts its entry point on a thread of its own.
     pub fn spawn(&self, wasm: &[u8], options: SandboxOptions) -> Result<Sandbox, SandboxError> {
-        let name = options.name.clone();
         let mut seg_config = options.segment;
         seg_config.max_guests = 1;
-        let segment_file = SegmentFile::create_memfd(&seg_config)?;
-        let window_pages = segment_file.len() as u64 / 65536;
+        let file = match &options.segment_source {
+            SegmentSource::Memfd => SegmentFile::create_memfd(&seg_config)?,
+            SegmentSource::Named { path, keep } => {
+                SegmentFile::create_named(path, &seg_config, *keep)?
+            }
+        };
+        let shared = Arc::new(SandboxShared::new(
+            options.name.clone(),
+            Arc::new(file),
+            0,
+            options.spin,
+        ));
+        let handle = self.start(wasm, &options, shared.clone(), Claim::Own)?;
+        let segment = *shared.segment_file.segment();
+        let (tx, rx) =
+            segment
+                .host_channel(shared.guest_index)
+                .map_err(|error| SandboxError::Protocol {
+                    sandbox: shared.name.clone(),
+                    error,
+                })?;
+        Ok(Sandbox {
+            sender: HostSender {
+                tx,
+                shared: shared.clone(),
+            },
+            receiver: HostReceiver { rx, shared },
+            handle,
+        })
+    }
+
+    /// Runs `wasm` as a guest of a segment file another program made (the
+    /// host): the whole file is mapped into the guest's memory, validated
+    /// first. With `peer`, claims that Reserved entry; without, the first
+    /// Empty one. Keeps the guest's heartbeat when the segment asks for
+    /// one; marks the entry Goodbye when the guest ends.
+    pub fn attach(
+        &self,
+        wasm: &[u8],
+        segment: &Path,
+        peer: Option<u32>,
+        options: SandboxOptions,
+    ) -> Result<(SandboxHandle, u32), SandboxError> {
+        let file = SegmentFile::open_existing(segment)?;
+        let layout = *file.segment().layout();
+        let peer_err = |reason: String| SandboxError::Peer {
+            path: segment.to_owned(),
+            reason,
+        };
+        let (index, claim) = match peer {
+            Some(id) => {
+                let index = id
+                    .checked_sub(1)
+                    .filter(|&i| i < layout.max_guests)
+                    .ok_or_else(|| {
+                        peer_err(format!(
+                            "--peer {id} is not a guest of this segment (1..={})",
+                            layout.max_guests
+                        ))
+                    })?;
+                (index, Claim::Reserved)
+            }
+            None => {
+                let index = (0..layout.max_guests)
+                    .find(|&i| {
+                        file.segment().peer(i).and_then(|p| p.state()) == Some(PeerState::Empty)
+                    })
+                    .ok_or_else(|| {
+                        peer_err(
+                            "no Empty peer entry to attach to; give --peer N for a reserved one"
+                                .into(),
+                        )
+                    })?;
+                (index, Claim::Empty)
+            }
+        };
+        if layout.max_guests > 1 {
+            tracing::warn!(
+                "segment {} has {} guest entries: this guest's window holds the other guests' rings and slots; \
+                 give each plugin its own segment (max_guests 1) to isolate plugins from each other",
+                segment.display(),
+                layout.max_guests
+            );
+        }
+        let shared = Arc::new(SandboxShared::new(
+            options.name.clone(),
+            Arc::new(file),
+            index,
+            options.spin,
+        ));
+        let handle = self.start(wasm, &options, shared.clone(), claim)?;
+        if layout.heartbeat_interval_ns != 0 {
+            let beat = Duration::from_nanos(layout.heartbeat_interval_ns / 2)
+                .max(Duration::from_millis(1));
+            let s = shared.clone();
+            std::thread::Builder::new()
+                .name("shmrt-heartbeat".into())
+                .spawn(move || {
+                    while !s.guest_done.load(Ordering::Acquire) {
+                        s.peer().heartbeat(monotonic_ns());
+                        std::thread::sleep(beat);
+                    }
+                })
+                .map_err(|e| SandboxError::io("starting the heartbeat thread", e))?;
+        }
+        Ok((handle, index + 1))
+    }
+
+    /// Compiles, checks, instantiates with the window, takes the peer entry
+    /// and starts the guest thread.
+    fn start(
+        &self,
+        wasm: &[u8],
+        options: &SandboxOptions,
+        shared: Arc<SandboxShared>,
+        claim: Claim,
+    ) -> Result<SandboxHandle, SandboxError> {
+        let name = shared.name.clone();
+        let window_len = shared.segment_file.window_len();
+        let window_pages = window_len as u64 / 65536;
         // Text modules (WAT) are accepted too; the checks read the binary.
         let binary = wat::parse_bytes(wasm).map_err(|e| SandboxError::Compile {
             sandbox: name.clone(),
@@ -246,19 +418,7 @@ impl Runtime {
             reason,
         })?;
 
-        let placed_at = Arc::new(AtomicUsize::new(NOT_PLACED));
-        let shared = Arc::new(SandboxShared {
-            name: name.clone(),
-            segment_file,
-            placed_at: placed_at.clone(),
-            guest_index: 0,
-            started: Instant::now(),
-            stop: AtomicBool::new(false),
-            guest_done: AtomicBool::new(false),
-            spin: options.spin,
-            last_error_log: Default::default(),
-        });
-        let wasi = build_wasi(&options).map_err(|e| SandboxError::Instantiate {
+        let wasi = build_wasi(options).map_err(|e| SandboxError::Instantiate {
             sandbox: name.clone(),
             message: e,
         })?;
@@ -278,8 +438,9 @@ impl Runtime {
         };
         let window = PendingWindow {
             file: shared.segment_file.file().clone(),
-            len: shared.segment_file.len(),
-            placed_at,
+            len: window_len,
+            file_len: shared.segment_file.file_map_len(),
+            placed_at: shared.placed_at.clone(),
         };
         let instance = memory_window::with_pending_window(window, || {
             self.linker.instantiate(&mut store, &module)
@@ -315,41 +476,43 @@ impl Runtime {
             .get_typed_func::<(), ()>(&mut store, "_initialize")
             .ok();
 
-        let segment = *shared.segment_file.segment();
-        let entry_state = shared.peer();
-        entry_state
-            .try_reserve()
-            .map_err(|e| SandboxError::Instantiate {
-                sandbox: name.clone(),
-                message: e.to_string(),
-            })?;
-        let (tx, rx) =
-            segment
-                .host_channel(shared.guest_index)
-                .map_err(|error| SandboxError::Protocol {
-                    sandbox: name.clone(),
-                    error,
-                })?;
+        let peer = shared.peer();
+        let taken = match claim {
+            Claim::Own => peer.try_reserve().map(|_| ()),
+            Claim::Reserved => peer.try_claim_reserved(),
+            Claim::Empty => peer.try_attach().map(|_| ()),
+        };
+        taken.map_err(|e| SandboxError::Peer {
+            path: shared
+                .segment_file
+                .path()
+                .map(Path::to_owned)
+                .unwrap_or_default(),
+            reason: format!(
+                "cannot take the entry of peer {}: {e}",
+                shared.guest_index + 1
+            ),
+        })?;
+        let claim_in_thread = matches!(claim, Claim::Own);
 
         let timeout = options.timeout;
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name(format!("shmrt-guest {name}"))
-            .spawn(move || run_guest(store, entry, initialize, timeout, thread_shared))
+            .spawn(move || {
+                run_guest(
+                    store,
+                    entry,
+                    initialize,
+                    timeout,
+                    thread_shared,
+                    claim_in_thread,
+                )
+            })
             .map_err(|e| SandboxError::io("starting the guest thread", e))?;
-        Ok(Sandbox {
-            sender: HostSender {
-                tx,
-                shared: shared.clone(),
-            },
-            receiver: HostReceiver {
-                rx,
-                shared: shared.clone(),
-            },
-            handle: SandboxHandle {
-                shared,
-                thread: Some(thread),
-            },
+        Ok(SandboxHandle {
+            shared,
+            thread: Some(thread),
         })
     }
 
@@ -366,17 +529,13 @@ impl Runtime {
     ) -> Result<Vec<host_imports::ImportSignature>, SandboxError> {
         let mut config = SegmentConfig::single_guest();
         config.ring_capacity = 4096;
-        let shared = Arc::new(SandboxShared {
-            name: "signatures".into(),
-            segment_file: SegmentFile::create_memfd(&config)?,
-            placed_at: Arc::new(AtomicUsize::new(NOT_PLACED)),
-            guest_index: 0,
-            started: Instant::now(),
-            stop: AtomicBool::new(false),
-            guest_done: AtomicBool::new(false),
-            spin: SpinBudget::default(),
-            last_error_log: Default::default(),
-        });
+        let file = Arc::new(SegmentFile::create_memfd(&config)?);
+        let shared = Arc::new(SandboxShared::new(
+            "signatures".into(),
+            file,
+            0,
+            SpinBudget::default(),
+        ));
         let wasi = WasiCtxBuilder::new().build_p1();
         let mut store = Store::new(
             &self.engine,
@@ -452,6 +611,13 @@ impl Entry {
     }
 }
 
+/// CLOCK_MONOTONIC in nanoseconds: the clock heartbeats are read with by
+/// every process on the machine.
+pub fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
 /// Sets `guest_done` and wakes the host however the guest thread ends.
 struct DoneGuard(Arc<SandboxShared>);
 
@@ -473,9 +639,10 @@ fn run_guest(
     initialize: Option<TypedFunc<(), ()>>,
     timeout: Option<Duration>,
     shared: Arc<SandboxShared>,
+    claim: bool,
 ) -> Result<i32, SandboxError> {
     let _done = DoneGuard(shared.clone());
-    if let Err(e) = shared.peer().try_claim_reserved() {
+    if claim && let Err(e) = shared.peer().try_claim_reserved() {
         return Err(SandboxError::Instantiate {
             sandbox: shared.name.clone(),
             message: format!("claiming the peer entry: {e}"),
@@ -686,6 +853,10 @@ pub struct HostSender {
 }
 
 impl HostSender {
+    pub(crate) fn new(tx: Sender, shared: Arc<SandboxShared>) -> Self {
+        HostSender { tx, shared }
+    }
+
     /// Largest payload that fits a slot.
     pub fn max_payload(&self) -> u32 {
         self.tx.max_payload()
@@ -830,6 +1001,10 @@ impl Drop for HostMessage<'_> {
 }
 
 impl HostReceiver {
+    pub(crate) fn new(rx: Receiver, shared: Arc<SandboxShared>) -> Self {
+        HostReceiver { rx, shared }
+    }
+
     /// The next message if one is there.
     pub fn try_recv(&mut self) -> Result<Option<HostMessage<'_>>, SandboxError> {
         let shared = &*self.shared;

@@ -9,6 +9,8 @@ pub const OTHER: u8 = 1;
 pub const UNREADABLE: u8 = 66;
 /// Not a valid module, or one shmrt refuses (EX_DATAERR).
 pub const INVALID_MODULE: u8 = 65;
+/// The segment to attach to is invalid or has no entry for us.
+pub const BAD_SEGMENT: u8 = 67;
 /// The guest trapped (EX_SOFTWARE).
 pub const TRAP: u8 = 70;
 /// The guest broke the shared-memory protocol (EX_PROTOCOL).
@@ -32,6 +34,7 @@ impl From<SandboxError> for Failure {
     fn from(e: SandboxError) -> Self {
         let code = match &e {
             SandboxError::Read { .. } => UNREADABLE,
+            SandboxError::Attach(_) | SandboxError::Peer { .. } => BAD_SEGMENT,
             SandboxError::Compile { .. }
             | SandboxError::Refused { .. }
             | SandboxError::Instantiate { .. } => INVALID_MODULE,

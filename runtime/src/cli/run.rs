@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use shmrt::primitives::layout::{SLOT_LEN_PREFIX, SizeClass, SizeClasses};
-use shmrt::{HostReceiver, HostSender, Runtime, SandboxError, SandboxOptions};
+use shmrt::{HostReceiver, HostSender, Runtime, SandboxError, SandboxOptions, SegmentSource};
 
 use super::Failure;
 
@@ -56,6 +56,22 @@ pub struct RunCommand {
     /// An environment variable for the guest: KEY=VALUE (WASI guests).
     #[arg(long = "env")]
     env: Vec<String>,
+    /// Run the plugin as a guest of this existing segment file, made by
+    /// another program that is the host (shmrt, shm-primitives / vox-shm,
+    /// or any writer of the format). stdin and stdout are not used.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["segment", "framing", "chunk"])]
+    attach: Option<PathBuf>,
+    /// With --attach: the guest's peer id (claims that Reserved entry);
+    /// default: the first Empty entry.
+    #[arg(long, requires = "attach")]
+    peer: Option<u32>,
+    /// Create the sandbox's segment as this named file (exclusively, mode
+    /// 0600) so that other processes and `shmrt inspect` can see it.
+    #[arg(long, value_name = "PATH")]
+    segment: Option<PathBuf>,
+    /// With --segment: leave the file in place on exit.
+    #[arg(long, requires = "segment")]
+    keep_segment: bool,
     /// Arguments for the guest (WASI guests), after `--`.
     #[arg(last = true)]
     args: Vec<String>,
@@ -99,8 +115,28 @@ impl RunCommand {
             options.dirs.push((host.into(), guest.into()));
         }
         let chunk = usize::try_from(self.chunk.max(1)).unwrap_or(usize::MAX);
+        if let Some(path) = &self.segment {
+            options.segment_source = SegmentSource::Named {
+                path: path.clone(),
+                keep: self.keep_segment,
+            };
+        }
 
         let runtime = Runtime::new()?;
+        if let Some(segment) = &self.attach {
+            let wasm = std::fs::read(&self.plugin).map_err(|source| SandboxError::Read {
+                path: self.plugin.clone(),
+                source,
+            })?;
+            let (handle, peer) = runtime.attach(&wasm, segment, self.peer, options)?;
+            tracing::info!(
+                "{} attached to {} as peer {peer}",
+                self.plugin.display(),
+                segment.display()
+            );
+            let code = handle.join()?;
+            return Ok(ExitCode::from(code.clamp(0, 255) as u8));
+        }
         let sandbox = runtime.spawn_file(&self.plugin, options)?;
         let (tx, mut rx, handle) = sandbox.split();
         let framing = self.framing;

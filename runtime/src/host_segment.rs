@@ -1,0 +1,93 @@
+//! The host side for native programs: a segment file this process creates,
+//! for plugins that run sandboxed in other processes
+//! (`shmrt run --attach PATH --peer N plugin.wasm`). Sending, receiving,
+//! ringing and waiting are the same as with an in-process sandbox, and just
+//! as zero-copy: the futex doorbells work between processes.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use shmrt_primitives::{Segment, SegmentConfig};
+
+use crate::doorbell_futex::{self, SpinBudget};
+use crate::error::SandboxError;
+use crate::sandbox::{HostReceiver, HostSender, SandboxShared};
+use crate::segment_file::SegmentFile;
+
+/// A segment file made by this process, hosting guests in other processes.
+pub struct HostSegment {
+    file: Arc<SegmentFile>,
+}
+
+impl HostSegment {
+    /// Creates the segment file at `path` (exclusively, mode 0600), laid
+    /// out for `config.max_guests` guests with doorbells on. Removed when
+    /// dropped unless `keep`.
+    pub fn create(path: &Path, config: &SegmentConfig, keep: bool) -> Result<Self, SandboxError> {
+        let mut config = *config;
+        config.features |= shmrt_primitives::segment_header::FEATURE_DOORBELLS;
+        Ok(HostSegment {
+            file: Arc::new(SegmentFile::create_named(path, &config, keep)?),
+        })
+    }
+
+    /// The segment through this process's mapping.
+    pub fn segment(&self) -> &Segment {
+        self.file.segment()
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        self.file.path().expect("a named segment has a path")
+    }
+
+    /// Reserves the entry of guest `peer_id` (1..=max_guests) for a plugin
+    /// about to attach, and returns this host's ends of its channel. The
+    /// receiver reports `Closed` once the guest has marked its entry
+    /// Goodbye and everything it sent is read.
+    pub fn reserve(
+        &self,
+        peer_id: u32,
+        spin: SpinBudget,
+    ) -> Result<(HostSender, HostReceiver), SandboxError> {
+        let peer_err = |reason: String| SandboxError::Peer {
+            path: self.path().to_owned(),
+            reason,
+        };
+        let index = peer_id
+            .checked_sub(1)
+            .filter(|&i| i < self.segment().layout().max_guests)
+            .ok_or_else(|| peer_err(format!("peer {peer_id} is not a guest of this segment")))?;
+        let entry = self.segment().peer(index).expect("index checked");
+        entry
+            .try_reserve()
+            .map_err(|e| peer_err(format!("cannot reserve peer {peer_id}: {e}")))?;
+        let name = format!("{} peer {peer_id}", self.path().display());
+        let mut shared = SandboxShared::new(name, self.file.clone(), index, spin);
+        shared.external_guest = true;
+        let shared = Arc::new(shared);
+        let (tx, rx) =
+            self.segment()
+                .host_channel(index)
+                .map_err(|error| SandboxError::Protocol {
+                    sandbox: shared.name.clone(),
+                    error,
+                })?;
+        Ok((
+            HostSender::new(tx, shared.clone()),
+            HostReceiver::new(rx, shared),
+        ))
+    }
+
+    /// Raises host goodbye for every guest and wakes those parked.
+    pub fn goodbye(&self) {
+        let seg = self.segment();
+        seg.header().say_goodbye();
+        for i in 0..seg.layout().max_guests {
+            if let Some(p) = seg.peer(i) {
+                p.h2g_doorbell.ring();
+                doorbell_futex::wake_all(p.h2g_doorbell.futex_word());
+            }
+        }
+    }
+}
