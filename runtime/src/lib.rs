@@ -20,6 +20,7 @@ pub mod doorbell_futex;
 pub mod error;
 pub mod host_imports;
 pub mod host_segment;
+pub mod inspect;
 mod memory_window;
 mod module_check;
 pub mod sandbox;

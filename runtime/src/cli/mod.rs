@@ -2,6 +2,7 @@
 
 mod build;
 mod exit_codes;
+mod inspect;
 mod run;
 
 use std::process::ExitCode;
@@ -30,6 +31,8 @@ pub enum Command {
     Run(Box<run::RunCommand>),
     /// Build the guest crate in DIR for wasm32 and print the path of the .wasm.
     Build(build::BuildCommand),
+    /// Show a segment file: header, peers, rings, slot pool; validated as read.
+    Inspect(inspect::InspectCommand),
 }
 
 impl Command {
@@ -37,6 +40,7 @@ impl Command {
         match self {
             Command::Run(c) => c.execute(),
             Command::Build(c) => c.execute(),
+            Command::Inspect(c) => c.execute(),
         }
     }
 }
