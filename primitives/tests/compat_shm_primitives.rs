@@ -6,10 +6,14 @@
 //! Every test has one side be theirs and the other ours, on the same bytes.
 
 use shm_primitives as theirs;
+
+#[path = "support/vox_restated.rs"]
+mod vox_restated;
 use shmrt_primitives::channel::Location;
 use shmrt_primitives::heap_region::HeapRegion;
 use shmrt_primitives::layout::{SegmentConfig, SegmentLayout, SizeClass, SizeClasses};
 use shmrt_primitives::{PeerState, Segment, SlotRef};
+use vox_restated::{VoxFrame, vox_read_frame, vox_write_inline, vox_write_slot_ref};
 
 const MAX_GUESTS: u8 = 3;
 const CAPACITY: u32 = 4096;
@@ -160,72 +164,6 @@ impl OurSegment {
         // SAFETY: our ring, initialized.
         unsafe { theirs::BipBuf::attach(self.region(), offset as usize) }
     }
-}
-
-// vox-shm framing, restated: header = total_len u32, flags u8, reserved u8,
-// inline_payload_len u16; inline padded to 4; slot ref = 20 bytes.
-fn vox_write_inline(p: &mut theirs::BipBufProducer<'_>, payload: &[u8]) -> bool {
-    let total = (8 + payload.len() as u32 + 3) & !3;
-    let Some(buf) = p.try_grant(total) else {
-        return false;
-    };
-    buf[0..4].copy_from_slice(&total.to_le_bytes());
-    buf[4] = 0;
-    buf[5] = 0;
-    buf[6..8].copy_from_slice(&(payload.len() as u16).to_le_bytes());
-    buf[8..8 + payload.len()].copy_from_slice(payload);
-    buf[8 + payload.len()..].fill(0);
-    p.commit(total);
-    true
-}
-
-fn vox_write_slot_ref(p: &mut theirs::BipBufProducer<'_>, r: &theirs::SlotRef) -> bool {
-    let Some(buf) = p.try_grant(20) else {
-        return false;
-    };
-    buf[0..4].copy_from_slice(&20u32.to_le_bytes());
-    buf[4] = 1;
-    buf[5] = 0;
-    buf[6..8].fill(0);
-    buf[8] = r.class_idx;
-    buf[9] = r.extent_idx;
-    buf[10..12].fill(0);
-    buf[12..16].copy_from_slice(&r.slot_idx.to_le_bytes());
-    buf[16..20].copy_from_slice(&r.generation.to_le_bytes());
-    p.commit(20);
-    true
-}
-
-enum VoxFrame {
-    Inline(Vec<u8>),
-    Slot(theirs::SlotRef),
-}
-
-/// vox-shm's `read_frame`, restated (with the zero-length rule).
-fn vox_read_frame(c: &mut theirs::BipBufConsumer<'_>) -> Option<VoxFrame> {
-    let data = c.try_read()?;
-    let total = u32::from_le_bytes(data[0..4].try_into().unwrap());
-    assert!(
-        total >= 8 && total % 4 == 0 && data.len() >= total as usize,
-        "bad frame total_len {total}"
-    );
-    let flags = data[4];
-    let frame = if flags & 1 != 0 {
-        assert_eq!(total, 20);
-        VoxFrame::Slot(theirs::SlotRef {
-            class_idx: data[8],
-            extent_idx: data[9],
-            slot_idx: u32::from_le_bytes(data[12..16].try_into().unwrap()),
-            generation: u32::from_le_bytes(data[16..20].try_into().unwrap()),
-        })
-    } else {
-        assert_eq!(flags, 0);
-        let n = u16::from_le_bytes([data[6], data[7]]) as usize;
-        let end = if n > 0 { 8 + n } else { total as usize };
-        VoxFrame::Inline(data[8..end].to_vec())
-    };
-    c.release(total);
-    Some(frame)
 }
 
 fn payload(seed: usize, len: usize) -> Vec<u8> {

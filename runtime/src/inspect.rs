@@ -33,7 +33,9 @@ pub fn inspect(path: &Path) -> std::io::Result<Report> {
     if len < 128 {
         return Ok(Report {
             json: json!({ "path": path.display().to_string(), "file_size": len, "error": format!("{len} bytes is shorter than the 128-byte segment header") }),
-            problems: vec![format!("file is {len} bytes, shorter than a segment header")],
+            problems: vec![format!(
+                "file is {len} bytes, shorter than a segment header"
+            )],
             header_invalid: true,
         });
     }
@@ -64,10 +66,14 @@ pub fn inspect(path: &Path) -> std::io::Result<Report> {
         let state_word = p.state.load(std::sync::atomic::Ordering::Acquire);
         let state = p.state().map(|s| s.name().to_string());
         if state.is_none() {
-            problems.push(format!("peer {}: state word {state_word} is not a state", i + 1));
+            problems.push(format!(
+                "peer {}: state word {state_word} is not a state",
+                i + 1
+            ));
         }
         let hb = p.last_heartbeat();
-        let age_ms = (layout.heartbeat_interval_ns != 0 && hb != 0).then(|| now.saturating_sub(hb) as f64 / 1e6);
+        let age_ms = (layout.heartbeat_interval_ns != 0 && hb != 0)
+            .then(|| now.saturating_sub(hb) as f64 / 1e6);
         let mut rings = serde_json::Map::new();
         for (dir, ring) in [("g2h", seg.g2h_ring(i)), ("h2g", seg.h2g_ring(i))] {
             let c = ring.expect("index in range").cursors();
@@ -121,7 +127,10 @@ pub fn inspect(path: &Path) -> std::io::Result<Report> {
         let mut owners = std::collections::BTreeMap::<u32, u32>::new();
         pool.owners(c, |_, owner| *owners.entry(owner).or_default() += 1);
         if u.invalid > 0 {
-            problems.push(format!("class {c}: {} slot metas are in no valid state", u.invalid));
+            problems.push(format!(
+                "class {c}: {} slot metas are in no valid state",
+                u.invalid
+            ));
         }
         let free_list = match u.free_list {
             Ok(n) => {
@@ -193,7 +202,12 @@ pub fn render_text(r: &Report) -> String {
     use std::fmt::Write;
     let j = &r.json;
     let mut out = String::new();
-    let _ = writeln!(out, "segment {} ({} bytes)", j["path"].as_str().unwrap_or("?"), j["file_size"]);
+    let _ = writeln!(
+        out,
+        "segment {} ({} bytes)",
+        j["path"].as_str().unwrap_or("?"),
+        j["file_size"]
+    );
     if let Some(h) = j["header"].as_object() {
         let _ = writeln!(out, "header:");
         for (k, v) in h {
@@ -205,15 +219,31 @@ pub fn render_text(r: &Report) -> String {
         return out;
     }
     for p in j["peers"].as_array().into_iter().flatten() {
-        let age = p["heartbeat_age_ms"].as_f64().map_or("-".to_string(), |a| format!("{a:.1} ms"));
-        let _ = writeln!(out, "peer {}: {} epoch {} heartbeat age {age}", p["peer"], p["state"].as_str().unwrap_or("?"), p["epoch"]);
+        let age = p["heartbeat_age_ms"]
+            .as_f64()
+            .map_or("-".to_string(), |a| format!("{a:.1} ms"));
+        let _ = writeln!(
+            out,
+            "peer {}: {} epoch {} heartbeat age {age}",
+            p["peer"],
+            p["state"].as_str().unwrap_or("?"),
+            p["epoch"]
+        );
         for dir in ["g2h", "h2g"] {
             let r = &p["rings"][dir];
-            let occ = r["occupancy"].as_u64().map_or("inconsistent".to_string(), |o| format!("{o}/{} bytes", r["capacity"]));
+            let occ = r["occupancy"]
+                .as_u64()
+                .map_or("inconsistent".to_string(), |o| {
+                    format!("{o}/{} bytes", r["capacity"])
+                });
             let _ = writeln!(
                 out,
                 "  {dir}: {occ}{} (write {}, watermark {}, read {})",
-                if r["wrapped"].as_bool() == Some(true) { ", wrapped" } else { "" },
+                if r["wrapped"].as_bool() == Some(true) {
+                    ", wrapped"
+                } else {
+                    ""
+                },
                 r["write"],
                 r["watermark"],
                 r["read"]
@@ -237,7 +267,11 @@ pub fn render_text(r: &Report) -> String {
             c["allocated"],
             c["free"],
             c["free_list"],
-            if owners.is_empty() { String::new() } else { format!(" ({})", owners.join(", ")) }
+            if owners.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", owners.join(", "))
+            }
         );
     }
     if r.problems.is_empty() {

@@ -98,7 +98,7 @@ impl SegmentFile {
         let file = file.into_std();
         file.set_len(size)
             .map_err(|e| SandboxError::io("sizing the segment file", e))?;
-        let remove = (!keep).then(|| (dir, name));
+        let remove = (!keep).then_some((dir, name));
         Self::init(file, size, config, remove, Some(path.to_owned()))
     }
 
@@ -213,10 +213,10 @@ impl SegmentFile {
 
 impl Drop for SegmentFile {
     fn drop(&mut self) {
-        if let Some((dir, name)) = self.remove.take() {
-            if let Err(e) = dir.remove_file(&name) {
-                tracing::warn!("could not remove segment file {}: {e}", name.display());
-            }
+        if let Some((dir, name)) = self.remove.take()
+            && let Err(e) = dir.remove_file(&name)
+        {
+            tracing::warn!("could not remove segment file {}: {e}", name.display());
         }
     }
 }

@@ -25,9 +25,15 @@ impl InspectCommand {
     pub fn execute(self) -> Result<ExitCode, Failure> {
         let report = shmrt::inspect::inspect(&self.path)
             .with_context(|| format!("cannot read segment {}", self.path.display()))
-            .map_err(|error| Failure { error, code: UNREADABLE })?;
+            .map_err(|error| Failure {
+                error,
+                code: UNREADABLE,
+            })?;
         if self.json {
-            println!("{}", serde_json::to_string_pretty(&report.json).expect("JSON values serialize"));
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report.json).expect("JSON values serialize")
+            );
         } else {
             print!("{}", shmrt::inspect::render_text(&report));
         }

@@ -1,0 +1,526 @@
+//! Out-of-process zero-copy: `shmrt run --attach` on segment files made by
+//! other programs, futex doorbells between processes, `--segment`, and
+//! `shmrt inspect`.
+
+mod common;
+
+#[path = "../../primitives/tests/support/vox_restated.rs"]
+mod vox_restated;
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::{bytes, guest, shmrt};
+use memmap2::MmapMut;
+use shm_primitives as theirs;
+use shmrt::HostSegment;
+use shmrt::doorbell_futex::SpinBudget;
+use shmrt::primitives::layout::{SizeClass, SizeClasses};
+use shmrt::primitives::{PeerState, SegmentConfig};
+use vox_restated::{VoxFrame, vox_read_frame, vox_write_inline, vox_write_slot_ref};
+
+fn tempdir() -> PathBuf {
+    use std::sync::atomic::AtomicU64;
+    static N: AtomicU64 = AtomicU64::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "shmrt-attach-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn attach(segment: &Path, peer: Option<u32>, plugin: &Path) -> Child {
+    let mut cmd = shmrt();
+    cmd.args(["run", "--attach"]).arg(segment);
+    if let Some(p) = peer {
+        cmd.args(["--peer", &p.to_string()]);
+    }
+    cmd.arg(plugin)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn shmrt run --attach")
+}
+
+fn wait_exit(child: Child, within: Duration) -> std::process::Output {
+    let start = Instant::now();
+    let pid = child.id();
+    let waiter = std::thread::spawn(move || child.wait_with_output().unwrap());
+    while !waiter.is_finished() {
+        if start.elapsed() > within {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            panic!("shmrt run --attach did not exit within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    waiter.join().unwrap()
+}
+
+/// A segment file laid out by shm-primitives 0.3.1 the way vox-shm 0.3.1
+/// lays one out, with two guests and a size that is not a multiple of
+/// 64 KiB (so the window maps the file only up to its end).
+struct VoxFile {
+    _file: File,
+    map: MmapMut,
+    ring_base: usize,
+    var_pool_offset: usize,
+}
+
+const CAP: u32 = 8192;
+const CLASSES: [(u32, u32); 2] = [(1024, 8), (65540, 4)];
+
+fn stride() -> usize {
+    (theirs::BIPBUF_HEADER_SIZE + CAP as usize + 63) & !63
+}
+
+impl VoxFile {
+    fn create(path: &Path) -> Self {
+        let configs: Vec<_> = CLASSES
+            .iter()
+            .map(|&(slot_size, slot_count)| theirs::SizeClassConfig {
+                slot_size,
+                slot_count,
+            })
+            .collect();
+        let guests = 2usize;
+        let ring_base = 128 + guests * 64;
+        let var_pool_offset = (ring_base + guests * 2 * stride() + 63) & !63;
+        let total = var_pool_offset + theirs::VarSlotPool::required_size(&configs);
+        assert_ne!(
+            total % 65536,
+            0,
+            "the test wants a file that is not whole wasm pages"
+        );
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .unwrap();
+        file.set_len(total as u64).unwrap();
+        // SAFETY: our new file, shared with the child process by design.
+        let mut map = unsafe { MmapMut::map_mut(&file) }.unwrap();
+        // SAFETY: the mapping holds `total` zeroed bytes.
+        let r = unsafe { theirs::Region::from_raw(map.as_mut_ptr(), total) };
+        // SAFETY: fresh memory, laid out as vox-shm's Segment::create does.
+        unsafe {
+            r.get_mut::<theirs::SegmentHeader>(0)
+                .init(theirs::SegmentHeaderInit {
+                    total_size: total as u64,
+                    max_payload_size: 65536,
+                    inline_threshold: 0,
+                    max_guests: guests as u32,
+                    bipbuf_capacity: CAP,
+                    peer_table_offset: 128,
+                    var_pool_offset: var_pool_offset as u64,
+                    heartbeat_interval: 2_000_000,
+                    num_var_slot_classes: CLASSES.len() as u32,
+                });
+            for i in 0..guests {
+                let ring_offset = ring_base + i * 2 * stride();
+                r.get_mut::<theirs::PeerEntry>(128 + 64 * i)
+                    .init(ring_offset as u64);
+                theirs::BipBuf::init(r, ring_offset, CAP);
+                theirs::BipBuf::init(r, ring_offset + stride(), CAP);
+            }
+            theirs::VarSlotPool::init(r, var_pool_offset, &configs);
+        }
+        VoxFile {
+            _file: file,
+            map,
+            ring_base,
+            var_pool_offset,
+        }
+    }
+
+    fn region(&self) -> theirs::Region {
+        // SAFETY: the mapping outlives every use in the test.
+        unsafe { theirs::Region::from_raw(self.map.as_ptr() as *mut u8, self.map.len()) }
+    }
+
+    fn header(&self) -> &theirs::SegmentHeader {
+        // SAFETY: initialized above.
+        unsafe { &*(self.map.as_ptr() as *const theirs::SegmentHeader) }
+    }
+
+    fn peer(&self, index: usize) -> &theirs::PeerEntry {
+        // SAFETY: initialized above.
+        unsafe { &*(self.map.as_ptr().add(128 + 64 * index) as *const theirs::PeerEntry) }
+    }
+
+    fn ring(&self, index: usize, h2g: bool) -> theirs::BipBuf {
+        let off = self.ring_base + index * 2 * stride() + if h2g { stride() } else { 0 };
+        // SAFETY: initialized above.
+        unsafe { theirs::BipBuf::attach(self.region(), off) }
+    }
+
+    fn pool(&self) -> theirs::VarSlotPool {
+        let configs: Vec<_> = CLASSES
+            .iter()
+            .map(|&(slot_size, slot_count)| theirs::SizeClassConfig {
+                slot_size,
+                slot_count,
+            })
+            .collect();
+        // SAFETY: initialized above with these classes.
+        unsafe { theirs::VarSlotPool::attach(self.region(), self.var_pool_offset, &configs) }
+    }
+}
+
+/// The reference crates are the host; the plugin runs sandboxed in another
+/// process as reserved guest 2. Inline and slot-ref frames go both ways,
+/// slots carry the u32 length prefix, and host goodbye ends the run with
+/// status 0. The segment has no doorbell flag, so both sides poll.
+#[test]
+fn reference_crates_as_the_external_host() {
+    let dir = tempdir();
+    let path = dir.join("vox.seg");
+    let seg = VoxFile::create(&path);
+    assert_eq!(seg.peer(1).try_reserve(), Ok(1));
+    let child = attach(&path, Some(2), &guest("examples/echo"));
+    let (h2g, g2h, pool) = (seg.ring(1, true), seg.ring(1, false), seg.pool());
+    let (mut tx, _) = h2g.split();
+    let (_, mut rx) = g2h.split();
+    let sizes = [0usize, 5, 100, 248, 249, 1000, 1020, 5000, 65536];
+    let start = Instant::now();
+    for (k, &len) in sizes.iter().cycle().take(60).enumerate() {
+        let data = bytes(k as u64, len);
+        if len <= 248 {
+            while !vox_write_inline(&mut tx, &data) {
+                std::thread::yield_now();
+            }
+        } else {
+            let r = loop {
+                match pool.allocate(len as u32 + 4, 0) {
+                    Some(r) => break r,
+                    None => std::thread::yield_now(),
+                }
+            };
+            // SAFETY: just allocated by us.
+            let slot = unsafe { pool.slot_data_mut(&r) };
+            slot[..4].copy_from_slice(&(len as u32).to_le_bytes());
+            slot[4..4 + len].copy_from_slice(&data);
+            while !vox_write_slot_ref(&mut tx, &r) {
+                std::thread::yield_now();
+            }
+        }
+        let reply = loop {
+            if let Some(f) = vox_read_frame(&mut rx) {
+                break f;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "no reply to message {k}"
+            );
+            std::thread::yield_now();
+        };
+        match reply {
+            VoxFrame::Inline(b) => {
+                assert!(len <= 248, "a {len}-byte reply came inline");
+                assert_eq!(&b[..len], &data[..]);
+            }
+            VoxFrame::Slot(r) => {
+                assert!(len > 248, "a {len}-byte reply came in a slot");
+                // SAFETY: a slot the guest allocated and sent us.
+                let slot = unsafe { pool.slot_data(&r) };
+                let n = u32::from_le_bytes(slot[..4].try_into().unwrap()) as usize;
+                assert_eq!(n, len);
+                assert!(slot[4..4 + n] == data[..]);
+                pool.free(r).expect("we free the guest's slot");
+            }
+        }
+    }
+    assert_eq!(seg.peer(1).state(), theirs::PeerState::Attached);
+    assert!(
+        seg.peer(1).last_heartbeat() > 0,
+        "shmrt keeps the guest's heartbeat"
+    );
+    seg.header().host_goodbye.store(1, Ordering::Release);
+    let out = wait_exit(child, Duration::from_secs(30));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        seg.peer(1).state(),
+        theirs::PeerState::Goodbye,
+        "the entry is marked Goodbye"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("2 guest entries"),
+        "the shared-window warning"
+    );
+}
+
+/// Our library as the host, the plugin in another process: both park on
+/// the futex doorbells and wake each other.
+#[test]
+fn two_processes_park_and_wake_each_other_through_futex_doorbells() {
+    let dir = tempdir();
+    let path = dir.join("ours.seg");
+    let segment = HostSegment::create(&path, &SegmentConfig::single_guest(), false).unwrap();
+    let (mut tx, mut rx) = segment.reserve(1, SpinBudget(100)).unwrap();
+    let child = attach(&path, Some(1), &guest("examples/upper"));
+    let peer = segment.segment().peer(0).unwrap();
+    for round in 0..5 {
+        // Let the guest go idle: it must park (register on the H2G doorbell).
+        let t = Instant::now();
+        while peer.h2g_doorbell.waiters.load(Ordering::SeqCst) == 0 {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "the guest never parked"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let msg = format!("round {round}");
+        tx.send(msg.as_bytes()).unwrap();
+        // We park in recv until the guest rings the G2H doorbell.
+        let reply = rx
+            .recv_timeout(Some(Duration::from_secs(30)))
+            .unwrap()
+            .expect("a reply");
+        assert_eq!(reply.as_bytes(), msg.to_uppercase().as_bytes());
+    }
+    assert!(
+        peer.g2h_doorbell.sequence() >= 5 && peer.h2g_doorbell.sequence() >= 5,
+        "both sides rang"
+    );
+    segment.goodbye();
+    let out = wait_exit(child, Duration::from_secs(30));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(peer.state(), Some(PeerState::Goodbye));
+    assert!(matches!(rx.recv(), Err(shmrt::SandboxError::Closed { .. })));
+}
+
+#[test]
+fn attach_refuses_bad_segments_and_busy_peers_precisely() {
+    let dir = tempdir();
+    let plugin = guest("examples/echo");
+    let junk = dir.join("junk.seg");
+    std::fs::write(&junk, vec![0u8; 4096]).unwrap();
+    let out = wait_exit(attach(&junk, None, &plugin), Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(67));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not initialized yet"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let path = dir.join("ours.seg");
+    let segment = HostSegment::create(&path, &SegmentConfig::single_guest(), true).unwrap();
+    let out = wait_exit(attach(&path, Some(1), &plugin), Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(67));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("peer entry is Empty"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = wait_exit(attach(&path, Some(9), &plugin), Duration::from_secs(30));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--peer 9 is not a guest"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Truncated under its header's total_size.
+    drop(segment);
+    let f = OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(100_000).unwrap();
+    let out = wait_exit(attach(&path, None, &plugin), Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(67));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("truncated"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_named_segment_is_created_exclusively_private_and_removed() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempdir();
+    let path = dir.join("named.seg");
+    let plugin = guest("examples/echo");
+    let mut child = shmrt()
+        .args(["run", "--segment"])
+        .arg(&path)
+        .arg(&plugin)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while !path.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the segment file never appeared"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let out = shmrt().arg("inspect").arg(&path).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // A second run on the same path must not take over the file.
+    let second = common::run(&["--segment", path.to_str().unwrap()], &plugin, b"x\n");
+    assert!(!second.status.success());
+    assert!(
+        common::stderr(&second).contains("must not exist yet"),
+        "{}",
+        common::stderr(&second)
+    );
+    drop(child.stdin.take());
+    let out = wait_exit(child, Duration::from_secs(30));
+    assert!(out.status.success());
+    assert!(!path.exists(), "removed on exit");
+
+    let kept = dir.join("kept.seg");
+    let out = common::run(
+        &["--segment", kept.to_str().unwrap(), "--keep-segment"],
+        &plugin,
+        b"a\n",
+    );
+    assert!(out.status.success());
+    assert!(kept.exists(), "--keep-segment leaves it");
+}
+
+fn inspect_json(path: &Path) -> (Option<i32>, serde_json::Value) {
+    let out = shmrt()
+        .args(["inspect", "--json"])
+        .arg(path)
+        .output()
+        .unwrap();
+    let v = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("inspect --json printed invalid JSON: {e}"));
+    (out.status.code(), v)
+}
+
+#[test]
+fn inspect_healthy_full_wrapped_and_corrupted_segments() {
+    let dir = tempdir();
+    let mut config = SegmentConfig::single_guest();
+    config.ring_capacity = 4096;
+    config.size_classes = SizeClasses::new(&[SizeClass {
+        slot_size: 1028,
+        slot_count: 8,
+    }])
+    .unwrap();
+
+    // Healthy, with traffic in flight: two inline messages and a slot.
+    let path = dir.join("healthy.seg");
+    let seg = HostSegment::create(&path, &config, true).unwrap();
+    let (mut tx, _rx) = seg.reserve(1, SpinBudget(10)).unwrap();
+    tx.try_send(b"one").unwrap();
+    tx.try_send(b"two").unwrap();
+    tx.try_send(&[9; 1000]).unwrap();
+    let (code, v) = inspect_json(&path);
+    assert_eq!(code, Some(0), "{v:#}");
+    assert_eq!(v["peers"][0]["state"], "Reserved");
+    assert_eq!(v["peers"][0]["rings"]["h2g"]["occupancy"], 12 + 12 + 20);
+    assert_eq!(v["pool"][0]["allocated"], 1);
+    assert_eq!(v["pool"][0]["allocated_by_owner"]["0"], 1);
+    assert_eq!(v["header"]["doorbells"], true);
+
+    // Full: inline messages until the ring refuses.
+    let full = dir.join("full.seg");
+    let seg2 = HostSegment::create(&full, &config, true).unwrap();
+    let (mut tx2, _rx2) = seg2.reserve(1, SpinBudget(10)).unwrap();
+    while tx2.try_send(&[1; 100]).unwrap() {}
+    let (code, v) = inspect_json(&full);
+    assert_eq!(code, Some(0));
+    let occ = v["peers"][0]["rings"]["h2g"]["occupancy"].as_u64().unwrap();
+    assert!(occ > 4096 - 108, "a full ring shows as full: {occ}");
+
+    // Wrapped: a guest-side consumer drains part, the host wraps.
+    let wrapped = dir.join("wrapped.seg");
+    let seg3 = HostSegment::create(&wrapped, &config, true).unwrap();
+    let (mut tx3, _rx3) = seg3.reserve(1, SpinBudget(10)).unwrap();
+    let (_, mut guest_rx) = seg3.segment().guest_channel(0).unwrap();
+    for _ in 0..30 {
+        tx3.try_send(&[2; 100]).unwrap();
+    }
+    for _ in 0..20 {
+        drop(guest_rx.try_recv().unwrap().unwrap());
+    }
+    for _ in 0..10 {
+        assert!(tx3.try_send(&[3; 100]).unwrap());
+    }
+    let (code, v) = inspect_json(&wrapped);
+    assert_eq!(code, Some(0));
+    assert_eq!(v["peers"][0]["rings"]["h2g"]["wrapped"], true, "{v:#}");
+    let text = shmrt().arg("inspect").arg(&wrapped).output().unwrap();
+    assert!(String::from_utf8_lossy(&text.stdout).contains("wrapped"));
+
+    // Corrupted: a ring cursor past the capacity and a free-list link out of
+    // range are each reported; the tool exits 2 and never crashes.
+    let layout = *seg.segment().layout();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = layout.g2h_ring_offset(0) as usize;
+    bytes[at..at + 4].copy_from_slice(&99_999u32.to_le_bytes());
+    let meta = layout.classes()[0].meta_offset as usize + 7 * 16 + 12;
+    bytes[meta..meta + 4].copy_from_slice(&12345u32.to_le_bytes());
+    let corrupt = dir.join("corrupt.seg");
+    std::fs::write(&corrupt, &bytes).unwrap();
+    let (code, v) = inspect_json(&corrupt);
+    assert_eq!(code, Some(2), "{v:#}");
+    let problems = v["problems"].to_string();
+    assert!(
+        problems.contains("g2h ring: cursors are inconsistent (write 99999"),
+        "{problems}"
+    );
+    assert!(problems.contains("12345 out of range"), "{problems}");
+
+    // A broken header: reported with the fields as found, exit 67.
+    bytes[8..12].copy_from_slice(&9u32.to_le_bytes());
+    std::fs::write(&corrupt, &bytes).unwrap();
+    let (code, v) = inspect_json(&corrupt);
+    assert_eq!(code, Some(67));
+    assert_eq!(v["header"]["version"], 9);
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("version 9 is not supported")
+    );
+    // Random garbage of every small size never crashes it.
+    for len in [0usize, 1, 127, 128, 129, 4096, 70_000] {
+        let junk = dir.join(format!("junk-{len}.seg"));
+        std::fs::write(
+            &junk,
+            bytes
+                .iter()
+                .cycle()
+                .skip(17)
+                .take(len)
+                .copied()
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+        let out = shmrt().arg("inspect").arg(&junk).output().unwrap();
+        assert!(
+            out.status.code().is_some_and(|c| c != 0 && c != 101),
+            "inspect on {len} junk bytes: {out:?}"
+        );
+    }
+}
