@@ -1,7 +1,6 @@
 //! The guest's channel to its host.
 
 use core::fmt;
-use core::mem::ManuallyDrop;
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use shmrt_primitives::channel::{self, Location, Receiver, Sender};
@@ -80,6 +79,7 @@ pub struct Inbox {
     rx: Receiver,
     segment: Segment,
     index: u32,
+    spin: u32,
 }
 
 /// Sends to the host.
@@ -92,9 +92,7 @@ pub struct Outbox {
 /// A message from the host, read in place in the segment. Dropping it
 /// gives its ring bytes or its slot back.
 pub struct Message<'a> {
-    inner: ManuallyDrop<channel::Message<'a>>,
-    segment: &'a Segment,
-    index: u32,
+    inner: channel::Message<'a>,
 }
 
 impl Message<'_> {
@@ -116,14 +114,6 @@ impl Message<'_> {
     /// Whether the payload sits in a slot (else inline in the ring).
     pub fn is_slot(&self) -> bool {
         matches!(self.inner.location(), Location::Slot(_))
-    }
-}
-
-impl Drop for Message<'_> {
-    fn drop(&mut self) {
-        // SAFETY: dropped once, here.
-        unsafe { ManuallyDrop::drop(&mut self.inner) };
-        notify_host(self.segment, self.index);
     }
 }
 
@@ -154,7 +144,12 @@ impl Channel {
         }
         let (tx, rx) = segment.guest_channel(index).map_err(OpenError::Protocol)?;
         Ok(Channel {
-            inbox: Inbox { rx, segment, index },
+            inbox: Inbox {
+                rx,
+                segment,
+                index,
+                spin: SPIN,
+            },
             outbox: Outbox { tx, segment, index },
         })
     }
@@ -186,6 +181,12 @@ impl Channel {
 }
 
 impl Inbox {
+    /// Spin rounds in [`Self::recv`] before parking in the host's `wait`
+    /// (default 1000; 0 parks at once).
+    pub fn set_spin(&mut self, rounds: u32) {
+        self.spin = rounds;
+    }
+
     /// Whether the host has said goodbye (it sends nothing more).
     pub fn host_goodbye(&self) -> bool {
         self.segment.header().host_goodbye()
@@ -193,12 +194,7 @@ impl Inbox {
 
     /// The next message if one is there.
     pub fn try_recv(&mut self) -> Result<Option<Message<'_>>, ProtocolError> {
-        let (segment, index) = (&self.segment, self.index);
-        Ok(self.rx.try_recv()?.map(|m| Message {
-            inner: ManuallyDrop::new(m),
-            segment,
-            index,
-        }))
+        Ok(self.rx.try_recv()?.map(|inner| Message { inner }))
     }
 
     /// Waits for the next message: spins briefly, then parks until the
@@ -214,6 +210,13 @@ impl Inbox {
             if !self.rx.is_empty().unwrap_or_else(|e| protocol_panic(e)) {
                 break;
             }
+            if spins == 0 {
+                // Out of messages: the ring space and slots we released may
+                // be what a parked host waits for. Telling it once per
+                // empty ring, not once per message, keeps the fence off the
+                // per-message path.
+                notify_host(&self.segment, self.index);
+            }
             if self.host_goodbye() {
                 // Messages sent before the goodbye are visible now.
                 if self.rx.is_empty().unwrap_or_else(|e| protocol_panic(e)) {
@@ -221,10 +224,11 @@ impl Inbox {
                 }
                 break;
             }
-            if spins < SPIN {
+            if spins < self.spin {
                 spins += 1;
                 core::hint::spin_loop();
             } else {
+                spins = self.spin.max(1);
                 host::wait(-1);
             }
         }

@@ -1,6 +1,5 @@
 //! The runtime object, sandboxes, and the host's ends of their channels.
 
-use std::mem::ManuallyDrop;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -870,7 +869,7 @@ impl HostSender {
             Some(mut r) => {
                 r.as_mut_slice().copy_from_slice(payload);
                 r.commit();
-                doorbell_futex::ring(&shared.peer().h2g_doorbell);
+                notify(&shared, &shared.peer().h2g_doorbell);
                 Ok(true)
             }
             None => Ok(false),
@@ -924,7 +923,7 @@ impl HostSender {
             if let Some(mut r) = self.reserve_now(len)? {
                 fill(r.as_mut_slice());
                 r.commit();
-                doorbell_futex::ring(&shared.peer().h2g_doorbell);
+                notify(&shared, &shared.peer().h2g_doorbell);
                 return Ok(());
             }
             let tx = &self.tx;
@@ -939,6 +938,24 @@ impl HostSender {
                 });
             }
         }
+    }
+
+    /// Sends `payload` if there is room now, without telling a parked
+    /// guest: for batches, followed by [`Self::notify`].
+    pub fn try_send_no_notify(&mut self, payload: &[u8]) -> Result<bool, SandboxError> {
+        match self.reserve_now(payload.len())? {
+            Some(mut r) => {
+                r.as_mut_slice().copy_from_slice(payload);
+                r.commit();
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Wakes the guest if it is parked (after a batch).
+    pub fn notify(&self) {
+        notify(&self.shared, &self.shared.peer().h2g_doorbell);
     }
 
     /// Raises host goodbye: the guest drains what is queued and returns.
@@ -960,8 +977,7 @@ pub struct HostReceiver {
 /// A message from the guest, in place in the segment. Dropping it releases
 /// its ring bytes or frees its slot.
 pub struct HostMessage<'a> {
-    inner: ManuallyDrop<Message<'a>>,
-    shared: &'a SandboxShared,
+    inner: Message<'a>,
 }
 
 impl HostMessage<'_> {
@@ -988,15 +1004,11 @@ impl HostMessage<'_> {
     }
 }
 
-impl Drop for HostMessage<'_> {
-    fn drop(&mut self) {
-        // SAFETY: dropped once, here; not used afterwards.
-        unsafe { ManuallyDrop::drop(&mut self.inner) };
-        // The guest may be parked waiting for room in its ring or pool.
-        let bell = &self.shared.peer().h2g_doorbell;
-        if bell.waiters.load(Ordering::SeqCst) != 0 {
-            doorbell_futex::ring(bell);
-        }
+/// Rings `bell` only if its owner is parked: a fence and a load otherwise
+/// (the eventcount's publisher path), no syscall.
+fn notify(shared: &SandboxShared, bell: &shmrt_primitives::Doorbell) {
+    if shared.doorbells && bell.should_ring() {
+        doorbell_futex::ring(bell);
     }
 }
 
@@ -1009,18 +1021,23 @@ impl HostReceiver {
     pub fn try_recv(&mut self) -> Result<Option<HostMessage<'_>>, SandboxError> {
         let shared = &*self.shared;
         match self.rx.try_recv() {
-            Ok(Some(m)) => Ok(Some(HostMessage {
-                inner: ManuallyDrop::new(m),
-                shared,
-            })),
-            Ok(None) => Ok(None),
+            Ok(Some(inner)) => Ok(Some(HostMessage { inner })),
+            Ok(None) => {
+                notify(shared, &shared.peer().h2g_doorbell);
+                Ok(None)
+            }
             Err(e) => Err(protocol(shared, e)),
         }
     }
 
-    /// Whether nothing is queued now.
+    /// Whether nothing is queued now. Finding the ring drained, tells a
+    /// guest parked for room (once per drained ring, not per message).
     pub fn is_empty(&mut self) -> Result<bool, SandboxError> {
-        self.rx.is_empty().map_err(|e| protocol(&self.shared, e))
+        let empty = self.rx.is_empty().map_err(|e| protocol(&self.shared, e))?;
+        if empty {
+            notify(&self.shared, &self.shared.peer().h2g_doorbell);
+        }
+        Ok(empty)
     }
 
     /// Waits for the next message: `Ok(None)` when `timeout` passes,
@@ -1052,9 +1069,7 @@ impl HostReceiver {
         loop {
             // Re-borrow per iteration; `None` only on timeouts, which an
             // unbounded wait does not have, but a spurious one just loops.
-            if !self.rx.is_empty().map_err(|e| protocol(&self.shared, e))?
-                || self.shared.guest_done()
-            {
+            if !self.is_empty()? || self.shared.guest_done() {
                 break;
             }
             let shared = self.shared.clone();
