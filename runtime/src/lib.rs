@@ -16,6 +16,7 @@
 //! # Ok::<(), shmrt::SandboxError>(())
 //! ```
 
+pub mod bench;
 pub mod doorbell_futex;
 pub mod error;
 pub mod host_imports;

@@ -816,9 +816,15 @@ fn block_on_guest(
     deadline: Option<Instant>,
     mut ready: impl FnMut() -> Result<bool, SandboxError>,
 ) -> Result<bool, SandboxError> {
-    for _ in 0..shared.spin.0 {
+    for i in 0..shared.spin.0 {
         if ready()? {
             return Ok(true);
+        }
+        // A long spin still notices the guest ending and the deadline.
+        if i % 1024 == 1023
+            && (shared.guest_done() || deadline.is_some_and(|d| Instant::now() >= d))
+        {
+            break;
         }
         std::hint::spin_loop();
     }

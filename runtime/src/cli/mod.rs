@@ -1,5 +1,6 @@
 //! One struct per subcommand, each with `execute()`.
 
+mod bench;
 mod build;
 mod exit_codes;
 mod inspect;
@@ -33,6 +34,8 @@ pub enum Command {
     Build(build::BuildCommand),
     /// Show a segment file: header, peers, rings, slot pool; validated as read.
     Inspect(inspect::InspectCommand),
+    /// Measure round trips, streams and payload hand-offs against native baselines.
+    Bench(bench::BenchCommand),
 }
 
 impl Command {
@@ -41,6 +44,7 @@ impl Command {
             Command::Run(c) => c.execute(),
             Command::Build(c) => c.execute(),
             Command::Inspect(c) => c.execute(),
+            Command::Bench(c) => c.execute(),
         }
     }
 }
