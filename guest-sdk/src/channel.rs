@@ -212,10 +212,13 @@ impl Inbox {
             }
             if spins == 0 {
                 // Out of messages: the ring space and slots we released may
-                // be what a parked host waits for. Telling it once per
-                // empty ring, not once per message, keeps the fence off the
-                // per-message path.
-                notify_host(&self.segment, self.index);
+                // be what a parked host waits for. Told once per empty
+                // ring, with no fence (its waits for room are bounded).
+                if let Some(peer) = self.segment.peer(self.index)
+                    && peer.g2h_doorbell.has_waiters()
+                {
+                    host::ring();
+                }
             }
             if self.host_goodbye() {
                 // Messages sent before the goodbye are visible now.

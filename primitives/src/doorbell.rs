@@ -59,7 +59,7 @@ impl Doorbell {
         // SeqCst fence: pairs with the one in `should_ring` (SYNC POINT
         // "doorbell"), so a waiter's check of its condition and a
         // publisher's check of `waiters` can not both miss.
-        core::sync::atomic::fence(Ordering::SeqCst);
+        seqcst_fence();
         self.seq.load(Ordering::SeqCst)
     }
 
@@ -69,7 +69,15 @@ impl Doorbell {
     /// after [`Self::prepare_wait`] sees what was published.
     #[inline]
     pub fn should_ring(&self) -> bool {
-        core::sync::atomic::fence(Ordering::SeqCst);
+        seqcst_fence();
+        self.waiters.load(Ordering::Relaxed) != 0
+    }
+
+    /// The cheap check after releasing room (not after publishing a
+    /// message): no fence. A waiter for room that races with it is not
+    /// lost for good: waits for room are bounded and re-check.
+    #[inline]
+    pub fn has_waiters(&self) -> bool {
         self.waiters.load(Ordering::Relaxed) != 0
     }
 
@@ -93,6 +101,19 @@ impl Doorbell {
     pub fn futex_word(&self) -> &AtomicU32 {
         &self.seq
     }
+}
+
+/// A SeqCst fence. On wasm every atomic access is sequentially consistent
+/// (the threads proposal's memory model), so the publisher's atomic store
+/// and its later atomic load are already ordered by the hardware; only the
+/// compiler must not swap them, and `atomic.fence` would add an `mfence`
+/// for nothing.
+#[inline]
+fn seqcst_fence() {
+    #[cfg(target_family = "wasm")]
+    core::sync::atomic::compiler_fence(Ordering::SeqCst);
+    #[cfg(not(target_family = "wasm"))]
+    core::sync::atomic::fence(Ordering::SeqCst);
 }
 
 #[cfg(test)]

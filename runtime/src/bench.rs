@@ -534,6 +534,7 @@ fn slot_handoff(
     let mut sb = spawn_bench(runtime, guest, "checksum", SpinBudget(u32::MAX))?;
     let data = payload(len);
     let want = checksum64(&data);
+    let mut filled = false;
     let mut failure = None;
     let per_batch = BenchPlan {
         batches: plan.payloads,
@@ -545,10 +546,12 @@ fn slot_handoff(
             return;
         }
         // The producer writes its data in place once: the slot that comes
-        // back from the free list is the same one, its bytes untouched.
+        // back from the free list is the same one, its bytes untouched (the
+        // guest's checksum of every hand-off proves it).
         let sent = sb.sender().send_with(len, |buf| {
-            if checksum64(buf) != want {
+            if !filled {
                 buf.copy_from_slice(&data);
+                filled = true;
             }
         });
         let got = sent.and_then(|()| {

@@ -1010,6 +1010,15 @@ impl HostMessage<'_> {
     }
 }
 
+/// After draining the guest's ring: wakes a guest parked for room, with
+/// no fence (the guest's waits for room are bounded and re-check).
+fn room_freed(shared: &SandboxShared) {
+    let bell = &shared.peer().h2g_doorbell;
+    if shared.doorbells && bell.has_waiters() {
+        doorbell_futex::ring(bell);
+    }
+}
+
 /// Rings `bell` only if its owner is parked: a fence and a load otherwise
 /// (the eventcount's publisher path), no syscall.
 fn notify(shared: &SandboxShared, bell: &shmrt_primitives::Doorbell) {
@@ -1029,7 +1038,7 @@ impl HostReceiver {
         match self.rx.try_recv() {
             Ok(Some(inner)) => Ok(Some(HostMessage { inner })),
             Ok(None) => {
-                notify(shared, &shared.peer().h2g_doorbell);
+                room_freed(shared);
                 Ok(None)
             }
             Err(e) => Err(protocol(shared, e)),
@@ -1041,7 +1050,7 @@ impl HostReceiver {
     pub fn is_empty(&mut self) -> Result<bool, SandboxError> {
         let empty = self.rx.is_empty().map_err(|e| protocol(&self.shared, e))?;
         if empty {
-            notify(&self.shared, &self.shared.peer().h2g_doorbell);
+            room_freed(&self.shared);
         }
         Ok(empty)
     }
