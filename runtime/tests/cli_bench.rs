@@ -1,0 +1,57 @@
+//! `shmrt bench --quick --json` runs every workload and reports the
+//! documented names, units and ratio keys. Nothing here is timed: the
+//! targets are judged from the report, on the machine it ran on.
+
+mod common;
+
+#[test]
+fn bench_quick_json_reports_every_workload_and_ratio() {
+    let out = common::shmrt()
+        .args(["bench", "--quick", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+    assert!(v["machine"].as_str().is_some_and(|m| !m.is_empty()));
+    let names: Vec<(&str, &str)> = v["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            assert!(w["median"].as_f64().is_some_and(|m| m > 0.0), "{w}");
+            (w["name"].as_str().unwrap(), w["unit"].as_str().unwrap())
+        })
+        .collect();
+    for (name, unit) in [
+        ("floor_cacheline_rtt", "ns"),
+        ("rtt_native", "ns"),
+        ("rtt_guest_spin", "ns"),
+        ("rtt_guest_parked", "ns"),
+        ("rtt_native_futex", "ns"),
+        ("stream_native", "msg/s"),
+        ("stream_guest", "msg/s"),
+        ("slot_4kib", "ns"),
+        ("slot_64kib", "ns"),
+        ("slot_1mib", "ns"),
+        ("copy_call_4kib", "ns"),
+        ("copy_call_64kib", "ns"),
+        ("copy_call_1mib", "ns"),
+    ] {
+        assert!(
+            names.contains(&(name, unit)),
+            "{name} ({unit}) missing from {names:?}"
+        );
+    }
+    for key in [
+        "guest_rtt_vs_native",
+        "guest_stream_vs_native",
+        "slot_1mib_vs_copy_call",
+        "parked_rtt_vs_native_futex",
+    ] {
+        assert!(
+            v["ratios"][key].as_f64().is_some_and(|r| r > 0.0),
+            "ratio {key} missing: {}",
+            v["ratios"]
+        );
+    }
+}
