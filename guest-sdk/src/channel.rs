@@ -178,6 +178,56 @@ impl Channel {
     pub fn host_goodbye(&self) -> bool {
         self.inbox.host_goodbye()
     }
+
+    /// The request/response shape: calls `handler` with each message's
+    /// payload (in place) and the outbox to answer with, until the host
+    /// says goodbye and everything is read. Returns the exit status: 0, or
+    /// 1 after logging the first send error.
+    ///
+    /// ```ignore
+    /// fn run(channel: shmrt_guest::Channel) -> i32 {
+    ///     channel.serve(|request, outbox| {
+    ///         outbox.send_with(request.len(), |out| {
+    ///             for (o, i) in out.iter_mut().zip(request.iter().rev()) {
+    ///                 *o = *i;
+    ///             }
+    ///         })
+    ///     })
+    /// }
+    /// shmrt_guest::entry!(run);
+    /// ```
+    pub fn serve(
+        mut self,
+        mut handler: impl FnMut(&[u8], &mut Outbox) -> Result<(), SendError>,
+    ) -> i32 {
+        let (inbox, outbox) = self.split();
+        while let Some(msg) = inbox.recv() {
+            if let Err(e) = handler(msg.as_bytes(), outbox) {
+                crate::error!("could not answer a {}-byte request: {}", msg.len(), e);
+                return 1;
+            }
+        }
+        0
+    }
+
+    /// The streaming shape: calls `each` with every message (in place)
+    /// until the host says goodbye and everything is read, then returns the
+    /// outbox for a final answer.
+    ///
+    /// ```ignore
+    /// fn run(mut channel: shmrt_guest::Channel) -> i32 {
+    ///     let mut total = 0u64;
+    ///     let outbox = channel.for_each(|msg| total += msg.len() as u64);
+    ///     outbox.send(&total.to_le_bytes()).map_or(1, |()| 0)
+    /// }
+    /// ```
+    pub fn for_each(&mut self, mut each: impl FnMut(&Message<'_>)) -> &mut Outbox {
+        let (inbox, outbox) = self.split();
+        while let Some(msg) = inbox.recv() {
+            each(&msg);
+        }
+        outbox
+    }
 }
 
 impl Inbox {

@@ -36,7 +36,7 @@ impl BenchCommand {
             std::io::stderr().is_terminal() || std::env::var_os("SHMRT_BENCH_PROGRESS").is_some();
         let report = bench::run(&wasm, plan, |name| {
             if show {
-                eprintln!("bench: {name}");
+                eprint!("\r\x1b[Kshmrt bench: {name}");
             }
         })?;
         if show {

@@ -4,6 +4,7 @@ mod bench;
 mod build;
 mod exit_codes;
 mod inspect;
+mod new;
 mod run;
 
 use std::process::ExitCode;
@@ -28,6 +29,8 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
+    /// Create a plugin crate NAME that builds and runs as it is.
+    New(new::NewCommand),
     /// Run a plugin; stdin is cut into messages for it, its messages go to stdout.
     Run(Box<run::RunCommand>),
     /// Build the guest crate in DIR for wasm32 and print the path of the .wasm.
@@ -41,6 +44,7 @@ pub enum Command {
 impl Command {
     pub fn execute(self) -> Result<ExitCode, Failure> {
         match self {
+            Command::New(c) => c.execute(),
             Command::Run(c) => c.execute(),
             Command::Build(c) => c.execute(),
             Command::Inspect(c) => c.execute(),

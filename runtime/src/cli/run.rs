@@ -171,6 +171,7 @@ fn feed(
     mut tx: HostSender,
     report: &Mutex<Option<anyhow::Error>>,
 ) {
+    let mut progress = Progress::new();
     let result = (|| -> anyhow::Result<()> {
         let mut buf = Vec::new();
         loop {
@@ -209,17 +210,57 @@ fn feed(
                 return Ok(());
             }
             match tx.send(&buf) {
-                Ok(()) => {}
+                Ok(()) => progress.add(buf.len()),
                 // The guest ended: what is left of stdin has no reader.
                 Err(SandboxError::Closed { .. }) => return Ok(()),
                 Err(e) => return Err(e.into()),
             }
         }
     })();
+    progress.done();
     if let Err(e) = result {
         *report.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
     }
     tx.goodbye();
+}
+
+/// Bytes sent so far, shown on stderr twice a second when it is a
+/// terminal (never on stdout, which carries messages).
+struct Progress {
+    show: bool,
+    bytes: u64,
+    last: std::time::Instant,
+    shown: bool,
+}
+
+impl Progress {
+    fn new() -> Self {
+        use std::io::IsTerminal;
+        Progress {
+            show: io::stderr().is_terminal(),
+            bytes: 0,
+            last: std::time::Instant::now(),
+            shown: false,
+        }
+    }
+
+    fn add(&mut self, n: usize) {
+        self.bytes += n as u64;
+        if self.show && self.last.elapsed() >= Duration::from_millis(500) {
+            self.last = std::time::Instant::now();
+            self.shown = true;
+            eprint!(
+                "\r\x1b[Kshmrt: sent {:.1} MiB",
+                self.bytes as f64 / (1 << 20) as f64
+            );
+        }
+    }
+
+    fn done(&self) {
+        if self.shown {
+            eprint!("\r\x1b[K");
+        }
+    }
 }
 
 /// Writes the guest's messages until it has ended and all are read.
