@@ -51,6 +51,14 @@ pub enum SandboxError {
     /// The guest trapped.
     #[error("sandbox {sandbox}: guest trapped: {message}")]
     Trap { sandbox: String, message: String },
+    /// The guest used up its fuel.
+    #[error("sandbox {sandbox}: out of fuel (the --fuel limit was reached)")]
+    OutOfFuel { sandbox: String },
+    /// The guest trapped after the memory limit refused it memory.
+    #[error(
+        "sandbox {sandbox}: memory limit reached: a memory.grow was refused, then the guest trapped: {message}"
+    )]
+    MemoryLimit { sandbox: String, message: String },
     /// The guest ran past its deadline.
     #[error("sandbox {sandbox}: timed out after {after:?}")]
     Timeout { sandbox: String, after: Duration },

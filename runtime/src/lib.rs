@@ -30,7 +30,7 @@ pub mod segment_file;
 pub use error::SandboxError;
 pub use host_segment::HostSegment;
 pub use sandbox::{
-    GuestStdout, HostMessage, HostReceiver, HostSender, Runtime, Sandbox, SandboxHandle,
-    SandboxOptions, SegmentSource,
+    GuestStdout, HostMessage, HostReceiver, HostSender, Runtime, RuntimeConfig, Sandbox,
+    SandboxHandle, SandboxOptions, SegmentSource,
 };
 pub use shmrt_primitives as primitives;

@@ -82,6 +82,12 @@ pub struct SandboxOptions {
     pub spin: SpinBudget,
     /// Where the segment lives.
     pub segment_source: SegmentSource,
+    /// Fuel (roughly, wasm instructions) the guest may use; needs a runtime
+    /// made with [`RuntimeConfig::fuel`].
+    pub fuel: Option<u64>,
+    /// Bytes the guest's own linear memory may grow to (the segment window
+    /// not counted); a refused `memory.grow` returns -1.
+    pub max_memory: Option<usize>,
 }
 
 impl Default for SandboxOptions {
@@ -96,6 +102,8 @@ impl Default for SandboxOptions {
             stdout: GuestStdout::default(),
             spin: SpinBudget::default(),
             segment_source: SegmentSource::Memfd,
+            fuel: None,
+            max_memory: None,
         }
     }
 }
@@ -122,6 +130,8 @@ pub(crate) struct SandboxShared {
     /// The last error-level log line of the guest (a panic message), to
     /// explain a trap.
     pub last_error_log: std::sync::Mutex<Option<String>>,
+    /// The memory limit refused a `memory.grow`.
+    pub memory_refused: AtomicBool,
 }
 
 impl SandboxShared {
@@ -176,6 +186,7 @@ impl SandboxShared {
             guest_done: AtomicBool::new(false),
             spin,
             last_error_log: Default::default(),
+            memory_refused: AtomicBool::new(false),
         }
     }
 }
@@ -207,11 +218,65 @@ pub(crate) struct SandboxState {
     pub wasi: WasiP1Ctx,
     pub shared: Arc<SandboxShared>,
     pub deadline: Option<Instant>,
+    pub memory_limit: MemoryLimit,
+}
+
+/// The store limiter: caps the guest's own linear memory (the segment
+/// window does not count). A refused `memory.grow` returns -1 to the
+/// guest, as wasm says; the refusal is remembered to explain a trap that
+/// follows.
+pub(crate) struct MemoryLimit {
+    pub max: Option<usize>,
+    pub shared: Arc<SandboxShared>,
+}
+
+impl wasmtime::ResourceLimiter for MemoryLimit {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let Some(max) = self.max else { return Ok(true) };
+        let placed = self.shared.window_base() != NOT_PLACED;
+        let own = if placed {
+            desired.saturating_sub(self.shared.segment_file.window_len())
+        } else {
+            desired
+        };
+        // The runtime's own growth that maps the window is never refused.
+        if !placed && desired > max {
+            return Ok(true);
+        }
+        if own > max {
+            self.shared.memory_refused.store(true, Ordering::Release);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+}
+
+/// Engine-wide choices.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RuntimeConfig {
+    /// Meter fuel, so that sandboxes can be given `SandboxOptions::fuel`
+    /// (every guest then runs a little slower).
+    pub fuel: bool,
 }
 
 /// The engine, the linker with the host imports, and the epoch ticker.
 /// One per process is enough; sandboxes are spawned from it.
 pub struct Runtime {
+    fuel: bool,
     engine: Engine,
     linker: Arc<Linker<SandboxState>>,
     ticker: Option<JoinHandle<()>>,
@@ -222,7 +287,13 @@ impl Runtime {
     /// A runtime with wasm threads (atomics) on, the memory window, and
     /// epoch interruption for deadlines.
     pub fn new() -> Result<Self, SandboxError> {
+        Self::with_config(RuntimeConfig::default())
+    }
+
+    /// A runtime with engine-wide choices.
+    pub fn with_config(rc: RuntimeConfig) -> Result<Self, SandboxError> {
         let mut config = Config::new();
+        config.consume_fuel(rc.fuel);
         config.wasm_threads(true);
         config.epoch_interruption(true);
         config.with_host_memory(Arc::new(WindowMemoryCreator));
@@ -254,6 +325,7 @@ impl Runtime {
                 .map_err(|e| SandboxError::io("starting the epoch thread", e))?
         };
         Ok(Runtime {
+            fuel: rc.fuel,
             engine,
             linker: Arc::new(linker),
             ticker: Some(ticker),
@@ -421,14 +493,36 @@ impl Runtime {
             sandbox: name.clone(),
             message: e,
         })?;
+        let memory_limit = MemoryLimit {
+            max: options.max_memory,
+            shared: shared.clone(),
+        };
         let mut store = Store::new(
             &self.engine,
             SandboxState {
                 wasi,
                 shared: shared.clone(),
                 deadline: None,
+                memory_limit,
             },
         );
+        store.limiter(|s| &mut s.memory_limit);
+        match (options.fuel, self.fuel) {
+            (Some(fuel), true) => store.set_fuel(fuel),
+            (None, true) => store.set_fuel(u64::MAX),
+            (Some(_), false) => {
+                return Err(SandboxError::Refused {
+                    sandbox: name,
+                    reason: "a fuel limit needs a runtime made with RuntimeConfig { fuel: true }"
+                        .into(),
+                });
+            }
+            (None, false) => Ok(()),
+        }
+        .map_err(|e| SandboxError::Instantiate {
+            sandbox: name.clone(),
+            message: e.to_string(),
+        })?;
         // Never interrupted until the entry point runs with its deadline.
         store.set_epoch_deadline(u64::MAX / 2);
         let instantiate_err = |e: wasmtime::Error| SandboxError::Instantiate {
@@ -536,12 +630,17 @@ impl Runtime {
             SpinBudget::default(),
         ));
         let wasi = WasiCtxBuilder::new().build_p1();
+        let memory_limit = MemoryLimit {
+            max: None,
+            shared: shared.clone(),
+        };
         let mut store = Store::new(
             &self.engine,
             SandboxState {
                 wasi,
                 shared,
                 deadline: None,
+                memory_limit,
             },
         );
         let defs: Vec<_> = self
@@ -697,6 +796,11 @@ fn exit_status(
         });
     }
     tracing::debug!(sandbox, "guest failed: {e:?}");
+    if let Some(wasmtime::Trap::OutOfFuel) = e.downcast_ref::<wasmtime::Trap>() {
+        return Err(SandboxError::OutOfFuel {
+            sandbox: sandbox.into(),
+        });
+    }
     // The trap itself, without the wasm backtrace (logged at debug).
     let mut message = match e.downcast_ref::<wasmtime::Trap>() {
         Some(trap) => trap.to_string(),
@@ -704,6 +808,12 @@ fn exit_status(
     };
     if let Some(last) = shared.last_error_log.lock().ok().and_then(|mut l| l.take()) {
         message = format!("{last} ({message})");
+    }
+    if shared.memory_refused.load(Ordering::Acquire) {
+        return Err(SandboxError::MemoryLimit {
+            sandbox: sandbox.into(),
+            message,
+        });
     }
     Err(SandboxError::Trap {
         sandbox: sandbox.into(),

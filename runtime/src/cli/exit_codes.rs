@@ -15,6 +15,10 @@ pub const BAD_SEGMENT: u8 = 67;
 pub const TRAP: u8 = 70;
 /// The guest broke the shared-memory protocol (EX_PROTOCOL).
 pub const PROTOCOL: u8 = 76;
+/// The guest used up its `--fuel`.
+pub const OUT_OF_FUEL: u8 = 71;
+/// The guest trapped after `--max-memory` refused it memory.
+pub const MEMORY_LIMIT: u8 = 73;
 /// The guest ran past `--timeout` (as timeout(1)).
 pub const TIMEOUT: u8 = 124;
 
@@ -41,6 +45,8 @@ impl From<SandboxError> for Failure {
             SandboxError::Trap { .. } => TRAP,
             SandboxError::Protocol { .. } => PROTOCOL,
             SandboxError::Timeout { .. } => TIMEOUT,
+            SandboxError::OutOfFuel { .. } => OUT_OF_FUEL,
+            SandboxError::MemoryLimit { .. } => MEMORY_LIMIT,
             _ => OTHER,
         };
         Failure {

@@ -10,7 +10,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use shmrt::primitives::layout::{SLOT_LEN_PREFIX, SizeClass, SizeClasses};
-use shmrt::{HostReceiver, HostSender, Runtime, SandboxError, SandboxOptions, SegmentSource};
+use shmrt::{
+    HostReceiver, HostSender, Runtime, RuntimeConfig, SandboxError, SandboxOptions, SegmentSource,
+};
 
 use super::Failure;
 
@@ -40,6 +42,14 @@ pub struct RunCommand {
     /// Wall-clock limit for the guest (e.g. 500ms, 2s, 1m).
     #[arg(long, value_parser = parse_duration)]
     timeout: Option<Duration>,
+    /// Fuel (roughly, wasm instructions) the guest may use; out of fuel
+    /// ends the run with status 71.
+    #[arg(long)]
+    fuel: Option<u64>,
+    /// Largest size of the guest's own linear memory (e.g. 64MiB; the
+    /// segment window not counted); a refused memory.grow returns -1.
+    #[arg(long, value_parser = parse_size)]
+    max_memory: Option<u64>,
     /// Data bytes of each ring, per direction.
     #[arg(long, default_value = "64KiB", value_parser = parse_size)]
     ring_capacity: u64,
@@ -122,7 +132,13 @@ impl RunCommand {
             };
         }
 
-        let runtime = Runtime::new()?;
+        options.fuel = self.fuel;
+        options.max_memory = self
+            .max_memory
+            .map(|m| usize::try_from(m).unwrap_or(usize::MAX));
+        let runtime = Runtime::with_config(RuntimeConfig {
+            fuel: self.fuel.is_some(),
+        })?;
         if let Some(segment) = &self.attach {
             let wasm = std::fs::read(&self.plugin).map_err(|source| SandboxError::Read {
                 path: self.plugin.clone(),

@@ -1,7 +1,10 @@
 //! A test guest driven by its messages: `exit N` returns N, `panic TEXT`
 //! panics with TEXT, `log LEVEL TEXT` logs, `wait NS` calls the host's
 //! wait with that timeout and answers with its result, `spin` loops
-//! forever; anything else is echoed.
+//! forever; the hostile ones: `poke OFFSET VALUE` writes a u32 into its
+//! segment window, `chaos SEED COUNT` writes COUNT pseudo-random words over
+//! the window's rings and pool while sending, `badlog` calls `log` with a
+//! pointer outside its memory; anything else is echoed.
 #![no_std]
 
 use shmrt_guest::Channel;
@@ -26,6 +29,34 @@ fn run(mut channel: Channel) -> i32 {
             drop(msg);
             let r = shmrt_guest::host::wait(ns);
             let _ = outbox.send(&[b'0' + r as u8]);
+        } else if let Some(rest) = b.strip_prefix(b"poke ") {
+            let mut it = rest.split(|&c| c == b' ').filter_map(number);
+            if let (Some(off), Some(val)) = (it.next(), it.next()) {
+                poke(off as usize, val as u32);
+            }
+        } else if let Some(rest) = b.strip_prefix(b"chaos ") {
+            let mut it = rest.split(|&c| c == b' ').filter_map(number);
+            let (seed, count) = (it.next().unwrap_or(1) as u64, it.next().unwrap_or(1000));
+            drop(msg);
+            let mut x = seed | 1;
+            let size = shmrt_guest::host::segment_size();
+            for i in 0..count {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                // Anywhere past the header and peer table, word-aligned.
+                let off = 192 + (x as usize % (size - 196)) / 4 * 4;
+                poke(off, (x >> 32) as u32);
+                if i % 64 == 0 {
+                    let _ = outbox.send(&x.to_le_bytes());
+                }
+            }
+            return 0;
+        } else if b == b"badlog" {
+            drop(msg);
+            // SAFETY: deliberately a pointer outside linear memory: the
+            // host must refuse it without reading.
+            unsafe { bad_log() };
         } else if b == b"spin" {
             #[allow(clippy::empty_loop)]
             loop {}
@@ -34,6 +65,26 @@ fn run(mut channel: Channel) -> i32 {
         }
     }
     0
+}
+
+/// Writes `value` at `offset` of the segment window, as a hostile guest
+/// would.
+fn poke(offset: usize, value: u32) {
+    let at = shmrt_guest::host::segment_base() + offset;
+    // SAFETY: inside our own linear memory (the window); the host must not
+    // be hurt by anything written there.
+    unsafe { core::ptr::write_volatile(at as *mut u32, value) };
+}
+
+#[link(wasm_import_module = "shmrt")]
+unsafe extern "C" {
+    #[link_name = "log"]
+    fn raw_log(level: i32, ptr: u32, len: u32);
+}
+
+unsafe fn bad_log() {
+    // SAFETY: see the caller: the host checks the range.
+    unsafe { raw_log(4, 0xFFFF_FF00, 0x1000) };
 }
 
 shmrt_guest::entry!(run);

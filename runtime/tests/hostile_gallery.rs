@@ -1,0 +1,289 @@
+//! A gallery of hostile guests. Each ends with its own clear error (or is
+//! served correctly), with no host panic, no signal and no hang, and other
+//! sandboxes go on unaffected.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{guest, run, stderr};
+use shmrt::primitives::{SegmentConfig, SegmentLayout};
+use shmrt::{Runtime, SandboxError, SandboxOptions};
+
+fn layout() -> SegmentLayout {
+    SegmentLayout::compute(&SegmentConfig::single_guest()).unwrap()
+}
+
+fn probe() -> std::path::PathBuf {
+    guest("runtime/tests/guests/probe")
+}
+
+/// `poke` lines writing `words` at the start of the G2H ring data, then
+/// `write = len`, as a guest forging a frame would.
+fn forged_frame(words: &[u32]) -> String {
+    let l = layout();
+    let ring = l.g2h_ring_offset(0);
+    let mut lines = String::new();
+    for (i, w) in words.iter().enumerate() {
+        lines += &format!("poke {} {}\n", ring + 128 + 4 * i as u64, w);
+    }
+    lines += &format!("poke {} {}\n", ring, 4 * words.len());
+    lines
+}
+
+fn assert_protocol_error(input: &str, needle: &str) {
+    let out = run(&[], &probe(), input.as_bytes());
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(76), "{err}");
+    assert!(
+        err.contains("protocol violation") && err.contains(needle),
+        "expected {needle:?} in: {err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn a_ring_cursor_past_the_capacity() {
+    let l = layout();
+    assert_protocol_error(
+        &format!("poke {} 1000000\n", l.g2h_ring_offset(0)),
+        "write cursor 1000000 is past the capacity 65536",
+    );
+}
+
+#[test]
+fn a_watermark_past_the_capacity() {
+    let l = layout();
+    assert_protocol_error(
+        &format!("poke {} 70000\n", l.g2h_ring_offset(0) + 4),
+        "watermark cursor 70000",
+    );
+}
+
+#[test]
+fn a_frame_with_zero_total_len() {
+    assert_protocol_error(&forged_frame(&[0, 0]), "total_len 0 is invalid");
+}
+
+#[test]
+fn a_frame_with_an_unaligned_total_len() {
+    assert_protocol_error(&forged_frame(&[10, 0, 0]), "total_len 10 is invalid");
+}
+
+#[test]
+fn a_frame_with_a_huge_total_len() {
+    assert_protocol_error(
+        &forged_frame(&[0xFFFF_FFF0, 0]),
+        "total_len 4294967280 is invalid",
+    );
+}
+
+#[test]
+fn a_frame_with_both_flags() {
+    assert_protocol_error(&forged_frame(&[20, 3, 0, 0, 0]), "flags 0x03");
+}
+
+#[test]
+fn an_inline_length_past_the_frame() {
+    assert_protocol_error(
+        &forged_frame(&[12, 100 << 16, 0]),
+        "inline_payload_len 100 exceeds",
+    );
+}
+
+#[test]
+fn a_slot_ref_with_a_bad_class() {
+    assert_protocol_error(&forged_frame(&[20, 1, 9, 0, 0]), "class_idx 9 out of range");
+}
+
+#[test]
+fn a_slot_ref_with_a_bad_index() {
+    assert_protocol_error(
+        &forged_frame(&[20, 1, 0, 64, 0]),
+        "slot_idx 64 out of range",
+    );
+}
+
+#[test]
+fn a_slot_ref_with_a_forged_generation() {
+    assert_protocol_error(
+        &forged_frame(&[20, 1, 0, 3, 77]),
+        "generation is 0, the reference says 77",
+    );
+}
+
+#[test]
+fn a_slot_ref_to_a_slot_already_freed() {
+    // Generation 0 matches a never-used slot, which is Free: a double free.
+    assert_protocol_error(&forged_frame(&[20, 1, 0, 3, 0]), "is not allocated");
+}
+
+#[test]
+fn an_out_of_range_free_list_head_then_the_host_allocates() {
+    let l = layout();
+    let head = l.classes()[0].header_offset + 8;
+    let big = "y".repeat(1000);
+    let out = run(
+        &[],
+        &probe(),
+        format!("poke {head} 5000\n{big}\n").as_bytes(),
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(76), "{err}");
+    assert!(
+        err.contains("free list free_head = 5000 out of range"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_free_list_cycle_then_the_host_allocates() {
+    let l = layout();
+    let c = l.classes()[0];
+    // slot 1 -> slot 0 -> slot 1 ...: the list loops.
+    let big = "z".repeat(1000);
+    let input = format!(
+        "poke {} 0\n{big}\n{big}\n{big}\n{big}\n",
+        c.meta_offset + 16 + 12
+    );
+    let out = run(&["--timeout", "20s"], &probe(), input.as_bytes());
+    let err = stderr(&out);
+    // Whoever pops the looping slot first finds it allocated: the host
+    // reports the violation (76), or the guest's own send fails (1).
+    assert!(
+        matches!(out.status.code(), Some(76) | Some(1) | Some(0)),
+        "{err}"
+    );
+    assert!(
+        !err.contains("panicked") && !err.contains("timed out"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_scribbled_header_and_peer_entry_do_not_stop_the_host() {
+    // The host keeps its own copy of the layout and serves the guest on.
+    let input = "poke 0 0\npoke 4 0\npoke 32 77\npoke 36 1\npoke 68 9\npoke 128 99\npoke 144 0\npoke 148 0\nhello\nstill here\n";
+    let out = run(&[], &probe(), input.as_bytes());
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\nstill here\n");
+}
+
+#[test]
+fn a_guest_scribbling_continuously_while_the_host_reads() {
+    for seed in [1, 7, 42] {
+        let out = run(
+            &["--timeout", "30s"],
+            &probe(),
+            format!("chaos {seed} 300000\n").as_bytes(),
+        );
+        let err = stderr(&out);
+        // Served, stopped for a violation, or ended by its own scribbling:
+        // never a host panic or a hang.
+        assert!(
+            matches!(out.status.code(), Some(0 | 1 | 70 | 76)),
+            "seed {seed}: {err}"
+        );
+        assert!(!err.contains("panicked"), "seed {seed}: {err}");
+    }
+}
+
+#[test]
+fn huge_and_invalid_utf8_log_messages_are_cut_and_replaced() {
+    let mut input = b"log 3 ".to_vec();
+    input.extend(std::iter::repeat_n(0xFFu8, 100_000));
+    input.extend(b"\nbye\n");
+    let out = run(&[], &probe(), &input);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains('\u{FFFD}') && err.contains("[truncated]"),
+        "{err}"
+    );
+    assert!(
+        err.len() < 30_000,
+        "the log line was cut: {} bytes",
+        err.len()
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "bye\n");
+}
+
+#[test]
+fn an_import_called_with_an_out_of_range_pointer() {
+    let out = run(&[], &probe(), b"badlog\n");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(70), "{err}");
+    assert!(err.contains("outside linear memory"), "{err}");
+}
+
+#[test]
+fn an_infinite_loop_under_fuel_and_a_memory_bomb_under_a_limit() {
+    let dir = std::env::temp_dir().join(format!("shmrt-gallery-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let spin = dir.join("spin.wat");
+    std::fs::write(
+        &spin,
+        r#"(module (import "shmrt" "ring" (func)) (memory (export "memory") 1)
+             (func (export "shmrt_main") (result i32)
+               (loop $l (drop (i32.atomic.load (i32.const 0))) (br $l)) (i32.const 0)))"#,
+    )
+    .unwrap();
+    let out = run(&["--fuel", "5000000"], &spin, b"");
+    assert_eq!(out.status.code(), Some(71), "{}", stderr(&out));
+    assert!(stderr(&out).contains("out of fuel"));
+
+    let bomb = dir.join("bomb.wat");
+    // Grows by 1 MiB until refused, then traps: the run ends with the
+    // memory-limit status and says so.
+    std::fs::write(
+        &bomb,
+        r#"(module (import "shmrt" "ring" (func)) (memory (export "memory") 1)
+             (func (export "shmrt_main") (result i32)
+               (drop (i32.atomic.load (i32.const 0)))
+               (block $done (loop $l
+                 (br_if $done (i32.eq (memory.grow (i32.const 16)) (i32.const -1)))
+                 (br $l)))
+               unreachable))"#,
+    )
+    .unwrap();
+    let out = run(&["--max-memory", "8MiB"], &bomb, b"");
+    assert_eq!(out.status.code(), Some(73), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("memory limit reached"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// One sandbox breaking the protocol stops only itself.
+#[test]
+fn a_violating_sandbox_leaves_the_others_running() {
+    let runtime = Runtime::new().unwrap();
+    let options = |n: &str| SandboxOptions {
+        name: n.into(),
+        ..SandboxOptions::default()
+    };
+    let mut bad = runtime.spawn_file(&probe(), options("bad")).unwrap();
+    let mut good = runtime
+        .spawn_file(&guest("examples/echo"), options("good"))
+        .unwrap();
+    let l = layout();
+    bad.sender()
+        .send(format!("poke {} 999999", l.g2h_ring_offset(0)).as_bytes())
+        .unwrap();
+    match bad.receiver().recv_timeout(Some(Duration::from_secs(20))) {
+        Err(SandboxError::Protocol { sandbox, .. }) => assert_eq!(sandbox, "bad"),
+        other => panic!(
+            "expected a protocol error, got {:?}",
+            other.map(|m| m.map(|m| m.len()))
+        ),
+    }
+    assert!(bad.join().is_err(), "the violating sandbox was stopped");
+    for i in 0..500 {
+        let msg = format!("still fine {i}");
+        good.sender().send(msg.as_bytes()).unwrap();
+        assert_eq!(good.receiver().recv().unwrap().as_bytes(), msg.as_bytes());
+    }
+    good.sender().goodbye();
+    assert_eq!(good.join().unwrap(), 0);
+}
