@@ -277,6 +277,8 @@ pub struct RuntimeConfig {
 /// One per process is enough; sandboxes are spawned from it.
 pub struct Runtime {
     fuel: bool,
+    /// Compiled modules by (hash, length) of their bytes.
+    modules: std::sync::Mutex<std::collections::HashMap<(u64, usize), (Vec<u8>, Module)>>,
     engine: Engine,
     linker: Arc<Linker<SandboxState>>,
     ticker: Option<JoinHandle<()>>,
@@ -326,6 +328,7 @@ impl Runtime {
         };
         Ok(Runtime {
             fuel: rc.fuel,
+            modules: Default::default(),
             engine,
             linker: Arc::new(linker),
             ticker: Some(ticker),
@@ -479,11 +482,10 @@ impl Runtime {
             sandbox: name.clone(),
             message: e.to_string(),
         })?;
-        let module =
-            Module::from_binary(&self.engine, &binary).map_err(|e| SandboxError::Compile {
-                sandbox: name.clone(),
-                message: format!("{e:#}"),
-            })?;
+        let module = self.compile(&binary).map_err(|e| SandboxError::Compile {
+            sandbox: name.clone(),
+            message: format!("{e:#}"),
+        })?;
         module_check::check(&binary, window_pages).map_err(|reason| SandboxError::Refused {
             sandbox: name.clone(),
             reason,
@@ -607,6 +609,28 @@ impl Runtime {
             shared,
             thread: Some(thread),
         })
+    }
+
+    /// Compiles `binary`, or takes the module compiled from the same bytes
+    /// before: spawning many sandboxes of one plugin compiles it once.
+    fn compile(&self, binary: &[u8]) -> wasmtime::Result<Module> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        binary.hash(&mut h);
+        let key = (h.finish(), binary.len());
+        let mut cache = self.modules.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((bytes, module)) = cache.get(&key)
+            && bytes.as_slice() == binary
+        {
+            return Ok(module.clone());
+        }
+        let module = Module::from_binary(&self.engine, binary)?;
+        // A few plugins per process is the common case; keep it bounded.
+        if cache.len() >= 64 {
+            cache.clear();
+        }
+        cache.insert(key, (binary.to_vec(), module.clone()));
+        Ok(module)
     }
 
     /// The engine (for embedders that compile modules themselves).
