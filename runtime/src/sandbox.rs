@@ -265,6 +265,10 @@ impl wasmtime::ResourceLimiter for MemoryLimit {
     }
 }
 
+/// Compiled modules keyed by (hash, length) of their bytes, with the bytes
+/// to rule out a collision.
+type ModuleCache = std::collections::HashMap<(u64, usize), (Vec<u8>, Module)>;
+
 /// Engine-wide choices.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RuntimeConfig {
@@ -278,7 +282,7 @@ pub struct RuntimeConfig {
 pub struct Runtime {
     fuel: bool,
     /// Compiled modules by (hash, length) of their bytes.
-    modules: std::sync::Mutex<std::collections::HashMap<(u64, usize), (Vec<u8>, Module)>>,
+    modules: std::sync::Mutex<ModuleCache>,
     engine: Engine,
     linker: Arc<Linker<SandboxState>>,
     ticker: Option<JoinHandle<()>>,
