@@ -120,20 +120,22 @@ fn a_slot_ref_to_a_slot_already_freed() {
 
 #[test]
 fn an_out_of_range_free_list_head_then_the_host_allocates() {
-    let l = layout();
-    let head = l.classes()[0].header_offset + 8;
-    let big = "y".repeat(1000);
-    let out = run(
-        &[],
-        &probe(),
-        format!("poke {head} 5000\n{big}\n").as_bytes(),
-    );
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(76), "{err}");
-    assert!(
-        err.contains("free list free_head = 5000 out of range"),
-        "{err}"
-    );
+    let runtime = Runtime::new().unwrap();
+    let mut sb = runtime
+        .spawn_file(&probe(), SandboxOptions { name: "head".into(), ..SandboxOptions::default() })
+        .unwrap();
+    let head = layout().classes()[0].header_offset + 8;
+    sb.sender().send(format!("poke {head} 5000").as_bytes()).unwrap();
+    // The echo of a later message proves the poke was done.
+    sb.sender().send(b"sync").unwrap();
+    assert_eq!(sb.receiver().recv().unwrap().as_bytes(), b"sync");
+    match sb.sender().send(&[7; 1000]) {
+        Err(SandboxError::Protocol { error, .. }) => {
+            assert!(error.to_string().contains("free list free_head = 5000 out of range"), "{error}");
+        }
+        other => panic!("expected a protocol error, got {other:?}"),
+    }
+    assert!(sb.join().is_err(), "the sandbox was stopped");
 }
 
 #[test]
