@@ -28,5 +28,22 @@ CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="-C target-feature=+atomics,+bulk-
 step "loom models"
 RUSTFLAGS="--cfg loom" cargo test -p shmrt-primitives --test loom_models --release --target-dir target/loom
 
+step "fuzz smoke runs (cargo-fuzz on stable: RUSTC_BOOTSTRAP=1, no sanitizer)"
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+(
+    cd fuzz
+    for target in frame_parse host_readers segment_open; do
+        log="target/smoke-$target.log"
+        mkdir -p target
+        if ! RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" --sanitizer none -- \
+            -runs=300000 -dict=segment_open.dict > "$log" 2>&1; then
+            tail -40 "$log"
+            echo "fuzz target $target failed"
+            exit 1
+        fi
+        grep -E "^Done" "$log"
+    done
+)
+
 step "rustdoc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
