@@ -26,6 +26,7 @@ mod memory_window;
 mod module_check;
 pub mod sandbox;
 pub mod segment_file;
+pub mod supervise;
 
 pub use error::SandboxError;
 pub use host_segment::HostSegment;
@@ -34,3 +35,4 @@ pub use sandbox::{
     SandboxHandle, SandboxOptions, SegmentSource,
 };
 pub use shmrt_primitives as primitives;
+pub use supervise::RestartPolicy;

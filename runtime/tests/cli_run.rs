@@ -238,3 +238,25 @@ fn rand_suffix() -> u64 {
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::Relaxed)
 }
+
+#[test]
+fn restart_on_failure_starts_the_plugin_again_within_its_budget() {
+    let probe = guest("runtime/tests/guests/probe");
+    let out = run(
+        &["--restart", "on-failure", "--max-restarts", "2"],
+        &probe,
+        b"panic first run\n",
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("restarting it on a fresh segment (restart 1)"),
+        "{err}"
+    );
+    let out = run(
+        &["--restart", "on-failure", "--max-restarts", "0"],
+        &probe,
+        b"panic no budget\n",
+    );
+    assert_eq!(out.status.code(), Some(70), "{}", stderr(&out));
+}

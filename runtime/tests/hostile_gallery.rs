@@ -122,16 +122,29 @@ fn a_slot_ref_to_a_slot_already_freed() {
 fn an_out_of_range_free_list_head_then_the_host_allocates() {
     let runtime = Runtime::new().unwrap();
     let mut sb = runtime
-        .spawn_file(&probe(), SandboxOptions { name: "head".into(), ..SandboxOptions::default() })
+        .spawn_file(
+            &probe(),
+            SandboxOptions {
+                name: "head".into(),
+                ..SandboxOptions::default()
+            },
+        )
         .unwrap();
     let head = layout().classes()[0].header_offset + 8;
-    sb.sender().send(format!("poke {head} 5000").as_bytes()).unwrap();
+    sb.sender()
+        .send(format!("poke {head} 5000").as_bytes())
+        .unwrap();
     // The echo of a later message proves the poke was done.
     sb.sender().send(b"sync").unwrap();
     assert_eq!(sb.receiver().recv().unwrap().as_bytes(), b"sync");
     match sb.sender().send(&[7; 1000]) {
         Err(SandboxError::Protocol { error, .. }) => {
-            assert!(error.to_string().contains("free list free_head = 5000 out of range"), "{error}");
+            assert!(
+                error
+                    .to_string()
+                    .contains("free list free_head = 5000 out of range"),
+                "{error}"
+            );
         }
         other => panic!("expected a protocol error, got {other:?}"),
     }

@@ -11,10 +11,18 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use shmrt::primitives::layout::{SLOT_LEN_PREFIX, SizeClass, SizeClasses};
 use shmrt::{
-    HostReceiver, HostSender, Runtime, RuntimeConfig, SandboxError, SandboxOptions, SegmentSource,
+    HostReceiver, HostSender, RestartPolicy, Runtime, RuntimeConfig, SandboxError, SandboxOptions,
+    SegmentSource,
 };
 
 use super::Failure;
+
+/// Restart policy of `shmrt run`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Restart {
+    Never,
+    OnFailure,
+}
 
 /// How standard input and output are cut into messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -82,6 +90,15 @@ pub struct RunCommand {
     /// With --segment: leave the file in place on exit.
     #[arg(long, requires = "segment")]
     keep_segment: bool,
+    /// Start the plugin again on a fresh segment when its sandbox fails
+    /// (trap, timeout, fuel, memory limit, protocol violation). Messages in
+    /// flight to the failed sandbox are lost; the rest of stdin goes to the
+    /// new one.
+    #[arg(long, value_enum, default_value = "never")]
+    restart: Restart,
+    /// With --restart on-failure: at most this many restarts.
+    #[arg(long, default_value_t = 3)]
+    max_restarts: u32,
     /// Arguments for the guest (WASI guests), after `--`.
     #[arg(last = true)]
     args: Vec<String>,
@@ -153,42 +170,119 @@ impl RunCommand {
             let code = handle.join()?;
             return Ok(ExitCode::from(code.clamp(0, 255) as u8));
         }
-        let sandbox = runtime.spawn_file(&self.plugin, options)?;
-        let (tx, mut rx, handle) = sandbox.split();
-        let framing = self.framing;
-        // The feeder records how reading went before it says goodbye, so
-        // the outcome is known once the guest has returned. It may stay
-        // blocked on stdin after the guest ends; it is not joined.
-        let feed_error = Arc::new(Mutex::new(None));
-        let feed_report = feed_error.clone();
+        let wasm = std::fs::read(&self.plugin).map_err(|source| SandboxError::Read {
+            path: self.plugin.clone(),
+            source,
+        })?;
+        let policy = match self.restart {
+            Restart::Never => RestartPolicy::Never,
+            Restart::OnFailure => RestartPolicy::OnFailure {
+                max_restarts: self.max_restarts,
+            },
+        };
+        // One feeder for the whole run: it cuts stdin into messages and
+        // sends each to the current sandbox's sender, waiting for the next
+        // one when a sandbox fails. It may stay blocked on stdin after the
+        // last guest ends; it is not joined.
+        let feeder = Arc::new(Feeder::default());
+        let f = feeder.clone();
+        let (framing, chunk) = (self.framing, chunk);
         std::thread::Builder::new()
             .name("shmrt-stdin".into())
-            .spawn(move || feed(io::stdin().lock(), framing, chunk, tx, &feed_report))
+            .spawn(move || f.run(io::stdin().lock(), framing, chunk))
             .context("starting the stdin thread")?;
-        let drained = drain(&mut rx, framing);
-        let status = handle.join();
-        if let Some(e) = feed_error.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        let code = runtime.supervise(&wasm, &options, policy, |sandbox, _attempt| {
+            let (tx, mut rx, handle) = sandbox.split();
+            feeder.hand_over(tx);
+            let drained = drain(&mut rx, framing);
+            let status = handle.join();
+            // A guest failure explains a drain that stopped early.
+            match (drained, status) {
+                (_, Err(e)) | (Err(e), Ok(_)) => Err(e),
+                (Ok(()), Ok(code)) => Ok(code),
+            }
+        });
+        if let Some(e) = feeder
+            .error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
             return Err(Failure::from(
                 e.context("feeding standard input to the guest"),
             ));
         }
-        drained?;
-        let code = status?;
+        let code = code?;
         Ok(ExitCode::from(code.clamp(0, 255) as u8))
     }
 }
 
-/// Cuts `input` into messages, sends them, records any error in `report`,
-/// then says goodbye.
-fn feed(
-    mut input: impl BufRead,
-    framing: Framing,
-    chunk: usize,
-    mut tx: HostSender,
-    report: &Mutex<Option<anyhow::Error>>,
-) {
-    let mut progress = Progress::new();
-    let result = (|| -> anyhow::Result<()> {
+/// The stdin side of a run, shared with the sandboxes it feeds in turn.
+#[derive(Default)]
+struct Feeder {
+    /// The current sandbox's sender; `None` between sandboxes.
+    current: Mutex<Option<HostSender>>,
+    changed: std::sync::Condvar,
+    /// stdin has ended: every sender handed over gets goodbye at once.
+    eof: std::sync::atomic::AtomicBool,
+    /// Reading stdin or sending failed.
+    error: Mutex<Option<anyhow::Error>>,
+}
+
+impl Feeder {
+    /// Gives the feeder the next sandbox's sender.
+    fn hand_over(&self, mut tx: HostSender) {
+        let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if self.eof.load(std::sync::atomic::Ordering::Acquire) {
+            tx.goodbye();
+        }
+        *cur = Some(tx);
+        self.changed.notify_all();
+    }
+
+    /// Sends `msg` to the current sandbox, waiting for a new one when the
+    /// current one has ended.
+    fn deliver(&self, msg: &[u8]) -> Result<(), SandboxError> {
+        let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            match cur.as_mut() {
+                Some(tx) => match tx.send(msg) {
+                    Ok(()) => return Ok(()),
+                    // That guest is gone: the message goes to the next.
+                    Err(SandboxError::Closed { .. }) => *cur = None,
+                    Err(e) => return Err(e),
+                },
+                None => cur = self.changed.wait(cur).unwrap_or_else(|e| e.into_inner()),
+            }
+        }
+    }
+
+    fn run(&self, input: impl BufRead, framing: Framing, chunk: usize) {
+        let mut progress = Progress::new();
+        let result = self.feed(input, framing, chunk, &mut progress);
+        progress.done();
+        if let Err(e) = result {
+            *self.error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+        }
+        self.eof.store(true, std::sync::atomic::Ordering::Release);
+        if let Some(tx) = self
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            tx.goodbye();
+        }
+    }
+
+    /// Cuts `input` into messages and delivers them.
+    fn feed(
+        &self,
+        mut input: impl BufRead,
+        framing: Framing,
+        chunk: usize,
+        progress: &mut Progress,
+    ) -> anyhow::Result<()> {
         let mut buf = Vec::new();
         loop {
             buf.clear();
@@ -225,19 +319,10 @@ fn feed(
             if !more {
                 return Ok(());
             }
-            match tx.send(&buf) {
-                Ok(()) => progress.add(buf.len()),
-                // The guest ended: what is left of stdin has no reader.
-                Err(SandboxError::Closed { .. }) => return Ok(()),
-                Err(e) => return Err(e.into()),
-            }
+            self.deliver(&buf)?;
+            progress.add(buf.len());
         }
-    })();
-    progress.done();
-    if let Err(e) = result {
-        *report.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
     }
-    tx.goodbye();
 }
 
 /// Bytes sent so far, shown on stderr twice a second when it is a
@@ -280,11 +365,13 @@ impl Progress {
 }
 
 /// Writes the guest's messages until it has ended and all are read.
-fn drain(rx: &mut HostReceiver, framing: Framing) -> Result<(), Failure> {
+fn drain(rx: &mut HostReceiver, framing: Framing) -> Result<(), SandboxError> {
     let stdout = io::stdout();
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
-    let write_err =
-        |e: io::Error| Failure::other(anyhow::Error::new(e).context("writing standard output"));
+    let write_err = |e: io::Error| SandboxError::Io {
+        what: "writing standard output",
+        source: e,
+    };
     loop {
         if rx.is_empty()? {
             // Nothing queued: show what we have before waiting.
@@ -293,7 +380,7 @@ fn drain(rx: &mut HostReceiver, framing: Framing) -> Result<(), Failure> {
         let msg = match rx.recv() {
             Ok(m) => m,
             Err(SandboxError::Closed { .. }) => break,
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         };
         let bytes = msg.as_bytes();
         match framing {
