@@ -89,6 +89,12 @@ fn wait(c: Caller<'_, SandboxState>, timeout_ns: i64) -> wasmtime::Result<i32> {
                 bell.finish_wait();
             }
         };
+        if shared.segment_file.was_truncated() {
+            finish();
+            wasmtime::bail!(
+                "the segment file was truncated under the sandbox (pages of it vanished)"
+            );
+        }
         let outcome = if shared.goodbye_or_stopped() {
             Some(WAIT_GOODBYE)
         } else if shared.h2g_has_data() {

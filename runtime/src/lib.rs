@@ -26,6 +26,7 @@ mod memory_window;
 mod module_check;
 pub mod sandbox;
 pub mod segment_file;
+mod sigbus;
 pub mod supervise;
 
 pub use error::SandboxError;

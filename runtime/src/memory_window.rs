@@ -36,6 +36,9 @@ pub(crate) struct PendingWindow {
     pub file_len: usize,
     /// Set once mapped: the window's offset in linear memory.
     pub placed_at: Arc<AtomicUsize>,
+    /// Raised when a page of the file vanishes under the window (a
+    /// file-backed segment truncated by someone else), when set.
+    pub truncated: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 thread_local! {
@@ -97,6 +100,7 @@ unsafe impl MemoryCreator for WindowMemoryCreator {
             size: 0,
             maximum: maximum.unwrap_or(reservation).min(reservation),
             window,
+            _sigbus: None,
         };
         memory.make_accessible(minimum).map_err(|e| e.to_string())?;
         Ok(Box::new(memory))
@@ -110,6 +114,7 @@ struct WindowedMemory {
     size: usize,
     maximum: usize,
     window: Option<PendingWindow>,
+    _sigbus: Option<crate::sigbus::Guard>,
 }
 
 // SAFETY: the memory is plain address space owned by this value; wasmtime
@@ -155,6 +160,11 @@ impl WindowedMemory {
         self.size += w.file_len.min(w.len);
         let end = placed + w.len;
         w.placed_at.store(placed, Ordering::Release);
+        if let Some(flag) = &w.truncated {
+            // SAFETY: inside our reservation.
+            let at = unsafe { self.base.add(placed) };
+            self._sigbus = crate::sigbus::protect(at, w.file_len.min(w.len), flag);
+        }
         // Anonymous pages for the rest of the window.
         self.make_accessible(end)
     }

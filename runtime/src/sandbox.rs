@@ -540,6 +540,10 @@ impl Runtime {
             len: window_len,
             file_len: shared.segment_file.file_map_len(),
             placed_at: shared.placed_at.clone(),
+            truncated: shared
+                .segment_file
+                .path()
+                .map(|_| shared.segment_file.truncated_flag().clone()),
         };
         let instance = memory_window::with_pending_window(window, || {
             self.linker.instantiate(&mut store, &module)
@@ -783,6 +787,11 @@ fn run_guest(
     store.epoch_deadline_callback(move |_ctx| {
         if cb_shared.stop.load(Ordering::Acquire) {
             return Err(wasmtime::Error::new(Stopped));
+        }
+        if cb_shared.segment_file.was_truncated() {
+            return Err(wasmtime::Error::msg(
+                "the segment file was truncated under the sandbox (pages of it vanished)",
+            ));
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return Err(wasmtime::Error::new(DeadlineExceeded));

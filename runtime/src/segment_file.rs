@@ -35,6 +35,10 @@ pub struct SegmentFile {
     /// Removed on drop: (directory, file name).
     remove: Option<(Dir, PathBuf)>,
     path: Option<PathBuf>,
+    /// A page of the file vanished under a mapping (the file was
+    /// truncated); raised from the SIGBUS handler.
+    truncated: Arc<std::sync::atomic::AtomicBool>,
+    _sigbus: Option<crate::sigbus::Guard>,
 }
 
 /// Why an existing segment file could not be opened.
@@ -121,14 +125,7 @@ impl SegmentFile {
         // not yet used by anyone else.
         let segment = unsafe { Segment::create(mmap.as_mut_ptr(), len, config) }
             .map_err(SandboxError::Config)?;
-        Ok(SegmentFile {
-            file: Arc::new(file),
-            mmap,
-            segment,
-            file_len: size,
-            remove,
-            path,
-        })
+        Ok(Self::assemble(file, mmap, segment, size, remove, path))
     }
 
     /// Opens a segment file another program made and validates it: magic,
@@ -163,14 +160,50 @@ impl SegmentFile {
                     error,
                 }
             })?;
-        Ok(SegmentFile {
+        Ok(Self::assemble(
+            file,
+            mmap,
+            segment,
+            file_len,
+            None,
+            Some(path.to_owned()),
+        ))
+    }
+
+    fn assemble(
+        file: File,
+        mmap: MmapMut,
+        segment: Segment,
+        file_len: u64,
+        remove: Option<(Dir, PathBuf)>,
+        path: Option<PathBuf>,
+    ) -> Self {
+        let truncated = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // Named and foreign files can be truncated by others; memfds are
+        // sealed.
+        let sigbus = path
+            .as_ref()
+            .and_then(|_| crate::sigbus::protect(mmap.as_ptr(), mmap.len(), &truncated));
+        SegmentFile {
             file: Arc::new(file),
             mmap,
             segment,
             file_len,
-            remove: None,
-            path: Some(path.to_owned()),
-        })
+            remove,
+            path,
+            truncated,
+            _sigbus: sigbus,
+        }
+    }
+
+    /// The flag raised when a page of the file vanished under a mapping.
+    pub(crate) fn truncated_flag(&self) -> &Arc<std::sync::atomic::AtomicBool> {
+        &self.truncated
+    }
+
+    /// Whether the file was truncated under a mapping of it.
+    pub fn was_truncated(&self) -> bool {
+        self.truncated.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The segment, through the host's mapping.

@@ -524,3 +524,42 @@ fn inspect_healthy_full_wrapped_and_corrupted_segments() {
         );
     }
 }
+
+/// The file shrinks under a running `--attach`: the guest ends with an
+/// error that says so, and the shmrt process is not killed by SIGBUS.
+#[test]
+fn a_segment_truncated_under_an_attached_plugin_ends_the_guest_not_the_process() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempdir();
+    let path = dir.join("shrinking.seg");
+    let segment = HostSegment::create(&path, &SegmentConfig::single_guest(), true).unwrap();
+    let (mut tx, mut rx) = segment.reserve(1, SpinBudget(100)).unwrap();
+    let child = attach(&path, Some(1), &guest("examples/echo"));
+    tx.send(b"ping").unwrap();
+    assert_eq!(
+        rx.recv_timeout(Some(Duration::from_secs(30)))
+            .unwrap()
+            .expect("a reply")
+            .as_bytes(),
+        b"ping"
+    );
+    // The guest is now parked in `wait`, whose host side reads the rings.
+    // This process lets go of its own mapping before the pages vanish.
+    drop((tx, rx, segment));
+    std::thread::sleep(Duration::from_millis(100));
+    OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(4096)
+        .unwrap();
+    let out = wait_exit(child, Duration::from_secs(30));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.signal(),
+        None,
+        "shmrt was killed by a signal: {err}"
+    );
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("truncated"), "{err}");
+}
