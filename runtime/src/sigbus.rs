@@ -87,7 +87,7 @@ fn install() {
         action.sa_sigaction = handler as *const () as usize;
         action.sa_flags = libc::SA_SIGINFO | libc::SA_NODEFER | libc::SA_ONSTACK;
         libc::sigemptyset(&mut action.sa_mask);
-        let previous = (*(&raw mut PREVIOUS)).as_mut_ptr();
+        let previous = (&raw mut PREVIOUS).cast::<libc::sigaction>();
         if libc::sigaction(libc::SIGBUS, &action, previous) != 0 {
             tracing::warn!(
                 "could not install the SIGBUS handler: segments truncated under shmrt will end it"
@@ -130,7 +130,7 @@ extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut li
     // Not ours: what was there before, or the default action.
     // SAFETY: PREVIOUS was filled by `install` before this handler existed.
     unsafe {
-        let prev = (*(&raw const PREVIOUS)).assume_init_ref();
+        let prev = &*(&raw const PREVIOUS).cast::<libc::sigaction>();
         if prev.sa_flags & libc::SA_SIGINFO != 0 && prev.sa_sigaction > libc::SIG_IGN {
             let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
                 std::mem::transmute(prev.sa_sigaction);
