@@ -85,18 +85,52 @@ fn run(mut channel: Channel) -> i32 {
     };
     match &mode[..n] {
         b"spin" => {
-            inbox.set_spin(u32::MAX);
-            echo(inbox, outbox)
+            // Poll the ring directly, as the native echo thread does.
+            loop {
+                let got = match inbox.try_recv() {
+                    Ok(Some(msg)) => {
+                        if outbox.send(msg.as_bytes()).is_err() {
+                            return 1;
+                        }
+                        true
+                    }
+                    Ok(None) => false,
+                    Err(_) => return 1,
+                };
+                if !got {
+                    if inbox.host_goodbye() {
+                        return 0;
+                    }
+                    core::hint::spin_loop();
+                }
+            }
         }
         b"park" => {
             inbox.set_spin(0);
             echo(inbox, outbox)
         }
         b"stream" => {
-            inbox.set_spin(u32::MAX);
+            // Poll the ring directly, as the native counting thread does.
             let mut count = 0u64;
-            while let Some(msg) = inbox.recv() {
-                count += msg.len() as u64 / 64;
+            let mut goodbye = false;
+            loop {
+                let got = match inbox.try_recv() {
+                    Ok(Some(msg)) => {
+                        count += msg.len() as u64 / 64;
+                        true
+                    }
+                    Ok(None) => false,
+                    Err(_) => return 1,
+                };
+                if !got {
+                    // Messages sent before the goodbye are visible once it
+                    // is: one more empty look after seeing it ends the run.
+                    if goodbye {
+                        break;
+                    }
+                    goodbye = inbox.host_goodbye();
+                    core::hint::spin_loop();
+                }
             }
             if outbox.send(&count.to_le_bytes()).is_err() { 1 } else { 0 }
         }
