@@ -87,6 +87,7 @@ impl Sender {
     }
 
     /// Sends a copy of `payload`.
+    #[inline]
     pub fn send(&mut self, payload: &[u8]) -> Result<(), SendError> {
         self.send_with(payload.len(), |buf| buf.copy_from_slice(payload))
     }
@@ -94,6 +95,7 @@ impl Sender {
     /// Sends `len` bytes written in place by `fill`, inline or in a slot:
     /// `fill` gets exactly `len` bytes of ring or slot memory. Not called
     /// when the message can not be sent now.
+    #[inline]
     pub fn send_with(&mut self, len: usize, fill: impl FnOnce(&mut [u8])) -> Result<(), SendError> {
         let mut r = self.reserve(len)?;
         fill(r.as_mut_slice());
@@ -104,6 +106,7 @@ impl Sender {
     /// Reserves room for a message of `len` bytes: ring bytes, and a slot
     /// when it does not go inline. Fill it, then commit; dropping it
     /// uncommitted gives everything back.
+    #[inline]
     pub fn reserve(&mut self, len: usize) -> Result<Reservation<'_>, SendError> {
         if len <= self.max_inline as usize {
             let total = frame::inline_frame_len(len as u32);
@@ -187,6 +190,7 @@ impl Reservation<'_> {
     }
 
     /// Publishes the message.
+    #[inline]
     pub fn commit(mut self) {
         let mut grant = self.grant.take().expect("present until commit");
         match self.slot.take() {
@@ -212,6 +216,7 @@ impl Reservation<'_> {
 }
 
 impl Drop for Reservation<'_> {
+    #[inline]
     fn drop(&mut self) {
         if let Some(slot) = self.slot.take() {
             // Ours and never sent: freeing it can not fail unless the peer
@@ -258,6 +263,7 @@ impl Receiver {
     }
 
     /// The next message, or `None` when the ring is empty.
+    #[inline]
     pub fn try_recv(&mut self) -> Result<Option<Message<'_>>, ProtocolError> {
         if let Some(e) = self.deferred.take() {
             return Err(e);
@@ -296,6 +302,7 @@ impl Receiver {
     }
 
     /// Whether nothing is waiting (reloads the sender's cursor).
+    #[inline]
     pub fn is_empty(&mut self) -> Result<bool, ProtocolError> {
         self.consumer.is_empty()
     }
@@ -303,16 +310,19 @@ impl Receiver {
 
 impl Message<'_> {
     /// Payload length.
+    #[inline]
     pub fn len(&self) -> usize {
         self.len as usize
     }
 
     /// Whether the payload is empty.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// Where the bytes are.
+    #[inline]
     pub fn location(&self) -> Location {
         self.location
     }
@@ -320,6 +330,7 @@ impl Message<'_> {
     /// The payload, in place in shared memory. Its bounds were checked;
     /// its contents are whatever the sender wrote, and a sender that breaks
     /// the protocol may still be changing them, so parse it once.
+    #[inline]
     pub fn as_bytes(&self) -> &[u8] {
         // SAFETY: `ptr..ptr+len` was bounds-checked against the ring or the
         // slot when the message was parsed, and stays reserved for us
@@ -334,6 +345,7 @@ impl Message<'_> {
 }
 
 impl Drop for Message<'_> {
+    #[inline]
     fn drop(&mut self) {
         match self.location {
             Location::Inline { frame_len } => self.receiver.consumer.release(frame_len),

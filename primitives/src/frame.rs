@@ -150,6 +150,7 @@ pub fn mmap_ref_words(r: &MmapRef) -> [u32; 8] {
 /// contiguous bytes there. `word(i)` loads the i-th little-endian u32 of
 /// the frame (i = 0 is total_len); it is called at most once per word and
 /// only for words inside the validated `total_len`.
+#[inline]
 pub fn parse(
     offset: u32,
     available: u32,

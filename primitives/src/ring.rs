@@ -109,6 +109,7 @@ impl RingRef {
     }
 
     /// Data bytes, from our own layout.
+    #[inline]
     pub fn capacity(&self) -> u32 {
         self.capacity
     }
@@ -248,6 +249,7 @@ impl Producer {
         &self.ring
     }
 
+    #[inline]
     fn fits(&self, len: u32, read: u32) -> Option<u32> {
         let (write, cap) = (self.write, self.ring.capacity);
         if write >= read {
@@ -259,6 +261,7 @@ impl Producer {
 
     /// Whether `len` bytes could be granted now (reloads `read`; changes
     /// nothing).
+    #[inline]
     pub fn has_room(&self, len: u32) -> Result<bool, ProtocolError> {
         if len == 0 || len > self.ring.capacity {
             return Ok(false);
@@ -271,6 +274,7 @@ impl Producer {
 
     /// Reserves `len` contiguous bytes. `Ok(None)` when the ring is full
     /// for now; a `len` of 0 or past the capacity never fits.
+    #[inline]
     pub fn grant(&mut self, len: u32) -> Result<Option<Grant<'_>>, ProtocolError> {
         if len == 0 || len > self.ring.capacity {
             return Ok(None);
@@ -341,6 +345,7 @@ impl Grant<'_> {
     }
 
     /// Never true: grants are at least one byte.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -348,6 +353,7 @@ impl Grant<'_> {
     /// The granted bytes. Until commit they belong to the producer by the
     /// protocol; a hostile consumer writing into them can only garble
     /// what it will itself receive.
+    #[inline]
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: [offset, offset+len) is inside the ring data (checked in
         // `grant`) and not readable by the consumer until commit.
@@ -360,6 +366,7 @@ impl Grant<'_> {
     }
 
     /// Stores a little-endian word at byte `at` of the grant (4-aligned).
+    #[inline]
     pub fn put_word(&mut self, at: u32, value: u32) {
         assert!(
             at.is_multiple_of(4) && at + 4 <= self.len,
@@ -369,6 +376,7 @@ impl Grant<'_> {
     }
 
     /// Publishes the first `len` granted bytes (all of them for a frame).
+    #[inline]
     pub fn commit(self, len: u32) {
         assert!(len <= self.len, "commit past the grant");
         let p = self.producer;
@@ -397,6 +405,7 @@ pub struct Consumer {
     wrap_end: u32,
 }
 
+#[inline]
 fn check_cursor(field: CursorField, value: u32, capacity: u32) -> Result<(), ProtocolError> {
     if value > capacity {
         Err(ProtocolError::Cursor {
@@ -434,6 +443,7 @@ impl Consumer {
         &self.ring
     }
 
+    #[inline]
     fn wrap_to_front(&mut self) {
         // Release: the tail we drained may be overwritten once the producer
         // sees `read` at 0 (SYNC POINT "read"). The watermark is cleared
@@ -447,6 +457,7 @@ impl Consumer {
     }
 
     /// The contiguous readable bytes, or `None` when the ring is empty.
+    #[inline]
     pub fn readable(&mut self) -> Result<Option<Readable>, ProtocolError> {
         // At most: tail, wrap, refresh, front. Bounded so that no value a
         // peer writes can keep us looping.
@@ -501,6 +512,7 @@ impl Consumer {
     }
 
     /// Parses the next frame without consuming it.
+    #[inline]
     pub fn peek_frame(&mut self) -> Result<Option<ParsedFrame>, ProtocolError> {
         let Some(r) = self.readable()? else {
             return Ok(None);
@@ -512,6 +524,7 @@ impl Consumer {
 
     /// Releases `len` bytes at the front of what [`Self::readable`]
     /// returned.
+    #[inline]
     pub fn release(&mut self, len: u32) {
         let end = if self.wrap_end != 0 {
             self.wrap_end
@@ -529,12 +542,14 @@ impl Consumer {
     }
 
     /// Whether the ring holds nothing (reloads the producer's cursor).
+    #[inline]
     pub fn is_empty(&mut self) -> Result<bool, ProtocolError> {
         Ok(self.readable()?.is_none())
     }
 
     /// Reads a byte range of the ring data, e.g. an inline payload that
     /// [`Self::peek_frame`] returned.
+    #[inline]
     pub fn data_ptr(&self, offset: u32) -> *mut u8 {
         self.ring.data_ptr(offset)
     }

@@ -998,6 +998,25 @@ fn block_on_guest(
     }
 }
 
+/// Reserves room for `len` bytes now; `Ok(None)` when the ring or the
+/// pool is full.
+fn reserve_now<'a>(
+    tx: &'a mut Sender,
+    shared: &SandboxShared,
+    len: usize,
+) -> Result<Option<Reservation<'a>>, SandboxError> {
+    match tx.reserve(len) {
+        Ok(r) => Ok(Some(r)),
+        Err(SendError::Full | SendError::Exhausted) => Ok(None),
+        Err(SendError::TooLarge { len, max }) => Err(SandboxError::TooLarge {
+            sandbox: shared.name.clone(),
+            len,
+            max,
+        }),
+        Err(SendError::Protocol(e)) => Err(protocol(shared, e)),
+    }
+}
+
 /// The host's sending end: host to guest.
 pub struct HostSender {
     tx: Sender,
@@ -1017,28 +1036,15 @@ impl HostSender {
     /// Sends `payload` if there is room now; `Ok(false)` when the ring or
     /// the pool is full.
     pub fn try_send(&mut self, payload: &[u8]) -> Result<bool, SandboxError> {
-        let shared = self.shared.clone();
-        match self.reserve_now(payload.len())? {
+        let Self { tx, shared } = self;
+        match reserve_now(tx, shared, payload.len())? {
             Some(mut r) => {
                 r.as_mut_slice().copy_from_slice(payload);
                 r.commit();
-                notify(&shared, &shared.peer().h2g_doorbell);
+                notify(shared, &shared.peer().h2g_doorbell);
                 Ok(true)
             }
             None => Ok(false),
-        }
-    }
-
-    fn reserve_now(&mut self, len: usize) -> Result<Option<Reservation<'_>>, SandboxError> {
-        match self.tx.reserve(len) {
-            Ok(r) => Ok(Some(r)),
-            Err(SendError::Full | SendError::Exhausted) => Ok(None),
-            Err(SendError::TooLarge { len, max }) => Err(SandboxError::TooLarge {
-                sandbox: self.shared.name.clone(),
-                len,
-                max,
-            }),
-            Err(SendError::Protocol(e)) => Err(protocol(&self.shared, e)),
         }
     }
 
@@ -1066,22 +1072,22 @@ impl HostSender {
         timeout: Option<Duration>,
     ) -> Result<(), SandboxError> {
         let deadline = timeout.map(|t| Instant::now() + t);
-        let shared = self.shared.clone();
+        let Self { tx, shared } = self;
+        let shared: &SandboxShared = shared;
         loop {
             if shared.guest_done() || shared.stop.load(Ordering::Acquire) {
                 return Err(SandboxError::Closed {
                     sandbox: shared.name.clone(),
                 });
             }
-            if let Some(mut r) = self.reserve_now(len)? {
+            if let Some(mut r) = reserve_now(tx, shared, len)? {
                 fill(r.as_mut_slice());
                 r.commit();
-                notify(&shared, &shared.peer().h2g_doorbell);
+                notify(shared, &shared.peer().h2g_doorbell);
                 return Ok(());
             }
-            let tx = &self.tx;
-            let ready = block_on_guest(&shared, deadline, || {
-                tx.could_send(len).map_err(|e| protocol(&shared, e))
+            let ready = block_on_guest(shared, deadline, || {
+                tx.could_send(len).map_err(|e| protocol(shared, e))
             })?;
             if !ready && deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(SandboxError::WouldBlock {
@@ -1096,7 +1102,8 @@ impl HostSender {
     /// Sends `payload` if there is room now, without telling a parked
     /// guest: for batches, followed by [`Self::notify`].
     pub fn try_send_no_notify(&mut self, payload: &[u8]) -> Result<bool, SandboxError> {
-        match self.reserve_now(payload.len())? {
+        let Self { tx, shared } = self;
+        match reserve_now(tx, shared, payload.len())? {
             Some(mut r) => {
                 r.as_mut_slice().copy_from_slice(payload);
                 r.commit();
@@ -1210,42 +1217,50 @@ impl HostReceiver {
         timeout: Option<Duration>,
     ) -> Result<Option<HostMessage<'_>>, SandboxError> {
         let deadline = timeout.map(|t| Instant::now() + t);
-        let shared = self.shared.clone();
-        let rx = &mut self.rx;
-        let has_data = block_on_guest(&shared, deadline, || {
-            rx.is_empty().map(|e| !e).map_err(|e| protocol(&shared, e))
-        })?;
-        if !has_data {
-            if shared.guest_done() && self.rx.is_empty().map_err(|e| protocol(&shared, e))? {
-                return Err(SandboxError::Closed {
-                    sandbox: shared.name.clone(),
-                });
+        if self.is_empty()? {
+            let Self { rx, shared } = &mut *self;
+            let shared: &SandboxShared = shared;
+            let has_data = block_on_guest(shared, deadline, || {
+                rx.is_empty().map(|e| !e).map_err(|e| protocol(shared, e))
+            })?;
+            if !has_data {
+                if shared.guest_done() && rx.is_empty().map_err(|e| protocol(shared, e))? {
+                    return Err(SandboxError::Closed {
+                        sandbox: shared.name.clone(),
+                    });
+                }
+                return Ok(None);
             }
-            return Ok(None);
         }
         self.try_recv()
     }
 
-    /// Waits as long as it takes.
+    /// Waits as long as it takes; `Err(Closed)` once the guest has ended
+    /// and everything it sent has been read.
     pub fn recv(&mut self) -> Result<HostMessage<'_>, SandboxError> {
-        loop {
-            // Re-borrow per iteration; `None` only on timeouts, which an
-            // unbounded wait does not have, but a spurious one just loops.
-            if !self.is_empty()? || self.shared.guest_done() {
+        while self.is_empty()? {
+            if self.shared.guest_done() {
+                // Everything committed before the end is visible now.
+                if self.is_empty()? {
+                    return Err(SandboxError::Closed {
+                        sandbox: self.shared.name.clone(),
+                    });
+                }
                 break;
             }
-            let shared = self.shared.clone();
-            let rx = &mut self.rx;
-            block_on_guest(&shared, None, || {
-                rx.is_empty().map(|e| !e).map_err(|e| protocol(&shared, e))
+            let Self { rx, shared } = &mut *self;
+            let shared: &SandboxShared = shared;
+            block_on_guest(shared, None, || {
+                rx.is_empty().map(|e| !e).map_err(|e| protocol(shared, e))
             })?;
         }
-        let shared = self.shared.clone();
-        match self.try_recv()? {
-            Some(m) => Ok(m),
-            None => Err(SandboxError::Closed {
+        let Self { rx, shared } = self;
+        match rx.try_recv() {
+            Ok(Some(inner)) => Ok(HostMessage { inner }),
+            Ok(None) => Err(SandboxError::Closed {
                 sandbox: shared.name.clone(),
             }),
+            Err(e) => Err(protocol(shared, e)),
         }
     }
 }
