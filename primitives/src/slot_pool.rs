@@ -408,6 +408,16 @@ impl SlotPool {
     /// holds the 4-byte length prefix): the smallest class that fits first,
     /// then larger ones.
     pub fn allocate(&self, payload_len: u32, owner: u8) -> Result<SlotRef, AllocError> {
+        self.allocate_where(payload_len, owner, |_| true)
+    }
+
+    /// Pops from the first class that fits and that `take` accepts.
+    fn allocate_where(
+        &self,
+        payload_len: u32,
+        owner: u8,
+        take: impl Fn(&ClassView) -> bool,
+    ) -> Result<SlotRef, AllocError> {
         let needed = payload_len.checked_add(SLOT_LEN_PREFIX);
         let mut any_fits = false;
         for (i, c) in self.iter() {
@@ -415,6 +425,9 @@ impl SlotPool {
                 continue;
             }
             any_fits = true;
+            if !take(c) {
+                continue;
+            }
             if let Some(r) = c.pop(i, owner).map_err(AllocError::Corrupt)? {
                 return Ok(r);
             }
@@ -451,26 +464,9 @@ impl SlotPool {
     /// slot and leave the other unable to answer (a deadlock when each
     /// holds what it received while waiting to send).
     pub fn allocate_fair_share(&self, payload_len: u32, owner: u8) -> Result<SlotRef, AllocError> {
-        let needed = payload_len.checked_add(SLOT_LEN_PREFIX);
-        let mut any_fits = false;
-        for (i, c) in self.iter() {
-            if needed.is_none_or(|n| c.slot_size < n) {
-                continue;
-            }
-            any_fits = true;
-            let share = (c.slot_count / 2).max(1);
-            if self.owned_in(c, owner) >= share {
-                continue;
-            }
-            if let Some(r) = c.pop(i, owner).map_err(AllocError::Corrupt)? {
-                return Ok(r);
-            }
-        }
-        if any_fits {
-            Err(AllocError::Exhausted)
-        } else {
-            self.allocate(payload_len, owner)
-        }
+        self.allocate_where(payload_len, owner, |c| {
+            self.owned_in(c, owner) < (c.slot_count / 2).max(1)
+        })
     }
 
     /// Allocated slots of class `c` owned by `owner` (a scan of its metas).

@@ -13,7 +13,7 @@ use shmrt_primitives::channel::Location;
 use shmrt_primitives::heap_region::HeapRegion;
 use shmrt_primitives::layout::{SegmentConfig, SegmentLayout, SizeClass, SizeClasses};
 use shmrt_primitives::{PeerState, Segment, SlotRef};
-use vox_restated::{VoxFrame, vox_read_frame, vox_write_inline, vox_write_slot_ref};
+use vox_restated::{VoxFrame, VoxLayout, vox_read_frame, vox_write_inline, vox_write_slot_ref};
 
 const MAX_GUESTS: u8 = 3;
 const CAPACITY: u32 = 4096;
@@ -62,39 +62,15 @@ struct TheirSegment {
 
 impl TheirSegment {
     fn create() -> Self {
-        let ring_base = 128 + MAX_GUESTS as usize * 64;
-        let var_pool_offset = (ring_base + MAX_GUESTS as usize * 2 * stride() + 63) & !63;
-        let total_size = var_pool_offset + theirs::VarSlotPool::required_size(&their_classes());
-        let region = theirs::HeapRegion::new_zeroed(total_size);
-        let r = region.region();
+        let l = VoxLayout::new(MAX_GUESTS as usize, CAPACITY, &their_classes());
+        let region = theirs::HeapRegion::new_zeroed(l.total_size);
         // SAFETY: fresh zeroed region of total_size bytes, exclusively ours.
-        unsafe {
-            r.get_mut::<theirs::SegmentHeader>(0)
-                .init(theirs::SegmentHeaderInit {
-                    total_size: total_size as u64,
-                    max_payload_size: 65536,
-                    inline_threshold: 0,
-                    max_guests: MAX_GUESTS as u32,
-                    bipbuf_capacity: CAPACITY,
-                    peer_table_offset: 128,
-                    var_pool_offset: var_pool_offset as u64,
-                    heartbeat_interval: 1_000_000,
-                    num_var_slot_classes: CLASSES.len() as u32,
-                });
-            for i in 0..MAX_GUESTS as usize {
-                let ring_offset = ring_base + i * 2 * stride();
-                r.get_mut::<theirs::PeerEntry>(128 + 64 * i)
-                    .init(ring_offset as u64);
-                theirs::BipBuf::init(r, ring_offset, CAPACITY);
-                theirs::BipBuf::init(r, ring_offset + stride(), CAPACITY);
-            }
-            theirs::VarSlotPool::init(r, var_pool_offset, &their_classes());
-        }
+        unsafe { l.init(region.region(), &their_classes(), 1_000_000) };
         TheirSegment {
             region,
-            var_pool_offset,
-            ring_base,
-            total_size,
+            var_pool_offset: l.var_pool_offset,
+            ring_base: l.ring_base,
+            total_size: l.total_size,
         }
     }
 

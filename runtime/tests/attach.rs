@@ -20,7 +20,7 @@ use shmrt::HostSegment;
 use shmrt::doorbell_futex::SpinBudget;
 use shmrt::primitives::layout::{SizeClass, SizeClasses};
 use shmrt::primitives::{PeerState, SegmentConfig};
-use vox_restated::{VoxFrame, vox_read_frame, vox_write_inline, vox_write_slot_ref};
+use vox_restated::{VoxFrame, VoxLayout, vox_read_frame, vox_write_inline, vox_write_slot_ref};
 
 fn tempdir() -> PathBuf {
     use std::sync::atomic::AtomicU64;
@@ -88,12 +88,9 @@ impl VoxFile {
                 slot_count,
             })
             .collect();
-        let guests = 2usize;
-        let ring_base = 128 + guests * 64;
-        let var_pool_offset = (ring_base + guests * 2 * stride() + 63) & !63;
-        let total = var_pool_offset + theirs::VarSlotPool::required_size(&configs);
+        let l = VoxLayout::new(2, CAP, &configs);
         assert_ne!(
-            total % 65536,
+            l.total_size % 65536,
             0,
             "the test wants a file that is not whole wasm pages"
         );
@@ -103,39 +100,22 @@ impl VoxFile {
             .create_new(true)
             .open(path)
             .unwrap();
-        file.set_len(total as u64).unwrap();
+        file.set_len(l.total_size as u64).unwrap();
         // SAFETY: our new file, shared with the child process by design.
         let mut map = unsafe { MmapMut::map_mut(&file) }.unwrap();
-        // SAFETY: the mapping holds `total` zeroed bytes.
-        let r = unsafe { theirs::Region::from_raw(map.as_mut_ptr(), total) };
-        // SAFETY: fresh memory, laid out as vox-shm's Segment::create does.
+        // SAFETY: the mapping holds `total_size` zeroed bytes, ours alone.
         unsafe {
-            r.get_mut::<theirs::SegmentHeader>(0)
-                .init(theirs::SegmentHeaderInit {
-                    total_size: total as u64,
-                    max_payload_size: 65536,
-                    inline_threshold: 0,
-                    max_guests: guests as u32,
-                    bipbuf_capacity: CAP,
-                    peer_table_offset: 128,
-                    var_pool_offset: var_pool_offset as u64,
-                    heartbeat_interval: 2_000_000,
-                    num_var_slot_classes: CLASSES.len() as u32,
-                });
-            for i in 0..guests {
-                let ring_offset = ring_base + i * 2 * stride();
-                r.get_mut::<theirs::PeerEntry>(128 + 64 * i)
-                    .init(ring_offset as u64);
-                theirs::BipBuf::init(r, ring_offset, CAP);
-                theirs::BipBuf::init(r, ring_offset + stride(), CAP);
-            }
-            theirs::VarSlotPool::init(r, var_pool_offset, &configs);
-        }
+            l.init(
+                theirs::Region::from_raw(map.as_mut_ptr(), l.total_size),
+                &configs,
+                2_000_000,
+            )
+        };
         VoxFile {
             _file: file,
             map,
-            ring_base,
-            var_pool_offset,
+            ring_base: l.ring_base,
+            var_pool_offset: l.var_pool_offset,
         }
     }
 

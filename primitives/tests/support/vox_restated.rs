@@ -72,3 +72,69 @@ pub fn vox_read_frame(c: &mut theirs::BipBufConsumer<'_>) -> Option<VoxFrame> {
     c.release(total);
     Some(frame)
 }
+
+/// Where vox-shm 0.3.1's `Segment::create` puts things (src/segment.rs,
+/// src/peer_table.rs): peer table at 128, rings after it, the pool after
+/// the rings, all 64-aligned.
+pub struct VoxLayout {
+    pub max_guests: usize,
+    pub capacity: u32,
+    pub stride: usize,
+    pub ring_base: usize,
+    pub var_pool_offset: usize,
+    pub total_size: usize,
+}
+
+impl VoxLayout {
+    pub fn new(max_guests: usize, capacity: u32, classes: &[theirs::SizeClassConfig]) -> Self {
+        let stride = (theirs::BIPBUF_HEADER_SIZE + capacity as usize + 63) & !63;
+        let ring_base = 128 + max_guests * 64;
+        let var_pool_offset = (ring_base + max_guests * 2 * stride + 63) & !63;
+        let total_size = var_pool_offset + theirs::VarSlotPool::required_size(classes);
+        VoxLayout {
+            max_guests,
+            capacity,
+            stride,
+            ring_base,
+            var_pool_offset,
+            total_size,
+        }
+    }
+
+    /// Writes the header, the peer table, every ring and the pool with
+    /// shm-primitives' own initializers, as vox-shm does.
+    ///
+    /// # Safety
+    ///
+    /// `r` holds `total_size` zeroed bytes that nobody else uses yet.
+    pub unsafe fn init(
+        &self,
+        r: theirs::Region,
+        classes: &[theirs::SizeClassConfig],
+        heartbeat_interval: u64,
+    ) {
+        // SAFETY: the caller's promise; every offset is inside total_size.
+        unsafe {
+            r.get_mut::<theirs::SegmentHeader>(0)
+                .init(theirs::SegmentHeaderInit {
+                    total_size: self.total_size as u64,
+                    max_payload_size: 65536,
+                    inline_threshold: 0,
+                    max_guests: self.max_guests as u32,
+                    bipbuf_capacity: self.capacity,
+                    peer_table_offset: 128,
+                    var_pool_offset: self.var_pool_offset as u64,
+                    heartbeat_interval,
+                    num_var_slot_classes: classes.len() as u32,
+                });
+            for i in 0..self.max_guests {
+                let ring_offset = self.ring_base + i * 2 * self.stride;
+                r.get_mut::<theirs::PeerEntry>(128 + 64 * i)
+                    .init(ring_offset as u64);
+                theirs::BipBuf::init(r, ring_offset, self.capacity);
+                theirs::BipBuf::init(r, ring_offset + self.stride, self.capacity);
+            }
+            theirs::VarSlotPool::init(r, self.var_pool_offset, classes);
+        }
+    }
+}
