@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 rustup target add wasm32-unknown-unknown wasm32-wasip1
-rustup component add clippy rustfmt
+rustup component add clippy rustfmt || echo "note: could not add clippy/rustfmt with rustup; using the installed ones"
 
 step() { printf '\n== %s\n' "$*"; }
 
