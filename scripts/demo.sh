@@ -25,3 +25,7 @@ cmp "$tmp/in" "$tmp/out" && echo "byte-exact"
 
 echo "== embed: a native program that embeds the runtime"
 target/release/examples/embed "$("$shmrt" build examples/upper)"
+
+echo "== attach: a native host process and the plugin sandboxed in another, one segment file"
+cargo build --release -p shmrt --example attach-host
+target/release/examples/attach-host "$shmrt" "$("$shmrt" build examples/checksum)"
