@@ -198,8 +198,12 @@ impl Reservation<'_> {
                 let [total, w1] = frame::inline_header_words(self.len as u16);
                 grant.put_word(0, total);
                 grant.put_word(4, w1);
+                // At most 3 bytes of padding: a byte loop, not a
+                // `memory.fill` call on wasm.
                 let start = frame::FRAME_HEADER_SIZE as usize + self.len;
-                grant.as_mut_slice()[start..total as usize].fill(0);
+                for b in &mut grant.as_mut_slice()[start..total as usize] {
+                    *b = 0;
+                }
                 grant.commit(total);
             }
             Some(slot) => {

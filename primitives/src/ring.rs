@@ -169,12 +169,11 @@ impl RingRef {
     #[inline]
     fn store_word(&self, off: u32, value: u32) {
         debug_assert!(off.is_multiple_of(4) && off + 4 <= self.capacity);
-        // SAFETY: as in `load_word`; the producer only writes inside its
-        // grant.
-        let w = unsafe {
-            core::sync::atomic::AtomicU32::from_ptr(self.data.add(off as usize) as *mut u32)
-        };
-        w.store(value.to_le(), Ordering::Relaxed);
+        // SAFETY: in bounds and 4-aligned as in `load_word`. A plain store:
+        // the bytes are the producer's own until the Release store of
+        // `write` publishes them (SYNC POINT "write"), and on wasm an
+        // atomic store would be a sequentially consistent `xchg`.
+        unsafe { core::ptr::write(self.data.add(off as usize) as *mut u32, value.to_le()) };
     }
 
     /// Pointer to data offset `off`.
