@@ -289,6 +289,41 @@ fn batches(plan: BenchPlan, mut op: impl FnMut()) -> Vec<f64> {
         .collect()
 }
 
+/// Times one payload hand-off per sample; `op` returns the sum the guest
+/// computed, checked against `want`. Stops at the first failure.
+fn payload_samples(
+    plan: BenchPlan,
+    sandbox: &str,
+    want: u64,
+    mut op: impl FnMut() -> Result<u64, SandboxError>,
+) -> Result<Vec<f64>, SandboxError> {
+    let mut failure = None;
+    let per_batch = BenchPlan {
+        batches: plan.payloads,
+        batch: 1,
+        ..plan
+    };
+    let r = batches(per_batch, || {
+        if failure.is_some() {
+            return;
+        }
+        match op() {
+            Ok(sum) if sum == want => {}
+            Ok(sum) => {
+                failure = Some(SandboxError::Trap {
+                    sandbox: sandbox.into(),
+                    message: format!("checksum {sum:x}, want {want:x}"),
+                })
+            }
+            Err(e) => failure = Some(e),
+        }
+    });
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(r),
+    }
+}
+
 fn cacheline_rtt(plan: BenchPlan) -> Vec<f64> {
     let ball = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -538,44 +573,21 @@ fn slot_handoff(
     let data = payload(len);
     let want = sum64(&data);
     let mut filled = false;
-    let mut failure = None;
-    let per_batch = BenchPlan {
-        batches: plan.payloads,
-        batch: 1,
-        ..plan
-    };
-    let r = batches(per_batch, || {
-        if failure.is_some() {
-            return;
-        }
+    let r = payload_samples(plan, "bench-checksum", want, || {
         // The producer writes its data in place once: the slot that comes
         // back from the free list is the same one, its bytes untouched (the
         // guest's checksum of every hand-off proves it).
-        let sent = sb.sender().send_with(len, |buf| {
+        sb.sender().send_with(len, |buf| {
             if !filled {
                 buf.copy_from_slice(&data);
                 filled = true;
             }
-        });
-        let got = sent.and_then(|()| {
-            sb.receiver()
-                .recv()
-                .map(|m| u64::from_le_bytes(m.as_bytes().try_into().unwrap_or([0; 8])))
-        });
-        match got {
-            Ok(sum) if sum == want => {}
-            Ok(sum) => {
-                failure = Some(SandboxError::Trap {
-                    sandbox: "bench-checksum".into(),
-                    message: format!("checksum {sum:x}, want {want:x}"),
-                })
-            }
-            Err(e) => failure = Some(e),
-        }
-    });
-    if let Some(e) = failure {
-        return Err(e);
-    }
+        })?;
+        let reply = sb.receiver().recv()?;
+        Ok(u64::from_le_bytes(
+            reply.as_bytes().try_into().unwrap_or([0; 8]),
+        ))
+    })?;
     finish(sb)?;
     Ok(r)
 }
@@ -621,33 +633,11 @@ fn copy_call(guest: &[u8], plan: BenchPlan, len: usize) -> Result<Vec<f64>, Sand
     let ptr = buffer.call(&mut store, ()).map_err(err)?;
     let data = payload(len);
     let want = sum64(&data);
-    let mut failure = None;
-    let per_batch = BenchPlan {
-        batches: plan.payloads,
-        batch: 1,
-        ..plan
-    };
-    let r = batches(per_batch, || {
-        if failure.is_some() {
-            return;
-        }
-        let got = memory
+    payload_samples(plan, "copy-call", want, || {
+        memory
             .write(&mut store, ptr as usize, &data)
             .map_err(|e| wasmtime::Error::msg(e.to_string()))
-            .and_then(|()| checksum.call(&mut store, (ptr, len as u32)));
-        match got {
-            Ok(sum) if sum == want => {}
-            Ok(sum) => {
-                failure = Some(SandboxError::Trap {
-                    sandbox: "copy-call".into(),
-                    message: format!("checksum {sum:x}, want {want:x}"),
-                })
-            }
-            Err(e) => failure = Some(err(e)),
-        }
-    });
-    match failure {
-        Some(e) => Err(e),
-        None => Ok(r),
-    }
+            .and_then(|()| checksum.call(&mut store, (ptr, len as u32)))
+            .map_err(err)
+    })
 }
