@@ -14,7 +14,9 @@
 //! Run: `shmrt bench` (it builds this crate with `shmrt build`).
 #![no_std]
 
-use core::arch::wasm32::{i64x2_add, i64x2_extract_lane, i64x2_splat, v128, v128_load};
+use core::arch::wasm32::{
+    i8x16_shuffle, i64x2_add, i64x2_extract_lane, i64x2_splat, v128, v128_load,
+};
 use shmrt_guest::{Channel, Inbox, Outbox};
 
 const BUFFER: usize = (1 << 20) + 64;
@@ -37,30 +39,115 @@ pub extern "C" fn bench_checksum(ptr: *const u8, len: usize) -> u64 {
 /// `shmrt_primitives::checksum::sum64`, with SIMD128: a word sum does not
 /// depend on the order of the additions, so the lanes give the same value.
 fn sum64(bytes: &[u8]) -> u64 {
-    // SAFETY: wasmtime supports SIMD128 (on by default).
-    unsafe { sum64_simd(bytes) }
+    // wasmtime supports SIMD128 (on by default); on wasm, a missing
+    // feature fails validation, so the call needs no `unsafe`.
+    sum64_simd(bytes)
 }
+
+/// Bytes per loop iteration. The loop is written for wasmtime's epoch
+/// checks: each loop header may call into the runtime, so Cranelift keeps
+/// every value that lives across iterations on the stack (all vector
+/// registers are caller-saved). A large body makes those reloads rare, and
+/// each chain of adds is summed before it meets its accumulator.
+const BLOCK: usize = 512;
+/// Independent add chains per block.
+const CHAINS: usize = 4;
+const PER_CHAIN: usize = BLOCK / 16 / CHAINS;
 
 #[target_feature(enable = "simd128")]
 fn sum64_simd(bytes: &[u8]) -> u64 {
-    let mut acc = [i64x2_splat(0); 4];
-    let mut chunks = bytes.chunks_exact(64);
-    for c in &mut chunks {
-        for (i, a) in acc.iter_mut().enumerate() {
-            // SAFETY: 16 bytes at offset 16 * i of a 64-byte chunk;
-            // `v128_load` has no alignment requirement.
-            let v = unsafe { v128_load(c.as_ptr().add(16 * i) as *const v128) };
-            *a = i64x2_add(*a, v);
-        }
+    // A slot payload follows its 4-byte length prefix, so it starts 4 bytes
+    // past a 64-byte boundary, and a quarter of its 16-byte loads would
+    // cross a cache line. Those payloads are read as aligned vectors and
+    // re-joined; the first 16 bytes go to the tail loop, so that the first
+    // aligned load starts inside the payload.
+    let (blocks_sum, from, to) = if bytes.as_ptr() as usize % 16 == 4 {
+        sum_blocks(bytes, 16, 4, 16, |aligned, offset| {
+            // SAFETY: the 16 bytes wanted start 4 bytes past
+            // `aligned + offset`, 16 or more bytes into `bytes` and 32 or
+            // more before its end: both aligned loads stay inside.
+            unsafe {
+                let lo = v128_load(aligned.add(offset) as *const v128);
+                let hi = v128_load(aligned.add(offset + 16) as *const v128);
+                i8x16_shuffle::<4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19>(lo, hi)
+            }
+        })
+    } else {
+        // SAFETY: 16 bytes at `block + offset`, inside `bytes`;
+        // `v128_load` has no alignment requirement.
+        sum_blocks(bytes, 0, 0, 0, |block, offset| unsafe {
+            v128_load(block.add(offset) as *const v128)
+        })
+    };
+    blocks_sum
+        .wrapping_add(sum_tail(&bytes[..from]))
+        .wrapping_add(sum_tail(&bytes[to..]))
+}
+
+/// Sums the words of whole blocks of `bytes[skip..]` that end `slack`
+/// bytes or more before the end, with `load(p, offset)` giving the 16
+/// bytes at `offset` into a block, given `p`, `lead` bytes before the
+/// block. Returns the sum and the range of `bytes` it covers.
+#[target_feature(enable = "simd128")]
+#[inline]
+fn sum_blocks(
+    bytes: &[u8],
+    skip: usize,
+    lead: usize,
+    slack: usize,
+    load: impl Fn(*const u8, usize) -> v128,
+) -> (u64, usize, usize) {
+    let blocks = bytes.len().saturating_sub(skip + slack) / BLOCK;
+    if blocks == 0 {
+        return (0, 0, 0);
     }
-    let v = i64x2_add(i64x2_add(acc[0], acc[1]), i64x2_add(acc[2], acc[3]));
-    let mut total = (i64x2_extract_lane::<0>(v) as u64).wrapping_add(i64x2_extract_lane::<1>(v) as u64);
-    for w in chunks.remainder().chunks(8) {
+    let mut acc = [i64x2_splat(0); CHAINS];
+    for b in 0..blocks {
+        // SAFETY: block `b` ends at `skip + (b + 1) * BLOCK`, `slack` or
+        // more bytes before the end of `bytes`.
+        let block = unsafe { bytes.as_ptr().add(skip - lead + b * BLOCK) };
+        // Written out, not looped: a loop would get its own epoch check.
+        acc[0] = i64x2_add(acc[0], chain::<0>(block, &load));
+        acc[1] = i64x2_add(acc[1], chain::<1>(block, &load));
+        acc[2] = i64x2_add(acc[2], chain::<2>(block, &load));
+        acc[3] = i64x2_add(acc[3], chain::<3>(block, &load));
+    }
+    let v = acc.iter().fold(i64x2_splat(0), |v, a| i64x2_add(v, *a));
+    let sum = (i64x2_extract_lane::<0>(v) as u64).wrapping_add(i64x2_extract_lane::<1>(v) as u64);
+    (sum, skip, skip + blocks * BLOCK)
+}
+
+/// The word sum of a short run (whole vectors, then words).
+#[target_feature(enable = "simd128")]
+fn sum_tail(bytes: &[u8]) -> u64 {
+    let mut vectors = bytes.chunks_exact(16);
+    let mut v = i64x2_splat(0);
+    for c in &mut vectors {
+        // SAFETY: 16 bytes; no alignment requirement.
+        v = i64x2_add(v, unsafe { v128_load(c.as_ptr() as *const v128) });
+    }
+    let mut total =
+        (i64x2_extract_lane::<0>(v) as u64).wrapping_add(i64x2_extract_lane::<1>(v) as u64);
+    for w in vectors.remainder().chunks(8) {
         let mut word = [0u8; 8];
         word[..w.len()].copy_from_slice(w);
         total = total.wrapping_add(u64::from_le_bytes(word));
     }
     total
+}
+
+/// The sum of chain `C` of a block, opaque to the optimizer, so that it
+/// cannot fold the accumulator into the chain (which would make the whole
+/// chain wait for the previous block).
+#[target_feature(enable = "simd128")]
+#[inline]
+fn chain<const C: usize>(block: *const u8, load: &impl Fn(*const u8, usize) -> v128) -> v128 {
+    let first = C * PER_CHAIN;
+    let mut sum = load(block, 16 * first);
+    for i in first + 1..first + PER_CHAIN {
+        sum = i64x2_add(sum, load(block, 16 * i));
+    }
+    core::hint::black_box(sum)
 }
 
 fn echo(inbox: &mut Inbox, outbox: &mut Outbox) -> i32 {
@@ -132,7 +219,11 @@ fn run(mut channel: Channel) -> i32 {
                     core::hint::spin_loop();
                 }
             }
-            if outbox.send(&count.to_le_bytes()).is_err() { 1 } else { 0 }
+            if outbox.send(&count.to_le_bytes()).is_err() {
+                1
+            } else {
+                0
+            }
         }
         b"checksum" => {
             inbox.set_spin(u32::MAX);
