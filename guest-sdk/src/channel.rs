@@ -221,11 +221,17 @@ impl Channel {
     ///     outbox.send(&total.to_le_bytes()).map_or(1, |()| 0)
     /// }
     /// ```
+    ///
+    /// Nothing is sent during the loop, so the ring room of read messages
+    /// is given back lazily (when the ring runs dry, or a quarter of it is
+    /// read): in wasm each give-back is an atomic exchange.
     pub fn for_each(&mut self, mut each: impl FnMut(&Message<'_>)) -> &mut Outbox {
         let (inbox, outbox) = self.split();
+        inbox.rx.set_lazy_release(true);
         while let Some(msg) = inbox.recv() {
             each(&msg);
         }
+        inbox.rx.set_lazy_release(false);
         outbox
     }
 }
@@ -240,6 +246,21 @@ impl Inbox {
     /// Whether the host has said goodbye (it sends nothing more).
     pub fn host_goodbye(&self) -> bool {
         self.segment.header().host_goodbye()
+    }
+
+    /// Gives back the ring room of read messages lazily (`true`: when the
+    /// ring runs dry, when a quarter of it is read, or at
+    /// [`Self::publish`]) or at once (`false`, the default). In wasm each
+    /// give-back is an atomic exchange, so a pure consumer gains from lazy
+    /// mode; a plugin that sends while it reads must [`Self::publish`]
+    /// before a send that may wait, since the host may wait for this room.
+    pub fn set_lazy_release(&mut self, lazy: bool) {
+        self.rx.set_lazy_release(lazy);
+    }
+
+    /// Gives back the ring room of every message read so far.
+    pub fn publish(&mut self) {
+        self.rx.publish();
     }
 
     /// The next message if one is there.

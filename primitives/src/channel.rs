@@ -168,6 +168,7 @@ pub struct Reservation<'a> {
 
 impl Reservation<'_> {
     /// The `len` payload bytes to fill, in the ring or in the slot.
+    #[inline]
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         match &self.slot {
             None => {
@@ -264,6 +265,19 @@ impl Receiver {
             pool,
             deferred: None,
         }
+    }
+
+    /// Lazy (`true`) or immediate (`false`, the default) publication of
+    /// released ring bytes: see [`Consumer::set_lazy_release`]. A lazy
+    /// receiver must [`Self::publish`] before waiting on anything but this
+    /// ring.
+    pub fn set_lazy_release(&mut self, lazy: bool) {
+        self.consumer.set_lazy_release(lazy);
+    }
+
+    /// Publishes released ring bytes to the sender.
+    pub fn publish(&mut self) {
+        self.consumer.publish();
     }
 
     /// The next message, or `None` when the ring is empty.

@@ -33,6 +33,12 @@
 //!   cache says full (producer) or empty (consumer). A stale `read` is
 //!   always conservative for the producer, a stale `write` for the
 //!   consumer, so the cache is safe and cuts cache-line traffic.
+//! * A consumer may publish `read` lazily ([`Consumer::set_lazy_release`]):
+//!   when it has read everything its cached `write` showed (before it
+//!   reloads `write`), when a quarter of the ring is unpublished, when it
+//!   wraps, or when asked ([`Consumer::publish`]). A late `read` only makes
+//!   the producer see less room for a while; in wasm each publication is
+//!   an atomic exchange that drains the store buffer.
 //! * Every loaded peer value is checked against our own capacity: a bad
 //!   value is a [`ProtocolError`], never an out-of-bounds access.
 
@@ -399,6 +405,11 @@ pub struct Readable {
 pub struct Consumer {
     ring: RingRef,
     read: u32,
+    /// The last `read` stored in the header.
+    published: u32,
+    /// Whether releases wait for [`Consumer::publish`] (see the module
+    /// documentation).
+    lazy: bool,
     cached_write: u32,
     /// The producer's watermark while we drain the tail; 0 = none.
     wrap_end: u32,
@@ -432,6 +443,8 @@ impl Consumer {
         Ok(Consumer {
             ring,
             read,
+            published: read,
+            lazy: false,
             cached_write: read,
             wrap_end: 0,
         })
@@ -451,8 +464,31 @@ impl Consumer {
         self.ring.header().read.store(0, Ordering::Release);
         self.ring.header().watermark.store(0, Ordering::Release);
         self.read = 0;
+        self.published = 0;
         self.wrap_end = 0;
         self.cached_write = 0;
+    }
+
+    /// Stores `read` in the header if released bytes are unpublished, so
+    /// that the producer sees the room. Called before reloading `write`.
+    /// A lazy consumer must call it before it waits on anything else (its
+    /// own sends, say): the peer may be waiting for this room.
+    #[inline]
+    pub fn publish(&mut self) {
+        if self.read != self.published {
+            // Release: we are done with these bytes (SYNC POINT "read").
+            self.ring.header().read.store(self.read, Ordering::Release);
+            self.published = self.read;
+        }
+    }
+
+    /// Makes releases lazy (`true`) or immediate (`false`, the default,
+    /// which publishes what is pending).
+    pub fn set_lazy_release(&mut self, lazy: bool) {
+        self.lazy = lazy;
+        if !lazy {
+            self.publish();
+        }
     }
 
     /// The contiguous readable bytes, or `None` when the ring is empty.
@@ -477,9 +513,11 @@ impl Consumer {
                     len: self.cached_write - self.read,
                 }));
             }
-            // The cache says empty: reload. `write` first, with Acquire
+            // The cache says empty: give the producer its room, then
+            // reload. `write` first, with Acquire
             // (SYNC POINT "write" and "wrap"): if it shows the wrap, the
             // watermark load below sees the watermark.
+            self.publish();
             let cap = self.ring.capacity;
             let write = self.ring.header().write.load(Ordering::Acquire);
             let watermark = self.ring.header().watermark.load(Ordering::Acquire);
@@ -522,7 +560,8 @@ impl Consumer {
     }
 
     /// Releases `len` bytes at the front of what [`Self::readable`]
-    /// returned.
+    /// returned. A lazy consumer publishes them later (see
+    /// [`Self::publish`]).
     #[inline]
     pub fn release(&mut self, len: u32) {
         let end = if self.wrap_end != 0 {
@@ -534,9 +573,8 @@ impl Consumer {
         self.read += len;
         if self.wrap_end != 0 && self.read == self.wrap_end {
             self.wrap_to_front();
-        } else {
-            // Release: we are done with these bytes (SYNC POINT "read").
-            self.ring.header().read.store(self.read, Ordering::Release);
+        } else if !self.lazy || self.read - self.published >= self.ring.capacity / 4 {
+            self.publish();
         }
     }
 
@@ -592,6 +630,68 @@ mod tests {
             }
             None => false,
         }
+    }
+
+    #[test]
+    fn lazy_release_publishes_when_caught_up_or_a_quarter_is_read() {
+        let mut t = TestRing::new(256);
+        let ring = t.ring();
+        let mut p = Producer::new(ring).unwrap();
+        let mut c = Consumer::new(ring).unwrap();
+        c.set_lazy_release(true);
+        for i in 0..6u8 {
+            assert!(push(&mut p, &[i; 16]));
+        }
+        // Three of six visible records read: nothing published yet.
+        for _ in 0..3 {
+            assert!(c.readable().unwrap().is_some());
+            c.release(16);
+        }
+        assert_eq!(ring.header().read.load(Ordering::Relaxed), 0);
+        // A quarter of the ring (64 bytes) read: published.
+        assert!(c.readable().unwrap().is_some());
+        c.release(16);
+        assert_eq!(ring.header().read.load(Ordering::Relaxed), 64);
+        c.release(16);
+        c.release(16);
+        assert_eq!(ring.header().read.load(Ordering::Relaxed), 64);
+        // Looking for more finds the cache drained: published before the
+        // reload, so a producer waiting for room sees it.
+        assert!(c.readable().unwrap().is_none());
+        assert_eq!(ring.header().read.load(Ordering::Relaxed), 96);
+        // Back to immediate: every release is published at once.
+        assert!(push(&mut p, &[9; 16]));
+        c.set_lazy_release(false);
+        assert!(c.readable().unwrap().is_some());
+        c.release(16);
+        assert_eq!(ring.header().read.load(Ordering::Relaxed), 112);
+    }
+
+    #[test]
+    fn lazy_release_still_fills_and_drains_a_ring_many_times() {
+        let mut t = TestRing::new(512);
+        let ring = t.ring();
+        let mut p = Producer::new(ring).unwrap();
+        let mut c = Consumer::new(ring).unwrap();
+        c.set_lazy_release(true);
+        let (mut sent, mut got) = (0u32, 0u32);
+        while got < 2000 {
+            // Fill until full, then drain everything visible.
+            while sent < 2000 && push(&mut p, &(sent as u64 * 3).to_le_bytes().repeat(3)) {
+                sent += 1;
+            }
+            while let Some(r) = c.readable().unwrap() {
+                let mut word = [0u8; 8];
+                // SAFETY: a 24-byte record starts at `r.offset`.
+                unsafe {
+                    core::ptr::copy_nonoverlapping(c.data_ptr(r.offset), word.as_mut_ptr(), 8)
+                };
+                assert_eq!(u64::from_le_bytes(word), got as u64 * 3, "record {got}");
+                c.release(24);
+                got += 1;
+            }
+        }
+        assert_eq!(sent, 2000);
     }
 
     #[test]

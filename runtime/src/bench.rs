@@ -29,6 +29,9 @@ pub struct BenchPlan {
     pub stream: usize,
     /// Payload hand-offs per size.
     pub payloads: usize,
+    /// Alternating phases of the native and the guest side of a pair of
+    /// workloads (see [`run`]).
+    pub phases: usize,
 }
 
 impl BenchPlan {
@@ -39,6 +42,7 @@ impl BenchPlan {
             batch: 20,
             stream: 300_000,
             payloads: 60,
+            phases: 6,
         }
     }
 
@@ -49,6 +53,7 @@ impl BenchPlan {
             batch: 50,
             stream: 3_000_000,
             payloads: 400,
+            phases: 20,
         }
     }
 }
@@ -222,13 +227,10 @@ pub fn run(
         "floor_cacheline_rtt",
         cacheline_rtt(plan),
     ));
-    step("rtt_native");
-    w.push(Workload::latency("rtt_native", native_rtt(plan)));
-    step("rtt_guest_spin");
-    w.push(Workload::latency(
-        "rtt_guest_spin",
-        guest_rtt(&runtime, guest, plan, "spin", SpinBudget(u32::MAX))?,
-    ));
+    step("rtt_native, rtt_guest_spin");
+    let (native, in_guest) = spin_rtt_pair(&runtime, guest, plan)?;
+    w.push(Workload::latency("rtt_native", native));
+    w.push(Workload::latency("rtt_guest_spin", in_guest));
     step("rtt_native_futex");
     w.push(Workload::latency("rtt_native_futex", futex_rtt(plan)));
     step("rtt_guest_parked");
@@ -236,14 +238,8 @@ pub fn run(
         "rtt_guest_parked",
         guest_rtt(&runtime, guest, plan, "park", SpinBudget(0))?,
     ));
-    // Streams are the noisiest on a small machine: alternate the two,
-    // five runs each, and keep the medians.
     step("stream_native, stream_guest");
-    let (mut native, mut in_guest) = (Vec::new(), Vec::new());
-    for _ in 0..5 {
-        native.push(native_stream(plan));
-        in_guest.push(guest_stream(&runtime, guest, plan)?);
-    }
+    let (native, in_guest) = stream_pair(&runtime, guest, plan)?;
     for (name, mut runs) in [("stream_native", native), ("stream_guest", in_guest)] {
         runs.sort_by(f64::total_cmp);
         w.push(Workload {
@@ -362,45 +358,6 @@ fn heap_segment() -> (HeapRegion, Segment) {
     (region, seg)
 }
 
-fn native_rtt(plan: BenchPlan) -> Vec<f64> {
-    let (_region, seg) = heap_segment();
-    let (mut tx, mut rx) = seg.host_channel(0).expect("fresh rings");
-    let (mut gtx, mut grx) = seg.guest_channel(0).expect("fresh rings");
-    let stop = Arc::new(AtomicBool::new(false));
-    let s = stop.clone();
-    let echo = std::thread::spawn(move || {
-        let mut buf = [0u8; 64];
-        while !s.load(Ordering::Relaxed) {
-            let got = match grx.try_recv() {
-                Ok(Some(m)) => {
-                    buf.copy_from_slice(m.as_bytes());
-                    true
-                }
-                _ => false,
-            };
-            if got {
-                while gtx.send(&buf) == Err(SendError::Full) {}
-            } else {
-                std::hint::spin_loop();
-            }
-        }
-    });
-    let msg = [7u8; 64];
-    let r = batches(plan, || {
-        tx.send(&msg).expect("room");
-        loop {
-            if let Ok(Some(m)) = rx.try_recv() {
-                assert_eq!(m.len(), 64);
-                break;
-            }
-            std::hint::spin_loop();
-        }
-    });
-    stop.store(true, Ordering::Relaxed);
-    echo.join().expect("echo thread");
-    r
-}
-
 fn futex_rtt(plan: BenchPlan) -> Vec<f64> {
     let words = Arc::new([AtomicU32::new(0), AtomicU32::new(0)]);
     let stop = Arc::new(AtomicBool::new(false));
@@ -503,60 +460,260 @@ fn explain(sb: Sandbox, e: SandboxError) -> SandboxError {
     }
 }
 
-fn native_stream(plan: BenchPlan) -> f64 {
+/// What a streaming producer does when the ring is full: wait a little
+/// before looking at the consumer's cursor again, so as not to pull its
+/// cache line away from the consumer with every look.
+fn back_off() {
+    for _ in 0..64 {
+        std::hint::spin_loop();
+    }
+}
+
+/// The native side of a pair: a thread echoing (or counting) on a heap
+/// segment, which rests between its phases so that it does not spin while
+/// the guest side is measured.
+struct NativePeer {
+    thread: std::thread::JoinHandle<()>,
+    go: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+}
+
+impl NativePeer {
+    /// Starts `body(rest, stopping)`: `rest()` parks until the next phase
+    /// and returns false when the pair is done; `stopping()` says whether
+    /// it is, for the body's polling loops.
+    fn start(body: impl FnOnce(&dyn Fn() -> bool, &dyn Fn() -> bool) + Send + 'static) -> Self {
+        let go = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (g, s) = (go.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let stopping = || s.load(Ordering::Relaxed);
+            let rest = || {
+                while !g.swap(false, Ordering::AcqRel) {
+                    if s.load(Ordering::Acquire) {
+                        return false;
+                    }
+                    std::thread::park();
+                }
+                !s.load(Ordering::Acquire)
+            };
+            if rest() {
+                body(&rest, &stopping);
+            }
+        });
+        NativePeer { thread, go, stop }
+    }
+
+    /// Lets the peer run its next phase.
+    fn wake(&self) {
+        self.go.store(true, Ordering::Release);
+        self.thread.thread().unpark();
+    }
+
+    fn finish(self) {
+        self.stop.store(true, Ordering::Release);
+        self.thread.thread().unpark();
+        self.thread.join().expect("native peer thread");
+    }
+}
+
+/// Round trips of 64-byte messages with both sides spinning: native
+/// thread to native thread, and host to guest, in alternating phases (the
+/// machine's speed drifts between phases on shared hardware; both sides
+/// see the same drift). An empty message ends a phase: the peer echoes it
+/// and parks until the next.
+fn spin_rtt_pair(
+    runtime: &Runtime,
+    guest: &[u8],
+    plan: BenchPlan,
+) -> Result<(Vec<f64>, Vec<f64>), SandboxError> {
     let (_region, seg) = heap_segment();
-    let (mut tx, _) = seg.host_channel(0).expect("fresh rings");
-    let (_, mut rx) = seg.guest_channel(0).expect("fresh rings");
-    let n = plan.stream;
-    let counter = std::thread::spawn(move || {
-        let mut count = 0;
-        while count < n {
-            match rx.try_recv() {
-                Ok(Some(_)) => count += 1,
-                _ => std::hint::spin_loop(),
+    let (mut tx, mut rx) = seg.host_channel(0).expect("fresh rings");
+    let (mut gtx, mut grx) = seg.guest_channel(0).expect("fresh rings");
+    let peer = NativePeer::start(move |rest, stopping| {
+        let mut buf = [0u8; 64];
+        while !stopping() {
+            let len = match grx.try_recv() {
+                Ok(Some(m)) => {
+                    let len = m.len().min(64);
+                    buf[..len].copy_from_slice(&m.as_bytes()[..len]);
+                    len
+                }
+                _ => {
+                    std::hint::spin_loop();
+                    continue;
+                }
+            };
+            while gtx.send(&buf[..len]) == Err(SendError::Full) {}
+            if len == 0 && !rest() {
+                return;
             }
         }
     });
-    let msg = [5u8; 64];
-    let t = Instant::now();
-    let mut sent = 0;
-    while sent < n {
-        match tx.send(&msg) {
-            Ok(()) => sent += 1,
-            Err(_) => std::hint::spin_loop(),
+    let mut sb = spawn_bench(runtime, guest, "spin", SpinBudget(u32::MAX))?;
+    let phase = BenchPlan {
+        batches: plan.batches.div_ceil(plan.phases),
+        ..plan
+    };
+    let msg = [7u8; 64];
+    let (mut native, mut in_guest) = (Vec::new(), Vec::new());
+    let mut failure = None;
+    for i in 0..plan.phases {
+        for guest_side in [i % 2 == 1, i % 2 == 0] {
+            if guest_side {
+                in_guest.extend(batches(phase, || {
+                    if failure.is_some() {
+                        return;
+                    }
+                    if let Err(e) = sb
+                        .sender()
+                        .send(&msg)
+                        .and_then(|()| sb.receiver().recv().map(|m| assert_eq!(m.len(), 64)))
+                    {
+                        failure = Some(e);
+                    }
+                }));
+                if failure.is_none()
+                    && let Err(e) = sb
+                        .sender()
+                        .send(&[])
+                        .and_then(|()| sb.receiver().recv().map(|m| assert!(m.is_empty())))
+                {
+                    failure = Some(e);
+                }
+                if let Some(e) = failure.take() {
+                    peer.finish();
+                    return Err(explain(sb, e));
+                }
+            } else {
+                peer.wake();
+                let mut round_trip = |m: &[u8]| {
+                    tx.send(m).expect("room");
+                    loop {
+                        if let Ok(Some(r)) = rx.try_recv() {
+                            assert_eq!(r.len(), m.len());
+                            break;
+                        }
+                        std::hint::spin_loop();
+                    }
+                };
+                native.extend(batches(phase, || round_trip(&msg)));
+                round_trip(&[]);
+            }
         }
     }
-    counter.join().expect("counter thread");
-    n as f64 / t.elapsed().as_secs_f64()
+    peer.finish();
+    finish(sb)?;
+    Ok((native, in_guest))
 }
 
-fn guest_stream(runtime: &Runtime, guest: &[u8], plan: BenchPlan) -> Result<f64, SandboxError> {
+/// Streams of 64-byte messages one way, native to native and host to
+/// guest, in alternating phases of `plan.stream / plan.phases` messages;
+/// msg/s per phase. The consumer counts; a 1-byte message starts a phase
+/// and an empty one ends it (the consumer answers both with its count and
+/// parks after the end).
+fn stream_pair(
+    runtime: &Runtime,
+    guest: &[u8],
+    plan: BenchPlan,
+) -> Result<(Vec<f64>, Vec<f64>), SandboxError> {
+    let (_region, seg) = heap_segment();
+    let (mut tx, mut rx) = seg.host_channel(0).expect("fresh rings");
+    let (mut gtx, mut grx) = seg.guest_channel(0).expect("fresh rings");
+    let peer = NativePeer::start(move |rest, stopping| {
+        // A pure consumer, as the guest's is.
+        grx.set_lazy_release(true);
+        let mut count = 0u64;
+        while !stopping() {
+            let len = match grx.try_recv() {
+                Ok(Some(m)) => m.len(),
+                _ => {
+                    std::hint::spin_loop();
+                    continue;
+                }
+            };
+            if len > 1 {
+                count += len as u64 / 64;
+                continue;
+            }
+            grx.publish();
+            while gtx.send(&count.to_le_bytes()) == Err(SendError::Full) {}
+            if len == 0 && !rest() {
+                return;
+            }
+        }
+    });
     let mut sb = spawn_bench(runtime, guest, "stream", SpinBudget(u32::MAX))?;
+    let per_phase = plan.stream.div_ceil(plan.phases);
     let msg = [5u8; 64];
-    let t = Instant::now();
-    let mut sent = 0;
-    while sent < plan.stream {
-        if sb.sender().try_send_no_notify(&msg)? {
-            sent += 1;
-        } else {
-            sb.sender().notify();
-            std::hint::spin_loop();
+    let (mut native, mut in_guest) = (Vec::new(), Vec::new());
+    let count_of = |m: &[u8]| u64::from_le_bytes(m.try_into().unwrap_or([0; 8]));
+    for i in 0..plan.phases {
+        let want = ((i + 1) * per_phase) as u64;
+        for guest_side in [i % 2 == 1, i % 2 == 0] {
+            if guest_side {
+                let r: Result<f64, SandboxError> = (|| {
+                    sb.sender().send(&[1])?;
+                    sb.receiver().recv()?;
+                    let t = Instant::now();
+                    let mut sent = 0;
+                    while sent < per_phase {
+                        if sb.sender().try_send_no_notify(&msg)? {
+                            sent += 1;
+                        } else {
+                            sb.sender().notify();
+                            back_off();
+                        }
+                    }
+                    sb.sender().send(&[])?;
+                    let count = count_of(sb.receiver().recv()?.as_bytes());
+                    let rate = per_phase as f64 / t.elapsed().as_secs_f64();
+                    if count != want {
+                        return Err(SandboxError::Trap {
+                            sandbox: "bench-stream".into(),
+                            message: format!("counted {count} of {want}"),
+                        });
+                    }
+                    Ok(rate)
+                })();
+                match r {
+                    Ok(rate) => in_guest.push(rate),
+                    Err(e) => {
+                        peer.finish();
+                        return Err(explain(sb, e));
+                    }
+                }
+            } else {
+                peer.wake();
+                let mut mark = |tx: &mut shmrt_primitives::Sender, m: &[u8]| {
+                    tx.send(m).expect("room");
+                    loop {
+                        if let Ok(Some(r)) = rx.try_recv() {
+                            break count_of(r.as_bytes());
+                        }
+                        std::hint::spin_loop();
+                    }
+                };
+                mark(&mut tx, &[1]);
+                let t = Instant::now();
+                let mut sent = 0;
+                while sent < per_phase {
+                    match tx.send(&msg) {
+                        Ok(()) => sent += 1,
+                        Err(_) => back_off(),
+                    }
+                }
+                let count = mark(&mut tx, &[]);
+                native.push(per_phase as f64 / t.elapsed().as_secs_f64());
+                assert_eq!(count, want, "the native consumer's count");
+            }
         }
     }
+    peer.finish();
     sb.sender().goodbye();
-    let count = {
-        let m = sb.receiver().recv()?;
-        u64::from_le_bytes(m.as_bytes().try_into().unwrap_or([0; 8]))
-    };
-    let rate = plan.stream as f64 / t.elapsed().as_secs_f64();
-    if count != plan.stream as u64 {
-        return Err(SandboxError::Trap {
-            sandbox: "bench-stream".into(),
-            message: format!("counted {count} of {}", plan.stream),
-        });
-    }
+    while sb.receiver().recv().is_ok() {}
     sb.join()?;
-    Ok(rate)
+    Ok((native, in_guest))
 }
 
 fn payload(len: usize) -> Vec<u8> {

@@ -1008,12 +1008,25 @@ fn reserve_now<'a>(
     match tx.reserve(len) {
         Ok(r) => Ok(Some(r)),
         Err(SendError::Full | SendError::Exhausted) => Ok(None),
-        Err(SendError::TooLarge { len, max }) => Err(SandboxError::TooLarge {
+        Err(e) => Err(send_error(shared, e)),
+    }
+}
+
+/// A send that can not succeed by waiting.
+#[cold]
+fn send_error(shared: &SandboxShared, e: SendError) -> SandboxError {
+    match e {
+        SendError::TooLarge { len, max } => SandboxError::TooLarge {
             sandbox: shared.name.clone(),
             len,
             max,
-        }),
-        Err(SendError::Protocol(e)) => Err(protocol(shared, e)),
+        },
+        SendError::Protocol(e) => protocol(shared, e),
+        SendError::Full | SendError::Exhausted => SandboxError::WouldBlock {
+            sandbox: shared.name.clone(),
+            what: "send",
+            after: Duration::ZERO,
+        },
     }
 }
 
@@ -1101,15 +1114,12 @@ impl HostSender {
 
     /// Sends `payload` if there is room now, without telling a parked
     /// guest: for batches, followed by [`Self::notify`].
+    #[inline]
     pub fn try_send_no_notify(&mut self, payload: &[u8]) -> Result<bool, SandboxError> {
-        let Self { tx, shared } = self;
-        match reserve_now(tx, shared, payload.len())? {
-            Some(mut r) => {
-                r.as_mut_slice().copy_from_slice(payload);
-                r.commit();
-                Ok(true)
-            }
-            None => Ok(false),
+        match self.tx.send(payload) {
+            Ok(()) => Ok(true),
+            Err(SendError::Full | SendError::Exhausted) => Ok(false),
+            Err(e) => Err(send_error(&self.shared, e)),
         }
     }
 

@@ -1,9 +1,12 @@
 //! The guest of `shmrt bench`. Its first message picks the workload:
 //!
-//! - `spin`: echo every message, spinning on the ring (never parks);
+//! - `spin`: echo every message, spinning on the ring; after echoing an
+//!   empty message, park until the next one;
 //! - `park`: echo every message, parking in `wait` as soon as the ring is
 //!   empty;
-//! - `stream`: count messages until goodbye, then send the count (u64 LE);
+//! - `stream`: count 64-byte messages; answer an empty message with the
+//!   count (u64 LE) and park, a 1-byte message with the count and spin;
+//!   at goodbye, send the count;
 //! - `checksum`: answer every message with the sum of its payload's u64
 //!   words (u64 LE), read in place with SIMD128, spinning between messages.
 //!
@@ -171,53 +174,64 @@ fn run(mut channel: Channel) -> i32 {
         None => return 2,
     };
     match &mode[..n] {
-        b"spin" => {
+        b"spin" => loop {
             // Poll the ring directly, as the native echo thread does.
-            loop {
-                let got = match inbox.try_recv() {
-                    Ok(Some(msg)) => {
-                        if outbox.send(msg.as_bytes()).is_err() {
-                            return 1;
-                        }
-                        true
+            let rest = match inbox.try_recv() {
+                Ok(Some(msg)) => {
+                    if outbox.send(msg.as_bytes()).is_err() {
+                        return 1;
                     }
-                    Ok(None) => false,
-                    Err(_) => return 1,
-                };
-                if !got {
-                    if inbox.host_goodbye() {
-                        return 0;
-                    }
-                    core::hint::spin_loop();
+                    Some(msg.is_empty())
+                }
+                Ok(None) => None,
+                Err(_) => return 1,
+            };
+            let Some(rest) = rest else {
+                if inbox.host_goodbye() {
+                    return 0;
+                }
+                core::hint::spin_loop();
+                continue;
+            };
+            if rest {
+                // An empty message ends a measured phase: park until the
+                // next one, so as not to spin while the host measures
+                // something else.
+                inbox.set_spin(0);
+                match inbox.recv() {
+                    Some(msg) if outbox.send(msg.as_bytes()).is_ok() => {}
+                    Some(_) => return 1,
+                    None => return 0,
                 }
             }
-        }
+        },
         b"park" => {
             inbox.set_spin(0);
             echo(inbox, outbox)
         }
         b"stream" => {
-            // Poll the ring directly, as the native counting thread does.
+            // A pure consumer gives ring room back lazily. An empty message
+            // ends a phase: answer the count so far, then park; a 1-byte
+            // message starts one: answer the count, then spin.
+            inbox.set_lazy_release(true);
             let mut count = 0u64;
-            let mut goodbye = false;
             loop {
-                let got = match inbox.try_recv() {
-                    Ok(Some(msg)) => {
-                        count += msg.len() as u64 / 64;
-                        true
-                    }
-                    Ok(None) => false,
-                    Err(_) => return 1,
+                let spin = match inbox.recv() {
+                    None => break,
+                    Some(msg) => match msg.len() {
+                        0 => 0,
+                        1 => u32::MAX,
+                        len => {
+                            count += len as u64 / 64;
+                            continue;
+                        }
+                    },
                 };
-                if !got {
-                    // Messages sent before the goodbye are visible once it
-                    // is: one more empty look after seeing it ends the run.
-                    if goodbye {
-                        break;
-                    }
-                    goodbye = inbox.host_goodbye();
-                    core::hint::spin_loop();
+                inbox.publish();
+                if outbox.send(&count.to_le_bytes()).is_err() {
+                    return 1;
                 }
+                inbox.set_spin(spin);
             }
             if outbox.send(&count.to_le_bytes()).is_err() {
                 1
