@@ -228,8 +228,10 @@ impl Channel {
     pub fn for_each(&mut self, mut each: impl FnMut(&Message<'_>)) -> &mut Outbox {
         let (inbox, outbox) = self.split();
         inbox.rx.set_lazy_release(true);
-        while let Some(msg) = inbox.recv() {
-            each(&msg);
+        while inbox.wait() {
+            while let Some(msg) = inbox.try_recv().unwrap_or_else(|e| protocol_panic(e)) {
+                each(&msg);
+            }
         }
         inbox.rx.set_lazy_release(false);
         outbox
@@ -264,6 +266,7 @@ impl Inbox {
     }
 
     /// The next message if one is there.
+    #[inline(always)]
     pub fn try_recv(&mut self) -> Result<Option<Message<'_>>, ProtocolError> {
         Ok(self.rx.try_recv()?.map(|inner| Message { inner }))
     }
@@ -276,10 +279,27 @@ impl Inbox {
     ///
     /// If the host breaks the protocol (the shmrt host never does).
     pub fn recv(&mut self) -> Option<Message<'_>> {
+        if !self.wait() {
+            return None;
+        }
+        self.try_recv().unwrap_or_else(|e| protocol_panic(e))
+    }
+
+    /// Waits until a message is there (`true`), spinning briefly, then
+    /// parking until the host rings; `false` once the host has said goodbye
+    /// and everything it sent has been read. To take every message that is
+    /// there at once, follow it with [`Self::try_recv`] in a loop (what
+    /// [`Channel::for_each`] does): the loop inlines, a call per message
+    /// does not.
+    ///
+    /// # Panics
+    ///
+    /// If the host breaks the protocol (the shmrt host never does).
+    pub fn wait(&mut self) -> bool {
         let mut spins = 0;
         loop {
             if !self.rx.is_empty().unwrap_or_else(|e| protocol_panic(e)) {
-                break;
+                return true;
             }
             if spins == 0 {
                 // Out of messages: the ring space and slots we released may
@@ -293,10 +313,7 @@ impl Inbox {
             }
             if self.host_goodbye() {
                 // Messages sent before the goodbye are visible now.
-                if self.rx.is_empty().unwrap_or_else(|e| protocol_panic(e)) {
-                    return None;
-                }
-                break;
+                return !self.rx.is_empty().unwrap_or_else(|e| protocol_panic(e));
             }
             if spins < self.spin {
                 spins += 1;
@@ -306,18 +323,19 @@ impl Inbox {
                 host::wait(-1);
             }
         }
-        self.try_recv().unwrap_or_else(|e| protocol_panic(e))
     }
 }
 
 impl Outbox {
     /// Sends a copy of `payload`, waiting for room.
+    #[inline(always)]
     pub fn send(&mut self, payload: &[u8]) -> Result<(), SendError> {
         self.send_with(payload.len(), |b| b.copy_from_slice(payload))
     }
 
     /// Sends `len` bytes written in place by `fill`, inline or in a slot
     /// by size, waiting for room.
+    #[inline(always)]
     pub fn send_with(&mut self, len: usize, fill: impl FnOnce(&mut [u8])) -> Result<(), SendError> {
         let mut spins = 0;
         loop {

@@ -87,7 +87,7 @@ impl Sender {
     }
 
     /// Sends a copy of `payload`.
-    #[inline]
+    #[inline(always)]
     pub fn send(&mut self, payload: &[u8]) -> Result<(), SendError> {
         self.send_with(payload.len(), |buf| buf.copy_from_slice(payload))
     }
@@ -95,7 +95,7 @@ impl Sender {
     /// Sends `len` bytes written in place by `fill`, inline or in a slot:
     /// `fill` gets exactly `len` bytes of ring or slot memory. Not called
     /// when the message can not be sent now.
-    #[inline]
+    #[inline(always)]
     pub fn send_with(&mut self, len: usize, fill: impl FnOnce(&mut [u8])) -> Result<(), SendError> {
         let mut r = self.reserve(len)?;
         fill(r.as_mut_slice());
@@ -106,7 +106,7 @@ impl Sender {
     /// Reserves room for a message of `len` bytes: ring bytes, and a slot
     /// when it does not go inline. Fill it, then commit; dropping it
     /// uncommitted gives everything back.
-    #[inline]
+    #[inline(always)]
     pub fn reserve(&mut self, len: usize) -> Result<Reservation<'_>, SendError> {
         if len <= self.max_inline as usize {
             let total = frame::inline_frame_len(len as u32);
@@ -168,7 +168,7 @@ pub struct Reservation<'a> {
 
 impl Reservation<'_> {
     /// The `len` payload bytes to fill, in the ring or in the slot.
-    #[inline]
+    #[inline(always)]
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         match &self.slot {
             None => {
@@ -191,7 +191,7 @@ impl Reservation<'_> {
     }
 
     /// Publishes the message.
-    #[inline]
+    #[inline(always)]
     pub fn commit(mut self) {
         let mut grant = self.grant.take().expect("present until commit");
         match self.slot.take() {
@@ -221,7 +221,7 @@ impl Reservation<'_> {
 }
 
 impl Drop for Reservation<'_> {
-    #[inline]
+    #[inline(always)]
     fn drop(&mut self) {
         if let Some(slot) = self.slot.take() {
             // Ours and never sent: freeing it can not fail unless the peer
@@ -281,7 +281,7 @@ impl Receiver {
     }
 
     /// The next message, or `None` when the ring is empty.
-    #[inline]
+    #[inline(always)]
     pub fn try_recv(&mut self) -> Result<Option<Message<'_>>, ProtocolError> {
         if let Some(e) = self.deferred.take() {
             return Err(e);
@@ -320,7 +320,7 @@ impl Receiver {
     }
 
     /// Whether nothing is waiting (reloads the sender's cursor).
-    #[inline]
+    #[inline(always)]
     pub fn is_empty(&mut self) -> Result<bool, ProtocolError> {
         self.consumer.is_empty()
     }
@@ -328,19 +328,19 @@ impl Receiver {
 
 impl Message<'_> {
     /// Payload length.
-    #[inline]
+    #[inline(always)]
     pub fn len(&self) -> usize {
         self.len as usize
     }
 
     /// Whether the payload is empty.
-    #[inline]
+    #[inline(always)]
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// Where the bytes are.
-    #[inline]
+    #[inline(always)]
     pub fn location(&self) -> Location {
         self.location
     }
@@ -348,7 +348,7 @@ impl Message<'_> {
     /// The payload, in place in shared memory. Its bounds were checked;
     /// its contents are whatever the sender wrote, and a sender that breaks
     /// the protocol may still be changing them, so parse it once.
-    #[inline]
+    #[inline(always)]
     pub fn as_bytes(&self) -> &[u8] {
         // SAFETY: `ptr..ptr+len` was bounds-checked against the ring or the
         // slot when the message was parsed, and stays reserved for us
@@ -363,7 +363,7 @@ impl Message<'_> {
 }
 
 impl Drop for Message<'_> {
-    #[inline]
+    #[inline(always)]
     fn drop(&mut self) {
         match self.location {
             Location::Inline { frame_len } => self.receiver.consumer.release(frame_len),

@@ -101,26 +101,26 @@ pub struct ParsedFrame {
 }
 
 /// Rounds up to a multiple of 4.
-#[inline]
+#[inline(always)]
 pub const fn align4(n: u32) -> u32 {
     (n + 3) & !3
 }
 
 /// Ring bytes taken by an inline frame of `len` payload bytes.
-#[inline]
+#[inline(always)]
 pub const fn inline_frame_len(len: u32) -> u32 {
     align4(FRAME_HEADER_SIZE + len)
 }
 
 /// The two header words of an inline frame of `len` bytes.
-#[inline]
+#[inline(always)]
 pub fn inline_header_words(len: u16) -> [u32; 2] {
     let total = inline_frame_len(len as u32);
     [total, (len as u32) << 16]
 }
 
 /// The five words of a slot-ref frame.
-#[inline]
+#[inline(always)]
 pub fn slot_ref_words(r: &SlotRef) -> [u32; 5] {
     [
         SLOT_REF_FRAME_SIZE,
@@ -132,7 +132,7 @@ pub fn slot_ref_words(r: &SlotRef) -> [u32; 5] {
 }
 
 /// The eight words of an mmap-ref frame.
-#[inline]
+#[inline(always)]
 pub fn mmap_ref_words(r: &MmapRef) -> [u32; 8] {
     [
         MMAP_REF_FRAME_SIZE,
@@ -150,7 +150,7 @@ pub fn mmap_ref_words(r: &MmapRef) -> [u32; 8] {
 /// contiguous bytes there. `word(i)` loads the i-th little-endian u32 of
 /// the frame (i = 0 is total_len); it is called at most once per word and
 /// only for words inside the validated `total_len`.
-#[inline]
+#[inline(always)]
 pub fn parse(
     offset: u32,
     available: u32,

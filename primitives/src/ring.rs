@@ -108,14 +108,14 @@ impl RingRef {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn header(&self) -> &RingHeader {
         // SAFETY: `new`'s contract: valid and aligned for the lifetime.
         unsafe { &*self.header }
     }
 
     /// Data bytes, from our own layout.
-    #[inline]
+    #[inline(always)]
     pub fn capacity(&self) -> u32 {
         self.capacity
     }
@@ -159,7 +159,7 @@ impl RingRef {
 
     /// Loads the little-endian u32 at data offset `off` (4-aligned, in
     /// bounds: callers check).
-    #[inline]
+    #[inline(always)]
     fn load_word(&self, off: u32) -> u32 {
         debug_assert!(off.is_multiple_of(4) && off + 4 <= self.capacity);
         // SAFETY: `off + 4 <= capacity` and 4-aligned (data is 64-aligned,
@@ -172,7 +172,7 @@ impl RingRef {
         u32::from_le(w.load(Ordering::Relaxed))
     }
 
-    #[inline]
+    #[inline(always)]
     fn store_word(&self, off: u32, value: u32) {
         debug_assert!(off.is_multiple_of(4) && off + 4 <= self.capacity);
         // SAFETY: in bounds and 4-aligned as in `load_word`. A plain store:
@@ -183,7 +183,7 @@ impl RingRef {
     }
 
     /// Pointer to data offset `off`.
-    #[inline]
+    #[inline(always)]
     pub fn data_ptr(&self, off: u32) -> *mut u8 {
         debug_assert!(off <= self.capacity);
         // SAFETY: `off <= capacity`, within the region of `new`.
@@ -254,7 +254,7 @@ impl Producer {
         &self.ring
     }
 
-    #[inline]
+    #[inline(always)]
     fn fits(&self, len: u32, read: u32) -> Option<u32> {
         let (write, cap) = (self.write, self.ring.capacity);
         if write >= read {
@@ -266,7 +266,7 @@ impl Producer {
 
     /// Whether `len` bytes could be granted now (reloads `read`; changes
     /// nothing).
-    #[inline]
+    #[inline(always)]
     pub fn has_room(&self, len: u32) -> Result<bool, ProtocolError> {
         if len == 0 || len > self.ring.capacity {
             return Ok(false);
@@ -279,7 +279,7 @@ impl Producer {
 
     /// Reserves `len` contiguous bytes. `Ok(None)` when the ring is full
     /// for now; a `len` of 0 or past the capacity never fits.
-    #[inline]
+    #[inline(always)]
     pub fn grant(&mut self, len: u32) -> Result<Option<Grant<'_>>, ProtocolError> {
         if len == 0 || len > self.ring.capacity {
             return Ok(None);
@@ -350,7 +350,7 @@ impl Grant<'_> {
     }
 
     /// Never true: grants are at least one byte.
-    #[inline]
+    #[inline(always)]
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -358,7 +358,7 @@ impl Grant<'_> {
     /// The granted bytes. Until commit they belong to the producer by the
     /// protocol; a hostile consumer writing into them can only garble
     /// what it will itself receive.
-    #[inline]
+    #[inline(always)]
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: [offset, offset+len) is inside the ring data (checked in
         // `grant`) and not readable by the consumer until commit.
@@ -371,7 +371,7 @@ impl Grant<'_> {
     }
 
     /// Stores a little-endian word at byte `at` of the grant (4-aligned).
-    #[inline]
+    #[inline(always)]
     pub fn put_word(&mut self, at: u32, value: u32) {
         assert!(
             at.is_multiple_of(4) && at + 4 <= self.len,
@@ -381,7 +381,7 @@ impl Grant<'_> {
     }
 
     /// Publishes the first `len` granted bytes (all of them for a frame).
-    #[inline]
+    #[inline(always)]
     pub fn commit(self, len: u32) {
         assert!(len <= self.len, "commit past the grant");
         let p = self.producer;
@@ -415,7 +415,7 @@ pub struct Consumer {
     wrap_end: u32,
 }
 
-#[inline]
+#[inline(always)]
 fn check_cursor(field: CursorField, value: u32, capacity: u32) -> Result<(), ProtocolError> {
     if value > capacity {
         Err(ProtocolError::Cursor {
@@ -455,7 +455,7 @@ impl Consumer {
         &self.ring
     }
 
-    #[inline]
+    #[inline(always)]
     fn wrap_to_front(&mut self) {
         // Release: the tail we drained may be overwritten once the producer
         // sees `read` at 0 (SYNC POINT "read"). The watermark is cleared
@@ -473,7 +473,7 @@ impl Consumer {
     /// that the producer sees the room. Called before reloading `write`.
     /// A lazy consumer must call it before it waits on anything else (its
     /// own sends, say): the peer may be waiting for this room.
-    #[inline]
+    #[inline(always)]
     pub fn publish(&mut self) {
         if self.read != self.published {
             // Release: we are done with these bytes (SYNC POINT "read").
@@ -492,7 +492,7 @@ impl Consumer {
     }
 
     /// The contiguous readable bytes, or `None` when the ring is empty.
-    #[inline]
+    #[inline(always)]
     pub fn readable(&mut self) -> Result<Option<Readable>, ProtocolError> {
         // At most: tail, wrap, refresh, front. Bounded so that no value a
         // peer writes can keep us looping.
@@ -549,7 +549,7 @@ impl Consumer {
     }
 
     /// Parses the next frame without consuming it.
-    #[inline]
+    #[inline(always)]
     pub fn peek_frame(&mut self) -> Result<Option<ParsedFrame>, ProtocolError> {
         let Some(r) = self.readable()? else {
             return Ok(None);
@@ -562,7 +562,7 @@ impl Consumer {
     /// Releases `len` bytes at the front of what [`Self::readable`]
     /// returned. A lazy consumer publishes them later (see
     /// [`Self::publish`]).
-    #[inline]
+    #[inline(always)]
     pub fn release(&mut self, len: u32) {
         let end = if self.wrap_end != 0 {
             self.wrap_end
@@ -579,14 +579,14 @@ impl Consumer {
     }
 
     /// Whether the ring holds nothing (reloads the producer's cursor).
-    #[inline]
+    #[inline(always)]
     pub fn is_empty(&mut self) -> Result<bool, ProtocolError> {
         Ok(self.readable()?.is_none())
     }
 
     /// Reads a byte range of the ring data, e.g. an inline payload that
     /// [`Self::peek_frame`] returned.
-    #[inline]
+    #[inline(always)]
     pub fn data_ptr(&self, offset: u32) -> *mut u8 {
         self.ring.data_ptr(offset)
     }

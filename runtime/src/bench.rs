@@ -42,7 +42,7 @@ impl BenchPlan {
             batch: 20,
             stream: 300_000,
             payloads: 60,
-            phases: 6,
+            phases: 30,
         }
     }
 
@@ -53,7 +53,7 @@ impl BenchPlan {
             batch: 50,
             stream: 3_000_000,
             payloads: 400,
-            phases: 20,
+            phases: 120,
         }
     }
 }
@@ -84,6 +84,10 @@ impl Workload {
 pub struct BenchReport {
     pub machine: String,
     pub workloads: Vec<Workload>,
+    /// Ratios measured pairwise: for a pair of workloads run in
+    /// alternating phases, the median over phases of the ratio within each
+    /// phase (keyed by ratio key). Other ratios divide the two medians.
+    pub paired: Vec<(&'static str, f64)>,
 }
 
 /// Ratio keys, their definitions and targets.
@@ -131,7 +135,10 @@ impl BenchReport {
         RATIOS
             .iter()
             .filter_map(|&(key, a, b, at_least, target)| {
-                let v = self.median(a)? / self.median(b)?;
+                let v = match self.paired.iter().find(|(k, _)| *k == key) {
+                    Some(&(_, v)) => v,
+                    None => self.median(a)? / self.median(b)?,
+                };
                 let met = if at_least { v >= target } else { v <= target };
                 Some((
                     key,
@@ -228,9 +235,18 @@ pub fn run(
         cacheline_rtt(plan),
     ));
     step("rtt_native, rtt_guest_spin");
+    let mut paired = Vec::new();
     let (native, in_guest) = spin_rtt_pair(&runtime, guest, plan)?;
-    w.push(Workload::latency("rtt_native", native));
-    w.push(Workload::latency("rtt_guest_spin", in_guest));
+    paired.push((
+        "guest_rtt_vs_native",
+        median_ratio(&in_guest, &native, |phase| {
+            let mut v = phase.to_vec();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        }),
+    ));
+    w.push(Workload::latency("rtt_native", native.concat()));
+    w.push(Workload::latency("rtt_guest_spin", in_guest.concat()));
     step("rtt_native_futex");
     w.push(Workload::latency("rtt_native_futex", futex_rtt(plan)));
     step("rtt_guest_parked");
@@ -240,6 +256,14 @@ pub fn run(
     ));
     step("stream_native, stream_guest");
     let (native, in_guest) = stream_pair(&runtime, guest, plan)?;
+    paired.push((
+        "guest_stream_vs_native",
+        median_ratio(
+            &in_guest.iter().map(|&r| vec![r]).collect::<Vec<_>>(),
+            &native.iter().map(|&r| vec![r]).collect::<Vec<_>>(),
+            |phase| phase[0],
+        ),
+    ));
     for (name, mut runs) in [("stream_native", native), ("stream_guest", in_guest)] {
         runs.sort_by(f64::total_cmp);
         w.push(Workload {
@@ -265,7 +289,19 @@ pub fn run(
     Ok(BenchReport {
         machine: machine(),
         workloads: w,
+        paired,
     })
+}
+
+/// The median over phases of `summary(a[i]) / summary(b[i])`.
+fn median_ratio(a: &[Vec<f64>], b: &[Vec<f64>], summary: impl Fn(&[f64]) -> f64) -> f64 {
+    let mut r: Vec<f64> = a
+        .iter()
+        .zip(b)
+        .map(|(a, b)| summary(a) / summary(b))
+        .collect();
+    r.sort_by(f64::total_cmp);
+    r[r.len() / 2]
 }
 
 /// Times `plan.batches` batches of `plan.batch` calls of `op`, after a
@@ -517,6 +553,9 @@ impl NativePeer {
     }
 }
 
+/// Native and guest samples, one vector per phase.
+type PerPhase = (Vec<Vec<f64>>, Vec<Vec<f64>>);
+
 /// Round trips of 64-byte messages with both sides spinning: native
 /// thread to native thread, and host to guest, in alternating phases (the
 /// machine's speed drifts between phases on shared hardware; both sides
@@ -526,7 +565,7 @@ fn spin_rtt_pair(
     runtime: &Runtime,
     guest: &[u8],
     plan: BenchPlan,
-) -> Result<(Vec<f64>, Vec<f64>), SandboxError> {
+) -> Result<PerPhase, SandboxError> {
     let (_region, seg) = heap_segment();
     let (mut tx, mut rx) = seg.host_channel(0).expect("fresh rings");
     let (mut gtx, mut grx) = seg.guest_channel(0).expect("fresh rings");
@@ -551,6 +590,15 @@ fn spin_rtt_pair(
         }
     });
     let mut sb = spawn_bench(runtime, guest, "spin", SpinBudget(u32::MAX))?;
+    // Park the guest until its first phase.
+    if let Err(e) = sb
+        .sender()
+        .send(&[])
+        .and_then(|()| sb.receiver().recv().map(|m| assert!(m.is_empty())))
+    {
+        peer.finish();
+        return Err(explain(sb, e));
+    }
     let phase = BenchPlan {
         batches: plan.batches.div_ceil(plan.phases),
         ..plan
@@ -561,7 +609,7 @@ fn spin_rtt_pair(
     for i in 0..plan.phases {
         for guest_side in [i % 2 == 1, i % 2 == 0] {
             if guest_side {
-                in_guest.extend(batches(phase, || {
+                in_guest.push(batches(phase, || {
                     if failure.is_some() {
                         return;
                     }
@@ -597,7 +645,7 @@ fn spin_rtt_pair(
                         std::hint::spin_loop();
                     }
                 };
-                native.extend(batches(phase, || round_trip(&msg)));
+                native.push(batches(phase, || round_trip(&msg)));
                 round_trip(&[]);
             }
         }

@@ -215,23 +215,27 @@ fn run(mut channel: Channel) -> i32 {
             // message starts one: answer the count, then spin.
             inbox.set_lazy_release(true);
             let mut count = 0u64;
-            loop {
-                let spin = match inbox.recv() {
-                    None => break,
-                    Some(msg) => match msg.len() {
-                        0 => 0,
-                        1 => u32::MAX,
+            while inbox.wait() {
+                // Everything that is there, in one inlined loop.
+                let mut mark = None;
+                while let Ok(Some(msg)) = inbox.try_recv() {
+                    match msg.len() {
+                        0 => mark = Some(0),
+                        1 => mark = Some(u32::MAX),
                         len => {
                             count += len as u64 / 64;
                             continue;
                         }
-                    },
-                };
-                inbox.publish();
-                if outbox.send(&count.to_le_bytes()).is_err() {
-                    return 1;
+                    }
+                    break;
                 }
-                inbox.set_spin(spin);
+                if let Some(spin) = mark {
+                    inbox.publish();
+                    if outbox.send(&count.to_le_bytes()).is_err() {
+                        return 1;
+                    }
+                    inbox.set_spin(spin);
+                }
             }
             if outbox.send(&count.to_le_bytes()).is_err() {
                 1
