@@ -57,33 +57,50 @@ const BLOCK: usize = 512;
 const CHAINS: usize = 4;
 const PER_CHAIN: usize = BLOCK / 16 / CHAINS;
 
-#[target_feature(enable = "simd128")]
+/// Each way of reading gets its own function, so that the compiler
+/// allocates registers for one loop at a time.
 fn sum64_simd(bytes: &[u8]) -> u64 {
     // A slot payload follows its 4-byte length prefix, so it starts 4 bytes
     // past a 64-byte boundary, and a quarter of its 16-byte loads would
     // cross a cache line. Those payloads are read as aligned vectors and
-    // re-joined; the first 16 bytes go to the tail loop, so that the first
-    // aligned load starts inside the payload.
-    let (blocks_sum, from, to) = if bytes.as_ptr() as usize % 16 == 4 {
-        sum_blocks(bytes, 16, 4, 16, |aligned, offset| {
-            // SAFETY: the 16 bytes wanted start 4 bytes past
-            // `aligned + offset`, 16 or more bytes into `bytes` and 32 or
-            // more before its end: both aligned loads stay inside.
-            unsafe {
-                let lo = v128_load(aligned.add(offset) as *const v128);
-                let hi = v128_load(aligned.add(offset + 16) as *const v128);
-                i8x16_shuffle::<4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19>(lo, hi)
-            }
-        })
+    // re-joined.
+    if bytes.as_ptr() as usize % 16 == 4 {
+        sum64_after_prefix(bytes)
     } else {
-        // SAFETY: 16 bytes at `block + offset`, inside `bytes`;
-        // `v128_load` has no alignment requirement.
-        sum_blocks(bytes, 0, 0, 0, |block, offset| unsafe {
-            v128_load(block.add(offset) as *const v128)
-        })
-    };
-    blocks_sum
-        .wrapping_add(sum_tail(&bytes[..from]))
+        sum64_plain(bytes)
+    }
+}
+
+/// The word sum of bytes that start 4 bytes past a 16-byte boundary. The
+/// first 16 bytes go to the tail loop, so that the first aligned load
+/// starts inside `bytes`.
+#[target_feature(enable = "simd128")]
+#[inline(never)]
+fn sum64_after_prefix(bytes: &[u8]) -> u64 {
+    let (sum, from, to) = sum_blocks(bytes, 16, 4, 16, |aligned, offset| {
+        // SAFETY: the 16 bytes wanted start 4 bytes past `aligned +
+        // offset`, 16 or more bytes into `bytes` and 32 or more before its
+        // end: both aligned loads stay inside.
+        unsafe {
+            let at = aligned.add(offset) as *const v128;
+            let (lo, hi) = (v128_load(at), v128_load(at.add(1)));
+            i8x16_shuffle::<4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19>(lo, hi)
+        }
+    });
+    sum.wrapping_add(sum_tail(&bytes[..from]))
+        .wrapping_add(sum_tail(&bytes[to..]))
+}
+
+/// The word sum of bytes anywhere, with unaligned loads.
+#[target_feature(enable = "simd128")]
+#[inline(never)]
+fn sum64_plain(bytes: &[u8]) -> u64 {
+    // SAFETY: 16 bytes at `block + offset`, inside `bytes`; `v128_load`
+    // has no alignment requirement.
+    let (sum, from, to) = sum_blocks(bytes, 0, 0, 0, |block, offset| unsafe {
+        v128_load(block.add(offset) as *const v128)
+    });
+    sum.wrapping_add(sum_tail(&bytes[..from]))
         .wrapping_add(sum_tail(&bytes[to..]))
 }
 
@@ -109,6 +126,10 @@ fn sum_blocks(
         // SAFETY: block `b` ends at `skip + (b + 1) * BLOCK`, `slack` or
         // more bytes before the end of `bytes`.
         let block = unsafe { bytes.as_ptr().add(skip - lead + b * BLOCK) };
+        // Opaque, so that the loop optimizer does not rewrite the loads'
+        // addresses into running pointers: from a plain base, the offsets
+        // fold into the wasm loads (no address arithmetic per load).
+        let block = core::hint::black_box(block);
         // Written out, not looped: a loop would get its own epoch check.
         acc[0] = i64x2_add(acc[0], chain::<0>(block, &load));
         acc[1] = i64x2_add(acc[1], chain::<1>(block, &load));
