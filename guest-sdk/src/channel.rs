@@ -330,7 +330,7 @@ impl Outbox {
     /// Sends a copy of `payload`, waiting for room.
     #[inline(always)]
     pub fn send(&mut self, payload: &[u8]) -> Result<(), SendError> {
-        self.send_with(payload.len(), |b| b.copy_from_slice(payload))
+        self.send_with(payload.len(), |b| copy(b, payload))
     }
 
     /// Sends `len` bytes written in place by `fill`, inline or in a slot
@@ -370,6 +370,28 @@ impl Outbox {
     /// Largest payload sent inline in the ring.
     pub fn max_inline(&self) -> u32 {
         self.tx.max_inline()
+    }
+}
+
+/// Copies up to this many bytes word by word (see [`copy`]).
+const SHORT_COPY: usize = 256;
+
+/// `dst.copy_from_slice(src)`, without a call for short copies: in wasm a
+/// copy of unknown length is `memory.copy`, which wasmtime runs as a call
+/// into the runtime (measured: ~35 ns of a ~800 ns round trip).
+#[inline(always)]
+fn copy(dst: &mut [u8], src: &[u8]) {
+    if src.len() <= SHORT_COPY && dst.len() == src.len() {
+        let mut d = dst.chunks_exact_mut(8);
+        let mut s = src.chunks_exact(8);
+        for (d, s) in (&mut d).zip(&mut s) {
+            d.copy_from_slice(s);
+        }
+        for (d, s) in d.into_remainder().iter_mut().zip(s.remainder()) {
+            *d = *s;
+        }
+    } else {
+        dst.copy_from_slice(src);
     }
 }
 
