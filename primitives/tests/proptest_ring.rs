@@ -1,7 +1,8 @@
 //! The ring against a model: a byte stream. Whatever sequence of grants,
 //! partial commits, reads and partial releases happens, the consumer reads
 //! exactly the committed bytes, in order, and the ring never holds more
-//! than its capacity.
+//! than its capacity; with lazy releases too (published when the consumer
+//! runs dry, at a quarter ring, or when asked), no room is lost.
 
 use proptest::prelude::*;
 use shmrt_primitives::heap_region::HeapRegion;
@@ -13,12 +14,15 @@ enum Op {
     Produce { len: u32, commit: u32 },
     /// Read and release up to `max` bytes.
     Consume { max: u32 },
+    /// Publish lazily released bytes.
+    Publish,
 }
 
 fn op(cap: u32) -> impl Strategy<Value = Op> {
     prop_oneof![
         (1..=cap, 0..=cap).prop_map(|(len, commit)| Op::Produce { len, commit }),
         (1..=cap).prop_map(|max| Op::Consume { max }),
+        Just(Op::Publish),
     ]
 }
 
@@ -31,9 +35,14 @@ fn ring(cap: u32) -> (HeapRegion, RingRef) {
 }
 
 fn run(cap: u32, ops: &[Op]) {
+    run_with(cap, ops, false);
+}
+
+fn run_with(cap: u32, ops: &[Op], lazy: bool) {
     let (_region, r) = ring(cap);
     let mut p = Producer::new(r).unwrap();
     let mut c = Consumer::new(r).unwrap();
+    c.set_lazy_release(lazy);
     let (mut next_write, mut next_read) = (0u64, 0u64);
     let byte = |i: u64| (i % 251) as u8;
     for op in ops {
@@ -66,6 +75,7 @@ fn run(cap: u32, ops: &[Op]) {
                     next_read += n as u64;
                 }
             }
+            Op::Publish => c.publish(),
         }
         assert!(
             next_write - next_read <= cap as u64,
@@ -96,12 +106,12 @@ proptest! {
     })]
 
     #[test]
-    fn ring_matches_a_byte_stream(cap in prop_oneof![Just(64u32), Just(100), Just(256)], ops in prop::collection::vec(op(256), 1..300)) {
+    fn ring_matches_a_byte_stream(cap in prop_oneof![Just(64u32), Just(100), Just(256)], ops in prop::collection::vec(op(256), 1..300), lazy in any::<bool>()) {
         let ops: Vec<Op> = ops.into_iter().map(|o| match o {
             Op::Produce { len, commit } => Op::Produce { len: 1 + (len - 1) % cap, commit },
-            Op::Consume { max } => Op::Consume { max },
+            o => o,
         }).collect();
-        run(cap, &ops);
+        run_with(cap, &ops, lazy);
     }
 }
 
