@@ -185,6 +185,13 @@ impl Reservation<'_> {
         }
     }
 
+    /// Sends only the first `len` bytes (when fewer than reserved were
+    /// filled, say by a read that came up short). The message stays where
+    /// it was reserved: inline, or in its slot.
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
     /// Whether the payload goes in a slot.
     pub fn is_slot(&self) -> bool {
         self.slot.is_some()

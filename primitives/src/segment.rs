@@ -739,4 +739,26 @@ mod tests {
         assert!(matches!(report.scan_error, Some(ProtocolError::Frame(_))));
         assert_eq!(seg.peer(0).unwrap().state(), Some(crate::PeerState::Empty));
     }
+
+    #[test]
+    fn a_truncated_reservation_sends_only_what_was_filled() {
+        let (_r, seg) = create();
+        let (mut tx, _) = seg.host_channel(0).unwrap();
+        let (_, mut rx) = seg.guest_channel(0).unwrap();
+        // Inline, then in a slot: each keeps where it was reserved.
+        for (reserved, filled) in [(40usize, 3usize), (5000, 10)] {
+            let mut r = tx.reserve(reserved).unwrap();
+            let slot = r.is_slot();
+            r.as_mut_slice()[..filled].fill(7);
+            r.truncate(filled);
+            r.commit();
+            let m = rx.try_recv().unwrap().unwrap();
+            assert_eq!(m.as_bytes(), &std::vec![7u8; filled][..]);
+            assert_eq!(
+                matches!(m.location(), crate::channel::Location::Slot(_)),
+                slot
+            );
+        }
+        assert!(rx.try_recv().unwrap().is_none());
+    }
 }

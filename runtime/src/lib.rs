@@ -32,8 +32,8 @@ pub mod supervise;
 pub use error::SandboxError;
 pub use host_segment::HostSegment;
 pub use sandbox::{
-    GuestStdout, HostMessage, HostReceiver, HostSender, Runtime, RuntimeConfig, Sandbox,
-    SandboxHandle, SandboxOptions, SegmentSource,
+    GuestStdout, HostMessage, HostReceiver, HostSender, ReadSend, Runtime, RuntimeConfig, Sandbox,
+    SandboxHandle, SandboxOptions, SegmentSource, SendReadError,
 };
 pub use shmrt_primitives as primitives;
 pub use supervise::RestartPolicy;

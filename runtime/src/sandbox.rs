@@ -1,5 +1,6 @@
 //! The runtime object, sandboxes, and the host's ends of their channels.
 
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -1112,6 +1113,46 @@ impl HostSender {
         }
     }
 
+    /// Reads a message of up to `max` bytes straight into ring or slot
+    /// memory: waits for room, then lets `read` fill the reserved bytes and
+    /// say how many it filled. Nothing is sent when it fills none. If the
+    /// guest ended while `read` ran, the bytes come back as
+    /// [`ReadSend::GuestGone`] so that they can go elsewhere (a restarted
+    /// sandbox). `read`'s error is returned as is, and nothing is sent.
+    pub fn send_read(
+        &mut self,
+        max: usize,
+        read: impl FnOnce(&mut [u8]) -> io::Result<usize>,
+    ) -> Result<ReadSend, SendReadError> {
+        let Self { tx, shared } = self;
+        let shared: &SandboxShared = shared;
+        loop {
+            if shared.guest_done() || shared.stop.load(Ordering::Acquire) {
+                return Err(SendReadError::Sandbox(SandboxError::Closed {
+                    sandbox: shared.name.clone(),
+                }));
+            }
+            if let Some(mut r) = reserve_now(tx, shared, max)? {
+                let n = read(r.as_mut_slice())
+                    .map_err(SendReadError::Read)?
+                    .min(max);
+                if n == 0 {
+                    return Ok(ReadSend::Nothing);
+                }
+                r.truncate(n);
+                if shared.guest_done() {
+                    return Ok(ReadSend::GuestGone(r.as_mut_slice()[..n].to_vec()));
+                }
+                r.commit();
+                notify(shared, &shared.peer().h2g_doorbell);
+                return Ok(ReadSend::Sent(n));
+            }
+            block_on_guest(shared, None, || {
+                tx.could_send(max).map_err(|e| protocol(shared, e))
+            })?;
+        }
+    }
+
     /// Sends `payload` if there is room now, without telling a parked
     /// guest: for batches, followed by [`Self::notify`].
     #[inline]
@@ -1136,6 +1177,28 @@ impl HostSender {
         bell.ring();
         doorbell_futex::wake_all(bell.futex_word());
     }
+}
+
+/// What [`HostSender::send_read`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadSend {
+    /// A message of this many bytes was sent.
+    Sent(usize),
+    /// The reader filled nothing (end of input): nothing was sent.
+    Nothing,
+    /// The guest ended while the reader ran: these bytes were not sent.
+    GuestGone(Vec<u8>),
+}
+
+/// Why [`HostSender::send_read`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SendReadError {
+    /// The sandbox could not take the message.
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    /// The reader failed; nothing was sent.
+    #[error("reading the message: {0}")]
+    Read(io::Error),
 }
 
 /// The host's receiving end: guest to host.

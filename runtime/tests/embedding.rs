@@ -5,7 +5,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::guest;
-use shmrt::{Runtime, SandboxError, SandboxOptions};
+use shmrt::{ReadSend, Runtime, SandboxError, SandboxOptions, SendReadError};
 
 fn options(name: &str) -> SandboxOptions {
     SandboxOptions {
@@ -95,6 +95,46 @@ fn send_and_receive_inline_slot_and_in_place() {
             .is_none()
     );
     assert!(t.elapsed() >= Duration::from_millis(50));
+    sb.sender().goodbye();
+    assert!(matches!(
+        sb.receiver().recv(),
+        Err(SandboxError::Closed { .. })
+    ));
+    assert_eq!(sb.join().unwrap(), 0);
+}
+
+#[test]
+fn send_read_reads_into_the_segment_and_sends_what_was_read() {
+    let runtime = Runtime::new().unwrap();
+    let mut sb = runtime
+        .spawn_file(&guest("examples/echo"), options("echo-read"))
+        .unwrap();
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+    let mut input = &data[..];
+    // A reader that comes up short: 100 000 of 150 000 reserved bytes.
+    let r = sb.sender().send_read(150_000, |buf| {
+        let n = input.len().min(buf.len());
+        buf[..n].copy_from_slice(&input[..n]);
+        input = &input[n..];
+        Ok(n)
+    });
+    assert_eq!(r.unwrap(), ReadSend::Sent(100_000));
+    // A reader with nothing left sends nothing; a failing one neither.
+    assert_eq!(
+        sb.sender().send_read(10, |_| Ok(0)).unwrap(),
+        ReadSend::Nothing
+    );
+    let failed = sb
+        .sender()
+        .send_read(10, |_| Err(std::io::Error::other("disk on fire")));
+    assert!(matches!(failed, Err(SendReadError::Read(e)) if e.to_string() == "disk on fire"));
+    {
+        let m = sb.receiver().recv().unwrap();
+        assert!(m.is_slot());
+        assert!(m.as_bytes() == data.as_slice());
+    }
+    sb.sender().send(b"after").unwrap();
+    assert_eq!(sb.receiver().recv().unwrap().as_bytes(), b"after");
     sb.sender().goodbye();
     assert!(matches!(
         sb.receiver().recv(),

@@ -11,8 +11,8 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use shmrt::primitives::layout::{SLOT_LEN_PREFIX, SizeClass, SizeClasses};
 use shmrt::{
-    HostReceiver, HostSender, RestartPolicy, Runtime, RuntimeConfig, SandboxError, SandboxOptions,
-    SegmentSource,
+    HostReceiver, HostSender, ReadSend, RestartPolicy, Runtime, RuntimeConfig, SandboxError,
+    SandboxOptions, SegmentSource, SendReadError,
 };
 
 use super::Failure;
@@ -30,8 +30,8 @@ pub enum Framing {
     /// One message per input line (newline removed); each guest message is
     /// written followed by a newline.
     Lines,
-    /// Input cut into messages of `--chunk` bytes; guest messages written
-    /// as they are.
+    /// Input cut into messages of `--chunk` bytes, read straight into
+    /// ring or slot memory; guest messages written as they are.
     Raw,
     /// u32 little-endian length-prefixed records, both ways.
     Len32,
@@ -275,6 +275,66 @@ impl Feeder {
         }
     }
 
+    /// Takes the current sandbox's sender out (waiting for one), so that
+    /// a restart can hand over the next while this one is in use.
+    fn take_current(&self) -> HostSender {
+        let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(tx) = cur.take() {
+                return tx;
+            }
+            cur = self.changed.wait(cur).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Puts a sender taken out back, unless a newer one came meanwhile.
+    fn put_back(&self, tx: HostSender) {
+        let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if cur.is_none() {
+            *cur = Some(tx);
+        }
+    }
+
+    /// Raw input, read straight into the guest's ring or slot memory in
+    /// messages of up to `chunk` bytes: no copy on the host.
+    fn feed_raw(
+        &self,
+        mut input: impl BufRead,
+        chunk: usize,
+        progress: &mut Progress,
+    ) -> anyhow::Result<()> {
+        loop {
+            let mut tx = self.take_current();
+            match tx.send_read(chunk, |buf| read_full(&mut input, buf)) {
+                Ok(ReadSend::Sent(n)) => {
+                    self.put_back(tx);
+                    progress.add(n);
+                }
+                Ok(ReadSend::Nothing) => {
+                    self.put_back(tx);
+                    return Ok(());
+                }
+                Ok(ReadSend::GuestGone(bytes)) => {
+                    // Read for a guest that has ended: the next one gets it.
+                    drop(tx);
+                    self.deliver(&bytes)?;
+                    progress.add(bytes.len());
+                }
+                // That guest is gone before anything was read: wait for the
+                // next one.
+                Err(SendReadError::Sandbox(SandboxError::Closed { .. })) => drop(tx),
+                Err(SendReadError::Sandbox(e)) => {
+                    self.put_back(tx);
+                    return Err(e.into());
+                }
+                Err(SendReadError::Read(e)) => {
+                    self.put_back(tx);
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+
     /// Cuts `input` into messages and delivers them.
     fn feed(
         &self,
@@ -283,6 +343,9 @@ impl Feeder {
         chunk: usize,
         progress: &mut Progress,
     ) -> anyhow::Result<()> {
+        if framing == Framing::Raw {
+            return self.feed_raw(input, chunk, progress);
+        }
         let mut buf = Vec::new();
         loop {
             buf.clear();
@@ -294,10 +357,7 @@ impl Feeder {
                     }
                     n > 0
                 }
-                Framing::Raw => {
-                    (&mut input).take(chunk as u64).read_to_end(&mut buf)?;
-                    !buf.is_empty()
-                }
+                Framing::Raw => unreachable!("fed by feed_raw"),
                 Framing::Len32 => {
                     let mut len = [0u8; 4];
                     match input.read_exact(&mut len) {
@@ -323,6 +383,20 @@ impl Feeder {
             progress.add(buf.len());
         }
     }
+}
+
+/// Reads until `buf` is full or the input ends; how many bytes it read.
+fn read_full(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match input.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 /// Bytes sent so far, shown on stderr twice a second when it is a
