@@ -58,6 +58,11 @@ pub struct RunCommand {
     /// segment window not counted); a refused memory.grow returns -1.
     #[arg(long, value_parser = parse_size)]
     max_memory: Option<u64>,
+    /// Rounds the host spins on an empty or full ring before it parks on
+    /// the futex doorbell (0 parks at once: least CPU, a wake-up per
+    /// message when traffic is sparse; more: lower latency, a busy core).
+    #[arg(long, default_value_t = shmrt::doorbell_futex::SpinBudget::default().0)]
+    spin: u32,
     /// Data bytes of each ring, per direction.
     #[arg(long, default_value = "64KiB", value_parser = parse_size)]
     ring_capacity: u64,
@@ -109,6 +114,7 @@ impl RunCommand {
         let mut options = SandboxOptions {
             name: self.plugin.display().to_string(),
             timeout: self.timeout,
+            spin: shmrt::doorbell_futex::SpinBudget(self.spin),
             ..SandboxOptions::default()
         };
         options.segment.ring_capacity = u32::try_from(self.ring_capacity).map_err(|_| {
