@@ -13,6 +13,24 @@ fn upper_prints_hello_world() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "HELLO\nWORLD\n");
 }
 
+/// The host parks at once (`--spin 0`) or spins long: the same output,
+/// and a budget that is not a number is refused by name.
+#[test]
+fn spin_budget_changes_waiting_not_results() {
+    let input: Vec<u8> = (0..2000)
+        .flat_map(|i| format!("line {i}\n").into_bytes())
+        .collect();
+    let want = String::from_utf8_lossy(&input).to_uppercase();
+    for spin in ["0", "1000000"] {
+        let out = run(&["--spin", spin], &guest("examples/upper"), &input);
+        assert!(out.status.success(), "--spin {spin}: {}", stderr(&out));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), want, "--spin {spin}");
+    }
+    let out = run(&["--spin", "lots"], &guest("examples/upper"), b"");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--spin"), "{}", stderr(&out));
+}
+
 /// Every frame kind both ways: sizes around the inline threshold (248
 /// bytes of payload with the default threshold of 256) and one byte under,
 /// at and over each slot class's capacity (4 KiB, 64 KiB, 1 MiB).
