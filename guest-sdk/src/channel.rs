@@ -337,32 +337,6 @@ impl Outbox {
     /// by size, waiting for room.
     #[inline(always)]
     pub fn send_with(&mut self, len: usize, fill: impl FnOnce(&mut [u8])) -> Result<(), SendError> {
-        // The first try outside any loop: in wasm a loop header is an epoch
-        // check, around which every live value goes to the stack.
-        match self.tx.reserve(len) {
-            Ok(mut r) => {
-                fill(r.as_mut_slice());
-                r.commit();
-                notify_host(&self.segment, self.index);
-                return Ok(());
-            }
-            Err(channel::SendError::Full | channel::SendError::Exhausted) => {}
-            Err(channel::SendError::TooLarge { len, max }) => {
-                return Err(SendError::TooLarge { len, max });
-            }
-            Err(channel::SendError::Protocol(e)) => return Err(SendError::Protocol(e)),
-        }
-        self.send_with_when_room(len, fill)
-    }
-
-    /// [`Self::send_with`] once the ring or the pool was full: waits.
-    #[cold]
-    #[inline(never)]
-    fn send_with_when_room(
-        &mut self,
-        len: usize,
-        fill: impl FnOnce(&mut [u8]),
-    ) -> Result<(), SendError> {
         let mut spins = 0;
         loop {
             match self.tx.reserve(len) {

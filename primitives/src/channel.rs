@@ -206,18 +206,11 @@ impl Reservation<'_> {
                 let [total, w1] = frame::inline_header_words(self.len as u16);
                 grant.put_word(0, total);
                 grant.put_word(4, w1);
-                // At most 3 bytes of padding, written one by one: no
-                // `memory.fill` call and no loop (an epoch check) on wasm.
+                // At most 3 bytes of padding: a byte loop, not a
+                // `memory.fill` call on wasm.
                 let start = frame::FRAME_HEADER_SIZE as usize + self.len;
-                let pad = &mut grant.as_mut_slice()[start..total as usize];
-                if let [a, rest @ ..] = pad {
-                    *a = 0;
-                    if let [b, rest @ ..] = rest {
-                        *b = 0;
-                        if let [c, ..] = rest {
-                            *c = 0;
-                        }
-                    }
+                for b in &mut grant.as_mut_slice()[start..total as usize] {
+                    *b = 0;
                 }
                 grant.commit(total);
             }

@@ -494,15 +494,6 @@ impl Consumer {
     /// The contiguous readable bytes, or `None` when the ring is empty.
     #[inline(always)]
     pub fn readable(&mut self) -> Result<Option<Readable>, ProtocolError> {
-        // The common case first, outside the loop: in wasm every loop
-        // header is an epoch check, around which the runtime's compiler
-        // keeps the loop's live values on the stack.
-        if self.wrap_end == 0 && self.read < self.cached_write {
-            return Ok(Some(Readable {
-                offset: self.read,
-                len: self.cached_write - self.read,
-            }));
-        }
         // At most: tail, wrap, refresh, front. Bounded so that no value a
         // peer writes can keep us looping.
         for _ in 0..4 {
