@@ -374,11 +374,19 @@ impl Drop for Message<'_> {
     fn drop(&mut self) {
         match self.location {
             Location::Inline { frame_len } => self.receiver.consumer.release(frame_len),
-            Location::Slot(slot) => {
-                if let Err(e) = self.receiver.pool.free(slot) {
-                    self.receiver.deferred = Some(e.into());
-                }
-            }
+            Location::Slot(slot) => self.receiver.free_slot(slot),
+        }
+    }
+}
+
+impl Receiver {
+    /// Frees a received slot; an error waits for the next `try_recv`. Out
+    /// of line, so that dropping an inline message stays small enough to
+    /// inline into a receive loop.
+    #[inline(never)]
+    fn free_slot(&mut self, slot: SlotRef) {
+        if let Err(e) = self.pool.free(slot) {
+            self.deferred = Some(e.into());
         }
     }
 }
