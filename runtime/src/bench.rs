@@ -465,23 +465,28 @@ fn guest_rtt(
     let mut sb = spawn_bench(runtime, guest, mode, spin)?;
     let msg = [7u8; 64];
     let mut failure = None;
-    let r = batches(plan, || {
-        if failure.is_some() {
-            return;
-        }
-        if let Err(e) = sb
-            .sender()
-            .send(&msg)
-            .and_then(|()| sb.receiver().recv().map(|m| assert_eq!(m.len(), 64)))
-        {
-            failure = Some(e);
-        }
-    });
+    let r = batches(plan, || guest_round_trip(&mut sb, &msg, &mut failure));
     if let Some(e) = failure {
         return Err(explain(sb, e));
     }
     finish(sb)?;
     Ok(r)
+}
+
+/// One host-to-guest round trip of `msg` (the guest echoes it), skipped
+/// once `failure` holds an error; the first error goes there.
+#[inline(always)]
+fn guest_round_trip(sb: &mut Sandbox, msg: &[u8], failure: &mut Option<SandboxError>) {
+    if failure.is_some() {
+        return;
+    }
+    if let Err(e) = sb
+        .sender()
+        .send(msg)
+        .and_then(|()| sb.receiver().recv().map(|m| assert_eq!(m.len(), msg.len())))
+    {
+        *failure = Some(e);
+    }
 }
 
 /// A failed workload: how the guest ended says more than the channel.
@@ -591,11 +596,9 @@ fn spin_rtt_pair(
     });
     let mut sb = spawn_bench(runtime, guest, "spin", SpinBudget(u32::MAX))?;
     // Park the guest until its first phase.
-    if let Err(e) = sb
-        .sender()
-        .send(&[])
-        .and_then(|()| sb.receiver().recv().map(|m| assert!(m.is_empty())))
-    {
+    let mut failure = None;
+    guest_round_trip(&mut sb, &[], &mut failure);
+    if let Some(e) = failure {
         peer.finish();
         return Err(explain(sb, e));
     }
@@ -605,30 +608,14 @@ fn spin_rtt_pair(
     };
     let msg = [7u8; 64];
     let (mut native, mut in_guest) = (Vec::new(), Vec::new());
-    let mut failure = None;
     for i in 0..plan.phases {
         for guest_side in [i % 2 == 1, i % 2 == 0] {
             if guest_side {
                 in_guest.push(batches(phase, || {
-                    if failure.is_some() {
-                        return;
-                    }
-                    if let Err(e) = sb
-                        .sender()
-                        .send(&msg)
-                        .and_then(|()| sb.receiver().recv().map(|m| assert_eq!(m.len(), 64)))
-                    {
-                        failure = Some(e);
-                    }
+                    guest_round_trip(&mut sb, &msg, &mut failure)
                 }));
-                if failure.is_none()
-                    && let Err(e) = sb
-                        .sender()
-                        .send(&[])
-                        .and_then(|()| sb.receiver().recv().map(|m| assert!(m.is_empty())))
-                {
-                    failure = Some(e);
-                }
+                // An empty message ends the phase: the guest parks.
+                guest_round_trip(&mut sb, &[], &mut failure);
                 if let Some(e) = failure.take() {
                     peer.finish();
                     return Err(explain(sb, e));
