@@ -52,6 +52,15 @@ fn channel_and_pool(c: &mut Criterion) {
             black_box(m.as_bytes()[0]);
         })
     });
+    rx.set_lazy_release(true);
+    c.bench_function("channel send+recv 64 B inline, lazy release", |b| {
+        b.iter(|| {
+            tx.send(black_box(&msg)).unwrap();
+            let m = rx.try_recv().unwrap().unwrap();
+            black_box(m.as_bytes()[0]);
+        })
+    });
+    rx.set_lazy_release(false);
     let big = vec![3u8; 60_000];
     c.bench_function("channel send+recv 60 KB slot", |b| {
         b.iter(|| {
