@@ -247,27 +247,34 @@ fn two_processes_park_and_wake_each_other_through_futex_doorbells() {
     let dir = tempdir();
     let path = dir.join("ours.seg");
     let segment = HostSegment::create(&path, &SegmentConfig::single_guest(), false).unwrap();
-    let (mut tx, mut rx) = segment.reserve(1, SpinBudget(100)).unwrap();
+    let (mut tx, mut rx) = segment.reserve(1, SpinBudget(0)).unwrap();
     let child = attach(&path, Some(1), &guest("examples/upper"));
     let peer = segment.segment().peer(0).unwrap();
-    for round in 0..5 {
-        // Let the guest go idle: it must park (register on the H2G doorbell).
+    let parked = |bell: &shmrt::primitives::Doorbell, who: &str| {
         let t = Instant::now();
-        while peer.h2g_doorbell.waiters.load(Ordering::SeqCst) == 0 {
-            assert!(
-                t.elapsed() < Duration::from_secs(30),
-                "the guest never parked"
-            );
+        while bell.waiters.load(Ordering::SeqCst) == 0 {
+            assert!(t.elapsed() < Duration::from_secs(30), "{who} never parked");
             std::thread::sleep(Duration::from_millis(1));
         }
+    };
+    for round in 0..5 {
+        // The guest goes idle and parks (registers on the H2G doorbell);
+        // the host parks in recv (on the G2H doorbell) before the message
+        // is sent from another thread: each side must ring the other.
+        parked(&peer.h2g_doorbell, "the guest");
         let msg = format!("round {round}");
-        tx.send(msg.as_bytes()).unwrap();
-        // We park in recv until the guest rings the G2H doorbell.
-        let reply = rx
-            .recv_timeout(Some(Duration::from_secs(30)))
-            .unwrap()
-            .expect("a reply");
-        assert_eq!(reply.as_bytes(), msg.to_uppercase().as_bytes());
+        std::thread::scope(|s| {
+            let sender = s.spawn(|| {
+                parked(&peer.g2h_doorbell, "the host");
+                tx.send(msg.as_bytes()).unwrap();
+            });
+            let reply = rx
+                .recv_timeout(Some(Duration::from_secs(30)))
+                .unwrap()
+                .expect("a reply");
+            assert_eq!(reply.as_bytes(), msg.to_uppercase().as_bytes());
+            sender.join().unwrap();
+        });
     }
     assert!(
         peer.g2h_doorbell.sequence() >= 5 && peer.h2g_doorbell.sequence() >= 5,
