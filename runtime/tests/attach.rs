@@ -362,13 +362,21 @@ fn a_named_segment_is_created_exclusively_private_and_removed() {
         std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
         0o600
     );
-    let out = shmrt().arg("inspect").arg(&path).output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    // The file appears when it is created, a moment before its header is
+    // written: inspect says "not initialized yet" until then.
+    loop {
+        let out = shmrt().arg("inspect").arg(&path).output().unwrap();
+        if out.status.code() == Some(0) {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "inspect never succeeded: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     // A second run on the same path must not take over the file.
     let second = common::run(&["--segment", path.to_str().unwrap()], &plugin, b"x\n");
     assert!(!second.status.success());
