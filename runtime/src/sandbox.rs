@@ -1323,9 +1323,12 @@ impl HostReceiver {
             }
             let Self { rx, shared } = &mut *self;
             let shared: &SandboxShared = shared;
-            block_on_guest(shared, None, || {
+            if block_on_guest(shared, None, || {
                 rx.is_empty().map(|e| !e).map_err(|e| protocol(shared, e))
-            })?;
+            })? {
+                // A message is there: take it without looking again.
+                break;
+            }
         }
         let Self { rx, shared } = self;
         match rx.try_recv() {
