@@ -75,7 +75,9 @@ impl SegmentFile {
 
     /// Creates and initializes a segment as the named file `path`: created
     /// exclusively (an existing file is an error, never overwritten), mode
-    /// 0600, through a capability on its directory. Removed on drop unless
+    /// 0600, through a capability on its directory. It is built under a
+    /// hidden temporary name and linked into place once its header is
+    /// written, so nobody sees `path` half made. Removed on drop unless
     /// `keep`.
     pub fn create_named(
         path: &Path,
@@ -87,23 +89,41 @@ impl SegmentFile {
         let (dir_path, name) = split_path(path);
         let dir = Dir::open_ambient_dir(&dir_path, ambient_authority())
             .map_err(|e| SandboxError::io("opening the segment's directory", e))?;
+        let named_err = |source| SandboxError::NamedSegment {
+            path: path.to_owned(),
+            source,
+        };
+        // Taken already: the same error as the link below would give,
+        // before any work.
+        if dir.symlink_metadata(&name).is_ok() {
+            return Err(named_err(io::Error::from(io::ErrorKind::AlreadyExists)));
+        }
+        let part = PathBuf::from(format!(".{}.{}.part", name.display(), std::process::id()));
         let mut opts = OpenOptions::new();
         opts.read(true).write(true).create_new(true);
         {
             use cap_std::fs::OpenOptionsExt;
             opts.mode(0o600);
         }
-        let file = dir
-            .open_with(&name, &opts)
-            .map_err(|e| SandboxError::NamedSegment {
-                path: path.to_owned(),
-                source: e,
-            })?;
-        let file = file.into_std();
-        file.set_len(size)
-            .map_err(|e| SandboxError::io("sizing the segment file", e))?;
-        let remove = (!keep).then_some((dir, name));
-        Self::init(file, size, config, remove, Some(path.to_owned()))
+        let file = dir.open_with(&part, &opts).map_err(named_err)?.into_std();
+        let built = file
+            .set_len(size)
+            .map_err(|e| SandboxError::io("sizing the segment file", e))
+            .and_then(|()| Self::init(file, size, config, None, Some(path.to_owned())));
+        // The link fails if `path` appeared meanwhile: never overwritten.
+        let linked = built.and_then(|seg| {
+            dir.hard_link(&part, &dir, &name)
+                .map(|()| seg)
+                .map_err(named_err)
+        });
+        if let Err(e) = dir.remove_file(&part) {
+            tracing::warn!("could not remove {}: {e}", dir_path.join(&part).display());
+        }
+        let mut seg = linked?;
+        if !keep {
+            seg.remove = Some((dir, name));
+        }
+        Ok(seg)
     }
 
     /// Maps `file` (already `size` bytes, zero-filled) and lays out a fresh

@@ -362,21 +362,22 @@ fn a_named_segment_is_created_exclusively_private_and_removed() {
         std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
         0o600
     );
-    // The file appears when it is created, a moment before its header is
-    // written: inspect says "not initialized yet" until then.
-    loop {
-        let out = shmrt().arg("inspect").arg(&path).output().unwrap();
-        if out.status.code() == Some(0) {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "inspect never succeeded: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    // The file appears only once its header is written (it is built under
+    // a temporary name and linked into place), so it inspects at once.
+    let out = shmrt().arg("inspect").arg(&path).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".part"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
     // A second run on the same path must not take over the file.
     let second = common::run(&["--segment", path.to_str().unwrap()], &plugin, b"x\n");
     assert!(!second.status.success());
