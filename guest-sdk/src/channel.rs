@@ -224,7 +224,7 @@ impl Channel {
     ///
     /// Nothing is sent during the loop, so the ring room of read messages
     /// is given back lazily (when the ring runs dry, or a quarter of it is
-    /// read): in wasm each give-back is an atomic exchange.
+    /// read): in wasm each give-back is an atomic store with a full fence.
     pub fn for_each(&mut self, mut each: impl FnMut(&Message<'_>)) -> &mut Outbox {
         let (inbox, outbox) = self.split();
         inbox.rx.set_lazy_release(true);
@@ -253,7 +253,8 @@ impl Inbox {
     /// Gives back the ring room of read messages lazily (`true`: when the
     /// ring runs dry, when a quarter of it is read, or at
     /// [`Self::publish`]) or at once (`false`, the default). In wasm each
-    /// give-back is an atomic exchange, so a pure consumer gains from lazy
+    /// give-back is an atomic store with a full fence, so a pure consumer
+    /// gains from lazy
     /// mode; a plugin that sends while it reads must [`Self::publish`]
     /// before a send that may wait, since the host may wait for this room.
     pub fn set_lazy_release(&mut self, lazy: bool) {

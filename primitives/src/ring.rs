@@ -38,7 +38,7 @@
 //!   reloads `write`), when a quarter of the ring is unpublished, when it
 //!   wraps, or when asked ([`Consumer::publish`]). A late `read` only makes
 //!   the producer see less room for a while; in wasm each publication is
-//!   an atomic exchange that drains the store buffer.
+//!   an atomic store, which wasmtime emits with a full fence.
 //! * Every loaded peer value is checked against our own capacity: a bad
 //!   value is a [`ProtocolError`], never an out-of-bounds access.
 
