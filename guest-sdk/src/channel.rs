@@ -254,9 +254,9 @@ impl Inbox {
     /// ring runs dry, when a quarter of it is read, or at
     /// [`Self::publish`]) or at once (`false`, the default). In wasm each
     /// give-back is an atomic store with a full fence, so a pure consumer
-    /// gains from lazy
-    /// mode; a plugin that sends while it reads must [`Self::publish`]
-    /// before a send that may wait, since the host may wait for this room.
+    /// gains from lazy mode; a plugin that sends while it reads must
+    /// [`Self::publish`] before a send that may wait, since the host may
+    /// wait for this room.
     pub fn set_lazy_release(&mut self, lazy: bool) {
         self.rx.set_lazy_release(lazy);
     }
