@@ -3,7 +3,7 @@
 use core::fmt;
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use shmrt_primitives::channel::{self, Location, Receiver, Sender};
+use shmrt_primitives::channel::{self, Receiver, Sender};
 use shmrt_primitives::{HeaderError, ProtocolError, Segment};
 
 use crate::host;
@@ -113,7 +113,7 @@ impl Message<'_> {
 
     /// Whether the payload sits in a slot (else inline in the ring).
     pub fn is_slot(&self) -> bool {
-        matches!(self.inner.location(), Location::Slot(_))
+        self.inner.is_slot()
     }
 }
 

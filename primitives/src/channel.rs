@@ -352,6 +352,12 @@ impl Message<'_> {
         self.location
     }
 
+    /// Whether the payload sits in a slot (else inline in the ring).
+    #[inline(always)]
+    pub fn is_slot(&self) -> bool {
+        matches!(self.location, Location::Slot(_))
+    }
+
     /// The payload, in place in shared memory. Its bounds were checked;
     /// its contents are whatever the sender wrote, and a sender that breaks
     /// the protocol may still be changing them, so parse it once.

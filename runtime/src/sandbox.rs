@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use shmrt_primitives::channel::{Location, Message, Receiver, Reservation, Sender};
+use shmrt_primitives::channel::{Message, Receiver, Reservation, Sender};
 use shmrt_primitives::segment_header::FEATURE_DOORBELLS;
 use shmrt_primitives::{PeerEntry, PeerState, ProtocolError, Segment, SegmentConfig, SendError};
 use wasmtime::{Config, Engine, Linker, Module, Store, TypedFunc, UpdateDeadline};
@@ -1233,7 +1233,7 @@ impl HostMessage<'_> {
 
     /// Whether it came in a slot (else inline in the ring).
     pub fn is_slot(&self) -> bool {
-        matches!(self.inner.location(), Location::Slot(_))
+        self.inner.is_slot()
     }
 }
 
