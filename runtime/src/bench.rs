@@ -785,51 +785,92 @@ fn slot_handoff(
 }
 
 fn copy_call(guest: &[u8], plan: BenchPlan, len: usize) -> Result<Vec<f64>, SandboxError> {
-    use wasmtime::{Config, Engine, Instance, Linker, Module, Store};
-    let err = |e: wasmtime::Error| SandboxError::Instantiate {
-        sandbox: "copy-call".into(),
-        message: format!("{e:#}"),
-    };
-    let mut config = Config::new();
-    config.wasm_threads(true);
-    let engine = Engine::new(&config).map_err(err)?;
-    let module = Module::new(&engine, guest).map_err(err)?;
-    let mut linker = Linker::<()>::new(&engine);
-    // Plain wasmtime: the shmrt imports exist but are never called.
-    linker
-        .func_wrap("shmrt", "segment_base", || 0u32)
-        .map_err(err)?;
-    linker
-        .func_wrap("shmrt", "segment_size", || 0u32)
-        .map_err(err)?;
-    linker.func_wrap("shmrt", "peer_id", || 1u32).map_err(err)?;
-    linker.func_wrap("shmrt", "ring", || {}).map_err(err)?;
-    linker
-        .func_wrap("shmrt", "wait", |_: i64| 1i32)
-        .map_err(err)?;
-    linker
-        .func_wrap("shmrt", "log", |_: i32, _: u32, _: u32| {})
-        .map_err(err)?;
-    linker.func_wrap("shmrt", "now_ns", || 0u64).map_err(err)?;
-    let mut store = Store::new(&engine, ());
-    let instance: Instance = linker.instantiate(&mut store, &module).map_err(err)?;
-    let memory = instance
-        .get_memory(&mut store, "memory")
-        .expect("the bench guest exports memory");
-    let buffer = instance
-        .get_typed_func::<(), u32>(&mut store, "bench_buffer")
-        .map_err(err)?;
-    let checksum = instance
-        .get_typed_func::<(u32, u32), u64>(&mut store, "bench_checksum")
-        .map_err(err)?;
-    let ptr = buffer.call(&mut store, ()).map_err(err)?;
+    let mut baseline = CopyCallGuest::new(guest)?;
     let data = payload(len);
     let want = sum64(&data);
-    payload_samples(plan, "copy-call", want, || {
-        memory
-            .write(&mut store, ptr as usize, &data)
-            .map_err(|e| wasmtime::Error::msg(e.to_string()))
-            .and_then(|()| checksum.call(&mut store, (ptr, len as u32)))
-            .map_err(err)
-    })
+    payload_samples(plan, "copy-call", want, || baseline.checksum(0, &data))
+}
+
+/// The baseline of the payload workloads: the bench guest in plain
+/// wasmtime (no shmrt segment, no epoch checks), handed each payload the
+/// way Extism and proxy-wasm do it: copied into guest memory, then an
+/// export called on it.
+pub struct CopyCallGuest {
+    store: wasmtime::Store<()>,
+    memory: wasmtime::Memory,
+    buffer: u32,
+    checksum: wasmtime::TypedFunc<(u32, u32), u64>,
+}
+
+impl CopyCallGuest {
+    /// Instantiates the bench guest `guest` (its wasm bytes).
+    pub fn new(guest: &[u8]) -> Result<Self, SandboxError> {
+        use wasmtime::{Config, Engine, Linker, Module, Store};
+        let mut config = Config::new();
+        config.wasm_threads(true);
+        let engine = Engine::new(&config).map_err(baseline_error)?;
+        let module = Module::new(&engine, guest).map_err(baseline_error)?;
+        let mut linker = Linker::<()>::new(&engine);
+        // Plain wasmtime: the shmrt imports exist but are never called.
+        (|| {
+            linker.func_wrap("shmrt", "segment_base", || 0u32)?;
+            linker.func_wrap("shmrt", "segment_size", || 0u32)?;
+            linker.func_wrap("shmrt", "peer_id", || 1u32)?;
+            linker.func_wrap("shmrt", "ring", || {})?;
+            linker.func_wrap("shmrt", "wait", |_: i64| 1i32)?;
+            linker.func_wrap("shmrt", "log", |_: i32, _: u32, _: u32| {})?;
+            linker.func_wrap("shmrt", "now_ns", || 0u64)?;
+            wasmtime::Result::<()>::Ok(())
+        })()
+        .map_err(baseline_error)?;
+        let mut store = Store::new(&engine, ());
+        let instance = linker
+            .instantiate(&mut store, &module)
+            .map_err(baseline_error)?;
+        let memory = instance
+            .get_memory(&mut store, "memory")
+            .ok_or_else(|| baseline_error(wasmtime::Error::msg("no memory export")))?;
+        let buffer = instance
+            .get_typed_func::<(), u32>(&mut store, "bench_buffer")
+            .and_then(|f| f.call(&mut store, ()))
+            .map_err(baseline_error)?;
+        let checksum = instance
+            .get_typed_func::<(u32, u32), u64>(&mut store, "bench_checksum")
+            .map_err(baseline_error)?;
+        Ok(CopyCallGuest {
+            store,
+            memory,
+            buffer,
+            checksum,
+        })
+    }
+
+    /// Copies `data` into the guest's buffer, `offset` bytes in, and
+    /// returns the word sum the guest computes of it there.
+    pub fn checksum(&mut self, offset: usize, data: &[u8]) -> Result<u64, SandboxError> {
+        let at = self.buffer as usize + offset;
+        let fits = offset + data.len() <= BENCH_BUFFER;
+        if !fits {
+            return Err(baseline_error(wasmtime::Error::msg(format!(
+                "{} bytes at offset {offset} do not fit the bench guest's buffer",
+                data.len()
+            ))));
+        }
+        self.memory
+            .write(&mut self.store, at, data)
+            .map_err(|e| baseline_error(wasmtime::Error::msg(e.to_string())))?;
+        self.checksum
+            .call(&mut self.store, (at as u32, data.len() as u32))
+            .map_err(baseline_error)
+    }
+}
+
+/// Bytes of the bench guest's buffer (`bench_buffer`).
+pub const BENCH_BUFFER: usize = (1 << 20) + 64;
+
+fn baseline_error(e: wasmtime::Error) -> SandboxError {
+    SandboxError::Instantiate {
+        sandbox: "copy-call".into(),
+        message: format!("{e:#}"),
+    }
 }

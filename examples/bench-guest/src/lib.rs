@@ -23,7 +23,10 @@ use core::arch::wasm32::{
 use shmrt_guest::{Channel, Inbox, Outbox};
 
 const BUFFER: usize = (1 << 20) + 64;
-static mut BUF: [u8; BUFFER] = [0; BUFFER];
+/// Cache-line aligned, so that offsets into it are offsets from a line.
+#[repr(align(64))]
+struct Buffer([u8; BUFFER]);
+static mut BUF: Buffer = Buffer([0; BUFFER]);
 
 /// Where the copy-call baseline writes its payload.
 #[unsafe(no_mangle)]
@@ -35,7 +38,7 @@ pub extern "C" fn bench_buffer() -> *mut u8 {
 /// the slot workload runs in place.
 #[unsafe(no_mangle)]
 pub extern "C" fn bench_checksum(ptr: *const u8, len: usize) -> u64 {
-    // SAFETY: the host wrote `len <= BUFFER` bytes at `ptr` (the buffer).
+    // SAFETY: the host wrote `len` bytes at `ptr`, inside the buffer.
     sum64(unsafe { core::slice::from_raw_parts(ptr, len.min(BUFFER)) })
 }
 
@@ -47,39 +50,44 @@ fn sum64(bytes: &[u8]) -> u64 {
     sum64_simd(bytes)
 }
 
-/// Bytes per loop iteration. The loop is written for wasmtime's epoch
-/// checks: each loop header may call into the runtime, so Cranelift keeps
-/// every value that lives across iterations on the stack (all vector
-/// registers are caller-saved). A large body makes those reloads rare, and
-/// each chain of adds is summed before it meets its accumulator.
-const BLOCK: usize = 512;
-/// Independent add chains per block.
-const CHAINS: usize = 4;
-const PER_CHAIN: usize = BLOCK / 16 / CHAINS;
+/// Bytes per loop iteration, in independent chains of adds of
+/// `PER_CHAIN` vectors. The loop is written for wasmtime's epoch checks:
+/// each loop header may call into the runtime, so Cranelift keeps every
+/// value that lives across iterations on the stack (all vector registers
+/// are caller-saved), and each iteration pays a few loads for the check and
+/// the accumulator. A large body makes them rare: this loop is bound by
+/// loads (two 16-byte loads a cycle here), not by arithmetic.
+const BLOCK: usize = 1024;
+const PER_CHAIN: usize = 8;
+const CHAINS: usize = BLOCK / 16 / PER_CHAIN;
+const _: () = assert!(CHAINS == 8, "`sum_blocks` writes out 8 chains");
 
 /// Each way of reading gets its own function, so that the compiler
 /// allocates registers for one loop at a time.
 fn sum64_simd(bytes: &[u8]) -> u64 {
-    // A slot payload follows its 4-byte length prefix, so it starts 4 bytes
-    // past a 64-byte boundary, and a quarter of its 16-byte loads would
-    // cross a cache line. Those payloads are read as aligned vectors and
-    // re-joined.
-    if bytes.as_ptr() as usize % 16 == 4 {
-        sum64_after_prefix(bytes)
-    } else {
-        sum64_plain(bytes)
+    // A slot payload follows its 4-byte length prefix, so its words sit 4
+    // bytes past 8-byte boundaries (the first slot of a class: 4 bytes past
+    // a 64-byte boundary), and a quarter of plain 16-byte loads would cross
+    // a cache line. Such bytes are read as aligned vectors and re-joined;
+    // words on 8-byte boundaries are read from the next 16-byte boundary.
+    match bytes.as_ptr() as usize % 16 {
+        4 => sum64_realigned(bytes, 16),
+        12 => sum64_realigned(bytes, 8),
+        8 => sum64_plain(bytes, 8),
+        _ => sum64_plain(bytes, 0),
     }
 }
 
-/// The word sum of bytes that start 4 bytes past a 16-byte boundary. The
-/// first 16 bytes go to the tail loop, so that the first aligned load
-/// starts inside `bytes`.
+/// The word sum of bytes whose words start 4 bytes past 8-byte boundaries;
+/// `skip` (a multiple of 8) brings the loop's first word 4 bytes past a
+/// 16-byte boundary, at least 4 bytes into `bytes`, so that the first
+/// aligned load starts inside.
 #[target_feature(enable = "simd128")]
 #[inline(never)]
-fn sum64_after_prefix(bytes: &[u8]) -> u64 {
-    let (sum, from, to) = sum_blocks(bytes, 16, 4, 16, |aligned, offset| {
+fn sum64_realigned(bytes: &[u8], skip: usize) -> u64 {
+    let (sum, from, to) = sum_blocks(bytes, skip, 4, 16, |aligned, offset| {
         // SAFETY: the 16 bytes wanted start 4 bytes past `aligned +
-        // offset`, 16 or more bytes into `bytes` and 32 or more before its
+        // offset`, 4 or more bytes into `bytes` and 16 or more before its
         // end: both aligned loads stay inside.
         unsafe {
             let at = aligned.add(offset) as *const v128;
@@ -91,13 +99,14 @@ fn sum64_after_prefix(bytes: &[u8]) -> u64 {
         .wrapping_add(sum_tail(&bytes[to..]))
 }
 
-/// The word sum of bytes anywhere, with unaligned loads.
+/// The word sum of bytes anywhere, with loads from `skip` bytes in (a
+/// multiple of 8): aligned ones when that is a 16-byte boundary.
 #[target_feature(enable = "simd128")]
 #[inline(never)]
-fn sum64_plain(bytes: &[u8]) -> u64 {
+fn sum64_plain(bytes: &[u8], skip: usize) -> u64 {
     // SAFETY: 16 bytes at `block + offset`, inside `bytes`; `v128_load`
     // has no alignment requirement.
-    let (sum, from, to) = sum_blocks(bytes, 0, 0, 0, |block, offset| unsafe {
+    let (sum, from, to) = sum_blocks(bytes, skip, 0, 0, |block, offset| unsafe {
         v128_load(block.add(offset) as *const v128)
     });
     sum.wrapping_add(sum_tail(&bytes[..from]))
@@ -121,7 +130,7 @@ fn sum_blocks(
     if blocks == 0 {
         return (0, 0, 0);
     }
-    let mut acc = [i64x2_splat(0); CHAINS];
+    let mut acc = i64x2_splat(0);
     for b in 0..blocks {
         // SAFETY: block `b` ends at `skip + (b + 1) * BLOCK`, `slack` or
         // more bytes before the end of `bytes`.
@@ -131,13 +140,15 @@ fn sum_blocks(
         // fold into the wasm loads (no address arithmetic per load).
         let block = core::hint::black_box(block);
         // Written out, not looped: a loop would get its own epoch check.
-        acc[0] = i64x2_add(acc[0], chain::<0>(block, &load));
-        acc[1] = i64x2_add(acc[1], chain::<1>(block, &load));
-        acc[2] = i64x2_add(acc[2], chain::<2>(block, &load));
-        acc[3] = i64x2_add(acc[3], chain::<3>(block, &load));
+        macro_rules! chains {
+            ($($c:literal)*) => {
+                $(acc = i64x2_add(acc, chain(block, $c * PER_CHAIN, &load));)*
+            };
+        }
+        chains!(0 1 2 3 4 5 6 7);
     }
-    let v = acc.iter().fold(i64x2_splat(0), |v, a| i64x2_add(v, *a));
-    let sum = (i64x2_extract_lane::<0>(v) as u64).wrapping_add(i64x2_extract_lane::<1>(v) as u64);
+    let sum =
+        (i64x2_extract_lane::<0>(acc) as u64).wrapping_add(i64x2_extract_lane::<1>(acc) as u64);
     (sum, skip, skip + blocks * BLOCK)
 }
 
@@ -160,18 +171,29 @@ fn sum_tail(bytes: &[u8]) -> u64 {
     total
 }
 
-/// The sum of chain `C` of a block, opaque to the optimizer, so that it
-/// cannot fold the accumulator into the chain (which would make the whole
-/// chain wait for the previous block).
+/// Where each chain's sum is written, and never read.
+static mut CHAIN_SINK: v128 = unsafe { core::mem::zeroed() };
+
+/// The sum of the `PER_CHAIN` vectors from vector `first` of a block.
+///
+/// The sum is also written to `CHAIN_SINK`, which shapes the code twice:
+/// a value with a second use stays a value of its own, so LLVM cannot fold
+/// the accumulator into the chain (which would make the whole chain wait
+/// for the previous block); and the write is a side effect at this point of
+/// the loop, so Cranelift computes the chain here, a few registers at a
+/// time, instead of loading every vector of the block before the first
+/// add. A store costs no load; the reload a `black_box` would add does.
 #[target_feature(enable = "simd128")]
 #[inline]
-fn chain<const C: usize>(block: *const u8, load: &impl Fn(*const u8, usize) -> v128) -> v128 {
-    let first = C * PER_CHAIN;
+fn chain(block: *const u8, first: usize, load: &impl Fn(*const u8, usize) -> v128) -> v128 {
     let mut sum = load(block, 16 * first);
     for i in first + 1..first + PER_CHAIN {
         sum = i64x2_add(sum, load(block, 16 * i));
     }
-    core::hint::black_box(sum)
+    // SAFETY: a plain static, written by this thread only (each sandbox is
+    // one thread); nothing reads it.
+    unsafe { core::ptr::write_volatile(&raw mut CHAIN_SINK, sum) };
+    sum
 }
 
 fn echo(inbox: &mut Inbox, outbox: &mut Outbox) -> i32 {
