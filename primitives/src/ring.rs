@@ -47,7 +47,7 @@ use core::sync::atomic::Ordering;
 
 use crate::error::{CursorField, ProtocolError};
 use crate::frame::{self, ParsedFrame};
-use crate::sync::AtomicU32;
+use crate::sync::{AtomicU32, store_u32};
 
 /// A ring header as it sits in shared memory.
 #[repr(C, align(64))]
@@ -313,11 +313,8 @@ impl Producer {
             // under the C++ memory model; loom found it. Consumers of either
             // order read this order correctly: until the watermark shows,
             // `write < read` just looks empty.)
-            self.ring.header().write.store(0, Ordering::Release);
-            self.ring
-                .header()
-                .watermark
-                .store(self.write, Ordering::Release);
+            store_u32(&self.ring.header().write, 0, Ordering::Release);
+            store_u32(&self.ring.header().watermark, self.write, Ordering::Release);
             self.write = 0;
             if len < read {
                 return Ok(Some(Grant {
@@ -388,7 +385,7 @@ impl Grant<'_> {
         p.write = self.offset + len;
         // Release: the bytes written into the grant happen-before a
         // consumer's Acquire load of `write` (SYNC POINT "write").
-        p.ring.header().write.store(p.write, Ordering::Release);
+        store_u32(&p.ring.header().write, p.write, Ordering::Release);
     }
 }
 

@@ -27,7 +27,7 @@ use core::sync::atomic::Ordering;
 use crate::error::SlotError;
 use crate::frame::SlotRef;
 use crate::layout::{MAX_SIZE_CLASSES, SLOT_LEN_PREFIX, SegmentLayout};
-use crate::sync::{AtomicU32, AtomicU64};
+use crate::sync::{AtomicU32, AtomicU64, store_u32};
 
 /// End of a free list.
 pub const EMPTY: u32 = u32::MAX;
@@ -234,7 +234,7 @@ impl ClassView {
                 .generation
                 .fetch_add(1, Ordering::AcqRel)
                 .wrapping_add(1);
-            meta.owner_peer.store(owner as u32, Ordering::Relaxed);
+            store_u32(&meta.owner_peer, owner as u32, Ordering::Relaxed);
             // AcqRel: a slot on the free list must have been Free; anything
             // else means the list was corrupt (a cycle or a forged push).
             let prev = meta.state.swap(SLOT_ALLOCATED, Ordering::AcqRel);
@@ -264,7 +264,7 @@ impl ClassView {
             let (top, tag) = unpack(head);
             // Relaxed: published by the AcqRel CAS below (SYNC POINT
             // "free_head").
-            meta.next_free.store(top, Ordering::Relaxed);
+            store_u32(&meta.next_free, top, Ordering::Relaxed);
             // ABA: see `pop`.
             if header
                 .free_head
@@ -546,7 +546,7 @@ impl SlotPool {
                 slot: r.slot_idx,
                 state,
             })?;
-        meta.owner_peer.store(0, Ordering::Relaxed);
+        store_u32(&meta.owner_peer, 0, Ordering::Relaxed);
         class.push(r.class_idx, r.slot_idx)
     }
 
@@ -592,6 +592,10 @@ impl SlotPool {
         let w = unsafe {
             core::sync::atomic::AtomicU32::from_ptr(class.slot_ptr(r.slot_idx) as *mut u32)
         };
+        // In wasm, a swap for the store (see `sync::store_u32`).
+        #[cfg(target_arch = "wasm32")]
+        w.swap(len.to_le(), Ordering::AcqRel);
+        #[cfg(not(target_arch = "wasm32"))]
         w.store(len.to_le(), Ordering::Release);
         Ok(())
     }
