@@ -226,36 +226,34 @@ pub fn run(
     mut progress: impl FnMut(&str),
 ) -> Result<BenchReport, SandboxError> {
     let runtime = Runtime::new()?;
+    let cpus = Cpus::pin();
     let mut w = Vec::new();
     let mut step = |name: &str| progress(name);
 
     step("floor_cacheline_rtt");
     w.push(Workload::latency(
         "floor_cacheline_rtt",
-        cacheline_rtt(plan),
+        cacheline_rtt(plan, &cpus),
     ));
     step("rtt_native, rtt_guest_spin");
     let mut paired = Vec::new();
-    let (native, in_guest) = spin_rtt_pair(&runtime, guest, plan)?;
+    let (native, in_guest) = spin_rtt_pair(&runtime, guest, plan, &cpus)?;
     paired.push((
         "guest_rtt_vs_native",
-        median_ratio(&in_guest, &native, |phase| {
-            let mut v = phase.to_vec();
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
-        }),
+        median_ratio(&in_guest, &native, phase_median),
     ));
     w.push(Workload::latency("rtt_native", native.concat()));
     w.push(Workload::latency("rtt_guest_spin", in_guest.concat()));
-    step("rtt_native_futex");
-    w.push(Workload::latency("rtt_native_futex", futex_rtt(plan)));
-    step("rtt_guest_parked");
-    w.push(Workload::latency(
-        "rtt_guest_parked",
-        guest_rtt(&runtime, guest, plan, "park", SpinBudget(0))?,
+    step("rtt_native_futex, rtt_guest_parked");
+    let (native, in_guest) = parked_rtt_pair(&runtime, guest, plan, &cpus)?;
+    paired.push((
+        "parked_rtt_vs_native_futex",
+        median_ratio(&in_guest, &native, phase_median),
     ));
+    w.push(Workload::latency("rtt_native_futex", native.concat()));
+    w.push(Workload::latency("rtt_guest_parked", in_guest.concat()));
     step("stream_native, stream_guest");
-    let (native, in_guest) = stream_pair(&runtime, guest, plan)?;
+    let (native, in_guest) = stream_pair(&runtime, guest, plan, &cpus)?;
     paired.push((
         "guest_stream_vs_native",
         median_ratio(
@@ -281,7 +279,7 @@ pub fn run(
         step(slot);
         w.push(Workload::latency(
             slot,
-            slot_handoff(&runtime, guest, plan, len)?,
+            slot_handoff(&runtime, guest, plan, len, &cpus)?,
         ));
         step(copy);
         w.push(Workload::latency(copy, copy_call(guest, plan, len)?));
@@ -291,6 +289,13 @@ pub fn run(
         workloads: w,
         paired,
     })
+}
+
+/// The median of one phase's samples.
+fn phase_median(phase: &[f64]) -> f64 {
+    let mut v = phase.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 /// The median over phases of `summary(a[i]) / summary(b[i])`.
@@ -356,19 +361,21 @@ fn payload_samples(
     }
 }
 
-fn cacheline_rtt(plan: BenchPlan) -> Vec<f64> {
+fn cacheline_rtt(plan: BenchPlan, cpus: &Cpus) -> Vec<f64> {
     let ball = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let (b, s) = (ball.clone(), stop.clone());
-    let echo = std::thread::spawn(move || {
-        let mut want = 1;
-        while !s.load(Ordering::Relaxed) {
-            if b.load(Ordering::Acquire) == want {
-                b.store(want + 1, Ordering::Release);
-                want += 2;
+    let echo = cpus.on_peer(|| {
+        std::thread::spawn(move || {
+            let mut want = 1;
+            while !s.load(Ordering::Relaxed) {
+                if b.load(Ordering::Acquire) == want {
+                    b.store(want + 1, Ordering::Release);
+                    want += 2;
+                }
+                std::hint::spin_loop();
             }
-            std::hint::spin_loop();
-        }
+        })
     });
     let mut next = 1;
     let r = batches(plan, || {
@@ -383,6 +390,64 @@ fn cacheline_rtt(plan: BenchPlan) -> Vec<f64> {
     r
 }
 
+/// The two CPUs a bench run uses: this thread stays on the host CPU, and
+/// every peer (an echo thread, a guest's thread) starts on the peer CPU,
+/// so that each pair runs across two CPUs, as a sandbox on a core of its
+/// own does. Unpinned, a parked pair sometimes shares a CPU (a wake-up is
+/// then a context switch, ~4 us here) and sometimes not (an idle CPU wakes,
+/// ~40 us in this VM), and which one a workload gets flips from run to
+/// run. Restores this thread's CPUs when dropped. Pins nothing with fewer
+/// than two CPUs.
+struct Cpus {
+    pinned: Option<(rustix::thread::CpuSet, rustix::thread::CpuSet)>,
+    before: Option<rustix::thread::CpuSet>,
+}
+
+impl Cpus {
+    fn pin() -> Self {
+        use rustix::thread::{CpuSet, sched_getaffinity, sched_setaffinity};
+        let before = sched_getaffinity(None).ok();
+        let pinned = before.as_ref().and_then(|all| {
+            let mut usable = (0..CpuSet::MAX_CPU).filter(|&c| all.is_set(c));
+            let (host, peer) = (usable.next()?, usable.next()?);
+            let only = |cpu| {
+                let mut set = CpuSet::new();
+                set.set(cpu);
+                set
+            };
+            let pinned = (only(host), only(peer));
+            sched_setaffinity(None, &pinned.0).ok()?;
+            Some(pinned)
+        });
+        Cpus { pinned, before }
+    }
+
+    /// Runs `start` on the peer CPU: the threads it starts run there. This
+    /// thread goes back to the host CPU afterwards.
+    fn on_peer<T>(&self, start: impl FnOnce() -> T) -> T {
+        use rustix::thread::sched_setaffinity;
+        let Some((host, peer)) = &self.pinned else {
+            return start();
+        };
+        let moved = sched_setaffinity(None, peer).is_ok();
+        let r = start();
+        if moved {
+            // Failing to move back leaves both sides on one CPU: slower,
+            // never wrong.
+            let _ = sched_setaffinity(None, host);
+        }
+        r
+    }
+}
+
+impl Drop for Cpus {
+    fn drop(&mut self) {
+        if let (Some(_), Some(before)) = (&self.pinned, &self.before) {
+            let _ = rustix::thread::sched_setaffinity(None, before);
+        }
+    }
+}
+
 /// A two-guest segment on the heap: index 0 for A to B, in both directions.
 fn heap_segment() -> (HeapRegion, Segment) {
     let config = SegmentConfig::single_guest();
@@ -394,37 +459,105 @@ fn heap_segment() -> (HeapRegion, Segment) {
     (region, seg)
 }
 
-fn futex_rtt(plan: BenchPlan) -> Vec<f64> {
-    let words = Arc::new([AtomicU32::new(0), AtomicU32::new(0)]);
-    let stop = Arc::new(AtomicBool::new(false));
-    let (w, s) = (words.clone(), stop.clone());
-    let echo = std::thread::spawn(move || {
-        let mut seen = 0;
-        loop {
-            while w[0].load(Ordering::Acquire) == seen {
-                if s.load(Ordering::Relaxed) {
-                    return;
+/// A native thread that echoes a counter through a pair of futex words,
+/// parking between round trips: the baseline of the parked round trip.
+struct FutexEcho {
+    words: Arc<[AtomicU32; 2]>,
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+    sent: u32,
+}
+
+impl FutexEcho {
+    fn start(cpus: &Cpus) -> Self {
+        let words = Arc::new([AtomicU32::new(0), AtomicU32::new(0)]);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (w, s) = (words.clone(), stop.clone());
+        let thread = cpus.on_peer(|| {
+            std::thread::spawn(move || {
+                let mut seen = 0;
+                loop {
+                    while w[0].load(Ordering::Acquire) == seen {
+                        if s.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        doorbell_futex::park(&w[0], seen, Some(Duration::from_millis(50)));
+                    }
+                    seen = w[0].load(Ordering::Acquire);
+                    w[1].store(seen, Ordering::Release);
+                    doorbell_futex::wake_all(&w[1]);
                 }
-                doorbell_futex::park(&w[0], seen, Some(Duration::from_millis(50)));
+            })
+        });
+        FutexEcho {
+            words,
+            stop,
+            thread,
+            sent: 0,
+        }
+    }
+
+    /// Wakes the echo thread and parks until it answers.
+    fn round_trip(&mut self) {
+        self.sent += 1;
+        let n = self.sent;
+        self.words[0].store(n, Ordering::Release);
+        doorbell_futex::wake_all(&self.words[0]);
+        while self.words[1].load(Ordering::Acquire) != n {
+            doorbell_futex::park(&self.words[1], n - 1, None);
+        }
+    }
+
+    fn finish(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        doorbell_futex::wake_all(&self.words[0]);
+        self.thread.join().expect("futex echo thread");
+    }
+}
+
+/// Round trips with both sides parked between messages: a native futex
+/// ping-pong, and host to guest on the doorbells, in alternating phases.
+/// How fast a parked thread wakes depends on how deeply its idle CPU
+/// sleeps, which drifts on shared hardware; both sides see the same drift.
+fn parked_rtt_pair(
+    runtime: &Runtime,
+    guest: &[u8],
+    plan: BenchPlan,
+    cpus: &Cpus,
+) -> Result<PerPhase, SandboxError> {
+    let mut echo = FutexEcho::start(cpus);
+    let mut sb = match spawn_bench(runtime, guest, "park", SpinBudget(0), cpus) {
+        Ok(sb) => sb,
+        Err(e) => {
+            echo.finish();
+            return Err(e);
+        }
+    };
+    let phase = BenchPlan {
+        batches: plan.batches.div_ceil(plan.phases),
+        ..plan
+    };
+    let msg = [7u8; 64];
+    let mut failure = None;
+    let (mut native, mut in_guest) = (Vec::new(), Vec::new());
+    for i in 0..plan.phases {
+        for guest_side in [i % 2 == 1, i % 2 == 0] {
+            if guest_side {
+                in_guest.push(batches(phase, || {
+                    guest_round_trip(&mut sb, &msg, &mut failure)
+                }));
+                if let Some(e) = failure.take() {
+                    echo.finish();
+                    return Err(explain(sb, e));
+                }
+            } else {
+                native.push(batches(phase, || echo.round_trip()));
             }
-            seen = w[0].load(Ordering::Acquire);
-            w[1].store(seen, Ordering::Release);
-            doorbell_futex::wake_all(&w[1]);
         }
-    });
-    let mut n = 0u32;
-    let r = batches(plan, || {
-        n += 1;
-        words[0].store(n, Ordering::Release);
-        doorbell_futex::wake_all(&words[0]);
-        while words[1].load(Ordering::Acquire) != n {
-            doorbell_futex::park(&words[1], n - 1, None);
-        }
-    });
-    stop.store(true, Ordering::Relaxed);
-    doorbell_futex::wake_all(&words[0]);
-    echo.join().expect("echo thread");
-    r
+    }
+    echo.finish();
+    finish(sb)?;
+    Ok((native, in_guest))
 }
 
 fn spawn_bench(
@@ -432,13 +565,14 @@ fn spawn_bench(
     guest: &[u8],
     mode: &str,
     spin: SpinBudget,
+    cpus: &Cpus,
 ) -> Result<Sandbox, SandboxError> {
     let options = SandboxOptions {
         name: format!("bench-{mode}"),
         spin,
         ..SandboxOptions::default()
     };
-    let mut sb = runtime.spawn(guest, options)?;
+    let mut sb = cpus.on_peer(|| runtime.spawn(guest, options))?;
     sb.sender().send(mode.as_bytes())?;
     Ok(sb)
 }
@@ -453,24 +587,6 @@ fn finish(mut sb: Sandbox) -> Result<(), SandboxError> {
         }
     }
     sb.join().map(|_| ())
-}
-
-fn guest_rtt(
-    runtime: &Runtime,
-    guest: &[u8],
-    plan: BenchPlan,
-    mode: &str,
-    spin: SpinBudget,
-) -> Result<Vec<f64>, SandboxError> {
-    let mut sb = spawn_bench(runtime, guest, mode, spin)?;
-    let msg = [7u8; 64];
-    let mut failure = None;
-    let r = batches(plan, || guest_round_trip(&mut sb, &msg, &mut failure));
-    if let Some(e) = failure {
-        return Err(explain(sb, e));
-    }
-    finish(sb)?;
-    Ok(r)
 }
 
 /// One host-to-guest round trip of `msg` (the guest echoes it), skipped
@@ -523,24 +639,29 @@ impl NativePeer {
     /// Starts `body(rest, stopping)`: `rest()` parks until the next phase
     /// and returns false when the pair is done; `stopping()` says whether
     /// it is, for the body's polling loops.
-    fn start(body: impl FnOnce(&dyn Fn() -> bool, &dyn Fn() -> bool) + Send + 'static) -> Self {
+    fn start(
+        cpus: &Cpus,
+        body: impl FnOnce(&dyn Fn() -> bool, &dyn Fn() -> bool) + Send + 'static,
+    ) -> Self {
         let go = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let (g, s) = (go.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            let stopping = || s.load(Ordering::Relaxed);
-            let rest = || {
-                while !g.swap(false, Ordering::AcqRel) {
-                    if s.load(Ordering::Acquire) {
-                        return false;
+        let thread = cpus.on_peer(|| {
+            std::thread::spawn(move || {
+                let stopping = || s.load(Ordering::Relaxed);
+                let rest = || {
+                    while !g.swap(false, Ordering::AcqRel) {
+                        if s.load(Ordering::Acquire) {
+                            return false;
+                        }
+                        std::thread::park();
                     }
-                    std::thread::park();
+                    !s.load(Ordering::Acquire)
+                };
+                if rest() {
+                    body(&rest, &stopping);
                 }
-                !s.load(Ordering::Acquire)
-            };
-            if rest() {
-                body(&rest, &stopping);
-            }
+            })
         });
         NativePeer { thread, go, stop }
     }
@@ -570,11 +691,12 @@ fn spin_rtt_pair(
     runtime: &Runtime,
     guest: &[u8],
     plan: BenchPlan,
+    cpus: &Cpus,
 ) -> Result<PerPhase, SandboxError> {
     let (_region, seg) = heap_segment();
     let (mut tx, mut rx) = seg.host_channel(0).expect("fresh rings");
     let (mut gtx, mut grx) = seg.guest_channel(0).expect("fresh rings");
-    let peer = NativePeer::start(move |rest, stopping| {
+    let peer = NativePeer::start(cpus, move |rest, stopping| {
         let mut buf = [0u8; 64];
         while !stopping() {
             let len = match grx.try_recv() {
@@ -594,7 +716,7 @@ fn spin_rtt_pair(
             }
         }
     });
-    let mut sb = spawn_bench(runtime, guest, "spin", SpinBudget(u32::MAX))?;
+    let mut sb = spawn_bench(runtime, guest, "spin", SpinBudget(u32::MAX), cpus)?;
     // Park the guest until its first phase.
     let mut failure = None;
     guest_round_trip(&mut sb, &[], &mut failure);
@@ -651,11 +773,12 @@ fn stream_pair(
     runtime: &Runtime,
     guest: &[u8],
     plan: BenchPlan,
+    cpus: &Cpus,
 ) -> Result<(Vec<f64>, Vec<f64>), SandboxError> {
     let (_region, seg) = heap_segment();
     let (mut tx, mut rx) = seg.host_channel(0).expect("fresh rings");
     let (mut gtx, mut grx) = seg.guest_channel(0).expect("fresh rings");
-    let peer = NativePeer::start(move |rest, stopping| {
+    let peer = NativePeer::start(cpus, move |rest, stopping| {
         // A pure consumer, as the guest's is.
         grx.set_lazy_release(true);
         let mut count = 0u64;
@@ -678,7 +801,7 @@ fn stream_pair(
             }
         }
     });
-    let mut sb = spawn_bench(runtime, guest, "stream", SpinBudget(u32::MAX))?;
+    let mut sb = spawn_bench(runtime, guest, "stream", SpinBudget(u32::MAX), cpus)?;
     let per_phase = plan.stream.div_ceil(plan.phases);
     let msg = [5u8; 64];
     let (mut native, mut in_guest) = (Vec::new(), Vec::new());
@@ -760,8 +883,9 @@ fn slot_handoff(
     guest: &[u8],
     plan: BenchPlan,
     len: usize,
+    cpus: &Cpus,
 ) -> Result<Vec<f64>, SandboxError> {
-    let mut sb = spawn_bench(runtime, guest, "checksum", SpinBudget(u32::MAX))?;
+    let mut sb = spawn_bench(runtime, guest, "checksum", SpinBudget(u32::MAX), cpus)?;
     let data = payload(len);
     let want = sum64(&data);
     let mut filled = false;

@@ -31,7 +31,8 @@ static mut BUF: Buffer = Buffer([0; BUFFER]);
 /// Where the copy-call baseline writes its payload.
 #[unsafe(no_mangle)]
 pub extern "C" fn bench_buffer() -> *mut u8 {
-    &raw mut BUF as *mut u8
+    // SAFETY: only the address is taken.
+    unsafe { (&raw mut BUF.0) as *mut u8 }
 }
 
 /// The sum of the u64 words of `len` bytes at `ptr`, the same function
