@@ -14,8 +14,8 @@ pub(crate) use core::sync::atomic::{AtomicU32, AtomicU64};
 use core::sync::atomic::Ordering;
 
 /// Stores `value` with at least `order` (Release or Relaxed), for the
-/// stores a sender makes on its way to the peer: the producer's cursors
-/// and the slot pool's metas.
+/// stores on a message's way: the producer's cursors, an eager consumer's
+/// `read`, and the slot pool's metas.
 ///
 /// In wasm every atomic store is sequentially consistent, and Cranelift
 /// emits one on x86-64 as a `mov` followed by an `mfence`, which costs
@@ -24,9 +24,8 @@ use core::sync::atomic::Ordering;
 /// builds store with a swap and drop the old value. Elsewhere it is a plain
 /// store with `order`.
 ///
-/// The consumer's `read` cursor keeps the plain store: giving room back
-/// faster made a caught-up consumer poll the producer's cursor line
-/// harder, and measured streams slower by half.
+/// A lazy consumer's `read` keeps the plain store (see
+/// `Consumer::publish`).
 #[inline(always)]
 pub(crate) fn store_u32(word: &AtomicU32, value: u32, order: Ordering) {
     #[cfg(target_arch = "wasm32")]

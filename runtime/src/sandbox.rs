@@ -1000,7 +1000,10 @@ fn block_on_guest(
 }
 
 /// Reserves room for `len` bytes now; `Ok(None)` when the ring or the
-/// pool is full.
+/// pool is full. Inlined into each send, as `Sender::send` is: called out
+/// of line, it made a spinning round trip with a guest 30-50 ns slower
+/// here (measured within one run against the inlined path).
+#[inline(always)]
 fn reserve_now<'a>(
     tx: &'a mut Sender,
     shared: &SandboxShared,
@@ -1050,16 +1053,11 @@ impl HostSender {
     /// Sends `payload` if there is room now; `Ok(false)` when the ring or
     /// the pool is full.
     pub fn try_send(&mut self, payload: &[u8]) -> Result<bool, SandboxError> {
-        let Self { tx, shared } = self;
-        match reserve_now(tx, shared, payload.len())? {
-            Some(mut r) => {
-                r.as_mut_slice().copy_from_slice(payload);
-                r.commit();
-                notify(shared, &shared.peer().h2g_doorbell);
-                Ok(true)
-            }
-            None => Ok(false),
+        let sent = self.try_send_no_notify(payload)?;
+        if sent {
+            self.notify();
         }
+        Ok(sent)
     }
 
     /// Sends `payload`, waiting for room as long as the guest runs.
