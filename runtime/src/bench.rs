@@ -276,13 +276,16 @@ pub fn run(
         ("slot_64kib", "copy_call_64kib", 65536),
         ("slot_1mib", "copy_call_1mib", 1 << 20),
     ] {
-        step(slot);
-        w.push(Workload::latency(
-            slot,
-            slot_handoff(&runtime, guest, plan, len, &cpus)?,
-        ));
-        step(copy);
-        w.push(Workload::latency(copy, copy_call(guest, plan, len)?));
+        step(&format!("{slot}, {copy}"));
+        let (slots, copies) = payload_pair(&runtime, guest, plan, len, &cpus)?;
+        if len == 1 << 20 {
+            paired.push((
+                "slot_1mib_vs_copy_call",
+                median_ratio(&copies, &slots, phase_median),
+            ));
+        }
+        w.push(Workload::latency(slot, slots.concat()));
+        w.push(Workload::latency(copy, copies.concat()));
     }
     Ok(BenchReport {
         machine: machine(),
@@ -878,47 +881,62 @@ fn payload(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 131 + 7) as u8).collect()
 }
 
-fn slot_handoff(
+/// Hand-offs of `len`-byte payloads, in alternating phases (both sides
+/// see the same drift of the machine): in a slot to a spinning guest that
+/// checksums it in place and answers the sum, and copied into a plain
+/// wasmtime instance of the same guest whose export checksums it (the
+/// baseline). ns per hand-off, per phase: (slot, copy-call).
+fn payload_pair(
     runtime: &Runtime,
     guest: &[u8],
     plan: BenchPlan,
     len: usize,
     cpus: &Cpus,
-) -> Result<Vec<f64>, SandboxError> {
+) -> Result<PerPhase, SandboxError> {
     let mut sb = spawn_bench(runtime, guest, "checksum", SpinBudget(u32::MAX), cpus)?;
-    let data = payload(len);
-    let want = sum64(&data);
-    let mut filled = false;
-    let r = payload_samples(plan, "bench-checksum", want, || {
-        // The producer writes its data in place once: the slot that comes
-        // back from the free list is the same one, its bytes untouched (the
-        // guest's checksum of every hand-off proves it).
-        sb.sender().send_with(len, |buf| {
-            if !filled {
-                buf.copy_from_slice(&data);
-                filled = true;
-            }
-        })?;
-        let reply = sb.receiver().recv()?;
-        Ok(u64::from_le_bytes(
-            reply.as_bytes().try_into().unwrap_or([0; 8]),
-        ))
-    })?;
-    finish(sb)?;
-    Ok(r)
-}
-
-fn copy_call(guest: &[u8], plan: BenchPlan, len: usize) -> Result<Vec<f64>, SandboxError> {
     let mut baseline = CopyCallGuest::new(guest)?;
     let data = payload(len);
     let want = sum64(&data);
-    payload_samples(plan, "copy-call", want, || baseline.checksum(0, &data))
+    let phase = BenchPlan {
+        payloads: plan.payloads.div_ceil(plan.phases).max(8),
+        ..plan
+    };
+    let mut filled = false;
+    let (mut slots, mut copies) = (Vec::new(), Vec::new());
+    for i in 0..plan.phases {
+        for slot_side in [i % 2 == 0, i % 2 == 1] {
+            if !slot_side {
+                copies.push(payload_samples(phase, "copy-call", want, || {
+                    baseline.checksum(0, &data)
+                })?);
+                continue;
+            }
+            slots.push(payload_samples(phase, "bench-checksum", want, || {
+                // The producer writes its data in place once: the slot that
+                // comes back from the free list is the same one, its bytes
+                // untouched (the guest's checksum of every hand-off proves
+                // it).
+                sb.sender().send_with(len, |buf| {
+                    if !filled {
+                        buf.copy_from_slice(&data);
+                        filled = true;
+                    }
+                })?;
+                let reply = sb.receiver().recv()?;
+                Ok(u64::from_le_bytes(
+                    reply.as_bytes().try_into().unwrap_or([0; 8]),
+                ))
+            })?);
+        }
+    }
+    finish(sb)?;
+    Ok((slots, copies))
 }
 
 /// The baseline of the payload workloads: the bench guest in plain
-/// wasmtime (no shmrt segment, no epoch checks), handed each payload the
-/// way Extism and proxy-wasm do it: copied into guest memory, then an
-/// export called on it.
+/// wasmtime (no shmrt segment; epoch checks on, as Extism runs plugins),
+/// handed each payload the way Extism and proxy-wasm do it: copied into
+/// guest memory, then an export called on it.
 pub struct CopyCallGuest {
     store: wasmtime::Store<()>,
     memory: wasmtime::Memory,
@@ -932,6 +950,10 @@ impl CopyCallGuest {
         use wasmtime::{Config, Engine, Linker, Module, Store};
         let mut config = Config::new();
         config.wasm_threads(true);
+        // Extism turns epoch interruption on for every plugin (it is how it
+        // enforces timeouts), as shmrt does: both sides run the same
+        // compiled checksum.
+        config.epoch_interruption(true);
         let engine = Engine::new(&config).map_err(baseline_error)?;
         let module = Module::new(&engine, guest).map_err(baseline_error)?;
         let mut linker = Linker::<()>::new(&engine);
@@ -948,6 +970,8 @@ impl CopyCallGuest {
         })()
         .map_err(baseline_error)?;
         let mut store = Store::new(&engine, ());
+        // Nothing advances this engine's epoch: the checks never fire.
+        store.set_epoch_deadline(u64::MAX / 2);
         let instance = linker
             .instantiate(&mut store, &module)
             .map_err(baseline_error)?;
