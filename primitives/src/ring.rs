@@ -47,7 +47,7 @@ use core::sync::atomic::Ordering;
 
 use crate::error::{CursorField, ProtocolError};
 use crate::frame::{self, ParsedFrame};
-use crate::sync::{AtomicU32, store_u32};
+use crate::sync::AtomicU32;
 
 /// A ring header as it sits in shared memory.
 #[repr(C, align(64))]
@@ -313,8 +313,11 @@ impl Producer {
             // under the C++ memory model; loom found it. Consumers of either
             // order read this order correctly: until the watermark shows,
             // `write < read` just looks empty.)
-            store_u32(&self.ring.header().write, 0, Ordering::Release);
-            store_u32(&self.ring.header().watermark, self.write, Ordering::Release);
+            self.ring.header().write.store(0, Ordering::Release);
+            self.ring
+                .header()
+                .watermark
+                .store(self.write, Ordering::Release);
             self.write = 0;
             if len < read {
                 return Ok(Some(Grant {
@@ -385,7 +388,7 @@ impl Grant<'_> {
         p.write = self.offset + len;
         // Release: the bytes written into the grant happen-before a
         // consumer's Acquire load of `write` (SYNC POINT "write").
-        store_u32(&p.ring.header().write, p.write, Ordering::Release);
+        p.ring.header().write.store(p.write, Ordering::Release);
     }
 }
 
@@ -474,17 +477,7 @@ impl Consumer {
     pub fn publish(&mut self) {
         if self.read != self.published {
             // Release: we are done with these bytes (SYNC POINT "read").
-            // An eager release answers a request on the round trip's path:
-            // the cheaper store of `store_u32` (in wasm). A lazy one runs
-            // when the consumer has caught up, where a cheaper store only
-            // has it poll the producer's cursor line sooner (measured: a
-            // stream at half speed).
-            let read = &self.ring.header().read;
-            if self.lazy || option_env!("EAGERSTORE").is_some() {
-                read.store(self.read, Ordering::Release);
-            } else {
-                store_u32(read, self.read, Ordering::Release);
-            }
+            self.ring.header().read.store(self.read, Ordering::Release);
             self.published = self.read;
         }
     }

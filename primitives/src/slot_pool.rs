@@ -592,10 +592,6 @@ impl SlotPool {
         let w = unsafe {
             core::sync::atomic::AtomicU32::from_ptr(class.slot_ptr(r.slot_idx) as *mut u32)
         };
-        // In wasm, a swap for the store (see `sync::store_u32`).
-        #[cfg(target_arch = "wasm32")]
-        w.swap(len.to_le(), Ordering::AcqRel);
-        #[cfg(not(target_arch = "wasm32"))]
         w.store(len.to_le(), Ordering::Release);
         Ok(())
     }
