@@ -4,6 +4,13 @@
 //! Latencies are measured in batches of round trips (the clock read costs
 //! about as much as a cache-line transfer), and reported per round trip:
 //! the median and the 99th percentile over the batches.
+//!
+//! Each ratio compares a pair of workloads run in alternating phases, both
+//! sides alive throughout, and is the median over phases of the ratio
+//! within each phase: on shared hardware the speed between two cores
+//! drifts within milliseconds, and both sides of a pair see the same
+//! drift. This thread stays on one CPU and every peer starts on another
+//! (see `Cpus`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -86,7 +93,8 @@ pub struct BenchReport {
     pub workloads: Vec<Workload>,
     /// Ratios measured pairwise: for a pair of workloads run in
     /// alternating phases, the median over phases of the ratio within each
-    /// phase (keyed by ratio key). Other ratios divide the two medians.
+    /// phase (keyed by ratio key). A ratio missing here divides the two
+    /// workloads' medians.
     pub paired: Vec<(&'static str, f64)>,
 }
 
@@ -226,6 +234,8 @@ pub fn run(
     mut progress: impl FnMut(&str),
 ) -> Result<BenchReport, SandboxError> {
     let runtime = Runtime::new()?;
+    // Before pinning: the CPUs this process may use.
+    let machine = machine();
     let cpus = Cpus::pin();
     let mut w = Vec::new();
     let mut step = |name: &str| progress(name);
@@ -288,7 +298,7 @@ pub fn run(
         w.push(Workload::latency(copy, copies.concat()));
     }
     Ok(BenchReport {
-        machine: machine(),
+        machine,
         workloads: w,
         paired,
     })

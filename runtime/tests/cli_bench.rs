@@ -12,7 +12,10 @@ fn bench_quick_json_reports_every_workload_and_ratio() {
         .unwrap();
     assert!(out.status.success(), "{}", common::stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
-    assert!(v["machine"].as_str().is_some_and(|m| !m.is_empty()));
+    // The CPUs the process may use, counted before the bench pins itself.
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    let machine = v["machine"].as_str().unwrap_or_default();
+    assert!(machine.contains(&format!(", {cpus} cores")), "{machine}");
     let names: Vec<(&str, &str)> = v["workloads"]
         .as_array()
         .unwrap()
