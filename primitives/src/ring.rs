@@ -178,7 +178,7 @@ impl RingRef {
         // SAFETY: in bounds and 4-aligned as in `load_word`. A plain store:
         // the bytes are the producer's own until the Release store of
         // `write` publishes them (SYNC POINT "write"), and on wasm an
-        // atomic store would be a sequentially consistent `xchg`.
+        // atomic store is sequentially consistent (`mov` and `mfence`).
         unsafe { core::ptr::write(self.data.add(off as usize) as *mut u32, value.to_le()) };
     }
 
