@@ -39,6 +39,7 @@ fn bench_quick_json_reports_every_workload_and_ratio() {
         ("copy_call_4kib", "ns"),
         ("copy_call_64kib", "ns"),
         ("copy_call_1mib", "ns"),
+        ("slot_stream_1mib", "ns"),
     ] {
         assert!(
             names.contains(&(name, unit)),
