@@ -248,20 +248,20 @@ pub fn run(
     step("rtt_native, rtt_guest_spin");
     let mut paired = Vec::new();
     let (native, in_guest) = spin_rtt_pair(&runtime, guest, plan, &cpus)?;
-    paired.push((
-        "guest_rtt_vs_native",
-        median_ratio(&in_guest, &native, phase_median),
-    ));
-    w.push(Workload::latency("rtt_native", native.concat()));
-    w.push(Workload::latency("rtt_guest_spin", in_guest.concat()));
+    record_latency_pair(
+        (&mut w, &mut paired),
+        Some("guest_rtt_vs_native"),
+        ("rtt_native", native),
+        ("rtt_guest_spin", in_guest),
+    );
     step("rtt_native_futex, rtt_guest_parked");
     let (native, in_guest) = parked_rtt_pair(&runtime, guest, plan, &cpus)?;
-    paired.push((
-        "parked_rtt_vs_native_futex",
-        median_ratio(&in_guest, &native, phase_median),
-    ));
-    w.push(Workload::latency("rtt_native_futex", native.concat()));
-    w.push(Workload::latency("rtt_guest_parked", in_guest.concat()));
+    record_latency_pair(
+        (&mut w, &mut paired),
+        Some("parked_rtt_vs_native_futex"),
+        ("rtt_native_futex", native),
+        ("rtt_guest_parked", in_guest),
+    );
     step("stream_native, stream_guest");
     let (native, in_guest) = stream_pair(&runtime, guest, plan, &cpus)?;
     paired.push((
@@ -288,14 +288,12 @@ pub fn run(
     ] {
         step(&format!("{slot}, {copy}"));
         let (slots, copies) = payload_pair(&runtime, guest, plan, len, &cpus)?;
-        if len == 1 << 20 {
-            paired.push((
-                "slot_1mib_vs_copy_call",
-                median_ratio(&copies, &slots, phase_median),
-            ));
-        }
-        w.push(Workload::latency(slot, slots.concat()));
-        w.push(Workload::latency(copy, copies.concat()));
+        record_latency_pair(
+            (&mut w, &mut paired),
+            (len == 1 << 20).then_some("slot_1mib_vs_copy_call"),
+            (slot, slots),
+            (copy, copies),
+        );
     }
     step("slot_stream_1mib");
     w.push(Workload::latency(
@@ -307,6 +305,22 @@ pub fn run(
         workloads: w,
         paired,
     })
+}
+
+/// Records the two latency workloads of a pair (`base` first) and, under
+/// `key`, the median over phases of the within-phase ratio `other` /
+/// `base` (guest over native round trips; copy-call over slot payloads).
+fn record_latency_pair(
+    (w, paired): (&mut Vec<Workload>, &mut Vec<(&'static str, f64)>),
+    key: Option<&'static str>,
+    (base_name, base): (&'static str, Vec<Vec<f64>>),
+    (other_name, other): (&'static str, Vec<Vec<f64>>),
+) {
+    if let Some(key) = key {
+        paired.push((key, median_ratio(&other, &base, phase_median)));
+    }
+    w.push(Workload::latency(base_name, base.concat()));
+    w.push(Workload::latency(other_name, other.concat()));
 }
 
 /// The median of one phase's samples.
