@@ -8,6 +8,12 @@ rustup component add clippy rustfmt || echo "note: could not add clippy/rustfmt 
 
 step() { printf '\n== %s\n' "$*"; }
 
+# A test run needs about 4 GiB of disk (three target dirs); say what there is,
+# so that a full disk is told apart from a failing test.
+df -h . | tail -1 | awk '{print "disk: " $4 " free of " $2}'
+# Incremental caches only help edit-compile loops; here they would take space.
+export CARGO_INCREMENTAL=0
+
 step "format"
 cargo fmt --all -- --check
 
@@ -18,7 +24,10 @@ step "unit, integration, compatibility and property tests (guests are built from
 cargo test --workspace
 
 step "the embedding example"
-cargo run -q -p shmrt --example embed -- "$(cargo run -q -p shmrt -- build examples/upper)"
+# `cargo test` built both with the workspace's features; `cargo run` here
+# would build wasmtime twice more (the binary alone and the example alone
+# each unify other features).
+target/debug/examples/embed "$(target/debug/shmrt build examples/upper)"
 
 step "no_std builds for wasm32"
 cargo build -p shmrt-primitives --target wasm32-unknown-unknown
