@@ -133,6 +133,9 @@ pub(crate) struct SandboxShared {
     pub last_error_log: std::sync::Mutex<Option<String>>,
     /// The memory limit refused a `memory.grow`.
     pub memory_refused: AtomicBool,
+    /// The first protocol violation the host found: it is why the sandbox
+    /// was stopped, so `join` reports it whatever the guest did next.
+    pub violation: std::sync::Mutex<Option<ProtocolError>>,
 }
 
 impl SandboxShared {
@@ -188,6 +191,7 @@ impl SandboxShared {
             spin,
             last_error_log: Default::default(),
             memory_refused: AtomicBool::new(false),
+            violation: Default::default(),
         }
     }
 }
@@ -925,15 +929,30 @@ impl SandboxHandle {
     }
 
     /// Waits for the guest to return; its exit status (the value of
-    /// `shmrt_main`, or the WASI exit code) or how it failed.
+    /// `shmrt_main`, or the WASI exit code) or how it failed. A sandbox
+    /// the host stopped for a protocol violation reports the violation,
+    /// however the guest ended after it (trapped at the stop, or returned
+    /// when its `wait` said goodbye).
     pub fn join(mut self) -> Result<i32, SandboxError> {
         let thread = self.thread.take().expect("joined once");
-        thread.join().unwrap_or_else(|_| {
+        let status = thread.join().unwrap_or_else(|_| {
             Err(SandboxError::Trap {
                 sandbox: self.shared.name.clone(),
                 message: "the guest thread panicked".into(),
             })
-        })
+        });
+        let violation = *self
+            .shared
+            .violation
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match violation {
+            Some(error) => Err(SandboxError::Protocol {
+                sandbox: self.shared.name.clone(),
+                error,
+            }),
+            None => status,
+        }
     }
 }
 
@@ -947,7 +966,12 @@ impl Drop for SandboxHandle {
 }
 
 fn protocol(shared: &SandboxShared, error: ProtocolError) -> SandboxError {
-    // A violation stops this sandbox only.
+    // A violation stops this sandbox only; the first one is why.
+    shared
+        .violation
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert(error);
     shared.stop.store(true, Ordering::Release);
     doorbell_futex::wake_all(shared.peer().h2g_doorbell.futex_word());
     SandboxError::Protocol {

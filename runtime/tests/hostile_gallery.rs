@@ -52,6 +52,17 @@ fn a_ring_cursor_past_the_capacity() {
 }
 
 #[test]
+fn a_violation_is_the_status_even_when_the_stop_interrupts_the_guest() {
+    // The guest is busy when the host stops it for the forged cursor: the
+    // stop traps it, and the status is still the violation, not the trap.
+    let l = layout();
+    assert_protocol_error(
+        &format!("poke {} 1000000\nspin\n", l.g2h_ring_offset(0)),
+        "write cursor 1000000 is past the capacity 65536",
+    );
+}
+
+#[test]
 fn a_watermark_past_the_capacity() {
     let l = layout();
     assert_protocol_error(
