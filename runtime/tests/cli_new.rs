@@ -41,8 +41,49 @@ fn a_new_plugin_builds_runs_and_passes_its_test() {
         String::from_utf8_lossy(&test.stderr)
     );
 
-    let wasm = common::guest(crate_dir.to_str().unwrap());
+    // Built by `shmrt build` itself, its messages kept: the rustc warning
+    // about the atomics target feature (in every crate) is left out, the
+    // author's own warnings are not.
+    let lib = crate_dir.join("src/lib.rs");
+    let source = std::fs::read_to_string(&lib).unwrap();
+    std::fs::write(&lib, format!("{source}\nfn unused_helper() {{}}\n")).unwrap();
+    let build = common::shmrt()
+        .arg("build")
+        .arg(&crate_dir)
+        .output()
+        .unwrap();
+    let messages = common::stderr(&build);
+    assert!(build.status.success(), "{messages}");
+    assert!(!messages.contains("unstable feature"), "{messages}");
+    assert!(
+        messages.contains("function `unused_helper` is never used"),
+        "{messages}"
+    );
+    let wasm = std::path::PathBuf::from(String::from_utf8(build.stdout).unwrap().trim_end());
     let out = common::run(&[], &wasm, b"hello\nshmrt\n");
     assert!(out.status.success(), "{}", common::stderr(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "olleh\ntrmhs\n");
+
+    // A compile error is shown as rustc rendered it, and the build fails.
+    std::fs::write(
+        &lib,
+        format!("{source}\nfn broken() -> u32 {{ \"text\" }}\n"),
+    )
+    .unwrap();
+    let build = common::shmrt()
+        .arg("build")
+        .arg(&crate_dir)
+        .output()
+        .unwrap();
+    let messages = common::stderr(&build);
+    assert!(!build.status.success());
+    assert!(
+        messages.contains("error[E0308]: mismatched types"),
+        "{messages}"
+    );
+    assert!(messages.contains("cargo build failed in"), "{messages}");
+    assert!(
+        build.stdout.is_empty(),
+        "no path printed for a failed build"
+    );
 }

@@ -1,6 +1,7 @@
 //! `shmrt build DIR`: builds a guest crate for wasm32 with the flags
 //! shmrt guests need, and prints the path of the .wasm as the last line.
 
+use std::io::{BufRead, BufReader, IsTerminal};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
@@ -61,56 +62,53 @@ pub fn build(dir: &Path, target: Option<&str>, release: bool) -> anyhow::Result<
         "CARGO_TARGET_{}_RUSTFLAGS",
         target.to_uppercase().replace('-', "_")
     );
+    // Diagnostics come as JSON so that the one warning every guest build
+    // gives (below) can be left out; the others are printed as they come.
+    let format = if std::io::stderr().is_terminal() {
+        "--message-format=json-diagnostic-rendered-ansi"
+    } else {
+        "--message-format=json"
+    };
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(dir)
-        .args([
-            "build",
-            "--target",
-            &target,
-            "--message-format=json-render-diagnostics",
-        ])
+        .args(["build", "--target", &target, format])
         .env(env_key, GUEST_RUSTFLAGS)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     if release {
         cmd.arg("--release");
     }
-    let out = cmd
-        .output()
+    let mut child = cmd
+        .spawn()
         .with_context(|| format!("running cargo build in {}", dir.display()))?;
-    if !out.status.success() {
-        bail!(
-            "cargo build failed in {} ({}); its messages are above",
-            dir.display(),
-            out.status
-        );
-    }
     let manifest = manifest
         .canonicalize()
         .with_context(|| format!("resolving {}", manifest.display()))?;
     let mut wasm = None;
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+    let stdout = child.stdout.take().context("cargo's standard output")?;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading cargo's messages")?;
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line) else {
             continue;
         };
-        if msg["reason"] != "compiler-artifact" {
-            continue;
+        match msg["reason"].as_str() {
+            Some("compiler-message") => print_diagnostic(&msg["message"]),
+            Some("compiler-artifact") => {
+                if let Some(f) = wasm_of(&msg, &manifest) {
+                    wasm = Some(f);
+                }
+            }
+            _ => {}
         }
-        let same = msg["manifest_path"]
-            .as_str()
-            .map(Path::new)
-            .and_then(|p| p.canonicalize().ok());
-        if same.as_deref() != Some(manifest.as_path()) {
-            continue;
-        }
-        let mut files = msg["filenames"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|f| f.as_str());
-        if let Some(f) = files.rfind(|f| f.ends_with(".wasm")) {
-            wasm = Some(PathBuf::from(f));
-        }
+    }
+    let status = child
+        .wait()
+        .with_context(|| format!("waiting for cargo build in {}", dir.display()))?;
+    if !status.success() {
+        bail!(
+            "cargo build failed in {} ({status}); its messages are above",
+            dir.display()
+        );
     }
     wasm.with_context(|| {
         format!(
@@ -118,6 +116,40 @@ pub fn build(dir: &Path, target: Option<&str>, release: bool) -> anyhow::Result<
             dir.display()
         )
     })
+}
+
+/// What stable rustc says of `-C target-feature=+atomics` in every crate
+/// of a guest build; shmrt needs the feature (see `GUEST_RUSTFLAGS`), so
+/// the warning says nothing the author can act on.
+const ATOMICS_UNSTABLE_WARNING: &str =
+    "unstable feature specified for `-Ctarget-feature`: `atomics`";
+
+/// Prints a compiler diagnostic as rustc rendered it, unless it is the
+/// atomics warning.
+fn print_diagnostic(message: &serde_json::Value) {
+    if message["level"] == "warning" && message["message"] == ATOMICS_UNSTABLE_WARNING {
+        return;
+    }
+    if let Some(rendered) = message["rendered"].as_str() {
+        eprint!("{rendered}");
+    }
+}
+
+/// The .wasm of a `compiler-artifact` message of the crate at `manifest`.
+fn wasm_of(msg: &serde_json::Value, manifest: &Path) -> Option<PathBuf> {
+    let same = msg["manifest_path"]
+        .as_str()
+        .map(Path::new)
+        .and_then(|p| p.canonicalize().ok());
+    if same.as_deref() != Some(manifest) {
+        return None;
+    }
+    msg["filenames"]
+        .as_array()?
+        .iter()
+        .filter_map(|f| f.as_str())
+        .rfind(|f| f.ends_with(".wasm"))
+        .map(PathBuf::from)
 }
 
 /// `build.target` from DIR/.cargo/config.toml, if set.
