@@ -78,16 +78,17 @@ pub fn build(dir: &Path, target: Option<&str>, release: bool) -> anyhow::Result<
     if release {
         cmd.arg("--release");
     }
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("running cargo build in {}", dir.display()))?;
     let manifest = manifest
         .canonicalize()
         .with_context(|| format!("resolving {}", manifest.display()))?;
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("running cargo build in {}", dir.display()))?;
     let mut wasm = None;
     let stdout = child.stdout.take().context("cargo's standard output")?;
-    for line in BufReader::new(stdout).lines() {
-        let line = line.context("reading cargo's messages")?;
+    // A line that is not JSON (or a read error) is skipped: cargo's exit
+    // status decides.
+    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
         let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line) else {
             continue;
         };
