@@ -86,10 +86,10 @@ pub fn build(dir: &Path, target: Option<&str>, release: bool) -> anyhow::Result<
         .with_context(|| format!("running cargo build in {}", dir.display()))?;
     let mut wasm = None;
     let stdout = child.stdout.take().context("cargo's standard output")?;
-    // A line that is not JSON (or a read error) is skipped: cargo's exit
-    // status decides.
-    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-        let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line) else {
+    // A line that is not JSON is skipped; a read error ends the loop and
+    // closes the pipe: cargo's exit status decides.
+    for line in BufReader::new(stdout).split(b'\n').map_while(Result::ok) {
+        let Ok(msg) = serde_json::from_slice::<serde_json::Value>(&line) else {
             continue;
         };
         match msg["reason"].as_str() {
