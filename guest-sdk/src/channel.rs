@@ -184,7 +184,7 @@ impl Channel {
     /// says goodbye and everything is read. Returns the exit status: 0, or
     /// 1 after logging the first send error.
     ///
-    /// ```ignore
+    /// ```no_run
     /// fn run(channel: shmrt_guest::Channel) -> i32 {
     ///     channel.serve(|request, outbox| {
     ///         outbox.send_with(request.len(), |out| {
@@ -214,7 +214,7 @@ impl Channel {
     /// until the host says goodbye and everything is read, then returns the
     /// outbox for a final answer.
     ///
-    /// ```ignore
+    /// ```no_run
     /// fn run(mut channel: shmrt_guest::Channel) -> i32 {
     ///     let mut total = 0u64;
     ///     let outbox = channel.for_each(|msg| total += msg.len() as u64);

@@ -2,10 +2,10 @@
 //!
 //! A plugin exchanges messages with its host through a segment that lives
 //! in its own linear memory: what the host writes, the plugin reads in
-//! place, and back. `no_std`, no allocator needed.
+//! place, and back. `no_std`, no allocator needed. A plugin crate
+//! (`#![no_std]`, `crate-type = ["cdylib"]`, as `shmrt new` makes it):
 //!
-//! ```ignore
-//! #![no_std]
+//! ```no_run
 //! use shmrt_guest::Channel;
 //!
 //! fn run(mut ch: Channel) -> i32 {
@@ -19,6 +19,7 @@
 //!     0
 //! }
 //! shmrt_guest::entry!(run);
+//! # fn main() {}
 //! ```
 //!
 //! Build with `shmrt build DIR`, or with
