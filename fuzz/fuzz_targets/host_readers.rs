@@ -5,9 +5,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use shmrt_primitives::Segment;
 use shmrt_primitives::heap_region::HeapRegion;
 use shmrt_primitives::layout::{SegmentConfig, SegmentLayout, SizeClass, SizeClasses};
-use shmrt_primitives::Segment;
 
 fuzz_target!(|data: &[u8]| {
     let config = SegmentConfig {
@@ -17,8 +17,14 @@ fuzz_target!(|data: &[u8]| {
         inline_threshold: 64,
         heartbeat_interval_ns: 0,
         size_classes: SizeClasses::new(&[
-            SizeClass { slot_size: 132, slot_count: 4 },
-            SizeClass { slot_size: 1028, slot_count: 2 },
+            SizeClass {
+                slot_size: 132,
+                slot_count: 4,
+            },
+            SizeClass {
+                slot_size: 1028,
+                slot_count: 2,
+            },
         ])
         .unwrap(),
         features: 1,
