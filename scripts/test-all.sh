@@ -17,6 +17,10 @@ export CARGO_INCREMENTAL=0
 
 step "format"
 cargo fmt --all -- --check
+# The guest crates, examples and fuzz targets are crates of their own.
+for manifest in examples/*/Cargo.toml runtime/tests/guests/*/Cargo.toml fuzz/Cargo.toml; do
+    cargo fmt --check --manifest-path "$manifest"
+done
 
 step "clippy"
 cargo clippy --workspace --all-targets -- -D warnings

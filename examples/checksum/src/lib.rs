@@ -19,7 +19,10 @@ struct Line {
 impl Write for Line {
     fn write_str(&mut self, s: &str) -> core::fmt::Result {
         let end = self.len + s.len();
-        self.buf.get_mut(self.len..end).ok_or(core::fmt::Error)?.copy_from_slice(s.as_bytes());
+        self.buf
+            .get_mut(self.len..end)
+            .ok_or(core::fmt::Error)?
+            .copy_from_slice(s.as_bytes());
         self.len = end;
         Ok(())
     }
@@ -28,7 +31,10 @@ impl Write for Line {
 fn run(mut channel: Channel) -> i32 {
     let (inbox, outbox) = channel.split();
     while let Some(msg) = inbox.recv() {
-        let mut line = Line { buf: [0; 48], len: 0 };
+        let mut line = Line {
+            buf: [0; 48],
+            len: 0,
+        };
         let _ = writeln!(line, "{} {:016x}", msg.len(), checksum64(msg.as_bytes()));
         drop(msg);
         if let Err(e) = outbox.send(&line.buf[..line.len]) {
