@@ -83,6 +83,48 @@ fn a_message_larger_than_any_slot_is_refused_clearly() {
 }
 
 #[test]
+fn a_raw_chunk_that_no_message_can_carry_is_refused_before_the_guest_starts() {
+    let echo = guest("examples/echo");
+    for (args, needle) in [
+        (
+            &["--chunk", "0"][..],
+            "--chunk 0: a raw message needs at least 1 byte",
+        ),
+        (
+            &["--chunk", "2MiB"],
+            "--chunk 2097152 is larger than the largest message the segment carries (1048576 bytes)",
+        ),
+        (
+            &["--chunk", "64KiB", "--slot-classes", "4KiB:16"],
+            "--chunk 65536 is larger than the largest message the segment carries (4096 bytes)",
+        ),
+    ] {
+        let out = run(&[&["--framing", "raw"], args].concat(), &echo, b"abc");
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?}: nothing was sent");
+    }
+    // The largest that fits is fine, and lines ignore --chunk.
+    let out = run(
+        &[
+            "--framing",
+            "raw",
+            "--chunk",
+            "4KiB",
+            "--slot-classes",
+            "4KiB:16",
+        ],
+        &echo,
+        b"abc",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(out.stdout, b"abc");
+    let out = run(&["--chunk", "0"], &echo, b"abc\n");
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
 fn hundred_thousand_messages_without_loss_duplication_or_reordering() {
     let input: String = (0..100_000).map(|i| format!("{i}\n")).collect();
     let out = run(&[], &guest("examples/echo"), input.as_bytes());

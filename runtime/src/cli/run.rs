@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use shmrt::primitives::layout::{SLOT_LEN_PREFIX, SizeClass, SizeClasses};
+use shmrt::primitives::layout::{
+    SLOT_LEN_PREFIX, SegmentConfig, SegmentLayout, SizeClass, SizeClasses,
+};
 use shmrt::{
     HostReceiver, HostSender, ReadSend, RestartPolicy, Runtime, RuntimeConfig, SandboxError,
     SandboxOptions, SegmentSource, SendReadError,
@@ -147,7 +149,10 @@ impl RunCommand {
             let (host, guest) = d.split_once("::").unwrap_or((d, d));
             options.dirs.push((host.into(), guest.into()));
         }
-        let chunk = usize::try_from(self.chunk.max(1)).unwrap_or(usize::MAX);
+        if self.framing == Framing::Raw {
+            check_chunk(self.chunk, &options.segment).map_err(Failure::other)?;
+        }
+        let chunk = usize::try_from(self.chunk).unwrap_or(usize::MAX);
         if let Some(path) = &self.segment {
             options.segment_source = SegmentSource::Named {
                 path: path.clone(),
@@ -477,6 +482,26 @@ fn drain(rx: &mut HostReceiver, framing: Framing) -> Result<(), SandboxError> {
         }
     }
     out.flush().map_err(write_err)?;
+    Ok(())
+}
+
+/// `--chunk` must fit one message of the segment: said before the guest
+/// starts, not at the first message.
+fn check_chunk(chunk: u64, segment: &SegmentConfig) -> anyhow::Result<()> {
+    if chunk == 0 {
+        anyhow::bail!("--chunk 0: a raw message needs at least 1 byte");
+    }
+    // A configuration the layout refuses is reported when the sandbox starts.
+    let Ok(layout) = SegmentLayout::compute(segment) else {
+        return Ok(());
+    };
+    let largest = layout.max_slot_payload().max(layout.max_inline_payload());
+    if chunk > u64::from(largest) {
+        anyhow::bail!(
+            "--chunk {chunk} is larger than the largest message the segment carries ({largest} bytes): \
+             lower --chunk, or give --slot-classes a class of at least {chunk} bytes"
+        );
+    }
     Ok(())
 }
 
