@@ -29,7 +29,14 @@ pub struct Report {
 /// Inspects the segment file at `path`.
 pub fn inspect(path: &Path) -> std::io::Result<Report> {
     let file = File::open(path)?;
-    let len = file.metadata()?.len();
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file: give the path of a segment file",
+        ));
+    }
+    let len = meta.len();
     if len < 128 {
         return Ok(Report {
             json: json!({ "path": path.display().to_string(), "file_size": len, "error": format!("{len} bytes is shorter than the 128-byte segment header") }),

@@ -519,6 +519,13 @@ fn inspect_healthy_full_wrapped_and_corrupted_segments() {
             "inspect on {len} junk bytes: {out:?}"
         );
     }
+    // A directory is no segment: said in words, not as an mmap errno.
+    let out = shmrt().arg("inspect").arg(&dir).output().unwrap();
+    assert_eq!(out.status.code(), Some(66));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a regular file"),
+        "{out:?}"
+    );
 }
 
 /// The file shrinks under a running `--attach`: the guest ends with an
