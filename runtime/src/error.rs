@@ -54,10 +54,9 @@ pub enum SandboxError {
     /// The guest used up its fuel.
     #[error("sandbox {sandbox}: out of fuel (the --fuel limit was reached)")]
     OutOfFuel { sandbox: String },
-    /// The guest trapped after the memory limit refused it memory.
-    #[error(
-        "sandbox {sandbox}: memory limit reached: a memory.grow was refused, then the guest trapped: {message}"
-    )]
+    /// The memory limit refused the guest memory: its module's initial
+    /// memory, or a `memory.grow` after which the guest trapped.
+    #[error("sandbox {sandbox}: memory limit reached: {message}")]
     MemoryLimit { sandbox: String, message: String },
     /// The guest ran past its deadline.
     #[error("sandbox {sandbox}: timed out after {after:?}")]

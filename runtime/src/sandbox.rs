@@ -69,7 +69,8 @@ pub struct SandboxOptions {
     /// The segment: ring capacity, size classes, inline threshold. The
     /// guest count is always 1 (one segment per sandbox).
     pub segment: SegmentConfig,
-    /// Wall-clock limit from the start of the guest's entry point.
+    /// Wall-clock limit from the start of the instantiation (a start
+    /// function runs in it, inside `spawn`) to the guest's return.
     pub timeout: Option<Duration>,
     /// WASI arguments (the first is the program name).
     pub args: Vec<String>,
@@ -86,8 +87,9 @@ pub struct SandboxOptions {
     /// Fuel (roughly, wasm instructions) the guest may use; needs a runtime
     /// made with [`RuntimeConfig::fuel`].
     pub fuel: Option<u64>,
-    /// Bytes the guest's own linear memory may grow to (the segment window
-    /// not counted); a refused `memory.grow` returns -1.
+    /// Bytes the guest's own linear memory may have (the segment window
+    /// not counted): a module declaring more initial memory is refused
+    /// ([`SandboxError::MemoryLimit`]); a refused `memory.grow` returns -1.
     pub max_memory: Option<usize>,
 }
 
@@ -233,6 +235,8 @@ pub(crate) struct SandboxState {
 pub(crate) struct MemoryLimit {
     pub max: Option<usize>,
     pub shared: Arc<SandboxShared>,
+    /// Raised by the runtime around its own growth that maps the window.
+    pub window_growth: bool,
 }
 
 impl wasmtime::ResourceLimiter for MemoryLimit {
@@ -243,16 +247,19 @@ impl wasmtime::ResourceLimiter for MemoryLimit {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         let Some(max) = self.max else { return Ok(true) };
+        // The runtime's own growth that maps the window is never refused.
+        if self.window_growth {
+            return Ok(true);
+        }
+        // Everything else counts: the module's initial memory (its
+        // creation is a growth from 0), growth by a start function before
+        // the window is placed, and the guest's `memory.grow` after it.
         let placed = self.shared.window_base() != NOT_PLACED;
         let own = if placed {
             desired.saturating_sub(self.shared.segment_file.window_len())
         } else {
             desired
         };
-        // The runtime's own growth that maps the window is never refused.
-        if !placed && desired > max {
-            return Ok(true);
-        }
         if own > max {
             self.shared.memory_refused.store(true, Ordering::Release);
             return Ok(false);
@@ -507,6 +514,7 @@ impl Runtime {
         let memory_limit = MemoryLimit {
             max: options.max_memory,
             shared: shared.clone(),
+            window_growth: false,
         };
         let mut store = Store::new(
             &self.engine,
@@ -534,12 +542,40 @@ impl Runtime {
             sandbox: name.clone(),
             message: e.to_string(),
         })?;
-        // Never interrupted until the entry point runs with its deadline.
-        store.set_epoch_deadline(u64::MAX / 2);
-        let instantiate_err = |e: wasmtime::Error| SandboxError::Instantiate {
-            sandbox: name.clone(),
-            message: format!("{e:#}"),
+        // Instantiation runs guest code (a start function) and creates the
+        // memory under the limiter: a limit, a trap, the deadline or a
+        // stop there is the guest's failure, not a refused module.
+        let instantiate_err = |e: wasmtime::Error| {
+            let guest_ran = e.downcast_ref::<wasmtime::Trap>().is_some()
+                || e.downcast_ref::<DeadlineExceeded>().is_some()
+                || e.downcast_ref::<Stopped>().is_some();
+            if guest_ran {
+                return match exit_status(e, &shared, options.timeout) {
+                    Err(error) => error,
+                    Ok(code) => SandboxError::Instantiate {
+                        sandbox: name.clone(),
+                        message: format!("the start function exited with {code}"),
+                    },
+                };
+            }
+            if shared.memory_refused.load(Ordering::Acquire) {
+                return SandboxError::MemoryLimit {
+                    sandbox: name.clone(),
+                    message: format!(
+                        "the module's memory needs more than the limit of {} bytes at instantiation ({e:#})",
+                        options.max_memory.unwrap_or(0)
+                    ),
+                };
+            }
+            SandboxError::Instantiate {
+                sandbox: name.clone(),
+                message: format!("{e:#}"),
+            }
         };
+        // The deadline and the stop flag hold from here: a start function
+        // runs during instantiation, on the caller's thread.
+        let deadline = options.timeout.map(|t| Instant::now() + t);
+        watch_deadline(&mut store, &shared, deadline);
         let window = PendingWindow {
             file: shared.segment_file.file().clone(),
             len: window_len,
@@ -561,9 +597,10 @@ impl Runtime {
                     sandbox: name.clone(),
                     reason: "module does not export its linear memory as `memory`".into(),
                 })?;
-        memory
-            .grow(&mut store, window_pages)
-            .map_err(instantiate_err)?;
+        store.data_mut().memory_limit.window_growth = true;
+        let grown = memory.grow(&mut store, window_pages);
+        store.data_mut().memory_limit.window_growth = false;
+        grown.map_err(instantiate_err)?;
         let base = shared.window_base();
         if base == NOT_PLACED
             || memory.data(&store).get(base..base + 8)
@@ -670,6 +707,7 @@ impl Runtime {
         let memory_limit = MemoryLimit {
             max: None,
             shared: shared.clone(),
+            window_growth: false,
         };
         let mut store = Store::new(
             &self.engine,
@@ -783,10 +821,28 @@ fn run_guest(
             message: format!("claiming the peer entry: {e}"),
         });
     }
-    let start = Instant::now();
-    let deadline = timeout.map(|t| start + t);
+    // The deadline and the stop flag were set to be checked before the
+    // instantiation (`watch_deadline`).
+    let result = (|| {
+        if let Some(init) = initialize {
+            init.call(&mut store, ())?;
+        }
+        match entry {
+            Entry::Main(f) => f.call(&mut store, ()),
+            Entry::Start(f) => f.call(&mut store, ()).map(|()| 0),
+        }
+    })();
+    result.or_else(|e| exit_status(e, &shared, timeout))
+}
+
+/// From now on, every epoch tick of guest code checks the stop flag, the
+/// segment file and `deadline` (also what a `wait` is bounded by).
+fn watch_deadline(
+    store: &mut Store<SandboxState>,
+    shared: &Arc<SandboxShared>,
+    deadline: Option<Instant>,
+) {
     store.data_mut().deadline = deadline;
-    // Every epoch tick, check the stop flag and the deadline.
     store.set_epoch_deadline(1);
     let cb_shared = shared.clone();
     store.epoch_deadline_callback(move |_ctx| {
@@ -803,16 +859,6 @@ fn run_guest(
         }
         Ok(UpdateDeadline::Continue(1))
     });
-    let result = (|| {
-        if let Some(init) = initialize {
-            init.call(&mut store, ())?;
-        }
-        match entry {
-            Entry::Main(f) => f.call(&mut store, ()),
-            Entry::Start(f) => f.call(&mut store, ()).map(|()| 0),
-        }
-    })();
-    result.or_else(|e| exit_status(e, &shared, timeout))
 }
 
 /// Maps how a guest call failed to an exit status or an error.
@@ -854,7 +900,7 @@ fn exit_status(
     if shared.memory_refused.load(Ordering::Acquire) {
         return Err(SandboxError::MemoryLimit {
             sandbox: sandbox.into(),
-            message,
+            message: format!("a memory.grow was refused, then the guest trapped: {message}"),
         });
     }
     Err(SandboxError::Trap {

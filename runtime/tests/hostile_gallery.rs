@@ -281,6 +281,88 @@ fn an_infinite_loop_under_fuel_and_a_memory_bomb_under_a_limit() {
     );
 }
 
+/// What a module does before its entry point is held to the same limits:
+/// its declared initial memory, a start function growing memory, a start
+/// function looping (fuel and deadline). Each is the guest's failure with its own status, not a
+/// refused module.
+#[test]
+fn initial_memory_and_start_functions_are_held_to_the_limits() {
+    let dir = std::env::temp_dir().join(format!("shmrt-gallery-start-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let wat = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    // 256 MiB of initial memory, touched at 190 MiB.
+    let big = wat(
+        "big-initial.wat",
+        r#"(module (import "shmrt" "ring" (func)) (memory (export "memory") 4096)
+             (func (export "shmrt_main") (result i32)
+               (drop (i32.atomic.load (i32.const 0)))
+               (i32.store (i32.const 200000000) (i32.const 1))
+               (i32.const 0)))"#,
+    );
+    let out = run(&["--max-memory", "8MiB"], &big, b"");
+    assert_eq!(out.status.code(), Some(73), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(
+            "memory limit reached: the module's memory needs more than the limit of 8388608 bytes"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&[], &big, b"");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "without a limit: {}",
+        stderr(&out)
+    );
+
+    // A start function grows by 250 MiB before the window is placed: the
+    // growth is refused (-1), so the store at 190 MiB traps.
+    let grow = wat(
+        "start-grows.wat",
+        r#"(module (import "shmrt" "ring" (func)) (memory (export "memory") 1)
+             (func $grow (drop (memory.grow (i32.const 4000))))
+             (start $grow)
+             (func (export "shmrt_main") (result i32)
+               (drop (i32.atomic.load (i32.const 0)))
+               (i32.store (i32.const 200000000) (i32.const 1))
+               (i32.const 0)))"#,
+    );
+    let out = run(&["--max-memory", "8MiB"], &grow, b"");
+    assert_eq!(out.status.code(), Some(73), "{}", stderr(&out));
+    let out = run(&[], &grow, b"");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "without a limit: {}",
+        stderr(&out)
+    );
+
+    // A start function that never returns runs out of fuel.
+    let spin = wat(
+        "start-spins.wat",
+        r#"(module (import "shmrt" "ring" (func)) (memory (export "memory") 1)
+             (func $spin (loop $l (drop (i32.atomic.load (i32.const 0))) (br $l)))
+             (start $spin)
+             (func (export "shmrt_main") (result i32) (i32.const 0)))"#,
+    );
+    let out = run(&["--fuel", "5000000"], &spin, b"");
+    assert_eq!(out.status.code(), Some(71), "{}", stderr(&out));
+    // ... and past its deadline (it runs before the entry point).
+    let out = run(&["--timeout", "300ms"], &spin, b"");
+    assert_eq!(out.status.code(), Some(124), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("timed out after 300ms"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// One sandbox breaking the protocol stops only itself.
 #[test]
 fn a_violating_sandbox_leaves_the_others_running() {
