@@ -89,7 +89,7 @@ pub struct SandboxOptions {
     pub fuel: Option<u64>,
     /// Bytes the guest's own linear memory may have (the segment window
     /// not counted): a module declaring more initial memory is refused
-    /// ([`SandboxError::MemoryLimit`]); a refused `memory.grow` returns -1.
+    /// ([`SandboxError::Refused`]); a refused `memory.grow` returns -1.
     pub max_memory: Option<usize>,
 }
 
@@ -558,11 +558,14 @@ impl Runtime {
                     },
                 };
             }
+            // Before any guest code: the module itself is too large for the
+            // limit, on every attempt (so not a failure to restart).
             if shared.memory_refused.load(Ordering::Acquire) {
-                return SandboxError::MemoryLimit {
+                return SandboxError::Refused {
                     sandbox: name.clone(),
-                    message: format!(
-                        "the module's memory needs more than the limit of {} bytes at instantiation ({e:#})",
+                    reason: format!(
+                        "its initial linear memory is larger than the memory limit of {} bytes ({e:#}); \
+                         raise the limit or declare less memory",
                         options.max_memory.unwrap_or(0)
                     ),
                 };
