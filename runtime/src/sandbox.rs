@@ -546,7 +546,12 @@ impl Runtime {
         // memory under the limiter: a limit, a trap, the deadline or a
         // stop there is the guest's failure, not a refused module.
         let instantiate_err = |e: wasmtime::Error| {
-            let guest_ran = e.downcast_ref::<wasmtime::Trap>().is_some()
+            // A trap with wasm frames came from a start function; one
+            // without (a data segment past the memory) is the module's.
+            let in_guest_code = e
+                .downcast_ref::<wasmtime::WasmBacktrace>()
+                .is_some_and(|b| !b.frames().is_empty());
+            let guest_ran = (e.downcast_ref::<wasmtime::Trap>().is_some() && in_guest_code)
                 || e.downcast_ref::<DeadlineExceeded>().is_some()
                 || e.downcast_ref::<Stopped>().is_some();
             if guest_ran {

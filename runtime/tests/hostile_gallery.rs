@@ -352,6 +352,30 @@ fn initial_memory_and_start_functions_are_held_to_the_limits() {
     );
     let out = run(&["--fuel", "5000000"], &spin, b"");
     assert_eq!(out.status.code(), Some(71), "{}", stderr(&out));
+    // A start function that traps is the guest trapping (70); a data
+    // segment past the memory is the module's fault (65).
+    let trap = wat(
+        "start-traps.wat",
+        r#"(module (import "shmrt" "ring" (func)) (memory (export "memory") 1)
+             (func $boom unreachable) (start $boom)
+             (func (export "shmrt_main") (result i32) (drop (i32.atomic.load (i32.const 0))) (i32.const 0)))"#,
+    );
+    let out = run(&[], &trap, b"");
+    assert_eq!(out.status.code(), Some(70), "{}", stderr(&out));
+    assert!(stderr(&out).contains("unreachable"), "{}", stderr(&out));
+    let data = wat(
+        "data-past-memory.wat",
+        r#"(module (import "shmrt" "ring" (func)) (memory (export "memory") 1)
+             (data (i32.const 65530) "0123456789")
+             (func (export "shmrt_main") (result i32) (drop (i32.atomic.load (i32.const 0))) (i32.const 0)))"#,
+    );
+    let out = run(&[], &data, b"");
+    assert_eq!(out.status.code(), Some(65), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("instantiation failed"),
+        "{}",
+        stderr(&out)
+    );
     // ... and past its deadline (it runs before the entry point).
     let out = run(&["--timeout", "300ms"], &spin, b"");
     assert_eq!(out.status.code(), Some(124), "{}", stderr(&out));
