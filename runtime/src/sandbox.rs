@@ -370,6 +370,12 @@ impl Runtime {
 
     /// Checks, compiles and instantiates `wasm` with a fresh segment in its
     /// memory, and starts its entry point on a thread of its own.
+    ///
+    /// The instantiation runs on the caller's thread, and with it the
+    /// module's start function, if it has one: under the sandbox's fuel,
+    /// memory limit and timeout (which counts from here), so a start
+    /// function that never returns blocks this call until the timeout,
+    /// forever without one.
     pub fn spawn(&self, wasm: &[u8], options: SandboxOptions) -> Result<Sandbox, SandboxError> {
         let mut seg_config = options.segment;
         seg_config.max_guests = 1;
