@@ -46,13 +46,18 @@ fn a_new_plugin_builds_runs_and_passes_its_test() {
     // author's own warnings are not.
     let lib = crate_dir.join("src/lib.rs");
     let source = std::fs::read_to_string(&lib).unwrap();
-    std::fs::write(&lib, format!("{source}\nfn unused_helper() {{}}\n")).unwrap();
-    let build = common::shmrt()
-        .arg("build")
-        .arg(&crate_dir)
-        .output()
-        .unwrap();
-    let messages = common::stderr(&build);
+    // Builds the plugin with `extra` appended to its source.
+    let build_with = |extra: &str| {
+        std::fs::write(&lib, format!("{source}\n{extra}\n")).unwrap();
+        let build = common::shmrt()
+            .arg("build")
+            .arg(&crate_dir)
+            .output()
+            .unwrap();
+        let messages = common::stderr(&build);
+        (build, messages)
+    };
+    let (build, messages) = build_with("fn unused_helper() {}");
     assert!(build.status.success(), "{messages}");
     assert!(!messages.contains("unstable feature"), "{messages}");
     assert!(
@@ -65,17 +70,7 @@ fn a_new_plugin_builds_runs_and_passes_its_test() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "olleh\ntrmhs\n");
 
     // A compile error is shown as rustc rendered it, and the build fails.
-    std::fs::write(
-        &lib,
-        format!("{source}\nfn broken() -> u32 {{ \"text\" }}\n"),
-    )
-    .unwrap();
-    let build = common::shmrt()
-        .arg("build")
-        .arg(&crate_dir)
-        .output()
-        .unwrap();
-    let messages = common::stderr(&build);
+    let (build, messages) = build_with("fn broken() -> u32 { \"text\" }");
     assert!(!build.status.success());
     assert!(
         messages.contains("error[E0308]: mismatched types"),
