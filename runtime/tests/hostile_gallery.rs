@@ -242,27 +242,31 @@ fn an_import_called_with_an_out_of_range_pointer() {
     assert!(err.contains("outside linear memory"), "{err}");
 }
 
-#[test]
-fn an_infinite_loop_under_fuel_and_a_memory_bomb_under_a_limit() {
+/// Writes a hand-made module to this test run's own directory.
+fn write_wat(name: &str, text: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("shmrt-gallery-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let spin = dir.join("spin.wat");
-    std::fs::write(
-        &spin,
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn an_infinite_loop_under_fuel_and_a_memory_bomb_under_a_limit() {
+    let spin = write_wat(
+        "spin.wat",
         r#"(module (import "shmrt" "ring" (func)) (memory (export "memory") 1)
              (func (export "shmrt_main") (result i32)
                (loop $l (drop (i32.atomic.load (i32.const 0))) (br $l)) (i32.const 0)))"#,
-    )
-    .unwrap();
+    );
     let out = run(&["--fuel", "5000000"], &spin, b"");
     assert_eq!(out.status.code(), Some(71), "{}", stderr(&out));
     assert!(stderr(&out).contains("out of fuel"));
 
-    let bomb = dir.join("bomb.wat");
     // Grows by 1 MiB until refused, then traps: the run ends with the
     // memory-limit status and says so.
-    std::fs::write(
-        &bomb,
+    let bomb = write_wat(
+        "bomb.wat",
         r#"(module (import "shmrt" "ring" (func)) (memory (export "memory") 1)
              (func (export "shmrt_main") (result i32)
                (drop (i32.atomic.load (i32.const 0)))
@@ -270,8 +274,7 @@ fn an_infinite_loop_under_fuel_and_a_memory_bomb_under_a_limit() {
                  (br_if $done (i32.eq (memory.grow (i32.const 16)) (i32.const -1)))
                  (br $l)))
                unreachable))"#,
-    )
-    .unwrap();
+    );
     let out = run(&["--max-memory", "8MiB"], &bomb, b"");
     assert_eq!(out.status.code(), Some(73), "{}", stderr(&out));
     assert!(
@@ -288,15 +291,8 @@ fn an_infinite_loop_under_fuel_and_a_memory_bomb_under_a_limit() {
 /// refused before any of its code runs.
 #[test]
 fn initial_memory_and_start_functions_are_held_to_the_limits() {
-    let dir = std::env::temp_dir().join(format!("shmrt-gallery-start-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let wat = |name: &str, text: &str| {
-        let path = dir.join(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    };
     // 256 MiB of initial memory, touched at 190 MiB.
-    let big = wat(
+    let big = write_wat(
         "big-initial.wat",
         r#"(module (import "shmrt" "ring" (func)) (memory (export "memory") 4096)
              (func (export "shmrt_main") (result i32)
@@ -322,7 +318,7 @@ fn initial_memory_and_start_functions_are_held_to_the_limits() {
 
     // A start function grows by 250 MiB before the window is placed: the
     // growth is refused (-1), so the store at 190 MiB traps.
-    let grow = wat(
+    let grow = write_wat(
         "start-grows.wat",
         r#"(module (import "shmrt" "ring" (func)) (memory (export "memory") 1)
              (func $grow (drop (memory.grow (i32.const 4000))))
@@ -343,7 +339,7 @@ fn initial_memory_and_start_functions_are_held_to_the_limits() {
     );
 
     // A start function that never returns runs out of fuel.
-    let spin = wat(
+    let spin = write_wat(
         "start-spins.wat",
         r#"(module (import "shmrt" "ring" (func)) (memory (export "memory") 1)
              (func $spin (loop $l (drop (i32.atomic.load (i32.const 0))) (br $l)))
@@ -354,7 +350,7 @@ fn initial_memory_and_start_functions_are_held_to_the_limits() {
     assert_eq!(out.status.code(), Some(71), "{}", stderr(&out));
     // A start function that traps is the guest trapping (70); a data
     // segment past the memory is the module's fault (65).
-    let trap = wat(
+    let trap = write_wat(
         "start-traps.wat",
         r#"(module (import "shmrt" "ring" (func)) (memory (export "memory") 1)
              (func $boom unreachable) (start $boom)
@@ -363,7 +359,7 @@ fn initial_memory_and_start_functions_are_held_to_the_limits() {
     let out = run(&[], &trap, b"");
     assert_eq!(out.status.code(), Some(70), "{}", stderr(&out));
     assert!(stderr(&out).contains("unreachable"), "{}", stderr(&out));
-    let data = wat(
+    let data = write_wat(
         "data-past-memory.wat",
         r#"(module (import "shmrt" "ring" (func)) (memory (export "memory") 1)
              (data (i32.const 65530) "0123456789")
@@ -384,7 +380,6 @@ fn initial_memory_and_start_functions_are_held_to_the_limits() {
         "{}",
         stderr(&out)
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// One sandbox breaking the protocol stops only itself.
