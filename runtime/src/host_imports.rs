@@ -140,23 +140,41 @@ fn log(mut c: Caller<'_, SandboxState>, level: i32, ptr: u32, len: u32) -> wasmt
     let Some(memory) = c.get_export("memory").and_then(|e| e.into_memory()) else {
         wasmtime::bail!("shmrt.log called but the module exports no `memory`");
     };
-    let data = memory.data(&c);
+    let size = memory.data_size(&c);
     let (start, n) = (ptr as usize, len as usize);
-    let Some(bytes) = start.checked_add(n).and_then(|end| data.get(start..end)) else {
+    if start.checked_add(n).is_none_or(|end| end > size) {
         wasmtime::bail!(
-            "shmrt.log called with ptr {ptr} and len {len}, outside linear memory ({} bytes)",
-            data.len()
+            "shmrt.log called with ptr {ptr} and len {len}, outside linear memory ({size} bytes)"
         );
-    };
-    let cut = &bytes[..n.min(MAX_LOG_BYTES)];
-    let text = String::from_utf8_lossy(cut);
+    }
+    if !c.data_mut().log_rate.admit(Instant::now()) {
+        return Ok(());
+    }
+    // Copied out before it is decoded: the guest (or, in its window, the
+    // host's own ring traffic) may rewrite these bytes at any moment, and
+    // a decoder reading them in place could run past the end of a string
+    // that changed under it.
+    let mut copy = vec![0u8; n.min(MAX_LOG_BYTES)];
+    memory.read(&c, start, &mut copy)?;
+    let text = String::from_utf8_lossy(&copy);
     let truncated = if n > MAX_LOG_BYTES {
         " [truncated]"
     } else {
         ""
     };
-    let shared = &c.data().shared;
+    let state = c.data_mut();
+    let dropped = state.log_rate.take_dropped();
+    let shared = &state.shared;
     let (sandbox, peer) = (shared.name.as_str(), shared.guest_index + 1);
+    if dropped > 0 {
+        tracing::warn!(
+            target: "shmrt::guest",
+            sandbox,
+            peer,
+            "{dropped} log lines of this guest were dropped (more than {} a second)",
+            LogRate::PER_SECOND
+        );
+    }
     match level {
         i32::MIN..=0 => tracing::trace!(target: "shmrt::guest", sandbox, peer, "{text}{truncated}"),
         1 => tracing::debug!(target: "shmrt::guest", sandbox, peer, "{text}{truncated}"),
@@ -170,4 +188,69 @@ fn log(mut c: Caller<'_, SandboxState>, level: i32, ptr: u32, len: u32) -> wasmt
         }
     }
     Ok(())
+}
+
+/// A token bucket over a guest's log lines, so that a guest cannot flood
+/// the host's stderr: a burst of [`Self::BURST`] lines, then
+/// [`Self::PER_SECOND`] a second. What it drops is counted and said with
+/// the next line let through (or when the sandbox ends).
+#[derive(Debug)]
+pub(crate) struct LogRate {
+    tokens: f64,
+    refilled: Instant,
+    dropped: u64,
+}
+
+impl LogRate {
+    /// Lines a second, sustained.
+    pub const PER_SECOND: u32 = 200;
+    /// Lines at once after a quiet spell.
+    pub const BURST: u32 = 1000;
+
+    pub fn new(now: Instant) -> Self {
+        LogRate {
+            tokens: f64::from(Self::BURST),
+            refilled: now,
+            dropped: 0,
+        }
+    }
+
+    /// Whether a line may go out now; counts it as dropped if not.
+    pub fn admit(&mut self, now: Instant) -> bool {
+        let earned = now.saturating_duration_since(self.refilled).as_secs_f64()
+            * f64::from(Self::PER_SECOND);
+        self.tokens = (self.tokens + earned).min(f64::from(Self::BURST));
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            self.dropped += 1;
+            false
+        }
+    }
+
+    /// Lines dropped since the last call.
+    pub fn take_dropped(&mut self) -> u64 {
+        std::mem::take(&mut self.dropped)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_rate_lets_a_burst_through_then_the_sustained_rate() {
+        let t0 = Instant::now();
+        let mut rate = LogRate::new(t0);
+        let burst = (0..LogRate::BURST * 2).filter(|_| rate.admit(t0)).count();
+        assert_eq!(burst, LogRate::BURST as usize);
+        assert_eq!(rate.take_dropped(), u64::from(LogRate::BURST));
+        assert_eq!(rate.take_dropped(), 0, "the count restarts once said");
+        // One second later, one second's worth comes back, not more.
+        let t1 = t0 + Duration::from_secs(1);
+        let later = (0..LogRate::BURST).filter(|_| rate.admit(t1)).count();
+        assert_eq!(later, LogRate::PER_SECOND as usize);
+    }
 }

@@ -28,6 +28,7 @@ pub mod sandbox;
 pub mod segment_file;
 mod sigbus;
 pub mod supervise;
+mod wasi_poll;
 
 pub use error::SandboxError;
 pub use host_segment::HostSegment;

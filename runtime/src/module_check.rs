@@ -4,6 +4,7 @@
 use wasmparser::{Parser, Payload, TypeRef, Validator, WasmFeatures};
 
 use crate::host_imports::MODULE as SHMRT_MODULE;
+use crate::sandbox::{MAX_MEMORIES, MAX_TABLES};
 
 /// What the runtime needs to know about a module.
 #[derive(Debug, Default)]
@@ -12,6 +13,9 @@ pub(crate) struct ModuleFacts {
     pub imports_memory: bool,
     /// The first defined memory: (is 64-bit, initial pages, maximum pages).
     pub memory: Option<(bool, u64, Option<u64>)>,
+    /// Memories and tables, imported or defined.
+    pub memories: usize,
+    pub tables: usize,
 }
 
 /// Reads the facts; a parse error is left for wasmtime to report.
@@ -25,16 +29,23 @@ pub(crate) fn facts(bytes: &[u8]) -> ModuleFacts {
                     if imp.module == SHMRT_MODULE {
                         f.imports_shmrt = true;
                     }
-                    if matches!(imp.ty, TypeRef::Memory(_)) {
-                        f.imports_memory = true;
+                    match imp.ty {
+                        TypeRef::Memory(_) => {
+                            f.imports_memory = true;
+                            f.memories += 1;
+                        }
+                        TypeRef::Table(_) => f.tables += 1,
+                        _ => {}
                     }
                 }
             }
             Payload::MemorySection(reader) => {
+                f.memories += reader.count() as usize;
                 if let Some(Ok(m)) = reader.into_iter().next() {
                     f.memory.get_or_insert((m.memory64, m.initial, m.maximum));
                 }
             }
+            Payload::TableSection(reader) => f.tables += reader.count() as usize,
             _ => {}
         }
     }
@@ -65,6 +76,19 @@ pub(crate) fn check(bytes: &[u8], window_pages: u64) -> Result<(), String> {
         return Err("module imports its linear memory; shmrt places the segment inside a memory the module \
                     defines itself: link without --import-memory"
             .into());
+    }
+    if f.memories > MAX_MEMORIES {
+        return Err(format!(
+            "module has {} linear memories; shmrt allows at most {MAX_MEMORIES} (each reserves 4 GiB \
+             of address space)",
+            f.memories
+        ));
+    }
+    if f.tables > MAX_TABLES {
+        return Err(format!(
+            "module has {} tables; shmrt allows at most {MAX_TABLES}",
+            f.tables
+        ));
     }
     let Some((is64, initial, maximum)) = f.memory else {
         return Err(

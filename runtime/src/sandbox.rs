@@ -18,7 +18,7 @@ use crate::doorbell_futex::{self, SpinBudget};
 use crate::error::SandboxError;
 use crate::memory_window::{self, NOT_PLACED, PendingWindow, WindowMemoryCreator};
 use crate::segment_file::SegmentFile;
-use crate::{host_imports, module_check};
+use crate::{host_imports, module_check, wasi_poll};
 
 /// How often the engine's epoch advances: the granularity of deadlines
 /// and stops for a guest that is running wasm code.
@@ -87,9 +87,13 @@ pub struct SandboxOptions {
     /// Fuel (roughly, wasm instructions) the guest may use; needs a runtime
     /// made with [`RuntimeConfig::fuel`].
     pub fuel: Option<u64>,
-    /// Bytes the guest's own linear memory may have (the segment window
-    /// not counted): a module declaring more initial memory is refused
-    /// ([`SandboxError::Refused`]); a refused `memory.grow` returns -1.
+    /// Bytes the guest may make the host allocate, one budget across all
+    /// of its linear memories and tables (8 bytes a table element; the
+    /// segment window not counted): a module declaring more initially is
+    /// refused ([`SandboxError::Refused`]); a refused `memory.grow`
+    /// returns -1 and a refused `table.grow` -1. Whatever the budget, an
+    /// instance has at most 4 memories and 16 tables of at most 1,000,000
+    /// elements each.
     pub max_memory: Option<usize>,
 }
 
@@ -138,6 +142,10 @@ pub(crate) struct SandboxShared {
     /// The first protocol violation the host found: it is why the sandbox
     /// was stopped, so `join` reports it whatever the guest did next.
     pub violation: std::sync::Mutex<Option<ProtocolError>>,
+    /// The thread running the guest's code (the caller's during the
+    /// instantiation, then the guest thread): a stop unparks it from a
+    /// WASI sleep.
+    pub guest_thread: std::sync::Mutex<Option<std::thread::Thread>>,
 }
 
 impl SandboxShared {
@@ -150,6 +158,30 @@ impl SandboxShared {
             .segment()
             .peer(self.guest_index)
             .expect("guest index in range")
+    }
+
+    /// Asks the guest to stop: its next epoch check traps, a `wait`
+    /// returns goodbye at once, a WASI sleep ends with the stop.
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        doorbell_futex::wake_all(self.peer().h2g_doorbell.futex_word());
+        if let Some(t) = self
+            .guest_thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            t.unpark();
+        }
+    }
+
+    pub fn stop_requested(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    /// Records that the guest's code runs on the current thread.
+    fn runs_on_this_thread(&self) {
+        *self.guest_thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::thread::current());
     }
 
     pub fn goodbye_or_stopped(&self) -> bool {
@@ -194,6 +226,7 @@ impl SandboxShared {
             last_error_log: Default::default(),
             memory_refused: AtomicBool::new(false),
             violation: Default::default(),
+            guest_thread: Default::default(),
         }
     }
 }
@@ -226,54 +259,138 @@ pub(crate) struct SandboxState {
     pub shared: Arc<SandboxShared>,
     pub deadline: Option<Instant>,
     pub memory_limit: MemoryLimit,
+    /// Where the guest's WASI monotonic clock counts from.
+    pub clock_origin: Instant,
+    /// wasmtime-wasi's own `poll_oneoff`, for sets with file descriptors
+    /// (the linker's is the bounded one of `wasi_poll`).
+    pub wasi_poll_oneoff: Option<wasmtime::Func>,
+    pub log_rate: host_imports::LogRate,
 }
 
-/// The store limiter: caps the guest's own linear memory (the segment
-/// window does not count). A refused `memory.grow` returns -1 to the
-/// guest, as wasm says; the refusal is remembered to explain a trap that
-/// follows.
+impl SandboxState {
+    fn new(options: &SandboxOptions, shared: Arc<SandboxShared>) -> Result<Self, String> {
+        let clock_origin = Instant::now();
+        Ok(SandboxState {
+            wasi: build_wasi(options, clock_origin)?,
+            memory_limit: MemoryLimit::new(options.max_memory, shared.clone()),
+            shared,
+            deadline: None,
+            clock_origin,
+            wasi_poll_oneoff: None,
+            log_rate: host_imports::LogRate::new(clock_origin),
+        })
+    }
+}
+
+/// The store limiter: one budget for everything the guest makes the host
+/// allocate, across every linear memory and table of the instance (the
+/// segment window does not count). A refused `memory.grow` returns -1 to
+/// the guest, as wasm says; the refusal is remembered to explain a trap
+/// that follows.
 pub(crate) struct MemoryLimit {
     pub max: Option<usize>,
-    pub shared: Arc<SandboxShared>,
     /// Raised by the runtime around its own growth that maps the window.
     pub window_growth: bool,
+    /// Bytes granted so far: memories' pages and tables' elements.
+    used: usize,
+    /// The last grant, taken back if the growth then failed.
+    last_grant: usize,
+    /// Told when a request goes over the budget.
+    shared: Arc<SandboxShared>,
+}
+
+/// What a table element costs the host (wasmtime keeps a pointer each).
+const TABLE_ELEMENT_BYTES: usize = 8;
+/// Elements a table may have whatever the budget (without a budget, the
+/// only bound on tables).
+const MAX_TABLE_ELEMENTS: usize = 1_000_000;
+/// Linear memories an instance may have: each reserves 4 GiB of address
+/// space; shmrt's window needs one.
+pub(crate) const MAX_MEMORIES: usize = 4;
+/// Tables an instance may have.
+pub(crate) const MAX_TABLES: usize = 16;
+
+impl MemoryLimit {
+    fn new(max: Option<usize>, shared: Arc<SandboxShared>) -> Self {
+        MemoryLimit {
+            max,
+            window_growth: false,
+            used: 0,
+            last_grant: 0,
+            shared,
+        }
+    }
+
+    /// Grants `bytes` more if the budget has them.
+    fn grant(&mut self, bytes: usize) -> bool {
+        let total = self.used.saturating_add(bytes);
+        if self.max.is_some_and(|max| total > max) {
+            self.shared.memory_refused.store(true, Ordering::Release);
+            self.last_grant = 0;
+            return false;
+        }
+        self.used = total;
+        self.last_grant = bytes;
+        true
+    }
+
+    fn take_back(&mut self) {
+        self.used -= std::mem::take(&mut self.last_grant);
+    }
 }
 
 impl wasmtime::ResourceLimiter for MemoryLimit {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let Some(max) = self.max else { return Ok(true) };
-        // The runtime's own growth that maps the window is never refused.
+        // The runtime's own growth that maps the window is never refused
+        // and never counted.
         if self.window_growth {
+            self.last_grant = 0;
             return Ok(true);
         }
-        // Everything else counts: the module's initial memory (its
-        // creation is a growth from 0), growth by a start function before
-        // the window is placed, and the guest's `memory.grow` after it.
-        let placed = self.shared.window_base() != NOT_PLACED;
-        let own = if placed {
-            desired.saturating_sub(self.shared.segment_file.window_len())
-        } else {
-            desired
-        };
-        if own > max {
-            self.shared.memory_refused.store(true, Ordering::Release);
-            return Ok(false);
-        }
-        Ok(true)
+        // Everything else counts: each memory's initial size (its creation
+        // is a growth from 0), growth by a start function, and the guest's
+        // `memory.grow` calls, on every memory the module has.
+        Ok(self.grant(desired.saturating_sub(current)))
+    }
+
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.take_back();
+        Ok(())
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= 1_000_000)
+        if desired > MAX_TABLE_ELEMENTS {
+            return Ok(false);
+        }
+        let added = desired.saturating_sub(current);
+        Ok(self.grant(added.saturating_mul(TABLE_ELEMENT_BYTES)))
+    }
+
+    fn table_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.take_back();
+        Ok(())
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
+    }
+
+    fn instances(&self) -> usize {
+        1
     }
 }
 
@@ -297,6 +414,9 @@ pub struct Runtime {
     modules: std::sync::Mutex<ModuleCache>,
     engine: Engine,
     linker: Arc<Linker<SandboxState>>,
+    /// WASI alone, as wasmtime-wasi defines it: where a sandbox finds the
+    /// original of what `linker` shadows.
+    wasi_only_linker: Linker<SandboxState>,
     ticker: Option<JoinHandle<()>>,
     ticking: Arc<AtomicBool>,
 }
@@ -328,6 +448,8 @@ impl Runtime {
         };
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut SandboxState| &mut s.wasi)
             .map_err(setup)?;
+        let wasi_only_linker = linker.clone();
+        wasi_poll::shadow_poll_oneoff(&mut linker).map_err(setup)?;
         host_imports::add_to_linker(&mut linker).map_err(setup)?;
         let ticking = Arc::new(AtomicBool::new(true));
         let ticker = {
@@ -347,6 +469,7 @@ impl Runtime {
             modules: Default::default(),
             engine,
             linker: Arc::new(linker),
+            wasi_only_linker,
             ticker: Some(ticker),
             ticking,
         })
@@ -513,25 +636,15 @@ impl Runtime {
             reason,
         })?;
 
-        let wasi = build_wasi(options).map_err(|e| SandboxError::Instantiate {
-            sandbox: name.clone(),
-            message: e,
-        })?;
-        let memory_limit = MemoryLimit {
-            max: options.max_memory,
-            shared: shared.clone(),
-            window_growth: false,
-        };
-        let mut store = Store::new(
-            &self.engine,
-            SandboxState {
-                wasi,
-                shared: shared.clone(),
-                deadline: None,
-                memory_limit,
-            },
-        );
+        let state =
+            SandboxState::new(options, shared.clone()).map_err(|e| SandboxError::Instantiate {
+                sandbox: name.clone(),
+                message: e,
+            })?;
+        let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.memory_limit);
+        store.data_mut().wasi_poll_oneoff =
+            wasi_poll::wasi_poll_oneoff(&self.wasi_only_linker, &mut store);
         match (options.fuel, self.fuel) {
             (Some(fuel), true) => store.set_fuel(fuel),
             (None, true) => store.set_fuel(u64::MAX),
@@ -575,8 +688,8 @@ impl Runtime {
                 return SandboxError::Refused {
                     sandbox: name.clone(),
                     reason: format!(
-                        "its initial linear memory is larger than the memory limit of {} bytes ({e:#}); \
-                         raise the limit or declare less memory",
+                        "its initial linear memories and tables together are larger than the memory \
+                         limit of {} bytes ({e:#}); raise the limit or declare less memory",
                         options.max_memory.unwrap_or(0)
                     ),
                 };
@@ -590,6 +703,7 @@ impl Runtime {
         // runs during instantiation, on the caller's thread.
         let deadline = options.timeout.map(|t| Instant::now() + t);
         watch_deadline(&mut store, &shared, deadline);
+        shared.runs_on_this_thread();
         let window = PendingWindow {
             file: shared.segment_file.file().clone(),
             len: window_len,
@@ -717,21 +831,13 @@ impl Runtime {
             0,
             SpinBudget::default(),
         ));
-        let wasi = WasiCtxBuilder::new().build_p1();
-        let memory_limit = MemoryLimit {
-            max: None,
-            shared: shared.clone(),
-            window_growth: false,
-        };
-        let mut store = Store::new(
-            &self.engine,
-            SandboxState {
-                wasi,
-                shared,
-                deadline: None,
-                memory_limit,
-            },
-        );
+        let state = SandboxState::new(&SandboxOptions::default(), shared).map_err(|e| {
+            SandboxError::Instantiate {
+                sandbox: "signatures".into(),
+                message: e,
+            }
+        })?;
+        let mut store = Store::new(&self.engine, state);
         let defs: Vec<_> = self
             .linker
             .iter(&mut store)
@@ -762,9 +868,12 @@ impl Drop for Runtime {
     }
 }
 
-fn build_wasi(options: &SandboxOptions) -> Result<WasiP1Ctx, String> {
+fn build_wasi(options: &SandboxOptions, clock_origin: Instant) -> Result<WasiP1Ctx, String> {
     let mut b = WasiCtxBuilder::new();
     b.args(&options.args).envs(&options.env).inherit_stderr();
+    b.monotonic_clock(wasi_poll::GuestMonotonicClock {
+        origin: clock_origin,
+    });
     match options.stdout {
         GuestStdout::Stderr => {
             b.stdout(std::io::stderr());
@@ -829,6 +938,7 @@ fn run_guest(
     claim: bool,
 ) -> Result<i32, SandboxError> {
     let _done = DoneGuard(shared.clone());
+    shared.runs_on_this_thread();
     if claim && let Err(e) = shared.peer().try_claim_reserved() {
         return Err(SandboxError::Instantiate {
             sandbox: shared.name.clone(),
@@ -846,6 +956,15 @@ fn run_guest(
             Entry::Start(f) => f.call(&mut store, ()).map(|()| 0),
         }
     })();
+    let dropped = store.data_mut().log_rate.take_dropped();
+    if dropped > 0 {
+        tracing::warn!(
+            target: "shmrt::guest",
+            sandbox = shared.name.as_str(),
+            "{dropped} more log lines of this guest were dropped (more than {} a second)",
+            host_imports::LogRate::PER_SECOND
+        );
+    }
     result.or_else(|e| exit_status(e, &shared, timeout))
 }
 
@@ -979,8 +1098,7 @@ impl SandboxHandle {
     /// Asks the guest to stop: its next epoch check traps, and a `wait`
     /// returns goodbye at once.
     pub fn stop(&self) {
-        self.shared.stop.store(true, Ordering::Release);
-        doorbell_futex::wake_all(self.shared.peer().h2g_doorbell.futex_word());
+        self.shared.request_stop();
     }
 
     /// Whether the guest's entry point has returned.
@@ -1032,8 +1150,7 @@ fn protocol(shared: &SandboxShared, error: ProtocolError) -> SandboxError {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .get_or_insert(error);
-    shared.stop.store(true, Ordering::Release);
-    doorbell_futex::wake_all(shared.peer().h2g_doorbell.futex_word());
+    shared.request_stop();
     SandboxError::Protocol {
         sandbox: shared.name.clone(),
         error,

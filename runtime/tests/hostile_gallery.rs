@@ -304,7 +304,7 @@ fn initial_memory_and_start_functions_are_held_to_the_limits() {
     assert_eq!(out.status.code(), Some(65), "{}", stderr(&out));
     assert!(
         stderr(&out)
-            .contains("its initial linear memory is larger than the memory limit of 8388608 bytes"),
+            .contains("its initial linear memories and tables together are larger than the memory limit of 8388608 bytes"),
         "{}",
         stderr(&out)
     );

@@ -3,8 +3,10 @@
 //! wait with that timeout and answers with its result, `spin` loops
 //! forever; the hostile ones: `poke OFFSET VALUE` writes a u32 into its
 //! segment window, `chaos SEED COUNT` writes COUNT pseudo-random words over
-//! the window's rings and pool while sending, `badlog` calls `log` with a
-//! pointer outside its memory; anything else is echoed.
+//! the window's rings and pool while sending, `lograce OFFSET LEN COUNT`
+//! sends COUNT messages and logs the LEN bytes at OFFSET of the window after each
+//! (bytes the host rewrites meanwhile, such as a ring cursor), `badlog`
+//! calls `log` with a pointer outside its memory; anything else is echoed.
 #![no_std]
 
 use shmrt_guest::Channel;
@@ -52,6 +54,18 @@ fn run(mut channel: Channel) -> i32 {
                 }
             }
             return 0;
+        } else if let Some(rest) = b.strip_prefix(b"lograce ") {
+            let mut it = rest.split(|&c| c == b' ').filter_map(number);
+            let (off, len) = (it.next().unwrap_or(0) as usize, it.next().unwrap_or(1));
+            let count = it.next().unwrap_or(1);
+            drop(msg);
+            let at = (shmrt_guest::host::segment_base() + off) as u32;
+            for _ in 0..count {
+                let _ = outbox.send(b"x");
+                // SAFETY: a range of our own window whose bytes the host
+                // rewrites while it reads them (here, a ring cursor).
+                unsafe { raw_log(2, at, len as u32) };
+            }
         } else if b == b"badlog" {
             drop(msg);
             // SAFETY: deliberately a pointer outside linear memory: the

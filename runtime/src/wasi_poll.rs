@@ -1,0 +1,220 @@
+//! WASI's `poll_oneoff`, bounded by the sandbox's deadline and stop flag.
+//!
+//! wasmtime-wasi sleeps on a clock subscription without looking back
+//! (`std::thread::sleep`, or a timer awaited to the end): a guest that
+//! sleeps for an hour outlived `--timeout`, `stop()` and its host. This
+//! module shadows `wasi_snapshot_preview1::poll_oneoff`. A set of clock
+//! subscriptions only (what `std::thread::sleep` and wasi-libc's `sleep`
+//! make) is served here: the subscriptions are copied out of linear memory
+//! and checked once, then the guest thread naps in bounded steps, checking
+//! the stop flag and the deadline at each, and is unparked by a stop. A
+//! set with file descriptors goes to wasmtime-wasi's own implementation:
+//! the descriptors a sandbox has are ready at once (stdin is empty, stdout
+//! and stderr are the host's, preopened directories hold files).
+//!
+//! Layouts (witx `wasi_snapshot_preview1`): a subscription is 48 bytes,
+//! userdata u64 at 0, tag u8 at 8 (0 clock, 1 fd_read, 2 fd_write), then
+//! for a clock: id u32 at 16, timeout u64 at 24, precision u64 at 32,
+//! flags u16 at 40 (bit 0: absolute time). An event is 32 bytes: userdata
+//! u64 at 0, errno u16 at 8, type u8 at 10, nbytes u64 at 16, flags u16
+//! at 24.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use wasmtime::{Caller, Func, Linker};
+
+use crate::sandbox::{DeadlineExceeded, SandboxShared, SandboxState, Stopped};
+
+const SUBSCRIPTION_SIZE: usize = 48;
+const EVENT_SIZE: usize = 32;
+const TAG_CLOCK: u8 = 0;
+const CLOCK_REALTIME: u32 = 0;
+const CLOCK_MONOTONIC: u32 = 1;
+const SUBSCRIPTION_CLOCK_ABSTIME: u16 = 1;
+
+const ERRNO_SUCCESS: i32 = 0;
+const ERRNO_FAULT: i32 = 21;
+const ERRNO_INVAL: i32 = 28;
+
+/// Longest single nap: a stop unparks the thread at once, this only
+/// bounds what a lost unpark could cost.
+const MAX_NAP: Duration = Duration::from_millis(50);
+
+/// Replaces wasmtime-wasi's `poll_oneoff` in `linker` with the bounded one.
+pub(crate) fn shadow_poll_oneoff(linker: &mut Linker<SandboxState>) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    let defined = linker
+        .func_wrap("wasi_snapshot_preview1", "poll_oneoff", poll_oneoff)
+        .map(|_| ());
+    linker.allow_shadowing(false);
+    defined
+}
+
+/// wasmtime-wasi's own `poll_oneoff`, for the sets with file descriptors.
+pub(crate) fn wasi_poll_oneoff(
+    wasi_only: &Linker<SandboxState>,
+    store: &mut wasmtime::Store<SandboxState>,
+) -> Option<Func> {
+    wasi_only
+        .get(store, "wasi_snapshot_preview1", "poll_oneoff")
+        .ok()
+        .and_then(|e| e.into_func())
+}
+
+/// One clock subscription, read once.
+struct ClockWait {
+    userdata: u64,
+    until: Instant,
+}
+
+fn poll_oneoff(
+    mut caller: Caller<'_, SandboxState>,
+    subs: u32,
+    events: u32,
+    count: u32,
+    result: u32,
+) -> wasmtime::Result<i32> {
+    let Some(memory) = caller.get_export("memory").and_then(|e| e.into_memory()) else {
+        wasmtime::bail!("poll_oneoff called but the module exports no `memory`");
+    };
+    if count == 0 {
+        // An indefinite sleep, which WASI preview 1 does not allow.
+        return Ok(ERRNO_INVAL);
+    }
+    let count = count as usize;
+    let Some(subs_len) = count.checked_mul(SUBSCRIPTION_SIZE) else {
+        return Ok(ERRNO_FAULT);
+    };
+    let Some(events_len) = count.checked_mul(EVENT_SIZE) else {
+        return Ok(ERRNO_FAULT);
+    };
+    if !subs.is_multiple_of(8) || !events.is_multiple_of(8) || !result.is_multiple_of(4) {
+        return Ok(ERRNO_INVAL);
+    }
+    let size = memory.data_size(&caller);
+    let fits = |at: u32, len: usize| (at as usize).checked_add(len).is_some_and(|e| e <= size);
+    if !fits(subs, subs_len) || !fits(events, events_len) || !fits(result, 4) {
+        return Ok(ERRNO_FAULT);
+    }
+    // Copied out once: the guest's memory is read nowhere else below.
+    let mut raw = vec![0u8; subs_len];
+    memory.read(&caller, subs as usize, &mut raw)?;
+    let mut clocks = Vec::with_capacity(count);
+    for sub in raw.chunks_exact(SUBSCRIPTION_SIZE) {
+        if sub[8] != TAG_CLOCK {
+            // A file descriptor: wasmtime-wasi's implementation, whose
+            // descriptors here never block.
+            return delegate(&mut caller, subs, events, count, result);
+        }
+        let word = |at: usize| u64::from_le_bytes(sub[at..at + 8].try_into().expect("8 bytes"));
+        let id = u32::from_le_bytes(sub[16..20].try_into().expect("4 bytes"));
+        let timeout = word(24);
+        let absolute = u16::from_le_bytes([sub[40], sub[41]]) & SUBSCRIPTION_CLOCK_ABSTIME != 0;
+        let Some(until) = clock_deadline(caller.data(), id, timeout, absolute) else {
+            return Ok(ERRNO_INVAL);
+        };
+        clocks.push(ClockWait {
+            userdata: word(0),
+            until,
+        });
+    }
+    let first = clocks.iter().map(|c| c.until).min().expect("count > 0");
+    sleep_until(caller.data(), first)?;
+    let now = Instant::now();
+    let mut fired = 0u32;
+    for c in clocks.iter().filter(|c| c.until <= now) {
+        let mut event = [0u8; EVENT_SIZE];
+        event[..8].copy_from_slice(&c.userdata.to_le_bytes());
+        event[10] = TAG_CLOCK;
+        let at = events as usize + fired as usize * EVENT_SIZE;
+        memory.write(&mut caller, at, &event)?;
+        fired += 1;
+    }
+    memory.write(&mut caller, result as usize, &fired.to_le_bytes())?;
+    Ok(ERRNO_SUCCESS)
+}
+
+fn delegate(
+    caller: &mut Caller<'_, SandboxState>,
+    subs: u32,
+    events: u32,
+    count: usize,
+    result: u32,
+) -> wasmtime::Result<i32> {
+    let Some(original) = caller.data().wasi_poll_oneoff else {
+        wasmtime::bail!("poll_oneoff on file descriptors is not available in this sandbox");
+    };
+    let original = original.typed::<(u32, u32, u32, u32), i32>(&*caller)?;
+    original.call(caller, (subs, events, count as u32, result))
+}
+
+/// When a clock subscription fires, as an `Instant`; `None` for a clock
+/// WASI does not let one wait on.
+fn clock_deadline(state: &SandboxState, id: u32, timeout: u64, absolute: bool) -> Option<Instant> {
+    let now = Instant::now();
+    let after = match (id, absolute) {
+        (CLOCK_REALTIME | CLOCK_MONOTONIC, false) => Duration::from_nanos(timeout),
+        // The guest's monotonic clock counts from the sandbox's clock
+        // origin (see `GuestMonotonicClock`).
+        (CLOCK_MONOTONIC, true) => {
+            let at = Duration::from_nanos(timeout);
+            (state.clock_origin + at).saturating_duration_since(now)
+        }
+        (CLOCK_REALTIME, true) => {
+            let at = SystemTime::UNIX_EPOCH + Duration::from_nanos(timeout);
+            at.duration_since(SystemTime::now()).unwrap_or_default()
+        }
+        _ => return None,
+    };
+    // A timeout of centuries is a sleep until the deadline or a stop.
+    Some(
+        now.checked_add(after)
+            .unwrap_or(now + Duration::from_secs(1 << 32)),
+    )
+}
+
+/// Naps until `until`, ending early with the sandbox's own errors when
+/// the host stops it, its segment file is truncated, or its deadline
+/// passes; a stop unparks the thread.
+pub(crate) fn sleep_until(state: &SandboxState, until: Instant) -> wasmtime::Result<()> {
+    let shared: &SandboxShared = &state.shared;
+    loop {
+        if shared.stop_requested() {
+            return Err(wasmtime::Error::new(Stopped));
+        }
+        if shared.segment_file.was_truncated() {
+            wasmtime::bail!(
+                "the segment file was truncated under the sandbox (pages of it vanished)"
+            );
+        }
+        let now = Instant::now();
+        if state.deadline.is_some_and(|d| now >= d) {
+            return Err(wasmtime::Error::new(DeadlineExceeded));
+        }
+        if now >= until {
+            return Ok(());
+        }
+        let mut nap = (until - now).min(MAX_NAP);
+        if let Some(d) = state.deadline {
+            nap = nap.min(d - now);
+        }
+        std::thread::park_timeout(nap);
+    }
+}
+
+/// The guest's WASI monotonic clock: nanoseconds since the sandbox's
+/// clock origin, so that an absolute-time subscription can be turned into
+/// an `Instant` here.
+pub(crate) struct GuestMonotonicClock {
+    pub origin: Instant,
+}
+
+impl wasmtime_wasi::HostMonotonicClock for GuestMonotonicClock {
+    fn resolution(&self) -> u64 {
+        1
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+}

@@ -1,0 +1,248 @@
+//! Hostile guests against the host's limits: what a guest makes the host
+//! decode, sleep through or allocate. Each case here hurt the host before
+//! (a crash, a run that outlived its timeout, memory past the limit).
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{guest, run, shmrt, stderr};
+use shmrt::primitives::{SegmentConfig, SegmentLayout};
+use shmrt::{Runtime, SandboxError, SandboxOptions};
+
+fn std_echo() -> std::path::PathBuf {
+    guest("runtime/tests/guests/std-echo")
+}
+
+/// Waits for `child` at most `limit`; kills it and fails if it is still
+/// running (the bug this file guards against is a run that never ends).
+fn wait_at_most(child: &mut Child, limit: Duration, what: &str) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Writes a hand-made module to this test run's own directory.
+fn write_wat(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("shmrt-limits-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The guest logs the low byte of its G2H read cursor after each message
+/// while the host, draining, rewrites it: the host validated the byte in
+/// place, then decoded it as it had become (a lead byte of a 4-byte
+/// sequence), and the decoder ran past the end of the string until it
+/// faulted. Now the bytes are copied out first.
+#[test]
+fn log_of_bytes_the_host_rewrites_meanwhile() {
+    let layout = SegmentLayout::compute(&SegmentConfig::single_guest()).unwrap();
+    let read_cursor = layout.g2h_ring_offset(0) + 64;
+    let probe = guest("runtime/tests/guests/probe");
+    for _ in 0..3 {
+        let out = run(
+            &[],
+            &probe,
+            format!("lograce {read_cursor} 1 200000\n").as_bytes(),
+        );
+        assert_eq!(out.status.signal(), None, "{}", stderr(&out));
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert_eq!(out.stdout.len(), 2 * 200_000, "every message came out");
+    }
+}
+
+/// A WASI sleep (poll_oneoff on a clock) ends at the deadline: before, a
+/// guest sleeping forever outlived `--timeout` forever, and one sleeping
+/// a minute under `--timeout 500ms` ran its minute.
+#[test]
+fn a_wasi_sleep_ends_at_the_timeout() {
+    for (sleep, timeout) in [("sleep 100000000\n", "1s"), ("sleep 60000\n", "500ms")] {
+        let mut child = shmrt()
+            .args(["run", "--timeout", timeout])
+            .arg(std_echo())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(sleep.as_bytes())
+            .unwrap();
+        // Compiling the WASI guest takes a few seconds of this bound.
+        let status = wait_at_most(&mut child, Duration::from_secs(30), sleep.trim());
+        assert_eq!(status.code(), Some(124), "{sleep}");
+    }
+}
+
+/// `stop()` ends a guest sleeping in WASI, and `join` says it was stopped.
+#[test]
+fn stop_ends_a_wasi_sleep() {
+    let runtime = Runtime::new().unwrap();
+    let mut sandbox = runtime
+        .spawn_file(&std_echo(), SandboxOptions::default())
+        .unwrap();
+    sandbox.sender().send(b"sleep 100000000").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let (_tx, _rx, handle) = sandbox.split();
+    handle.stop();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done_tx.send(handle.join()));
+    match done_rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(Err(SandboxError::Trap { message, .. })) => {
+            assert!(message.contains("stopped by the host"), "{message}")
+        }
+        Ok(other) => panic!("expected a stop, got {other:?}"),
+        Err(_) => panic!("join did not return after stop(): the WASI sleep went on"),
+    }
+}
+
+/// The guest has ended (its timeout) while stdin stays open: `shmrt run`
+/// exits then, it does not wait for the end of stdin.
+#[test]
+fn the_run_ends_with_the_guest_while_stdin_stays_open() {
+    let mut child = shmrt()
+        .args(["run", "--timeout", "1s"])
+        .arg(guest("runtime/tests/guests/probe"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"spin\n").unwrap();
+    stdin.flush().unwrap();
+    let status = wait_at_most(&mut child, Duration::from_secs(15), "run with stdin open");
+    assert_eq!(status.code(), Some(124));
+    drop(stdin);
+}
+
+/// One budget across every memory: three extra memories of 16 MiB each
+/// under a 32 MiB limit. Before, each memory had the whole limit (7 of
+/// 56 MiB reached 408 MiB under a 64 MiB limit). The module returns 7
+/// when a growth is refused, 0 when all were allowed.
+#[test]
+fn one_memory_budget_across_every_memory() {
+    let multi = write_wat(
+        "multi-memory.wat",
+        r#"(module (import "shmrt" "ring" (func)) (memory (export "memory") 1)
+             (memory $b 1) (memory $c 1) (memory $d 1)
+             (func (export "shmrt_main") (result i32)
+               (drop (i32.atomic.load (i32.const 0)))
+               (if (i32.eq (memory.grow $b (i32.const 256)) (i32.const -1)) (then (return (i32.const 7))))
+               (if (i32.eq (memory.grow $c (i32.const 256)) (i32.const -1)) (then (return (i32.const 7))))
+               (if (i32.eq (memory.grow $d (i32.const 256)) (i32.const -1)) (then (return (i32.const 7))))
+               (i32.const 0)))"#,
+    );
+    let out = run(&["--max-memory", "32MiB"], &multi, b"");
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    let out = run(&["--max-memory", "64MiB"], &multi, b"");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "within the budget: {}",
+        stderr(&out)
+    );
+}
+
+/// Tables count in the same budget (8 bytes an element): before, 50
+/// tables of a million elements reached ~400 MiB under a 1 MiB limit.
+#[test]
+fn tables_count_in_the_memory_budget() {
+    let tables = write_wat(
+        "tables.wat",
+        r#"(module (import "shmrt" "ring" (func)) (memory (export "memory") 1)
+             (table $a 1 funcref) (table $b 1 funcref)
+             (func (export "shmrt_main") (result i32)
+               (drop (i32.atomic.load (i32.const 0)))
+               (if (i32.eq (table.grow $a (ref.null func) (i32.const 100000)) (i32.const -1))
+                 (then (return (i32.const 8))))
+               (if (i32.eq (table.grow $b (ref.null func) (i32.const 100000)) (i32.const -1))
+                 (then (return (i32.const 8))))
+               (i32.const 0)))"#,
+    );
+    // 2 x 800 KB of elements and the 64 KiB page: over 1 MiB, under 2.
+    let out = run(&["--max-memory", "1MiB"], &tables, b"");
+    assert_eq!(out.status.code(), Some(8), "{}", stderr(&out));
+    let out = run(&["--max-memory", "2MiB"], &tables, b"");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "within the budget: {}",
+        stderr(&out)
+    );
+}
+
+/// Counts of memories and tables are bounded whatever the budget, with an
+/// error that says the bound.
+#[test]
+fn too_many_memories_or_tables_are_refused() {
+    let memories = write_wat(
+        "five-memories.wat",
+        r#"(module (import "shmrt" "ring" (func)) (memory (export "memory") 1)
+             (memory 1) (memory 1) (memory 1) (memory 1)
+             (func (export "shmrt_main") (result i32) (drop (i32.atomic.load (i32.const 0))) (i32.const 0)))"#,
+    );
+    let out = run(&[], &memories, b"");
+    assert_eq!(out.status.code(), Some(65), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("module has 5 linear memories; shmrt allows at most 4"),
+        "{}",
+        stderr(&out)
+    );
+    let many_tables: String = (0..17).map(|_| "(table 1 funcref) ").collect();
+    let tables = write_wat(
+        "seventeen-tables.wat",
+        &format!(
+            r#"(module (import "shmrt" "ring" (func)) (memory (export "memory") 1) {many_tables}
+             (func (export "shmrt_main") (result i32) (drop (i32.atomic.load (i32.const 0))) (i32.const 0)))"#
+        ),
+    );
+    let out = run(&[], &tables, b"");
+    assert_eq!(out.status.code(), Some(65), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("module has 17 tables; shmrt allows at most 16"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// A guest that logs as fast as it can is cut to the rate limit, and the
+/// host says how many lines it dropped.
+#[test]
+fn a_log_flood_is_rate_limited_and_counted() {
+    // Offset 0 is the header's magic: "TELX" in every line logged.
+    let out = run(
+        &[],
+        &guest("runtime/tests/guests/probe"),
+        b"lograce 0 4 20000\n",
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let shown = err.lines().filter(|l| l.contains("TELX")).count();
+    assert!(
+        (1000..5000).contains(&shown),
+        "{shown} of 20000 lines shown (a burst of 1000, then 200 a second)"
+    );
+    assert!(
+        err.contains("log lines of this guest were dropped"),
+        "the drop is said: {}",
+        &err[err.len().saturating_sub(2000)..]
+    );
+}
