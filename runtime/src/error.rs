@@ -51,6 +51,10 @@ pub enum SandboxError {
     /// The guest trapped.
     #[error("sandbox {sandbox}: guest trapped: {message}")]
     Trap { sandbox: String, message: String },
+    /// The host stopped the sandbox ([`crate::SandboxHandle::stop`]): not
+    /// a failure of the guest's, so never a reason to restart it.
+    #[error("sandbox {sandbox}: stopped by the host")]
+    Stopped { sandbox: String },
     /// The guest used up its fuel.
     #[error("sandbox {sandbox}: out of fuel (the --fuel limit was reached)")]
     OutOfFuel { sandbox: String },
@@ -72,7 +76,8 @@ pub enum SandboxError {
     Closed { sandbox: String },
     /// A message larger than any slot.
     #[error(
-        "sandbox {sandbox}: message of {len} bytes exceeds the largest slot payload of {max} bytes; raise the largest size class"
+        "sandbox {sandbox}: message of {len} bytes exceeds the largest slot payload of {max} bytes; \
+         raise the largest size class (`--slot-classes` of `shmrt run`, `SegmentConfig::size_classes` in the library)"
     )]
     TooLarge {
         sandbox: String,

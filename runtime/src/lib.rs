@@ -34,7 +34,7 @@ pub use error::SandboxError;
 pub use host_segment::HostSegment;
 pub use sandbox::{
     GuestStdout, HostMessage, HostReceiver, HostSender, ReadSend, Runtime, RuntimeConfig, Sandbox,
-    SandboxHandle, SandboxOptions, SegmentSource, SendReadError,
+    SandboxHandle, SandboxOptions, SegmentSource, SendReadError, StopHandle,
 };
 pub use shmrt_primitives as primitives;
 pub use supervise::RestartPolicy;

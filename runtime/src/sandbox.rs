@@ -622,10 +622,9 @@ impl Runtime {
         let name = shared.name.clone();
         let window_len = shared.segment_file.window_len();
         let window_pages = window_len as u64 / 65536;
-        // Text modules (WAT) are accepted too; the checks read the binary.
-        let binary = wat::parse_bytes(wasm).map_err(|e| SandboxError::Compile {
+        let binary = module_bytes(wasm).map_err(|message| SandboxError::Compile {
             sandbox: name.clone(),
-            message: e.to_string(),
+            message,
         })?;
         let module = self.compile(&binary).map_err(|e| SandboxError::Compile {
             sandbox: name.clone(),
@@ -890,6 +889,29 @@ fn build_wasi(options: &SandboxOptions, clock_origin: Instant) -> Result<WasiP1C
     Ok(b.build_p1())
 }
 
+/// The binary of a module given as a binary (by its magic) or as WAT
+/// text; anything else is said to be neither, not parsed as WAT.
+fn module_bytes(wasm: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, String> {
+    if wasm.starts_with(b"\0asm") {
+        return Ok(std::borrow::Cow::Borrowed(wasm));
+    }
+    let Ok(text) = std::str::from_utf8(wasm) else {
+        return Err(
+            "not a WebAssembly module: it starts with neither the binary magic \\0asm nor is it WAT text"
+                .into(),
+        );
+    };
+    if !text.trim_start().starts_with('(') && !text.trim_start().starts_with(";;") {
+        return Err(
+            "not a WebAssembly module: it starts with neither the binary magic \\0asm nor `(` of WAT text"
+                .into(),
+        );
+    }
+    wat::parse_str(text)
+        .map(std::borrow::Cow::Owned)
+        .map_err(|e| format!("invalid WAT text: {e}"))
+}
+
 enum Entry {
     Main(TypedFunc<(), i32>),
     Start(TypedFunc<(), ()>),
@@ -1011,9 +1033,8 @@ fn exit_status(
         });
     }
     if e.downcast_ref::<Stopped>().is_some() {
-        return Err(SandboxError::Trap {
+        return Err(SandboxError::Stopped {
             sandbox: sandbox.into(),
-            message: "stopped by the host".into(),
         });
     }
     tracing::debug!(sandbox, "guest failed: {e:?}");
@@ -1088,6 +1109,23 @@ impl Sandbox {
     }
 }
 
+/// Stops a sandbox from another thread; see [`SandboxHandle::stop`].
+#[derive(Clone)]
+pub struct StopHandle(Arc<SandboxShared>);
+
+impl StopHandle {
+    /// Asks the guest to stop, as [`SandboxHandle::stop`].
+    pub fn stop(&self) {
+        self.0.request_stop();
+    }
+}
+
+impl std::fmt::Debug for StopHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("StopHandle").field(&self.0.name).finish()
+    }
+}
+
 /// Joins a sandbox's guest thread.
 pub struct SandboxHandle {
     shared: Arc<SandboxShared>,
@@ -1095,10 +1133,18 @@ pub struct SandboxHandle {
 }
 
 impl SandboxHandle {
-    /// Asks the guest to stop: its next epoch check traps, and a `wait`
-    /// returns goodbye at once.
+    /// Asks the guest to stop: its next epoch check traps, a `wait`
+    /// returns goodbye at once, a WASI sleep ends. `join` then reports
+    /// [`SandboxError::Stopped`] (or the guest's own status, if it
+    /// returned first).
     pub fn stop(&self) {
         self.shared.request_stop();
+    }
+
+    /// A handle that stops this sandbox from anywhere (a signal handler's
+    /// thread, a watchdog) while another thread is in [`Self::join`].
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle(self.shared.clone())
     }
 
     /// Whether the guest's entry point has returned.

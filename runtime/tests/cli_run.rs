@@ -101,7 +101,7 @@ fn a_raw_chunk_that_no_message_can_carry_is_refused_before_the_guest_starts() {
     ] {
         let out = run(&[&["--framing", "raw"], args].concat(), &echo, b"abc");
         let err = stderr(&out);
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         assert!(err.contains(needle), "{args:?}: {err}");
         assert!(out.stdout.is_empty(), "{args:?}: nothing was sent");
     }

@@ -5,6 +5,12 @@ use shmrt::SandboxError;
 
 /// Something failed outside the guest (I/O, a bad argument).
 pub const OTHER: u8 = 1;
+/// A command line shmrt can not run: an option's value is wrong (as clap
+/// says of the usage errors it finds itself).
+pub const USAGE: u8 = 2;
+/// Writing the guest's messages to standard output failed (EX_IOERR),
+/// e.g. a full disk. A closed pipe ends the run by SIGPIPE instead.
+pub const OUTPUT_FAILED: u8 = 74;
 /// The plugin file could not be read (EX_NOINPUT).
 pub const UNREADABLE: u8 = 66;
 /// Not a valid module, or one shmrt refuses (EX_DATAERR).
@@ -31,6 +37,10 @@ pub struct Failure {
 impl Failure {
     pub fn other(error: anyhow::Error) -> Self {
         Failure { error, code: OTHER }
+    }
+
+    pub fn usage(error: anyhow::Error) -> Self {
+        Failure { error, code: USAGE }
     }
 }
 

@@ -53,19 +53,28 @@ impl Command {
     }
 }
 
-/// Logs go to stderr; `RUST_LOG` overrides `-v`/`-q`.
+/// Logs go to stderr; `RUST_LOG` overrides `-v`/`-q`. The levels are
+/// shmrt's own (the guests' `log` calls included, target `shmrt::guest`):
+/// by default warnings of shmrt and the guests' info; `-v` shmrt's info
+/// too; `-vv` debug and `-vvv` trace, of shmrt and the guests. wasmtime's
+/// and cranelift's own events only through `RUST_LOG` (at debug they are
+/// thousands of lines for one message). Colours only on a terminal, and
+/// never with `NO_COLOR` set.
 pub fn init_tracing(cli: &Cli) {
     let default = match (cli.quiet, cli.verbose) {
         (true, _) => "error",
         (false, 0) => "warn,shmrt::guest=info",
-        (false, 1) => "info",
-        (false, 2) => "debug",
-        _ => "trace",
+        (false, 1) => "warn,shmrt=info",
+        (false, 2) => "warn,shmrt=debug",
+        _ => "warn,shmrt=trace",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    use std::io::IsTerminal;
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && !no_color)
         .init();
 }

@@ -29,7 +29,7 @@ impl NewCommand {
         println!("created plugin {dir}");
         println!("next:");
         println!("  cd {dir} && cargo test            # the handler's test, on the host");
-        println!("  printf 'hello\\n' | shmrt run $(shmrt build {dir})");
+        println!("  printf 'hello\\n' | shmrt run $(shmrt build .)");
         Ok(ExitCode::SUCCESS)
     }
 }

@@ -46,15 +46,16 @@ pub struct RunCommand {
     /// How stdin and stdout are cut into messages.
     #[arg(long, value_enum, default_value = "lines")]
     framing: Framing,
-    /// Message size for `--framing raw` (e.g. 4096, 64KiB, 1MiB).
-    #[arg(long, default_value = "64KiB", value_parser = parse_size)]
-    chunk: u64,
-    /// Wall-clock limit for the guest (e.g. 500ms, 2s, 1m).
-    #[arg(long, value_parser = parse_duration)]
+    /// Message size for `--framing raw` (e.g. 4096, 64KiB, 1MiB; default
+    /// 64KiB).
+    #[arg(long, value_parser = parse_size)]
+    chunk: Option<u64>,
+    /// Wall-clock limit for the guest (e.g. 500ms, 2s, 1m; more than 0).
+    #[arg(long, value_parser = parse_timeout)]
     timeout: Option<Duration>,
-    /// Fuel (roughly, wasm instructions) the guest may use; out of fuel
-    /// ends the run with status 71.
-    #[arg(long)]
+    /// Fuel (roughly, wasm instructions) the guest may use, at least 1;
+    /// out of fuel ends the run with status 71.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     fuel: Option<u64>,
     /// Largest size of the guest's own linear memory (e.g. 64MiB; the
     /// segment window not counted); a refused memory.grow returns -1.
@@ -147,12 +148,26 @@ impl RunCommand {
         }
         for d in &self.dirs {
             let (host, guest) = d.split_once("::").unwrap_or((d, d));
+            if !std::path::Path::new(host).is_dir() {
+                return Err(Failure::usage(anyhow::anyhow!(
+                    "--dir {d}: {host} is not a directory this user can open; give an existing directory"
+                )));
+            }
             options.dirs.push((host.into(), guest.into()));
         }
-        if self.framing == Framing::Raw {
-            check_chunk(self.chunk, &options.segment).map_err(Failure::other)?;
-        }
-        let chunk = usize::try_from(self.chunk).unwrap_or(usize::MAX);
+        let chunk = match (self.framing, self.chunk) {
+            (Framing::Raw, chunk) => {
+                let chunk = chunk.unwrap_or(64 << 10);
+                check_chunk(chunk, &options.segment).map_err(Failure::usage)?;
+                usize::try_from(chunk).unwrap_or(usize::MAX)
+            }
+            (_, Some(_)) => {
+                return Err(Failure::usage(anyhow::anyhow!(
+                    "--chunk applies to --framing raw only (lines and len32 records are cut by their framing)"
+                )));
+            }
+            (_, None) => 0,
+        };
         if let Some(path) = &self.segment {
             options.segment_source = SegmentSource::Named {
                 path: path.clone(),
@@ -167,6 +182,11 @@ impl RunCommand {
         let runtime = Runtime::with_config(RuntimeConfig {
             fuel: self.fuel.is_some(),
         })?;
+        let named_segment = match &self.segment {
+            Some(path) if !self.keep_segment => Some(path.clone()),
+            _ => None,
+        };
+        let interrupts = Interrupts::install(named_segment.clone()).map_err(Failure::other)?;
         if let Some(segment) = &self.attach {
             let wasm = std::fs::read(&self.plugin).map_err(|source| SandboxError::Read {
                 path: self.plugin.clone(),
@@ -178,8 +198,12 @@ impl RunCommand {
                 self.plugin.display(),
                 segment.display()
             );
-            let code = handle.join()?;
-            return Ok(ExitCode::from(code.clamp(0, 255) as u8));
+            interrupts.watch(handle.stop_handle());
+            let status = handle.join();
+            if let Some(code) = interrupts.exit_code() {
+                return Ok(code);
+            }
+            return Ok(ExitCode::from(status?.clamp(0, 255) as u8));
         }
         let wasm = std::fs::read(&self.plugin).map_err(|source| SandboxError::Read {
             path: self.plugin.clone(),
@@ -204,15 +228,43 @@ impl RunCommand {
             .context("starting the stdin thread")?;
         let code = runtime.supervise(&wasm, &options, policy, |sandbox, _attempt| {
             let (tx, mut rx, handle) = sandbox.split();
+            interrupts.watch(handle.stop_handle());
             feeder.hand_over(tx);
             let drained = drain(&mut rx, framing);
+            if drained.is_err() {
+                // Output failed (or the guest broke the protocol): the
+                // guest would block on a ring nobody drains.
+                handle.stop();
+            }
             let status = handle.join();
-            // A guest failure explains a drain that stopped early.
             match (drained, status) {
+                // Output failed: that, not the stop it caused.
+                (Err(e @ SandboxError::Io { .. }), _) => Err(e),
+                // A guest failure explains a drain that stopped early.
                 (_, Err(e)) | (Err(e), Ok(_)) => Err(e),
                 (Ok(()), Ok(code)) => Ok(code),
             }
         });
+        if let Some(path) = &named_segment {
+            // The stdin thread may still hold the last sandbox's sender
+            // (stdin still open): the file goes now, not with it.
+            remove_segment_file(path);
+        }
+        if let Some(code) = interrupts.exit_code() {
+            return Ok(code);
+        }
+        if let Err(SandboxError::Io { what, source }) = &code
+            && *what == OUTPUT
+        {
+            if source.kind() == io::ErrorKind::BrokenPipe {
+                // Whoever read our output is gone: end as `cat` does.
+                die_of_sigpipe();
+            }
+            return Err(Failure {
+                error: anyhow::anyhow!("{what}: {source}"),
+                code: super::exit_codes::OUTPUT_FAILED,
+            });
+        }
         if let Some(e) = feeder
             .error
             .lock()
@@ -371,10 +423,12 @@ impl Feeder {
                 Framing::Raw => unreachable!("fed by feed_raw"),
                 Framing::Len32 => {
                     let mut len = [0u8; 4];
-                    match input.read_exact(&mut len) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
-                        Err(e) => return Err(e.into()),
+                    match read_full(&mut input, &mut len)? {
+                        0 => return Ok(()),
+                        4 => {}
+                        n => anyhow::bail!(
+                            "stdin ends inside a len32 length prefix: {n} of its 4 bytes are there"
+                        ),
                     }
                     let n = u32::from_le_bytes(len) as u64;
                     (&mut input).take(n).read_to_end(&mut buf)?;
@@ -449,12 +503,15 @@ impl Progress {
     }
 }
 
+/// What a failed write of the guest's messages is called.
+const OUTPUT: &str = "writing standard output";
+
 /// Writes the guest's messages until it has ended and all are read.
 fn drain(rx: &mut HostReceiver, framing: Framing) -> Result<(), SandboxError> {
     let stdout = io::stdout();
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
     let write_err = |e: io::Error| SandboxError::Io {
-        what: "writing standard output",
+        what: OUTPUT,
         source: e,
     };
     loop {
@@ -526,6 +583,126 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     };
     n.checked_mul(mult)
         .ok_or_else(|| format!("`{s}` is too large"))
+}
+
+/// A `--timeout`: a duration of more than 0.
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err(
+            "a timeout of 0 would end the guest before it starts; give more, e.g. 500ms".into(),
+        );
+    }
+    Ok(d)
+}
+
+/// Removes a named segment file shmrt made, if it is still there.
+fn remove_segment_file(path: &std::path::Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!("could not remove segment file {}: {e}", path.display()),
+    }
+}
+
+/// Ends the process by SIGPIPE, as a writer to a closed pipe does by
+/// default (a shell reports status 141); Rust ignores SIGPIPE, so it is
+/// restored and raised here once everything is cleaned up.
+fn die_of_sigpipe() -> ! {
+    // SAFETY: plain libc calls; restoring the default action and raising
+    // the signal ends the process.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        libc::raise(libc::SIGPIPE);
+    }
+    std::process::exit(128 + libc::SIGPIPE)
+}
+
+/// SIGINT, SIGTERM and SIGHUP during a run: the guest is stopped (it
+/// drains nothing more), a named segment is removed unless kept, and shmrt
+/// exits with 128 + the signal's number, as a shell reports a process the
+/// signal ended (130, 143, 129). A second signal, or a run that has not
+/// ended 3 s after the first, exits at once after removing the segment.
+struct Interrupts {
+    shared: Arc<InterruptState>,
+}
+
+#[derive(Default)]
+struct InterruptState {
+    /// The signal received first; 0 for none.
+    signal: std::sync::atomic::AtomicI32,
+    /// The sandbox running now.
+    current: Mutex<Option<shmrt::StopHandle>>,
+}
+
+impl Interrupts {
+    fn install(named_segment: Option<PathBuf>) -> anyhow::Result<Self> {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+            .context("installing the signal handlers")?;
+        let shared = Arc::new(InterruptState::default());
+        let state = shared.clone();
+        std::thread::Builder::new()
+            .name("shmrt-signals".into())
+            .spawn(move || {
+                let Some(first) = signals.forever().next() else {
+                    return;
+                };
+                state
+                    .signal
+                    .store(first, std::sync::atomic::Ordering::Release);
+                tracing::info!("signal {first}: stopping the guest");
+                if let Some(stop) = state
+                    .current
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .as_ref()
+                {
+                    stop.stop();
+                }
+                let grace = std::time::Instant::now() + Duration::from_secs(3);
+                let mut last = first;
+                while std::time::Instant::now() < grace {
+                    if let Some(again) = signals.pending().next() {
+                        last = again;
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                if let Some(path) = &named_segment {
+                    remove_segment_file(path);
+                }
+                std::process::exit(128 + last);
+            })
+            .context("starting the signal thread")?;
+        Ok(Interrupts { shared })
+    }
+
+    /// Makes `stop` the sandbox a signal stops; stops it now if a signal
+    /// came already.
+    fn watch(&self, stop: shmrt::StopHandle) {
+        let mut current = self
+            .shared
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if self.exit_code().is_some() {
+            stop.stop();
+        }
+        *current = Some(stop);
+    }
+
+    /// The status to exit with when a signal ended the run.
+    fn exit_code(&self) -> Option<ExitCode> {
+        match self
+            .shared
+            .signal
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            0 => None,
+            sig => Some(ExitCode::from((128 + sig).clamp(0, 255) as u8)),
+        }
+    }
 }
 
 /// `500ms`, `2s`, `1m`, `250us`, `10ns`.
