@@ -7,7 +7,8 @@ use crate::channel::{Receiver, Sender};
 use crate::error::{LayoutError, ProtocolError};
 use crate::frame::Frame;
 use crate::layout::{
-    CLASS_HEADER_SIZE, SLOT_LEN_PREFIX, SegmentConfig, SegmentLayout, SizeClass, SizeClasses,
+    CLASS_HEADER_SIZE, SLOT_ALIGN, SLOT_LEN_PREFIX, SegmentConfig, SegmentLayout, SizeClass,
+    SizeClasses,
 };
 use crate::peer_entry::PeerEntry;
 use crate::ring::{Consumer, Producer, RingRef};
@@ -38,6 +39,17 @@ pub struct Recovery {
     /// The queued frames could not all be read; the rest of the ring was
     /// dropped.
     pub scan_error: Option<ProtocolError>,
+}
+
+/// A class header whose slot size would misalign the slots' length
+/// prefixes (see [`SLOT_ALIGN`]).
+fn misaligned_slot_size(index: u32, slot_size: u32) -> HeaderError {
+    HeaderError::Class {
+        index,
+        field: "slot_size",
+        value: slot_size as u64,
+        rule: "must be a multiple of 4, so that the u32 length prefix of every slot is aligned",
+    }
 }
 
 impl Segment {
@@ -157,6 +169,9 @@ impl Segment {
                     rule: "must be larger than the 4-byte length prefix",
                 });
             }
+            if !slot_size.is_multiple_of(SLOT_ALIGN) {
+                return Err(misaligned_slot_size(i as u32, slot_size));
+            }
             if slot_count == 0 || slot_count == u32::MAX {
                 return Err(HeaderError::Class {
                     index: i as u32,
@@ -271,10 +286,15 @@ impl Segment {
         }
         let n = snap.num_var_slot_classes as usize;
         let layout = SegmentLayout::canonical(snap.max_guests, snap.bipbuf_capacity, &classes[..n])
-            .map_err(|_| HeaderError::Field {
-                field: "size classes",
-                value: n as u64,
-                rule: "the pool size overflows 64-bit offsets",
+            .map_err(|e| match e {
+                LayoutError::SlotSizeAlignment { index, slot_size } => {
+                    misaligned_slot_size(index, slot_size)
+                }
+                _ => HeaderError::Field {
+                    field: "size classes",
+                    value: n as u64,
+                    rule: "the pool size overflows 64-bit offsets",
+                },
             })?
             .with_header_values(
                 snap.inline_threshold,
@@ -610,6 +630,27 @@ mod tests {
                     ..
                 }
         ));
+    }
+
+    #[test]
+    fn a_foreign_header_with_a_misaligned_slot_size_is_refused() {
+        let (_r, seg) = create();
+        let class1 = seg.layout().classes()[1].header_offset as usize;
+        let want = HeaderError::Class {
+            index: 1,
+            field: "slot_size",
+            value: 301,
+            rule: "must be a multiple of 4, so that the u32 length prefix of every slot is aligned",
+        };
+        assert_eq!(corrupt(class1, &301u32.to_le_bytes()), want);
+        assert!(std::string::ToString::to_string(&want).contains("size class 1: slot_size = 301"));
+        // The trusting open (a guest in its window) refuses it too rather
+        // than trap later on a misaligned atomic.
+        let (mut region, _seg) = create();
+        region.bytes_mut()[class1..class1 + 4].copy_from_slice(&301u32.to_le_bytes());
+        // SAFETY: the region holds a segment we created, but for one word.
+        let err = unsafe { Segment::open_trusting(region.as_mut_ptr()) }.err();
+        assert_eq!(err, Some(want));
     }
 
     #[test]
