@@ -145,7 +145,10 @@ impl Sender {
     }
 
     /// Whether a message of `len` bytes would find room now (a hint: the
-    /// peer may take the last slot meanwhile). Changes nothing.
+    /// peer may take the last slot meanwhile). Changes nothing. It applies
+    /// the rules [`Self::reserve`] applies (ring room, then a slot within
+    /// this sender's fair share), so that a sender waiting until this says
+    /// yes is not told yes while every reservation is refused.
     pub fn could_send(&self, len: usize) -> Result<bool, ProtocolError> {
         if len <= self.max_inline as usize {
             return self.producer.has_room(frame::inline_frame_len(len as u32));
@@ -153,7 +156,8 @@ impl Sender {
         let Ok(len32) = u32::try_from(len) else {
             return Ok(true);
         };
-        Ok(self.producer.has_room(frame::SLOT_REF_FRAME_SIZE)? && self.pool.could_allocate(len32))
+        Ok(self.producer.has_room(frame::SLOT_REF_FRAME_SIZE)?
+            && self.pool.could_allocate_fair_share(len32, self.owner))
     }
 }
 

@@ -741,6 +741,40 @@ mod tests {
         tx.send(&big).unwrap();
     }
 
+    /// `could_send` and `reserve` apply one rule: a host waiting until
+    /// `could_send` says yes must then be able to reserve, or its wait
+    /// spins (free slots beyond its fair share once said yes).
+    #[test]
+    fn could_send_says_yes_exactly_when_reserve_succeeds() {
+        let (_r, seg) = create();
+        let (mut tx, _) = seg.host_channel(0).unwrap();
+        let (_, mut rx) = seg.guest_channel(0).unwrap();
+        let (mut gtx, _) = seg.guest_channel(0).unwrap();
+        // The guest holds one slot of each class: the host's share is
+        // counted on its own slots only.
+        gtx.send(&[5; 1000]).unwrap();
+        gtx.send(&[6; 5000]).unwrap();
+        let mut sent = 0;
+        for len in [1000usize, 5000, 1000, 5000, 1000, 10, 5000, 1000] {
+            let could = tx.could_send(len).unwrap();
+            let did = tx.send(&std::vec![1; len]);
+            assert_eq!(could, did.is_ok(), "message {sent} of {len} bytes: {did:?}");
+            sent += did.is_ok() as u32;
+        }
+        assert!(
+            !tx.could_send(1000).unwrap(),
+            "both classes at the host's share"
+        );
+        assert_eq!(
+            seg.pool().usage(0).unwrap().free,
+            1,
+            "a free slot beyond the share"
+        );
+        drop(rx.try_recv().unwrap().unwrap());
+        assert!(tx.could_send(1000).unwrap());
+        tx.send(&[2; 1000]).unwrap();
+    }
+
     #[test]
     fn recovery_frees_queued_and_owned_slots_and_empties_the_entry() {
         let (_r, seg) = create();
