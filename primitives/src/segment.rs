@@ -673,7 +673,7 @@ mod tests {
         tx.send(payload).unwrap();
         let msg = rx.try_recv().unwrap().expect("a message");
         assert_eq!(
-            msg.as_bytes(),
+            msg.bytes().to_vec(),
             payload,
             "payload of {} bytes",
             payload.len()
@@ -728,7 +728,7 @@ mod tests {
         assert_eq!(sent, 4096 / 12, "12-byte frames fill the ring");
         for want in 0..sent {
             let m = rx.try_recv().unwrap().unwrap();
-            assert_eq!(m.as_bytes(), want.to_le_bytes());
+            assert_eq!(m.bytes().u32_le(0), Some(want));
         }
         assert!(rx.try_recv().unwrap().is_none());
         // A sender takes half of each class: 2 of 4, then 1 of 2.
@@ -824,11 +824,11 @@ mod tests {
         for (reserved, filled) in [(40usize, 3usize), (5000, 10)] {
             let mut r = tx.reserve(reserved).unwrap();
             let slot = r.is_slot();
-            r.as_mut_slice()[..filled].fill(7);
+            r.bytes_mut().get_mut(..filled).unwrap().fill(7);
             r.truncate(filled);
             r.commit();
             let m = rx.try_recv().unwrap().unwrap();
-            assert_eq!(m.as_bytes(), &std::vec![7u8; filled][..]);
+            assert_eq!(m.bytes().to_vec(), std::vec![7u8; filled]);
             assert_eq!(
                 matches!(m.location(), crate::channel::Location::Slot(_)),
                 slot

@@ -27,6 +27,7 @@ use core::sync::atomic::Ordering;
 use crate::error::SlotError;
 use crate::frame::SlotRef;
 use crate::layout::{MAX_SIZE_CLASSES, SLOT_LEN_PREFIX, SegmentLayout};
+use crate::shared_bytes::SharedBytesMut;
 use crate::sync::{AtomicU32, AtomicU64, store_u32};
 
 /// End of a free list.
@@ -573,24 +574,17 @@ impl SlotPool {
     }
 
     /// The payload area of a slot (after the length prefix), for the
-    /// party that allocated it to fill before sending it.
-    ///
-    /// # Safety
-    ///
-    /// The caller allocated `r`, has not sent or freed it, and holds no
-    /// other reference into it. (A hostile peer writing into it anyway can
-    /// only garble what it will itself receive.)
-    #[expect(
-        clippy::mut_from_ref,
-        reason = "the slot is owned by its allocator, not by the view"
-    )]
-    pub unsafe fn payload_area_mut(&self, r: &SlotRef) -> Result<&mut [u8], SlotError> {
+    /// party that allocated it to fill before sending it. A view, not a
+    /// slice: a peer that breaks the protocol may write the slot too, and
+    /// can then only garble what it will itself receive.
+    pub fn payload_area(&self, r: &SlotRef) -> Result<SharedBytesMut<'_>, SlotError> {
         let class = self.resolve(r)?;
         let len = class.slot_size.saturating_sub(SLOT_LEN_PREFIX) as usize;
-        // SAFETY: the slot is in bounds (resolve) and at least 4 bytes;
-        // exclusivity is the caller's promise.
+        // SAFETY: the slot is in bounds (resolve) and at least 4 bytes,
+        // inside the memory `new`'s caller vouched for while the pool is
+        // used; the allocator of `r` is the one filling it.
         Ok(unsafe {
-            core::slice::from_raw_parts_mut(
+            SharedBytesMut::from_raw_parts(
                 class.slot_ptr(r.slot_idx).add(SLOT_LEN_PREFIX as usize),
                 len,
             )
@@ -860,8 +854,7 @@ mod tests {
         p.set_payload_len(&r, 60).unwrap();
         assert_eq!(p.payload(&r).unwrap().1, 60);
         // A sender that scribbles the prefix afterwards is caught on read.
-        // SAFETY: we allocated r; we reach the prefix just before the area.
-        let area = unsafe { p.payload_area_mut(&r) }.unwrap();
+        let mut area = p.payload_area(&r).unwrap();
         // SAFETY: the prefix is the 4 bytes before the payload area.
         unsafe { core::ptr::write_unaligned(area.as_mut_ptr().sub(4) as *mut u32, 1000) };
         assert!(matches!(

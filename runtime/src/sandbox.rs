@@ -1198,7 +1198,11 @@ impl HostSender {
                 });
             }
             if let Some(mut r) = reserve_now(tx, shared, len)? {
-                fill(r.as_mut_slice());
+                // SAFETY: NOT upheld against a hostile guest, which may
+                // write the reserved bytes while `fill` holds them: kept
+                // until `send_with` hands out a shared-bytes view (issue
+                // 12, the runtime's part).
+                fill(unsafe { r.as_mut_slice() });
                 r.commit();
                 notify(shared, &shared.peer().h2g_doorbell);
                 return Ok(());
@@ -1239,7 +1243,9 @@ impl HostSender {
                 }));
             }
             if let Some(mut r) = reserve_now(tx, shared, max)? {
-                let n = read(r.as_mut_slice())
+                // SAFETY: as in `send_with_timeout`: not upheld against a
+                // hostile guest until `read` gets a shared-bytes view.
+                let n = read(unsafe { r.as_mut_slice() })
                     .map_err(SendReadError::Read)?
                     .min(max);
                 if n == 0 {
@@ -1247,7 +1253,7 @@ impl HostSender {
                 }
                 r.truncate(n);
                 if shared.guest_done() {
-                    return Ok(ReadSend::GuestGone(r.as_mut_slice()[..n].to_vec()));
+                    return Ok(ReadSend::GuestGone(r.bytes_mut().as_shared().to_vec()));
                 }
                 r.commit();
                 notify(shared, &shared.peer().h2g_doorbell);
@@ -1324,7 +1330,10 @@ impl HostMessage<'_> {
     /// guest that breaks the protocol may still change its bytes, so parse
     /// it once.
     pub fn as_bytes(&self) -> &[u8] {
-        self.inner.as_bytes()
+        // SAFETY: NOT upheld against a hostile guest, which may rewrite
+        // the payload while the slice lives: kept until this API hands out
+        // a shared-bytes view (issue 12, the runtime's part).
+        unsafe { self.inner.as_bytes() }
     }
 
     /// Payload length.
