@@ -79,7 +79,7 @@ fn open_and_exercise(data: &[u8]) {
                 for _ in 0..16 {
                     match rx.try_recv() {
                         Ok(Some(m)) => {
-                            std::hint::black_box(m.as_bytes().first());
+                            std::hint::black_box(m.bytes().byte(0));
                         }
                         _ => break,
                     }

@@ -49,7 +49,7 @@ fn channel_and_pool(c: &mut Criterion) {
         b.iter(|| {
             tx.send(black_box(&msg)).unwrap();
             let m = rx.try_recv().unwrap().unwrap();
-            black_box(m.as_bytes()[0]);
+            black_box(m.bytes().byte(0));
         })
     });
     rx.set_lazy_release(true);
@@ -57,7 +57,7 @@ fn channel_and_pool(c: &mut Criterion) {
         b.iter(|| {
             tx.send(black_box(&msg)).unwrap();
             let m = rx.try_recv().unwrap().unwrap();
-            black_box(m.as_bytes()[0]);
+            black_box(m.bytes().byte(0));
         })
     });
     rx.set_lazy_release(false);
@@ -66,7 +66,7 @@ fn channel_and_pool(c: &mut Criterion) {
         b.iter(|| {
             tx.send(black_box(&big)).unwrap();
             let m = rx.try_recv().unwrap().unwrap();
-            black_box(m.as_bytes()[0]);
+            black_box(m.bytes().byte(0));
         })
     });
 }

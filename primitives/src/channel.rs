@@ -13,6 +13,7 @@ use crate::error::ProtocolError;
 use crate::frame::{self, Frame, SlotRef};
 use crate::layout::SegmentLayout;
 use crate::ring::{Consumer, Grant, Producer};
+use crate::shared_bytes::{SharedBytes, SharedBytesMut};
 use crate::slot_pool::{AllocError, SlotPool};
 
 /// Why a message was not sent. Nothing was consumed: retry `Full` and
@@ -89,16 +90,21 @@ impl Sender {
     /// Sends a copy of `payload`.
     #[inline(always)]
     pub fn send(&mut self, payload: &[u8]) -> Result<(), SendError> {
-        self.send_with(payload.len(), |buf| buf.copy_from_slice(payload))
+        self.send_with(payload.len(), |mut buf| buf.copy_from(payload))
     }
 
     /// Sends `len` bytes written in place by `fill`, inline or in a slot:
-    /// `fill` gets exactly `len` bytes of ring or slot memory. Not called
-    /// when the message can not be sent now.
+    /// `fill` gets exactly `len` bytes of ring or slot memory, as a view
+    /// of shared bytes (the peer can write them too). Not called when the
+    /// message can not be sent now.
     #[inline(always)]
-    pub fn send_with(&mut self, len: usize, fill: impl FnOnce(&mut [u8])) -> Result<(), SendError> {
+    pub fn send_with(
+        &mut self,
+        len: usize,
+        fill: impl FnOnce(SharedBytesMut<'_>),
+    ) -> Result<(), SendError> {
         let mut r = self.reserve(len)?;
-        fill(r.as_mut_slice());
+        fill(r.bytes_mut());
         r.commit();
         Ok(())
     }
@@ -145,7 +151,10 @@ impl Sender {
     }
 
     /// Whether a message of `len` bytes would find room now (a hint: the
-    /// peer may take the last slot meanwhile). Changes nothing.
+    /// peer may take the last slot meanwhile). Changes nothing. It applies
+    /// the rules [`Self::reserve`] applies (ring room, then a slot within
+    /// this sender's fair share), so that a sender waiting until this says
+    /// yes is not told yes while every reservation is refused.
     pub fn could_send(&self, len: usize) -> Result<bool, ProtocolError> {
         if len <= self.max_inline as usize {
             return self.producer.has_room(frame::inline_frame_len(len as u32));
@@ -153,7 +162,8 @@ impl Sender {
         let Ok(len32) = u32::try_from(len) else {
             return Ok(true);
         };
-        Ok(self.producer.has_room(frame::SLOT_REF_FRAME_SIZE)? && self.pool.could_allocate(len32))
+        Ok(self.producer.has_room(frame::SLOT_REF_FRAME_SIZE)?
+            && self.pool.could_allocate_fair_share(len32, self.owner))
     }
 }
 
@@ -167,22 +177,46 @@ pub struct Reservation<'a> {
 }
 
 impl Reservation<'_> {
-    /// The `len` payload bytes to fill, in the ring or in the slot.
+    /// The `len` payload bytes to fill, in the ring or in the slot, as a
+    /// view of shared bytes.
     #[inline(always)]
-    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+    pub fn bytes_mut(&mut self) -> SharedBytesMut<'_> {
         match &self.slot {
             None => {
                 let start = frame::FRAME_HEADER_SIZE as usize;
                 let grant = self.grant.as_mut().expect("present until commit");
-                &mut grant.as_mut_slice()[start..start + self.len]
+                let mut area = grant.bytes_mut();
+                let ptr = area.as_mut_ptr();
+                debug_assert!(start + self.len <= area.len());
+                // SAFETY: the grant holds the 8-byte header, then `len`
+                // payload bytes (reserve asked for inline_frame_len(len)),
+                // ours until commit; the borrow is tied to `self`.
+                unsafe { SharedBytesMut::from_raw_parts(ptr.add(start), self.len) }
             }
-            // SAFETY: we allocated this slot and have not sent it; the
-            // returned borrow is tied to `self`.
-            Some(slot) => match unsafe { self.pool.payload_area_mut(slot) } {
-                Ok(area) => &mut area[..self.len],
+            Some(slot) => match self.pool.payload_area(slot) {
+                Ok(mut area) => {
+                    let ptr = area.as_mut_ptr();
+                    // SAFETY: the first `len` bytes of a slot we allocated
+                    // (checked against its class at allocation) and have
+                    // not sent; the borrow is tied to `self`.
+                    unsafe { SharedBytesMut::from_raw_parts(ptr, self.len) }
+                }
                 Err(_) => unreachable!("a slot we allocated resolves"),
             },
         }
+    }
+
+    /// The `len` payload bytes as a plain slice.
+    ///
+    /// # Safety
+    ///
+    /// As [`SharedBytesMut::as_mut_slice`]: the other side must not touch
+    /// the reserved bytes while the slice lives (it is trusted to follow
+    /// the protocol, or stopped).
+    #[inline(always)]
+    pub unsafe fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: forwarded to the caller.
+        unsafe { self.bytes_mut().into_mut_slice() }
     }
 
     /// Sends only the first `len` bytes (when fewer than reserved were
@@ -360,13 +394,27 @@ impl Message<'_> {
 
     /// The payload, in place in shared memory. Its bounds were checked;
     /// its contents are whatever the sender wrote, and a sender that breaks
-    /// the protocol may still be changing them, so parse it once.
+    /// the protocol may still be changing them: copy out or read words,
+    /// and parse the copy.
     #[inline(always)]
-    pub fn as_bytes(&self) -> &[u8] {
+    pub fn bytes(&self) -> SharedBytes<'_> {
         // SAFETY: `ptr..ptr+len` was bounds-checked against the ring or the
         // slot when the message was parsed, and stays reserved for us
         // until this message is dropped.
-        unsafe { core::slice::from_raw_parts(self.ptr, self.len as usize) }
+        unsafe { SharedBytes::from_raw_parts(self.ptr, self.len as usize) }
+    }
+
+    /// The payload as a plain slice, with no copy.
+    ///
+    /// # Safety
+    ///
+    /// As [`SharedBytes::as_slice`]: the sender must not write the payload
+    /// while the slice lives (it is trusted to follow the protocol, or
+    /// stopped).
+    #[inline(always)]
+    pub unsafe fn as_bytes(&self) -> &[u8] {
+        // SAFETY: forwarded to the caller.
+        unsafe { self.bytes().as_slice() }
     }
 
     /// Pointer to the payload.

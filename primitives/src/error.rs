@@ -20,6 +20,10 @@ pub enum LayoutError {
         slot_size: u32,
         slot_count: u32,
     },
+    /// A slot size that is not a multiple of
+    /// [`crate::layout::SLOT_ALIGN`]: the length prefixes of its slots
+    /// would be misaligned.
+    SlotSizeAlignment { index: u32, slot_size: u32 },
     /// Classes must be given smallest first.
     SizeClassOrder { index: u32 },
     /// The sizes overflow 64-bit offsets.
@@ -49,6 +53,18 @@ impl fmt::Display for LayoutError {
                 "size class {index} has slot_size {slot_size} and slot_count {slot_count}; \
                  slots must be larger than the 4-byte length prefix and the count must be 1..u32::MAX"
             ),
+            Self::SlotSizeAlignment { index, slot_size } => {
+                write!(
+                    f,
+                    "size class {index} has slot_size {slot_size}, not a multiple of 4: the u32 length \
+                     prefix at the start of each slot must be 4-byte aligned"
+                )?;
+                match crate::layout::nearest_slot_sizes(*slot_size) {
+                    (Some(down), Some(up)) => write!(f, " (nearest valid: {down} or {up})"),
+                    (Some(v), None) | (None, Some(v)) => write!(f, " (nearest valid: {v})"),
+                    (None, None) => Ok(()),
+                }
+            }
             Self::SizeClassOrder { index } => {
                 write!(
                     f,

@@ -32,8 +32,47 @@ pub const MAX_SIZE_CLASSES: usize = 16;
 pub const DEFAULT_INLINE_THRESHOLD: u32 = 256;
 /// Bytes at the start of a slot that hold the payload length (u32 LE).
 pub const SLOT_LEN_PREFIX: u32 = 4;
+/// Every slot size is a multiple of this.
+///
+/// Slot `i` of a class starts at `data_offset + i * slot_size`, and
+/// `data_offset` is 64-aligned; its first word is the u32 length prefix,
+/// which both sides access as an `AtomicU32` (so that a peer rewriting it
+/// is not a data race on the host, and because a wasm atomic on an
+/// unaligned address traps). A multiple of 4 keeps every prefix aligned.
+/// 8 would buy nothing: no 8-byte word is accessed inside slot data (the
+/// 16-byte metas live in their own 64-aligned array), and the payload
+/// starts 4 bytes into the slot, so it is never 8-aligned anyway; u64
+/// readers of payloads ([`crate::checksum`]) read unaligned. The common
+/// sizes of the format are multiples of 4 but not of 8 (64 KiB + 4).
+/// shm-primitives 0.3.1 accepts any non-zero size; shmrt refuses the
+/// others, on creation and when opening a header another program wrote.
+pub const SLOT_ALIGN: u32 = 4;
 /// Segment files and windows are sized in wasm pages.
 pub const WASM_PAGE_SIZE: u64 = 65536;
+
+/// The valid slot sizes next to `slot_size`: the multiples of
+/// [`SLOT_ALIGN`] just below and just above it that are larger than the
+/// length prefix (`None` where there is none). A valid size is its own
+/// neighbour on both sides.
+pub const fn nearest_slot_sizes(slot_size: u32) -> (Option<u32>, Option<u32>) {
+    let down = slot_size / SLOT_ALIGN * SLOT_ALIGN;
+    let below = if down > SLOT_LEN_PREFIX {
+        Some(down)
+    } else {
+        None
+    };
+    let up = if down == slot_size {
+        Some(down)
+    } else {
+        down.checked_add(SLOT_ALIGN)
+    };
+    let above = match up {
+        Some(u) if u > SLOT_LEN_PREFIX => Some(u),
+        Some(_) => Some(SLOT_LEN_PREFIX + SLOT_ALIGN),
+        None => None,
+    };
+    (below, above)
+}
 
 const fn align64(n: u64) -> Option<u64> {
     match n.checked_add(63) {
@@ -52,6 +91,27 @@ pub struct SizeClass {
 }
 
 impl SizeClass {
+    /// Checks what every slot needs: room beyond the length prefix, a
+    /// size that keeps each prefix aligned ([`SLOT_ALIGN`]), and a count
+    /// in 1..u32::MAX. `index` is the class's place in the pool.
+    pub const fn check(&self, index: u32) -> Result<(), LayoutError> {
+        if self.slot_size <= SLOT_LEN_PREFIX || self.slot_count == 0 || self.slot_count == u32::MAX
+        {
+            return Err(LayoutError::SizeClass {
+                index,
+                slot_size: self.slot_size,
+                slot_count: self.slot_count,
+            });
+        }
+        if !self.slot_size.is_multiple_of(SLOT_ALIGN) {
+            return Err(LayoutError::SlotSizeAlignment {
+                index,
+                slot_size: self.slot_size,
+            });
+        }
+        Ok(())
+    }
+
     /// Largest payload a slot of this class carries (the length prefix
     /// takes 4 bytes).
     pub const fn max_payload(&self) -> u32 {
@@ -67,13 +127,17 @@ pub struct SizeClasses {
 }
 
 impl SizeClasses {
-    /// Copies `classes`; more than [`MAX_SIZE_CLASSES`] is an error.
+    /// Copies `classes`, each checked with [`SizeClass::check`]; more
+    /// than [`MAX_SIZE_CLASSES`] is an error.
     pub fn new(classes: &[SizeClass]) -> Result<Self, LayoutError> {
         if classes.len() > MAX_SIZE_CLASSES {
             return Err(LayoutError::TooManySizeClasses {
                 count: classes.len() as u64,
                 max: MAX_SIZE_CLASSES as u32,
             });
+        }
+        for (i, c) in classes.iter().enumerate() {
+            c.check(i as u32)?;
         }
         let mut out = SizeClasses {
             classes: [SizeClass {
@@ -223,13 +287,7 @@ impl SegmentLayout {
             return Err(LayoutError::NoSizeClasses);
         }
         for (i, c) in classes.iter().enumerate() {
-            if c.slot_size <= SLOT_LEN_PREFIX || c.slot_count == 0 || c.slot_count == u32::MAX {
-                return Err(LayoutError::SizeClass {
-                    index: i as u32,
-                    slot_size: c.slot_size,
-                    slot_count: c.slot_count,
-                });
-            }
+            c.check(i as u32)?;
             if i > 0 && classes[i - 1].slot_size > c.slot_size {
                 return Err(LayoutError::SizeClassOrder { index: i as u32 });
             }
@@ -243,8 +301,10 @@ impl SegmentLayout {
     }
 
     /// The offsets vox-shm computes for these values, without judging the
-    /// values beyond what the arithmetic needs. Used both to create a
-    /// segment and to check a header another program wrote.
+    /// values beyond what the arithmetic and the alignment of every word
+    /// need (slot sizes are multiples of [`SLOT_ALIGN`]). Used both to
+    /// create a segment and to check a header another program wrote, so
+    /// no layout with a misaligned slot prefix can be built.
     pub(crate) fn canonical(
         max_guests: u32,
         ring_capacity: u32,
@@ -255,6 +315,14 @@ impl SegmentLayout {
                 count: classes.len() as u64,
                 max: MAX_SIZE_CLASSES as u32,
             });
+        }
+        for (i, c) in classes.iter().enumerate() {
+            if !c.slot_size.is_multiple_of(SLOT_ALIGN) {
+                return Err(LayoutError::SlotSizeAlignment {
+                    index: i as u32,
+                    slot_size: c.slot_size,
+                });
+            }
         }
         let overflow = LayoutError::Overflow;
         let ring_stride = align64(RING_HEADER_SIZE + ring_capacity as u64).ok_or(overflow)?;
@@ -482,6 +550,74 @@ mod tests {
             SizeClasses::new(&too_many),
             Err(LayoutError::TooManySizeClasses { .. })
         ));
+    }
+
+    #[test]
+    fn slot_sizes_must_keep_every_length_prefix_aligned() {
+        let class = |slot_size| SizeClass {
+            slot_size,
+            slot_count: 8,
+        };
+        for bad in [301, 305, 1026, u32::MAX] {
+            let want = LayoutError::SlotSizeAlignment {
+                index: 1,
+                slot_size: bad,
+            };
+            assert_eq!(
+                SizeClasses::new(&[class(64), class(bad)]),
+                Err(want),
+                "{bad}"
+            );
+            assert_eq!(
+                SegmentLayout::canonical(1, 4096, &[class(64), class(bad)]),
+                Err(want),
+                "{bad}"
+            );
+            let mut c = config(&[class(64)]);
+            c.size_classes.classes[1] = class(bad);
+            c.size_classes.len = 2;
+            assert_eq!(SegmentLayout::compute(&c), Err(want), "{bad}");
+        }
+        let msg = std::string::ToString::to_string(&LayoutError::SlotSizeAlignment {
+            index: 0,
+            slot_size: 305,
+        });
+        assert!(msg.contains("nearest valid: 304 or 308"), "{msg}");
+        assert_eq!(nearest_slot_sizes(305), (Some(304), Some(308)));
+        assert_eq!(nearest_slot_sizes(304), (Some(304), Some(304)));
+        assert_eq!(nearest_slot_sizes(3), (None, Some(8)));
+        assert_eq!(nearest_slot_sizes(6), (None, Some(8)));
+        assert_eq!(nearest_slot_sizes(u32::MAX), (Some(u32::MAX - 3), None));
+        // Multiples of 4 that are not multiples of 8 are fine (64 KiB + 4).
+        SegmentLayout::compute(&config(&[class(300), class(65540)])).unwrap();
+    }
+
+    #[test]
+    fn every_meta_array_and_data_region_is_64_aligned() {
+        let sizes = [8u32, 12, 100, 4100, 65540];
+        for guests in [1, 3, 255] {
+            for cap in [64u32, 100, 4096] {
+                for count in [1u32, 3, 7] {
+                    let classes: std::vec::Vec<_> = sizes
+                        .iter()
+                        .map(|&slot_size| SizeClass {
+                            slot_size,
+                            slot_count: count,
+                        })
+                        .collect();
+                    let l = SegmentLayout::canonical(guests, cap, &classes).unwrap();
+                    for c in l.classes() {
+                        assert_eq!(c.header_offset % 64, 0);
+                        assert_eq!(c.meta_offset % 64, 0);
+                        assert_eq!(c.data_offset % 64, 0);
+                        for slot in 0..count as u64 {
+                            let prefix = c.data_offset + slot * c.slot_size as u64;
+                            assert_eq!(prefix % 4, 0, "{c:?} slot {slot}");
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -54,6 +54,7 @@ pub mod peer_entry;
 pub mod ring;
 pub mod segment;
 pub mod segment_header;
+pub mod shared_bytes;
 pub mod slot_pool;
 mod sync;
 
@@ -66,4 +67,5 @@ pub use peer_entry::{PeerEntry, PeerState};
 pub use ring::{Consumer, Producer, RingHeader};
 pub use segment::Segment;
 pub use segment_header::{HeaderError, HeaderSnapshot, SegmentHeader};
+pub use shared_bytes::{SharedBytes, SharedBytesMut};
 pub use slot_pool::{SizeClassHeader, SlotMeta, SlotPool};

@@ -42,6 +42,7 @@
 //! * Every loaded peer value is checked against our own capacity: a bad
 //!   value is a [`ProtocolError`], never an out-of-bounds access.
 
+use crate::shared_bytes::SharedBytesMut;
 use core::mem::{offset_of, size_of};
 use core::sync::atomic::Ordering;
 
@@ -364,6 +365,19 @@ impl Grant<'_> {
         // `grant`) and not readable by the consumer until commit.
         unsafe {
             core::slice::from_raw_parts_mut(
+                self.producer.ring.data_ptr(self.offset),
+                self.len as usize,
+            )
+        }
+    }
+
+    /// The granted bytes as a view of shared bytes (no reference over
+    /// ring memory is made).
+    #[inline(always)]
+    pub fn bytes_mut(&mut self) -> SharedBytesMut<'_> {
+        // SAFETY: as in `as_mut_slice`; the view is tied to this borrow.
+        unsafe {
+            SharedBytesMut::from_raw_parts(
                 self.producer.ring.data_ptr(self.offset),
                 self.len as usize,
             )

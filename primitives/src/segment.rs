@@ -7,7 +7,8 @@ use crate::channel::{Receiver, Sender};
 use crate::error::{LayoutError, ProtocolError};
 use crate::frame::Frame;
 use crate::layout::{
-    CLASS_HEADER_SIZE, SLOT_LEN_PREFIX, SegmentConfig, SegmentLayout, SizeClass, SizeClasses,
+    CLASS_HEADER_SIZE, SLOT_ALIGN, SLOT_LEN_PREFIX, SegmentConfig, SegmentLayout, SizeClass,
+    SizeClasses,
 };
 use crate::peer_entry::PeerEntry;
 use crate::ring::{Consumer, Producer, RingRef};
@@ -38,6 +39,17 @@ pub struct Recovery {
     /// The queued frames could not all be read; the rest of the ring was
     /// dropped.
     pub scan_error: Option<ProtocolError>,
+}
+
+/// A class header whose slot size would misalign the slots' length
+/// prefixes (see [`SLOT_ALIGN`]).
+fn misaligned_slot_size(index: u32, slot_size: u32) -> HeaderError {
+    HeaderError::Class {
+        index,
+        field: "slot_size",
+        value: slot_size as u64,
+        rule: "must be a multiple of 4, so that the u32 length prefix of every slot is aligned",
+    }
 }
 
 impl Segment {
@@ -157,6 +169,9 @@ impl Segment {
                     rule: "must be larger than the 4-byte length prefix",
                 });
             }
+            if !slot_size.is_multiple_of(SLOT_ALIGN) {
+                return Err(misaligned_slot_size(i as u32, slot_size));
+            }
             if slot_count == 0 || slot_count == u32::MAX {
                 return Err(HeaderError::Class {
                     index: i as u32,
@@ -271,10 +286,15 @@ impl Segment {
         }
         let n = snap.num_var_slot_classes as usize;
         let layout = SegmentLayout::canonical(snap.max_guests, snap.bipbuf_capacity, &classes[..n])
-            .map_err(|_| HeaderError::Field {
-                field: "size classes",
-                value: n as u64,
-                rule: "the pool size overflows 64-bit offsets",
+            .map_err(|e| match e {
+                LayoutError::SlotSizeAlignment { index, slot_size } => {
+                    misaligned_slot_size(index, slot_size)
+                }
+                _ => HeaderError::Field {
+                    field: "size classes",
+                    value: n as u64,
+                    rule: "the pool size overflows 64-bit offsets",
+                },
             })?
             .with_header_values(
                 snap.inline_threshold,
@@ -613,6 +633,27 @@ mod tests {
     }
 
     #[test]
+    fn a_foreign_header_with_a_misaligned_slot_size_is_refused() {
+        let (_r, seg) = create();
+        let class1 = seg.layout().classes()[1].header_offset as usize;
+        let want = HeaderError::Class {
+            index: 1,
+            field: "slot_size",
+            value: 301,
+            rule: "must be a multiple of 4, so that the u32 length prefix of every slot is aligned",
+        };
+        assert_eq!(corrupt(class1, &301u32.to_le_bytes()), want);
+        assert!(std::string::ToString::to_string(&want).contains("size class 1: slot_size = 301"));
+        // The trusting open (a guest in its window) refuses it too rather
+        // than trap later on a misaligned atomic.
+        let (mut region, _seg) = create();
+        region.bytes_mut()[class1..class1 + 4].copy_from_slice(&301u32.to_le_bytes());
+        // SAFETY: the region holds a segment we created, but for one word.
+        let err = unsafe { Segment::open_trusting(region.as_mut_ptr()) }.err();
+        assert_eq!(err, Some(want));
+    }
+
+    #[test]
     fn a_truncated_mapping_is_refused() {
         let (region, seg) = create();
         let short = seg.layout().total_size as usize - 1;
@@ -632,7 +673,7 @@ mod tests {
         tx.send(payload).unwrap();
         let msg = rx.try_recv().unwrap().expect("a message");
         assert_eq!(
-            msg.as_bytes(),
+            msg.bytes().to_vec(),
             payload,
             "payload of {} bytes",
             payload.len()
@@ -687,7 +728,7 @@ mod tests {
         assert_eq!(sent, 4096 / 12, "12-byte frames fill the ring");
         for want in 0..sent {
             let m = rx.try_recv().unwrap().unwrap();
-            assert_eq!(m.as_bytes(), want.to_le_bytes());
+            assert_eq!(m.bytes().u32_le(0), Some(want));
         }
         assert!(rx.try_recv().unwrap().is_none());
         // A sender takes half of each class: 2 of 4, then 1 of 2.
@@ -698,6 +739,40 @@ mod tests {
         assert_eq!(tx.send(&big), Err(crate::SendError::Exhausted));
         drop(rx.try_recv().unwrap().unwrap());
         tx.send(&big).unwrap();
+    }
+
+    /// `could_send` and `reserve` apply one rule: a host waiting until
+    /// `could_send` says yes must then be able to reserve, or its wait
+    /// spins (free slots beyond its fair share once said yes).
+    #[test]
+    fn could_send_says_yes_exactly_when_reserve_succeeds() {
+        let (_r, seg) = create();
+        let (mut tx, _) = seg.host_channel(0).unwrap();
+        let (_, mut rx) = seg.guest_channel(0).unwrap();
+        let (mut gtx, _) = seg.guest_channel(0).unwrap();
+        // The guest holds one slot of each class: the host's share is
+        // counted on its own slots only.
+        gtx.send(&[5; 1000]).unwrap();
+        gtx.send(&[6; 5000]).unwrap();
+        let mut sent = 0;
+        for len in [1000usize, 5000, 1000, 5000, 1000, 10, 5000, 1000] {
+            let could = tx.could_send(len).unwrap();
+            let did = tx.send(&std::vec![1; len]);
+            assert_eq!(could, did.is_ok(), "message {sent} of {len} bytes: {did:?}");
+            sent += did.is_ok() as u32;
+        }
+        assert!(
+            !tx.could_send(1000).unwrap(),
+            "both classes at the host's share"
+        );
+        assert_eq!(
+            seg.pool().usage(0).unwrap().free,
+            1,
+            "a free slot beyond the share"
+        );
+        drop(rx.try_recv().unwrap().unwrap());
+        assert!(tx.could_send(1000).unwrap());
+        tx.send(&[2; 1000]).unwrap();
     }
 
     #[test]
@@ -749,11 +824,11 @@ mod tests {
         for (reserved, filled) in [(40usize, 3usize), (5000, 10)] {
             let mut r = tx.reserve(reserved).unwrap();
             let slot = r.is_slot();
-            r.as_mut_slice()[..filled].fill(7);
+            r.bytes_mut().get_mut(..filled).unwrap().fill(7);
             r.truncate(filled);
             r.commit();
             let m = rx.try_recv().unwrap().unwrap();
-            assert_eq!(m.as_bytes(), &std::vec![7u8; filled][..]);
+            assert_eq!(m.bytes().to_vec(), std::vec![7u8; filled]);
             assert_eq!(
                 matches!(m.location(), crate::channel::Location::Slot(_)),
                 slot

@@ -27,6 +27,7 @@ use core::sync::atomic::Ordering;
 use crate::error::SlotError;
 use crate::frame::SlotRef;
 use crate::layout::{MAX_SIZE_CLASSES, SLOT_LEN_PREFIX, SegmentLayout};
+use crate::shared_bytes::SharedBytesMut;
 use crate::sync::{AtomicU32, AtomicU64, store_u32};
 
 /// End of a free list.
@@ -411,6 +412,20 @@ impl SlotPool {
         self.allocate_where(payload_len, owner, |_| true)
     }
 
+    /// The classes a payload of `payload_len` bytes may go to, smallest
+    /// first: those whose slots hold it and its length prefix and that
+    /// `take` accepts. The one selection both allocating and asking
+    /// whether an allocation could succeed go through.
+    fn candidates<'a>(
+        &'a self,
+        payload_len: u32,
+        take: impl Fn(&ClassView) -> bool + 'a,
+    ) -> impl Iterator<Item = (u8, &'a ClassView)> + 'a {
+        let needed = payload_len.checked_add(SLOT_LEN_PREFIX);
+        self.iter()
+            .filter(move |(_, c)| needed.is_some_and(|n| c.slot_size >= n) && take(c))
+    }
+
     /// Pops from the first class that fits and that `take` accepts.
     fn allocate_where(
         &self,
@@ -418,21 +433,12 @@ impl SlotPool {
         owner: u8,
         take: impl Fn(&ClassView) -> bool,
     ) -> Result<SlotRef, AllocError> {
-        let needed = payload_len.checked_add(SLOT_LEN_PREFIX);
-        let mut any_fits = false;
-        for (i, c) in self.iter() {
-            if needed.is_none_or(|n| c.slot_size < n) {
-                continue;
-            }
-            any_fits = true;
-            if !take(c) {
-                continue;
-            }
+        for (i, c) in self.candidates(payload_len, take) {
             if let Some(r) = c.pop(i, owner).map_err(AllocError::Corrupt)? {
                 return Ok(r);
             }
         }
-        if any_fits {
+        if self.candidates(payload_len, |_| true).next().is_some() {
             Err(AllocError::Exhausted)
         } else {
             let max = self
@@ -447,26 +453,43 @@ impl SlotPool {
         }
     }
 
-    /// Whether some class that fits `payload_len` has a free slot now (a
-    /// hint; changes nothing).
-    pub fn could_allocate(&self, payload_len: u32) -> bool {
-        let Some(needed) = payload_len.checked_add(SLOT_LEN_PREFIX) else {
-            return false;
-        };
-        self.iter().any(|(_, c)| {
-            c.slot_size >= needed && unpack(c.header().free_head.load(Ordering::Acquire)).0 != EMPTY
-        })
+    /// Whether [`Self::allocate_where`] with the same `take` would find a
+    /// free slot now (a hint; changes nothing).
+    fn could_allocate_where(&self, payload_len: u32, take: impl Fn(&ClassView) -> bool) -> bool {
+        self.candidates(payload_len, take)
+            .any(|(_, c)| unpack(c.header().free_head.load(Ordering::Acquire)).0 != EMPTY)
     }
 
-    /// Like [`Self::allocate`], but takes a slot of a class only while
-    /// `owner` holds fewer than half of its slots (at least one). When both
-    /// sides of a channel send slot messages, neither can then take every
-    /// slot and leave the other unable to answer (a deadlock when each
-    /// holds what it received while waiting to send).
+    /// Whether some class that fits `payload_len` has a free slot now (a
+    /// hint; changes nothing). A sender asks
+    /// [`Self::could_allocate_fair_share`] instead, the test that matches
+    /// its allocations.
+    pub fn could_allocate(&self, payload_len: u32) -> bool {
+        self.could_allocate_where(payload_len, |_| true)
+    }
+
+    /// The fair-share rule, decided here only: `owner` may take a slot of
+    /// class `c` while it holds fewer than half of its slots (at least
+    /// one). When both sides of a channel send slot messages, neither can
+    /// then take every slot and leave the other unable to answer (a
+    /// deadlock when each holds what it received while waiting to send).
+    fn within_fair_share(&self, c: &ClassView, owner: u8) -> bool {
+        self.owned_in(c, owner) < (c.slot_count / 2).max(1)
+    }
+
+    /// Like [`Self::allocate`], but only from classes where `owner` is
+    /// within its fair share (see `within_fair_share`).
     pub fn allocate_fair_share(&self, payload_len: u32, owner: u8) -> Result<SlotRef, AllocError> {
-        self.allocate_where(payload_len, owner, |c| {
-            self.owned_in(c, owner) < (c.slot_count / 2).max(1)
-        })
+        self.allocate_where(payload_len, owner, |c| self.within_fair_share(c, owner))
+    }
+
+    /// Whether [`Self::allocate_fair_share`] would find a slot now (a hint;
+    /// changes nothing): the same classes under the same rule. A sender
+    /// that waits for room must ask this, not [`Self::could_allocate`]:
+    /// a free slot beyond its share would say "ready" while every
+    /// allocation is refused, and the wait would spin.
+    pub fn could_allocate_fair_share(&self, payload_len: u32, owner: u8) -> bool {
+        self.could_allocate_where(payload_len, |c| self.within_fair_share(c, owner))
     }
 
     /// Allocated slots of class `c` owned by `owner` (a scan of its metas).
@@ -551,24 +574,17 @@ impl SlotPool {
     }
 
     /// The payload area of a slot (after the length prefix), for the
-    /// party that allocated it to fill before sending it.
-    ///
-    /// # Safety
-    ///
-    /// The caller allocated `r`, has not sent or freed it, and holds no
-    /// other reference into it. (A hostile peer writing into it anyway can
-    /// only garble what it will itself receive.)
-    #[expect(
-        clippy::mut_from_ref,
-        reason = "the slot is owned by its allocator, not by the view"
-    )]
-    pub unsafe fn payload_area_mut(&self, r: &SlotRef) -> Result<&mut [u8], SlotError> {
+    /// party that allocated it to fill before sending it. A view, not a
+    /// slice: a peer that breaks the protocol may write the slot too, and
+    /// can then only garble what it will itself receive.
+    pub fn payload_area(&self, r: &SlotRef) -> Result<SharedBytesMut<'_>, SlotError> {
         let class = self.resolve(r)?;
         let len = class.slot_size.saturating_sub(SLOT_LEN_PREFIX) as usize;
-        // SAFETY: the slot is in bounds (resolve) and at least 4 bytes;
-        // exclusivity is the caller's promise.
+        // SAFETY: the slot is in bounds (resolve) and at least 4 bytes,
+        // inside the memory `new`'s caller vouched for while the pool is
+        // used; the allocator of `r` is the one filling it.
         Ok(unsafe {
-            core::slice::from_raw_parts_mut(
+            SharedBytesMut::from_raw_parts(
                 class.slot_ptr(r.slot_idx).add(SLOT_LEN_PREFIX as usize),
                 len,
             )
@@ -838,8 +854,7 @@ mod tests {
         p.set_payload_len(&r, 60).unwrap();
         assert_eq!(p.payload(&r).unwrap().1, 60);
         // A sender that scribbles the prefix afterwards is caught on read.
-        // SAFETY: we allocated r; we reach the prefix just before the area.
-        let area = unsafe { p.payload_area_mut(&r) }.unwrap();
+        let mut area = p.payload_area(&r).unwrap();
         // SAFETY: the prefix is the 4 bytes before the payload area.
         unsafe { core::ptr::write_unaligned(area.as_mut_ptr().sub(4) as *mut u32, 1000) };
         assert!(matches!(

@@ -261,7 +261,7 @@ fn their_producer_our_receiver_inline_and_slots_with_wraparound() {
             }
             let msg = rx.try_recv().expect("valid frame").expect("a message");
             assert_eq!(msg.len(), len);
-            assert!(msg.as_bytes() == data.as_slice(), "round {round} len {len}");
+            assert!(msg.bytes().to_vec() == data, "round {round} len {len}");
             assert_eq!(matches!(msg.location(), Location::Slot(_)), len > 248);
             // Dropping frees the slot on our side.
         }
@@ -409,7 +409,11 @@ fn concurrent_threads_their_producer_our_consumer_and_back() {
             }
         }
         if let Some(m) = rx.try_recv().unwrap() {
-            assert_eq!(m.as_bytes(), received.to_le_bytes(), "in order, none lost");
+            assert_eq!(
+                m.bytes().to_vec(),
+                received.to_le_bytes(),
+                "in order, none lost"
+            );
             received += 1;
         }
     }

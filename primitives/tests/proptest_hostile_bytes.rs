@@ -38,7 +38,7 @@ fn host_workload(seg: &Segment) {
             for _ in 0..64 {
                 match rx.try_recv() {
                     Ok(Some(m)) => {
-                        let _ = m.as_bytes().iter().fold(0u8, |a, b| a ^ b);
+                        let _ = m.bytes().iter().fold(0u8, |a, b| a ^ b);
                     }
                     Ok(None) | Err(_) => break,
                 }

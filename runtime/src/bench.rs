@@ -734,7 +734,10 @@ fn spin_rtt_pair(
             let len = match grx.try_recv() {
                 Ok(Some(m)) => {
                     let len = m.len().min(64);
-                    buf[..len].copy_from_slice(&m.as_bytes()[..len]);
+                    m.bytes()
+                        .get(..len)
+                        .expect("len <= m.len()")
+                        .copy_to(&mut buf[..len]);
                     len
                 }
                 _ => {
@@ -879,7 +882,10 @@ fn stream_pair(
                     tx.send(m).expect("room");
                     loop {
                         if let Ok(Some(r)) = rx.try_recv() {
-                            break count_of(r.as_bytes());
+                            // SAFETY: the peer is our own native thread,
+                            // which follows the protocol: it does not write
+                            // a message it has sent.
+                            break count_of(unsafe { r.as_bytes() });
                         }
                         std::hint::spin_loop();
                     }

@@ -1206,12 +1206,20 @@ fn protocol(shared: &SandboxShared, error: ProtocolError) -> SandboxError {
 /// Spins `budget` rounds, then parks on the guest-to-host doorbell until
 /// `ready` holds, the guest ends, or `deadline` passes. Returns whether
 /// `ready` held.
+///
+/// `distrust` is for a caller whose reservation failed right after
+/// `ready` said yes (a race with the guest, or a guest making them
+/// disagree): no spin, and one nap (until the guest rings, at most
+/// [`DISTRUST_NAP`]) before `ready` is asked again, so that a readiness
+/// test the reservation contradicts makes a send wait, never spin.
 fn block_on_guest(
     shared: &SandboxShared,
     deadline: Option<Instant>,
+    distrust: bool,
     mut ready: impl FnMut() -> Result<bool, SandboxError>,
 ) -> Result<bool, SandboxError> {
-    for i in 0..shared.spin.0 {
+    let spin = if distrust { 0 } else { shared.spin.0 };
+    for i in 0..spin {
         if ready()? {
             return Ok(true);
         }
@@ -1224,9 +1232,10 @@ fn block_on_guest(
         std::hint::spin_loop();
     }
     let bell = &shared.peer().g2h_doorbell;
+    let mut distrust = distrust;
     loop {
         let seq = bell.prepare_wait();
-        let r = ready();
+        let r = if distrust { Ok(false) } else { ready() };
         if !matches!(r, Ok(false)) || shared.guest_done() {
             bell.finish_wait();
             return r;
@@ -1238,13 +1247,23 @@ fn block_on_guest(
         }
         // Bounded naps: a guest that zeroes the waiter count can at worst
         // delay us by one nap.
-        let nap = deadline.map_or(Duration::from_millis(100), |d| {
-            (d - now).min(Duration::from_millis(100))
-        });
+        let most = if distrust {
+            DISTRUST_NAP
+        } else {
+            Duration::from_millis(100)
+        };
+        distrust = false;
+        let nap = deadline.map_or(most, |d| (d - now).min(most));
         doorbell_futex::park(bell.futex_word(), seq, Some(nap));
         bell.finish_wait();
     }
 }
+
+/// The longest nap of a send whose reservation failed after it was told
+/// there was room: short, since in an honest race the room may be back
+/// already without a ring; long enough that a guest making the two
+/// disagree on purpose costs the host next to no CPU.
+const DISTRUST_NAP: Duration = Duration::from_millis(1);
 
 /// Reserves room for `len` bytes now; `Ok(None)` when the ring or the
 /// pool is full. Inlined into each send, as `Sender::send` is: called out
@@ -1333,6 +1352,8 @@ impl HostSender {
         let deadline = timeout.map(|t| Instant::now() + t);
         let Self { tx, shared } = self;
         let shared: &SandboxShared = shared;
+        // The last wait said "ready": a reservation failing now parks.
+        let mut was_ready = false;
         loop {
             if shared.guest_done() || shared.stop.load(Ordering::Acquire) {
                 return Err(SandboxError::Closed {
@@ -1340,14 +1361,19 @@ impl HostSender {
                 });
             }
             if let Some(mut r) = reserve_now(tx, shared, len)? {
-                fill(r.as_mut_slice());
+                // SAFETY: NOT upheld against a hostile guest, which may
+                // write the reserved bytes while `fill` holds them: kept
+                // until `send_with` hands out a shared-bytes view (issue
+                // 12, the runtime's part).
+                fill(unsafe { r.as_mut_slice() });
                 r.commit();
                 notify(shared, &shared.peer().h2g_doorbell);
                 return Ok(());
             }
-            let ready = block_on_guest(shared, deadline, || {
+            let ready = block_on_guest(shared, deadline, was_ready, || {
                 tx.could_send(len).map_err(|e| protocol(shared, e))
             })?;
+            was_ready = ready;
             if !ready && deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(SandboxError::WouldBlock {
                     sandbox: shared.name.clone(),
@@ -1371,6 +1397,8 @@ impl HostSender {
     ) -> Result<ReadSend, SendReadError> {
         let Self { tx, shared } = self;
         let shared: &SandboxShared = shared;
+        // As in `send_with_timeout`.
+        let mut was_ready = false;
         loop {
             if shared.guest_done() || shared.stop.load(Ordering::Acquire) {
                 return Err(SendReadError::Sandbox(SandboxError::Closed {
@@ -1378,7 +1406,9 @@ impl HostSender {
                 }));
             }
             if let Some(mut r) = reserve_now(tx, shared, max)? {
-                let n = read(r.as_mut_slice())
+                // SAFETY: as in `send_with_timeout`: not upheld against a
+                // hostile guest until `read` gets a shared-bytes view.
+                let n = read(unsafe { r.as_mut_slice() })
                     .map_err(SendReadError::Read)?
                     .min(max);
                 if n == 0 {
@@ -1386,13 +1416,13 @@ impl HostSender {
                 }
                 r.truncate(n);
                 if shared.guest_done() {
-                    return Ok(ReadSend::GuestGone(r.as_mut_slice()[..n].to_vec()));
+                    return Ok(ReadSend::GuestGone(r.bytes_mut().as_shared().to_vec()));
                 }
                 r.commit();
                 notify(shared, &shared.peer().h2g_doorbell);
                 return Ok(ReadSend::Sent(n));
             }
-            block_on_guest(shared, None, || {
+            was_ready = block_on_guest(shared, None, was_ready, || {
                 tx.could_send(max).map_err(|e| protocol(shared, e))
             })?;
         }
@@ -1463,7 +1493,10 @@ impl HostMessage<'_> {
     /// guest that breaks the protocol may still change its bytes, so parse
     /// it once.
     pub fn as_bytes(&self) -> &[u8] {
-        self.inner.as_bytes()
+        // SAFETY: NOT upheld against a hostile guest, which may rewrite
+        // the payload while the slice lives: kept until this API hands out
+        // a shared-bytes view (issue 12, the runtime's part).
+        unsafe { self.inner.as_bytes() }
     }
 
     /// Payload length.
@@ -1538,7 +1571,7 @@ impl HostReceiver {
         if self.is_empty()? {
             let Self { rx, shared } = &mut *self;
             let shared: &SandboxShared = shared;
-            let has_data = block_on_guest(shared, deadline, || {
+            let has_data = block_on_guest(shared, deadline, false, || {
                 rx.is_empty().map(|e| !e).map_err(|e| protocol(shared, e))
             })?;
             if !has_data {
@@ -1568,7 +1601,7 @@ impl HostReceiver {
             }
             let Self { rx, shared } = &mut *self;
             let shared: &SandboxShared = shared;
-            if block_on_guest(shared, None, || {
+            if block_on_guest(shared, None, false, || {
                 rx.is_empty().map(|e| !e).map_err(|e| protocol(shared, e))
             })? {
                 // A message is there: take it without looking again.

@@ -733,6 +733,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// `PAYLOAD:COUNT,...`, e.g. `4KiB:64,64KiB:16,1MiB:4`.
 pub fn parse_classes(s: &str) -> Result<SizeClasses, String> {
+    use shmrt::primitives::layout::{SLOT_ALIGN, nearest_slot_sizes};
     let mut classes = Vec::new();
     for part in s.split(',') {
         let (size, count) = part.split_once(':').ok_or_else(|| {
@@ -741,6 +742,22 @@ pub fn parse_classes(s: &str) -> Result<SizeClasses, String> {
         let payload = parse_size(size)?;
         let slot_size = u32::try_from(payload + SLOT_LEN_PREFIX as u64)
             .map_err(|_| format!("slot payload `{size}` is too large (at most 4 GiB - 5 bytes)"))?;
+        if !slot_size.is_multiple_of(SLOT_ALIGN) {
+            // The prefix is 4 bytes, so the valid payloads are the
+            // multiples of 4 too: name the nearest ones.
+            let (below, above) = nearest_slot_sizes(slot_size);
+            let valid: Vec<String> = [below, above]
+                .into_iter()
+                .flatten()
+                .map(|s| (s - SLOT_LEN_PREFIX).to_string())
+                .collect();
+            return Err(format!(
+                "--slot-classes: slot payload `{}` ({payload} bytes) is not a multiple of {SLOT_ALIGN}: \
+                 each slot starts with a 4-byte length that must stay aligned; use {}",
+                size.trim(),
+                valid.join(" or ")
+            ));
+        }
         let slot_count: u32 = count
             .trim()
             .parse()
