@@ -25,22 +25,27 @@ fn main() -> anyhow::Result<()> {
     println!(
         "short reply ({}): {}",
         if reply.is_slot() { "slot" } else { "inline" },
-        String::from_utf8_lossy(reply.as_bytes())
+        // Copied out before decoding: the guest may rewrite its bytes.
+        String::from_utf8_lossy(&reply.to_vec())
     );
     drop(reply);
 
     // 512 KiB written straight into slot memory inside the guest's window.
     let len = 512 * 1024;
     let start = Instant::now();
-    sandbox.sender().send_with(len, |buf| {
-        for (i, b) in buf.iter_mut().enumerate() {
-            *b = b'a' + (i % 26) as u8;
+    sandbox.sender().send_with(len, |mut buf| {
+        // Written through the view, a 26-byte pattern at a time: the
+        // bytes are in the guest's window, never a plain `&mut [u8]`.
+        let alphabet: Vec<u8> = (b'a'..=b'z').collect();
+        for at in (0..len).step_by(26) {
+            let n = (len - at).min(26);
+            buf.write_at(at, &alphabet[..n]);
         }
     })?;
     let reply = sandbox.receiver().recv()?;
     let elapsed = start.elapsed();
     let upper = reply
-        .as_bytes()
+        .bytes()
         .iter()
         .filter(|b| b.is_ascii_uppercase())
         .count();

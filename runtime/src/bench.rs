@@ -859,7 +859,7 @@ fn stream_pair(
                         }
                     }
                     sb.sender().send(&[])?;
-                    let count = count_of(sb.receiver().recv()?.as_bytes());
+                    let count = count_of(&sb.receiver().recv()?.to_vec());
                     let rate = per_phase as f64 / t.elapsed().as_secs_f64();
                     if count != want {
                         return Err(SandboxError::Trap {
@@ -951,16 +951,14 @@ fn payload_pair(
                 // comes back from the free list is the same one, its bytes
                 // untouched (the guest's checksum of every hand-off proves
                 // it).
-                sb.sender().send_with(len, |buf| {
+                sb.sender().send_with(len, |mut buf| {
                     if !filled {
-                        buf.copy_from_slice(&data);
+                        buf.copy_from(&data);
                         filled = true;
                     }
                 })?;
                 let reply = sb.receiver().recv()?;
-                Ok(u64::from_le_bytes(
-                    reply.as_bytes().try_into().unwrap_or([0; 8]),
-                ))
+                Ok(reply.bytes().u64_le(0).unwrap_or(0))
             })?);
         }
     }
@@ -988,15 +986,15 @@ fn slot_stream(
     let want = sum64(&data);
     let mut filled = std::collections::HashSet::new();
     let mut send = |sb: &mut Sandbox| {
-        sb.sender().send_with(len, |buf| {
-            if filled.insert(buf.as_ptr() as usize) {
-                buf.copy_from_slice(&data);
+        sb.sender().send_with(len, |mut buf| {
+            if filled.insert(buf.as_mut_ptr() as usize) {
+                buf.copy_from(&data);
             }
         })
     };
     let take = |sb: &mut Sandbox| -> Result<(), SandboxError> {
         let reply = sb.receiver().recv()?;
-        let sum = u64::from_le_bytes(reply.as_bytes().try_into().unwrap_or([0; 8]));
+        let sum = reply.bytes().u64_le(0).unwrap_or(0);
         if sum != want {
             return Err(SandboxError::Trap {
                 sandbox: "bench-checksum".into(),

@@ -9,7 +9,8 @@
 //! let mut sandbox = runtime.spawn_file("echo.wasm".as_ref(), SandboxOptions::default())?;
 //! sandbox.sender().send(b"hello")?;
 //! let reply = sandbox.receiver().recv()?;
-//! assert_eq!(reply.as_bytes(), b"hello");
+//! // The guest may rewrite its bytes at any moment: copied out to compare.
+//! assert_eq!(reply.to_vec(), b"hello");
 //! drop(reply);
 //! sandbox.sender().goodbye();
 //! let status = sandbox.join()?;
@@ -37,4 +38,5 @@ pub use sandbox::{
     SandboxHandle, SandboxOptions, SegmentSource, SendReadError, StopHandle,
 };
 pub use shmrt_primitives as primitives;
+pub use shmrt_primitives::{SharedBytes, SharedBytesMut};
 pub use supervise::RestartPolicy;

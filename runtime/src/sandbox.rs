@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use shmrt_primitives::channel::{Message, Receiver, Reservation, Sender};
 use shmrt_primitives::segment_header::FEATURE_DOORBELLS;
 use shmrt_primitives::{PeerEntry, PeerState, ProtocolError, Segment, SegmentConfig, SendError};
+use shmrt_primitives::{SharedBytes, SharedBytesMut};
 use wasmtime::{Config, Engine, Linker, Module, Store, TypedFunc, UpdateDeadline};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
@@ -1328,16 +1329,21 @@ impl HostSender {
 
     /// Sends `payload`, waiting for room as long as the guest runs.
     pub fn send(&mut self, payload: &[u8]) -> Result<(), SandboxError> {
-        self.send_with(payload.len(), |b| b.copy_from_slice(payload))
+        self.send_with(payload.len(), |mut b| b.copy_from(payload))
     }
 
     /// Sends `len` bytes written in place by `fill` (ring or slot memory,
     /// never copied again), waiting for room as long as the guest runs.
     /// Errs with `Closed` once the guest has ended.
+    ///
+    /// `fill` gets the reserved bytes as a [`SharedBytesMut`]: they are in
+    /// the guest's window, which a hostile guest may write at any moment,
+    /// so they are written through the view (`copy_from`, `write_at`,
+    /// `read_from`), never borrowed as a plain slice.
     pub fn send_with(
         &mut self,
         len: usize,
-        fill: impl FnOnce(&mut [u8]),
+        fill: impl FnOnce(SharedBytesMut<'_>),
     ) -> Result<(), SandboxError> {
         self.send_with_timeout(len, fill, None)
     }
@@ -1346,7 +1352,7 @@ impl HostSender {
     pub fn send_with_timeout(
         &mut self,
         len: usize,
-        fill: impl FnOnce(&mut [u8]),
+        fill: impl FnOnce(SharedBytesMut<'_>),
         timeout: Option<Duration>,
     ) -> Result<(), SandboxError> {
         let deadline = timeout.map(|t| Instant::now() + t);
@@ -1361,11 +1367,7 @@ impl HostSender {
                 });
             }
             if let Some(mut r) = reserve_now(tx, shared, len)? {
-                // SAFETY: NOT upheld against a hostile guest, which may
-                // write the reserved bytes while `fill` holds them: kept
-                // until `send_with` hands out a shared-bytes view (issue
-                // 12, the runtime's part).
-                fill(unsafe { r.as_mut_slice() });
+                fill(r.bytes_mut());
                 r.commit();
                 notify(shared, &shared.peer().h2g_doorbell);
                 return Ok(());
@@ -1390,10 +1392,11 @@ impl HostSender {
     /// guest ended while `read` ran, the bytes come back as
     /// [`ReadSend::GuestGone`] so that they can go elsewhere (a restarted
     /// sandbox). `read`'s error is returned as is, and nothing is sent.
+    /// The bytes are a [`SharedBytesMut`], as in [`Self::send_with`].
     pub fn send_read(
         &mut self,
         max: usize,
-        read: impl FnOnce(&mut [u8]) -> io::Result<usize>,
+        read: impl FnOnce(SharedBytesMut<'_>) -> io::Result<usize>,
     ) -> Result<ReadSend, SendReadError> {
         let Self { tx, shared } = self;
         let shared: &SandboxShared = shared;
@@ -1406,11 +1409,7 @@ impl HostSender {
                 }));
             }
             if let Some(mut r) = reserve_now(tx, shared, max)? {
-                // SAFETY: as in `send_with_timeout`: not upheld against a
-                // hostile guest until `read` gets a shared-bytes view.
-                let n = read(unsafe { r.as_mut_slice() })
-                    .map_err(SendReadError::Read)?
-                    .min(max);
+                let n = read(r.bytes_mut()).map_err(SendReadError::Read)?.min(max);
                 if n == 0 {
                     return Ok(ReadSend::Nothing);
                 }
@@ -1489,13 +1488,30 @@ pub struct HostMessage<'a> {
 }
 
 impl HostMessage<'_> {
-    /// The payload, in place in shared memory. Its bounds were checked; a
-    /// guest that breaks the protocol may still change its bytes, so parse
-    /// it once.
-    pub fn as_bytes(&self) -> &[u8] {
-        // SAFETY: NOT upheld against a hostile guest, which may rewrite
-        // the payload while the slice lives: kept until this API hands out
-        // a shared-bytes view (issue 12, the runtime's part).
+    /// The payload, in place in shared memory, as a view: its bounds were
+    /// checked, but the guest may still rewrite its bytes at any moment,
+    /// so they are read through the view (copied out, read as words, or
+    /// written to a file descriptor), never borrowed as a `&[u8]`.
+    pub fn bytes(&self) -> SharedBytes<'_> {
+        self.inner.bytes()
+    }
+
+    /// The payload copied out (one `memcpy`): a snapshot to parse.
+    pub fn to_vec(&self) -> Vec<u8> {
+        self.inner.bytes().to_vec()
+    }
+
+    /// The payload as a plain slice, with no copy.
+    ///
+    /// # Safety
+    ///
+    /// The guest must not write these bytes while the slice lives: it is
+    /// trusted (your own plugin, in a test), or it is stopped. A hostile
+    /// guest may rewrite them at any moment, and code that assumes a
+    /// slice does not change under it (UTF-8 decoding, a parser) may then
+    /// go wrong in ways Rust does not protect against.
+    pub unsafe fn as_slice(&self) -> &[u8] {
+        // SAFETY: the caller's promise, as documented.
         unsafe { self.inner.as_bytes() }
     }
 

@@ -272,7 +272,7 @@ fn two_processes_park_and_wake_each_other_through_futex_doorbells() {
                 .recv_timeout(Some(Duration::from_secs(30)))
                 .unwrap()
                 .expect("a reply");
-            assert_eq!(reply.as_bytes(), msg.to_uppercase().as_bytes());
+            assert_eq!(reply.to_vec(), msg.to_uppercase().as_bytes());
             sender.join().unwrap();
         });
     }
@@ -543,7 +543,7 @@ fn a_segment_truncated_under_an_attached_plugin_ends_the_guest_not_the_process()
         rx.recv_timeout(Some(Duration::from_secs(30)))
             .unwrap()
             .expect("a reply")
-            .as_bytes(),
+            .to_vec(),
         b"ping"
     );
     // The guest is now parked in `wait`, whose host side reads the rings.

@@ -71,11 +71,11 @@ fn send_and_receive_inline_slot_and_in_place() {
     let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
     // Written in place into slot memory.
     sb.sender()
-        .send_with(big.len(), |buf| buf.copy_from_slice(&big))
+        .send_with(big.len(), |mut buf| buf.copy_from(&big))
         .unwrap();
     {
         let m = sb.receiver().recv().unwrap();
-        assert_eq!(m.as_bytes(), b"short");
+        assert_eq!(m.to_vec(), b"short");
         assert!(!m.is_slot());
     }
     {
@@ -85,7 +85,7 @@ fn send_and_receive_inline_slot_and_in_place() {
             .unwrap()
             .expect("the echo");
         assert!(m.is_slot());
-        assert!(m.as_bytes() == big.as_slice());
+        assert!(m.to_vec() == big);
     }
     let t = Instant::now();
     assert!(
@@ -112,9 +112,9 @@ fn send_read_reads_into_the_segment_and_sends_what_was_read() {
     let data: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
     let mut input = &data[..];
     // A reader that comes up short: 100 000 of 150 000 reserved bytes.
-    let r = sb.sender().send_read(150_000, |buf| {
+    let r = sb.sender().send_read(150_000, |mut buf| {
         let n = input.len().min(buf.len());
-        buf[..n].copy_from_slice(&input[..n]);
+        buf.write_at(0, &input[..n]);
         input = &input[n..];
         Ok(n)
     });
@@ -131,10 +131,10 @@ fn send_read_reads_into_the_segment_and_sends_what_was_read() {
     {
         let m = sb.receiver().recv().unwrap();
         assert!(m.is_slot());
-        assert!(m.as_bytes() == data.as_slice());
+        assert!(m.to_vec() == data);
     }
     sb.sender().send(b"after").unwrap();
-    assert_eq!(sb.receiver().recv().unwrap().as_bytes(), b"after");
+    assert_eq!(sb.receiver().recv().unwrap().to_vec(), b"after");
     sb.sender().goodbye();
     assert!(matches!(
         sb.receiver().recv(),
@@ -149,7 +149,7 @@ fn wait_honours_its_timeout_a_ring_and_goodbye() {
     let mut sb = runtime
         .spawn_file(&guest("runtime/tests/guests/probe"), options("probe"))
         .unwrap();
-    let reply = |sb: &mut shmrt::Sandbox| sb.receiver().recv().unwrap().as_bytes().to_vec();
+    let reply = |sb: &mut shmrt::Sandbox| sb.receiver().recv().unwrap().to_vec();
 
     let t = Instant::now();
     sb.sender().send(b"wait 30000000").unwrap();
@@ -203,7 +203,7 @@ fn sandboxes_are_independent() {
         let msg = format!("message {i}");
         a.sender().send(msg.as_bytes()).unwrap();
         assert_eq!(
-            a.receiver().recv().unwrap().as_bytes(),
+            a.receiver().recv().unwrap().to_vec(),
             msg.to_uppercase().as_bytes()
         );
     }

@@ -147,7 +147,7 @@ fn an_out_of_range_free_list_head_then_the_host_allocates() {
         .unwrap();
     // The echo of a later message proves the poke was done.
     sb.sender().send(b"sync").unwrap();
-    assert_eq!(sb.receiver().recv().unwrap().as_bytes(), b"sync");
+    assert_eq!(sb.receiver().recv().unwrap().to_vec(), b"sync");
     match sb.sender().send(&[7; 1000]) {
         Err(SandboxError::Protocol { error, .. }) => {
             assert!(
@@ -409,7 +409,7 @@ fn a_violating_sandbox_leaves_the_others_running() {
     for i in 0..500 {
         let msg = format!("still fine {i}");
         good.sender().send(msg.as_bytes()).unwrap();
-        assert_eq!(good.receiver().recv().unwrap().as_bytes(), msg.as_bytes());
+        assert_eq!(good.receiver().recv().unwrap().to_vec(), msg.as_bytes());
     }
     good.sender().goodbye();
     assert_eq!(good.join().unwrap(), 0);

@@ -49,7 +49,7 @@ fn sixty_four_sandboxes_stream_at_once_with_every_message_checked() {
                     next_send += 1;
                 }
                 let m = rx.recv().unwrap();
-                let seq = u64::from_le_bytes(m.as_bytes()[..8].try_into().unwrap());
+                let seq = m.bytes().u64_le(0).unwrap();
                 assert_eq!(
                     seq, next_recv,
                     "sandbox {i}: message {seq} arrived when {next_recv} was due"
@@ -60,10 +60,7 @@ fn sixty_four_sandboxes_stream_at_once_with_every_message_checked() {
             tx.goodbye();
             while next_recv < next_send {
                 let m = rx.recv().unwrap();
-                assert_eq!(
-                    u64::from_le_bytes(m.as_bytes()[..8].try_into().unwrap()),
-                    next_recv
-                );
+                assert_eq!(m.bytes().u64_le(0).unwrap(), next_recv);
                 next_recv += 1;
             }
             assert_eq!(handle.join().unwrap(), 0, "sandbox {i}");

@@ -72,7 +72,7 @@ fn a_crashing_guest_is_restarted_until_it_succeeds_and_nothing_leaks() {
                 sb.sender().send(b"panic crash on purpose")?;
             } else {
                 sb.sender().send(b"hello")?;
-                assert_eq!(sb.receiver().recv()?.as_bytes(), b"hello");
+                assert_eq!(sb.receiver().recv()?.to_vec(), b"hello");
                 sb.sender().goodbye();
             }
             sb.join()

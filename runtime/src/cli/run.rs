@@ -362,13 +362,13 @@ impl Feeder {
     /// messages of up to `chunk` bytes: no copy on the host.
     fn feed_raw(
         &self,
-        mut input: impl BufRead,
+        input: std::os::fd::BorrowedFd<'_>,
         chunk: usize,
         progress: &mut Progress,
     ) -> anyhow::Result<()> {
         loop {
             let mut tx = self.take_current();
-            match tx.send_read(chunk, |buf| read_full(&mut input, buf)) {
+            match tx.send_read(chunk, |buf| read_full_into(&input, buf)) {
                 Ok(ReadSend::Sent(n)) => {
                     self.put_back(tx);
                     progress.add(n);
@@ -407,7 +407,9 @@ impl Feeder {
         progress: &mut Progress,
     ) -> anyhow::Result<()> {
         if framing == Framing::Raw {
-            return self.feed_raw(input, chunk, progress);
+            // Nothing was read through `input`'s buffer yet: the file
+            // descriptor is read straight into ring and slot memory.
+            return self.feed_raw(std::os::fd::AsFd::as_fd(&io::stdin()), chunk, progress);
         }
         let mut buf = Vec::new();
         loop {
@@ -448,6 +450,41 @@ impl Feeder {
             progress.add(buf.len());
         }
     }
+}
+
+/// Reads from `input` until `buf` is full or the input ends, straight
+/// into the shared bytes (the kernel writes them; no slice of shared
+/// memory is made); how many bytes it read.
+fn read_full_into(
+    input: &impl std::os::fd::AsFd,
+    mut buf: shmrt::SharedBytesMut<'_>,
+) -> io::Result<usize> {
+    let fd = input.as_fd();
+    let mut n = 0;
+    while n < buf.len() {
+        let at = buf.as_mut_ptr().wrapping_add(n);
+        // SAFETY: `[at, at + len - n)` lies inside the view, which is
+        // writable while borrowed; read(2) writes through the pointer and
+        // makes no Rust reference.
+        let got = unsafe {
+            libc::read(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                at.cast(),
+                buf.len() - n,
+            )
+        };
+        match got {
+            0 => break,
+            k if k > 0 => n += k as usize,
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(n)
 }
 
 /// Reads until `buf` is full or the input ends; how many bytes it read.
@@ -524,17 +561,19 @@ fn drain(rx: &mut HostReceiver, framing: Framing) -> Result<(), SandboxError> {
             Err(SandboxError::Closed { .. }) => break,
             Err(e) => return Err(e),
         };
-        let bytes = msg.as_bytes();
+        // The guest may rewrite its bytes while we write them out: they
+        // are copied through the view, never borrowed.
+        let bytes = msg.bytes();
         match framing {
             Framing::Lines => {
-                out.write_all(bytes).map_err(write_err)?;
+                bytes.write_to(&mut out).map_err(write_err)?;
                 out.write_all(b"\n").map_err(write_err)?;
             }
-            Framing::Raw => out.write_all(bytes).map_err(write_err)?,
+            Framing::Raw => bytes.write_to(&mut out).map_err(write_err)?,
             Framing::Len32 => {
                 out.write_all(&(bytes.len() as u32).to_le_bytes())
                     .map_err(write_err)?;
-                out.write_all(bytes).map_err(write_err)?;
+                bytes.write_to(&mut out).map_err(write_err)?;
             }
         }
     }
