@@ -12,6 +12,7 @@
 //! their mappings are registered with the SIGBUS handler ([`crate::sigbus`])
 //! right after `mmap`, before the first byte is read or written.
 
+use std::ffi::OsString;
 use std::fs::{File, FileType};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -29,6 +30,9 @@ use crate::error::SandboxError;
 
 /// The host's page size for file mappings.
 const OS_PAGE: u64 = 4096;
+
+/// Random temporary names tried before `create_named` gives up.
+const PART_ATTEMPTS: usize = 8;
 
 /// A segment file and the host's mapping of it.
 pub struct SegmentFile {
@@ -147,6 +151,20 @@ fn not_regular(kind: FileType) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, what)
 }
 
+/// A hidden temporary name next to `name`, with 64 random bits so that
+/// nobody can guess it and create it first: a `RandomState`'s keys come
+/// from the OS's random source, so the SipHash of anything under a fresh
+/// one is unpredictable to other processes.
+fn part_name(name: &Path) -> PathBuf {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    let mut part = OsString::from(".");
+    part.push(name);
+    part.push(format!(".{:016x}.part", hasher.finish()));
+    PathBuf::from(part)
+}
+
 impl SegmentFile {
     /// Creates and initializes a sealed memfd segment for `config`.
     pub fn create_memfd(config: &SegmentConfig) -> Result<Self, SandboxError> {
@@ -195,8 +213,31 @@ impl SegmentFile {
             use cap_std::fs::OpenOptionsExt;
             opts.mode(0o600);
         }
-        let part = PathBuf::from(format!(".{}.{}.part", name.display(), std::process::id()));
-        let file = dir.open_with(&part, &opts).map_err(named_err)?.into_std();
+        // A taken name is someone else's file (never ours to open): try
+        // another.
+        let mut attempts = 0;
+        let (part, file) = loop {
+            let part = part_name(&name);
+            attempts += 1;
+            match dir.open_with(&part, &opts) {
+                Ok(file) => break (part, file.into_std()),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempts < PART_ATTEMPTS => {}
+                Err(e) => {
+                    let taken = if e.kind() == io::ErrorKind::AlreadyExists {
+                        format!(" ({attempts} random names in a row were taken)")
+                    } else {
+                        String::new()
+                    };
+                    return Err(SandboxError::io(
+                        "creating the segment's temporary file",
+                        io::Error::new(
+                            e.kind(),
+                            format!("{}: {e}{taken}", dir_path.join(&part).display()),
+                        ),
+                    ));
+                }
+            }
+        };
         let built = file
             .set_len(size)
             .map_err(|e| SandboxError::io("sizing the segment file", e))
@@ -381,6 +422,37 @@ mod tests {
         let d = std::env::temp_dir().join(format!("shmrt-segfile-{what}-{}", std::process::id()));
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    #[test]
+    fn temporary_names_are_random_and_hidden() {
+        let name = Path::new("seg");
+        let a = part_name(name);
+        let b = part_name(name);
+        assert_ne!(a, b);
+        for p in [&a, &b] {
+            let s = p.to_str().unwrap();
+            assert!(s.starts_with(".seg.") && s.ends_with(".part"), "{s}");
+            assert!(!s.contains(&format!(".{}.", std::process::id())), "{s}");
+        }
+    }
+
+    /// The temporary name the creation used to take (`.NAME.PID.part`)
+    /// exists already, made by someone else: creation still succeeds and
+    /// leaves that file alone.
+    #[test]
+    fn a_pre_created_temporary_name_does_not_block_creation() {
+        let dir = tempdir("precreated");
+        let path = dir.join("seg");
+        let squatted = dir.join(format!(".seg.{}.part", std::process::id()));
+        std::fs::write(&squatted, b"not yours").unwrap();
+        let seg = SegmentFile::create_named(&path, &SegmentConfig::single_guest(), false)
+            .expect("created despite the squatted name");
+        assert!(path.is_file());
+        assert_eq!(std::fs::read(&squatted).unwrap(), b"not yours");
+        drop(seg);
+        assert!(!path.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
