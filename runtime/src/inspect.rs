@@ -1,16 +1,21 @@
 //! `shmrt inspect`: what a segment file holds, validated as it is read.
 //!
-//! The file is mapped read-only and nothing is written. The header is
+//! The file is opened without following a symbolic link or blocking, and
+//! only a regular file is read (a FIFO would block forever). It is mapped
+//! read-only, registered with the SIGBUS handler before the first read, and
+//! nothing is written: a file truncated while it is read is an error, not a
+//! crash. The header is
 //! checked first; if it fails, the report holds the header's fields as
 //! found and the reason. Past the header, every part is read through the
 //! validated readers: inconsistent ring cursors, slot metas in no state,
 //! broken or looping free lists and unknown peer states are reported field
 //! by field, never trusted.
 
-use std::fs::File;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use memmap2::Mmap;
+use memmap2::{Mmap, MmapOptions};
 use serde_json::{Value, json};
 use shmrt_primitives::segment_header::{FEATURE_DOORBELLS, HeaderSnapshot, SegmentHeader};
 use shmrt_primitives::{Segment, SlotError};
@@ -26,17 +31,10 @@ pub struct Report {
     pub header_invalid: bool,
 }
 
-/// Inspects the segment file at `path`.
+/// Inspects the segment file at `path`. An error when it is not a regular
+/// file, cannot be read, or was truncated while it was read.
 pub fn inspect(path: &Path) -> std::io::Result<Report> {
-    let file = File::open(path)?;
-    let meta = file.metadata()?;
-    if !meta.is_file() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "not a regular file: give the path of a segment file",
-        ));
-    }
-    let len = meta.len();
+    let (file, len) = crate::segment_file::open_regular(path, false)?;
     if len < 128 {
         return Ok(Report {
             json: json!({ "path": path.display().to_string(), "file_size": len, "error": format!("{len} bytes is shorter than the 128-byte segment header") }),
@@ -46,9 +44,26 @@ pub fn inspect(path: &Path) -> std::io::Result<Report> {
             header_invalid: true,
         });
     }
+    let map_len = usize::try_from(len).map_err(std::io::Error::other)?;
     // SAFETY: a read-only shared mapping; the bytes may change under us,
     // which the validated readers expect. Nothing is written through it.
-    let map = unsafe { Mmap::map(&file)? };
+    // Exactly the length checked above, even if the file has shrunk since.
+    let map = unsafe { MmapOptions::new().len(map_len).map(&file)? };
+    let truncated = Arc::new(AtomicBool::new(false));
+    // Declared after `map`, so dropped before it is unmapped.
+    let _sigbus = crate::sigbus::protect(map.as_ptr(), map.len(), &truncated);
+    let report = read(path, len, &map);
+    // SYNC POINT truncated, see sigbus::zero_fill.
+    if truncated.load(Ordering::Acquire) {
+        return Err(std::io::Error::other(
+            "the file was truncated while it was being read",
+        ));
+    }
+    Ok(report)
+}
+
+/// The report on the mapped segment file (`len` bytes at `path`).
+fn read(path: &Path, len: u64, map: &Mmap) -> Report {
     let base = map.as_ptr() as *mut u8;
     // SAFETY: at least 128 bytes are mapped, page-aligned.
     let snap = unsafe { &*(base as *const SegmentHeader) }.snapshot();
@@ -57,11 +72,11 @@ pub fn inspect(path: &Path) -> std::io::Result<Report> {
     let seg = match unsafe { Segment::open_validated(base, map.len()) } {
         Ok(seg) => seg,
         Err(e) => {
-            return Ok(Report {
+            return Report {
                 json: json!({ "path": path.display().to_string(), "file_size": len, "header": header, "error": e.to_string() }),
                 problems: vec![format!("header: {e}")],
                 header_invalid: true,
-            });
+            };
         }
     };
     let mut problems = Vec::new();
@@ -165,7 +180,7 @@ pub fn inspect(path: &Path) -> std::io::Result<Report> {
             "allocated_by_owner": owners.iter().map(|(o, n)| (o.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
         }));
     }
-    Ok(Report {
+    Report {
         json: json!({
             "path": path.display().to_string(),
             "file_size": len,
@@ -176,7 +191,7 @@ pub fn inspect(path: &Path) -> std::io::Result<Report> {
         }),
         problems,
         header_invalid: false,
-    })
+    }
 }
 
 fn slot_error(e: &SlotError) -> String {

@@ -206,6 +206,10 @@ unsafe impl LinearMemory for WindowedMemory {
 
 impl Drop for WindowedMemory {
     fn drop(&mut self) {
+        // Unregister the window before unmapping it: once unmapped, the
+        // address may be mapped again by anyone, and the SIGBUS handler
+        // must not zero-fill that.
+        drop(self._sigbus.take());
         // SAFETY: we own the whole reservation, window mapping included;
         // wasmtime drops the memory only when nothing uses it any more.
         if let Err(e) = unsafe { rustix::mm::munmap(self.base as *mut c_void, self.total) } {

@@ -109,3 +109,25 @@ pub fn parse_len32(mut bytes: &[u8]) -> Vec<Vec<u8>> {
     }
     out
 }
+
+/// Runs `cmd` to completion with its output captured; kills it and panics
+/// if it takes longer than `within`, so that a hang fails the test.
+pub fn output_within(cmd: &mut Command, within: std::time::Duration) -> Output {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the command");
+    let start = std::time::Instant::now();
+    let pid = child.id();
+    let waiter = std::thread::spawn(move || child.wait_with_output().unwrap());
+    while !waiter.is_finished() {
+        if start.elapsed() > within {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            panic!("{cmd:?} did not exit within {within:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    waiter.join().unwrap()
+}
