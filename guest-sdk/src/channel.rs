@@ -10,10 +10,14 @@ use crate::host;
 
 /// Spin rounds before parking in `wait`.
 const SPIN: u32 = 1000;
-/// How long one park lasts while waiting for room to send, in ns. The
-/// host rings when it frees room and sees us parked; the bound only covers
-/// a ring that raced with our registration.
+/// How long the first park lasts while waiting for room to send, in ns;
+/// each next one twice as long, up to [`ROOM_WAIT_MAX_NS`]. The host rings
+/// when it frees room and sees us parked; the bound covers a ring that
+/// raced with our registration, and a host without doorbells (a vox
+/// segment), which never rings: a send stalled on one costs a wake-up
+/// every 10 ms, not a spinning core.
 const ROOM_WAIT_NS: i64 = 200_000;
+const ROOM_WAIT_MAX_NS: i64 = 10_000_000;
 
 static OPENED: AtomicBool = AtomicBool::new(false);
 
@@ -43,6 +47,14 @@ impl fmt::Display for OpenError {
 
 impl core::error::Error for OpenError {}
 
+/// How long a send waits for a free slot by default before it gives up
+/// with [`SendError::SlotsExhausted`]: 5 s.
+pub const DEFAULT_SLOT_WAIT_NS: i64 = 5_000_000_000;
+
+/// The exit status [`Channel::serve`] returns when a reply found no slot
+/// ([`SendError::SlotsExhausted`]): EX_TEMPFAIL.
+pub const EXIT_SLOTS_EXHAUSTED: i32 = 75;
+
 /// Why a message was not sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SendError {
@@ -50,6 +62,21 @@ pub enum SendError {
     TooLarge { len: usize, max: u32 },
     /// The host broke the protocol.
     Protocol(ProtocolError),
+    /// No slot of the class the message needs came free within the wait
+    /// bound ([`Outbox::set_slot_wait`]): the other side holds them.
+    SlotsExhausted {
+        /// The message's length.
+        len: usize,
+        /// The class it needed: index and largest payload.
+        class: u8,
+        slot_payload: u32,
+        slot_count: u32,
+        /// Slots of the class allocated by the host, and by guests.
+        by_host: u32,
+        by_guests: u32,
+        /// How long the send waited, in ms.
+        waited_ms: u64,
+    },
 }
 
 impl fmt::Display for SendError {
@@ -60,11 +87,37 @@ impl fmt::Display for SendError {
                 "message of {len} bytes exceeds the largest slot payload {max}"
             ),
             Self::Protocol(e) => e.fmt(f),
+            Self::SlotsExhausted {
+                len,
+                class,
+                slot_payload,
+                slot_count,
+                by_host,
+                by_guests,
+                waited_ms,
+            } => write!(
+                f,
+                "no slot for a {len}-byte message after {waited_ms} ms: class {class} \
+                 ({slot_payload}-byte payloads) has {slot_count} slots, {by_host} held by the host \
+                 and {by_guests} by guests; answer in place (Message::reply_in_place), free \
+                 received messages sooner, or give the segment more slots of this class"
+            ),
         }
     }
 }
 
 impl core::error::Error for SendError {}
+
+impl SendError {
+    /// The exit status a plugin ends with for this error:
+    /// [`EXIT_SLOTS_EXHAUSTED`] (75) when no slot came free, else 1.
+    pub fn exit_status(&self) -> i32 {
+        match self {
+            Self::SlotsExhausted { .. } => EXIT_SLOTS_EXHAUSTED,
+            _ => 1,
+        }
+    }
+}
 
 /// The plugin's channel: an [`Inbox`] for what the host sends and an
 /// [`Outbox`] for replies. [`Channel::split`] gives both at once, so that
@@ -87,6 +140,8 @@ pub struct Outbox {
     tx: Sender,
     segment: Segment,
     index: u32,
+    /// How long a send waits for a slot, in ns; negative: forever.
+    slot_wait_ns: i64,
 }
 
 /// A message from the host, read in place in the segment. Dropping it
@@ -118,6 +173,60 @@ impl Message<'_> {
     /// Whether the payload sits in a slot (else inline in the ring).
     pub fn is_slot(&self) -> bool {
         self.inner.is_slot()
+    }
+
+    /// Answers this message with its own bytes, transformed in place:
+    /// `transform` rewrites the payload where it is and returns the
+    /// reply's length (at most the request's; more is cut). A message
+    /// that came in a slot goes back in that same slot, so the answer
+    /// needs no allocation and no copy, and the host frees it as any slot
+    /// it receives; an inline message is copied into the reply's ring
+    /// bytes and transformed there. Waits for ring room as
+    /// [`Outbox::send`] does.
+    ///
+    /// ```no_run
+    /// fn run(mut channel: shmrt_guest::Channel) -> i32 {
+    ///     let (inbox, outbox) = channel.split();
+    ///     while let Some(msg) = inbox.recv() {
+    ///         let sent = msg.reply_in_place(outbox, |bytes| {
+    ///             bytes.make_ascii_uppercase();
+    ///             bytes.len()
+    ///         });
+    ///         if sent.is_err() {
+    ///             return 1;
+    ///         }
+    ///     }
+    ///     0
+    /// }
+    /// shmrt_guest::entry!(run);
+    /// ```
+    pub fn reply_in_place(
+        self,
+        outbox: &mut Outbox,
+        transform: impl FnOnce(&mut [u8]) -> usize,
+    ) -> Result<(), SendError> {
+        match self.inner.take_slot() {
+            Ok((slot, len)) => {
+                let mut area = outbox.tx.held_slot_area(&slot);
+                let area = area
+                    .get_mut(..len as usize)
+                    .expect("the payload fits its slot");
+                // SAFETY: as in `as_bytes`: the host is trusted, and a slot
+                // it sent is ours until we send or free it.
+                let n = transform(unsafe { area.into_mut_slice() }).min(len as usize);
+                outbox.send_held_slot(slot, n as u32)
+            }
+            Err(inner) => {
+                let len = inner.len();
+                // Inline, and the reply is no longer: inline too.
+                outbox.send_cut(len, |out| {
+                    // SAFETY: as in `as_bytes`.
+                    copy(out, unsafe { inner.as_bytes() });
+                    drop(inner);
+                    transform(out)
+                })
+            }
+        }
     }
 }
 
@@ -154,7 +263,12 @@ impl Channel {
                 index,
                 spin: SPIN,
             },
-            outbox: Outbox { tx, segment, index },
+            outbox: Outbox {
+                tx,
+                segment,
+                index,
+                slot_wait_ns: DEFAULT_SLOT_WAIT_NS,
+            },
         })
     }
 
@@ -208,7 +322,7 @@ impl Channel {
         while let Some(msg) = inbox.recv() {
             if let Err(e) = handler(msg.as_bytes(), outbox) {
                 crate::error!("could not answer a {}-byte request: {}", msg.len(), e);
-                return 1;
+                return e.exit_status();
             }
         }
         0
@@ -339,32 +453,116 @@ impl Outbox {
     }
 
     /// Sends `len` bytes written in place by `fill`, inline or in a slot
-    /// by size, waiting for room.
+    /// by size, waiting for room: ring room as long as it takes (the host
+    /// drains), a slot for at most the slot wait ([`Self::set_slot_wait`],
+    /// default 5 s), after which it is [`SendError::SlotsExhausted`].
     #[inline(always)]
     pub fn send_with(&mut self, len: usize, fill: impl FnOnce(&mut [u8])) -> Result<(), SendError> {
-        let mut spins = 0;
+        self.send_cut(len, |out| {
+            fill(out);
+            len
+        })
+    }
+
+    /// How long a send waits for a free slot before it gives up with
+    /// [`SendError::SlotsExhausted`], in ns; negative waits forever. A
+    /// peer of the format may hold every slot of a class (it owes us no
+    /// fair share), and a zero-copy plugin holding a request while it
+    /// waits for a reply slot would then wait forever.
+    pub fn set_slot_wait(&mut self, ns: i64) {
+        self.slot_wait_ns = ns;
+    }
+
+    /// [`Self::send_with`] whose `fill` says how many of the `len` bytes
+    /// to send (more is cut).
+    #[inline(always)]
+    fn send_cut(
+        &mut self,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]) -> usize,
+    ) -> Result<(), SendError> {
+        let mut room = RoomWait::new();
+        // When the pool first said no, for the slot wait.
+        let mut exhausted_since: Option<u64> = None;
+        let mut fill = Some(fill);
         loop {
-            match self.tx.reserve(len) {
+            let refused = match self.tx.reserve(len) {
                 Ok(mut r) => {
+                    let fill = fill.take().expect("called once: we return after");
                     // SAFETY: as in `Message::as_bytes`, the host is
                     // trusted; it never touches bytes we reserved.
-                    fill(unsafe { r.as_mut_slice() });
+                    let n = fill(unsafe { r.as_mut_slice() });
+                    r.truncate(n);
                     r.commit();
                     notify_host(&self.segment, self.index);
                     return Ok(());
                 }
-                Err(channel::SendError::Full | channel::SendError::Exhausted) => {
-                    if spins < SPIN {
-                        spins += 1;
-                        core::hint::spin_loop();
-                    } else {
-                        host::wait(ROOM_WAIT_NS);
-                    }
+                Err(e) => e,
+            };
+            match refused {
+                channel::SendError::Full => {
+                    exhausted_since = None;
+                    room.once();
                 }
-                Err(channel::SendError::TooLarge { len, max }) => {
+                channel::SendError::Exhausted => {
+                    let now = host::now_ns();
+                    let since = *exhausted_since.get_or_insert(now);
+                    let waited = now.saturating_sub(since);
+                    if u64::try_from(self.slot_wait_ns).is_ok_and(|bound| waited > bound) {
+                        return Err(self.exhausted(len, waited));
+                    }
+                    room.once();
+                }
+                channel::SendError::TooLarge { len, max } => {
                     return Err(SendError::TooLarge { len, max });
                 }
-                Err(channel::SendError::Protocol(e)) => return Err(SendError::Protocol(e)),
+                channel::SendError::Protocol(e) => return Err(SendError::Protocol(e)),
+            }
+        }
+    }
+
+    #[cold]
+    fn exhausted(&self, len: usize, waited_ns: u64) -> SendError {
+        let holders = self.tx.pool().holders(len as u32);
+        let h = holders.unwrap_or(shmrt_primitives::ClassHolders {
+            class: 0,
+            slot_payload: 0,
+            slot_count: 0,
+            by_host: 0,
+            by_guests: 0,
+        });
+        SendError::SlotsExhausted {
+            len,
+            class: h.class,
+            slot_payload: h.slot_payload,
+            slot_count: h.slot_count,
+            by_host: h.by_host,
+            by_guests: h.by_guests,
+            waited_ms: waited_ns / 1_000_000,
+        }
+    }
+
+    /// Sends a held slot back (see [`Message::reply_in_place`]), waiting
+    /// for ring room for its frame.
+    fn send_held_slot(&mut self, mut slot: channel::HeldSlot, len: u32) -> Result<(), SendError> {
+        let mut room = RoomWait::new();
+        loop {
+            match self.tx.send_held_slot(slot, len) {
+                Ok(()) => {
+                    notify_host(&self.segment, self.index);
+                    return Ok(());
+                }
+                Err((channel::SendError::Full, back)) => {
+                    slot = back;
+                    room.once();
+                }
+                Err((e, back)) => {
+                    let _ = self.tx.free_held_slot(back);
+                    return Err(match e {
+                        channel::SendError::Protocol(e) => SendError::Protocol(e),
+                        _ => unreachable!("a held slot is neither allocated nor too large"),
+                    });
+                }
             }
         }
     }
@@ -377,6 +575,33 @@ impl Outbox {
     /// Largest payload sent inline in the ring.
     pub fn max_inline(&self) -> u32 {
         self.tx.max_inline()
+    }
+}
+
+/// Waiting for room to send: spins a while, then parks, longer each time
+/// (see [`ROOM_WAIT_NS`]).
+struct RoomWait {
+    spins: u32,
+    park_ns: i64,
+}
+
+impl RoomWait {
+    fn new() -> Self {
+        RoomWait {
+            spins: 0,
+            park_ns: ROOM_WAIT_NS,
+        }
+    }
+
+    #[inline(always)]
+    fn once(&mut self) {
+        if self.spins < SPIN {
+            self.spins += 1;
+            core::hint::spin_loop();
+        } else {
+            host::wait(self.park_ns);
+            self.park_ns = (self.park_ns * 2).min(ROOM_WAIT_MAX_NS);
+        }
     }
 }
 

@@ -40,7 +40,10 @@ pub mod log;
 
 mod channel;
 
-pub use channel::{Channel, Inbox, Message, OpenError, Outbox, SendError};
+pub use channel::{
+    Channel, DEFAULT_SLOT_WAIT_NS, EXIT_SLOTS_EXHAUSTED, Inbox, Message, OpenError, Outbox,
+    SendError,
+};
 pub use shmrt_primitives as primitives;
 
 /// Defines the plugin's entry point, `shmrt_main`, which opens the channel

@@ -77,6 +77,11 @@ impl Sender {
         }
     }
 
+    /// The pool this sender allocates from (to report who holds it).
+    pub fn pool(&self) -> &SlotPool {
+        &self.pool
+    }
+
     /// Largest payload sent inline.
     pub fn max_inline(&self) -> u32 {
         self.max_inline
@@ -148,6 +153,54 @@ impl Sender {
             len,
             slot: Some(slot),
         })
+    }
+
+    /// Sends back a slot this side received and still holds (from
+    /// [`Message::take_slot`]), its payload rewritten in place to `len`
+    /// bytes: a slot-ref frame naming the same slot and generation, which
+    /// the other side frees as any slot it receives (vox-shm's rule; the
+    /// reference crate's `free` checks state and generation, both
+    /// unchanged). No allocation and no copy. On an error the slot comes
+    /// back, still held: `Full` when the ring has no room for the frame
+    /// now (retry later), `Protocol` when the peer broke the ring.
+    pub fn send_held_slot(
+        &mut self,
+        slot: HeldSlot,
+        len: u32,
+    ) -> Result<(), (SendError, HeldSlot)> {
+        if let Err(e) = self.pool.set_payload_len(&slot.0, len) {
+            return Err((SendError::Protocol(e.into()), slot));
+        }
+        let mut grant = match self.producer.grant(frame::SLOT_REF_FRAME_SIZE) {
+            Ok(Some(grant)) => grant,
+            Ok(None) => return Err((SendError::Full, slot)),
+            Err(e) => return Err((SendError::Protocol(e), slot)),
+        };
+        for (i, w) in frame::slot_ref_words(&slot.0).into_iter().enumerate() {
+            grant.put_word(4 * i as u32, w);
+        }
+        grant.commit(frame::SLOT_REF_FRAME_SIZE);
+        Ok(())
+    }
+
+    /// Whether the ring has room for a slot-ref frame now (what
+    /// [`Self::send_held_slot`] needs).
+    pub fn has_room_for_slot_ref(&self) -> Result<bool, ProtocolError> {
+        self.producer.has_room(frame::SLOT_REF_FRAME_SIZE)
+    }
+
+    /// Frees a held slot this side will not send back after all.
+    pub fn free_held_slot(&mut self, slot: HeldSlot) -> Result<(), ProtocolError> {
+        self.pool.free(slot.0).map_err(Into::into)
+    }
+
+    /// The payload area of a held slot (after its length prefix), to
+    /// rewrite in place before [`Self::send_held_slot`].
+    pub fn held_slot_area(&self, slot: &HeldSlot) -> SharedBytesMut<'_> {
+        match self.pool.payload_area(&slot.0) {
+            Ok(area) => area,
+            Err(_) => unreachable!("a received slot was resolved when it arrived"),
+        }
     }
 
     /// Whether a message of `len` bytes would find room now (a hint: the
@@ -278,6 +331,20 @@ pub struct Receiver {
     pool: SlotPool,
     /// An error met while dropping a message, reported by the next call.
     deferred: Option<ProtocolError>,
+}
+
+/// A received slot kept instead of freed, to be sent back in place
+/// ([`Sender::send_held_slot`]) or freed ([`Sender::free_held_slot`]).
+/// Dropping it leaks the slot until the segment is recovered.
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "a held slot is sent back or freed"]
+pub struct HeldSlot(SlotRef);
+
+impl HeldSlot {
+    /// The slot.
+    pub fn slot_ref(&self) -> SlotRef {
+        self.0
+    }
 }
 
 /// Where a received message's bytes are.
@@ -420,6 +487,21 @@ impl Message<'_> {
     /// Pointer to the payload.
     pub fn as_ptr(&self) -> *const u8 {
         self.ptr
+    }
+
+    /// Keeps the slot of a slot message instead of freeing it, to answer
+    /// in place; an inline message is given back (`Err`), untouched.
+    pub fn take_slot(self) -> Result<(HeldSlot, u32), Self> {
+        match self.location {
+            Location::Slot(slot) => {
+                let len = self.len;
+                // Not dropped: the slot is not freed, and the frame's ring
+                // bytes were released when it was parsed.
+                core::mem::forget(self);
+                Ok((HeldSlot(slot), len))
+            }
+            Location::Inline { .. } => Err(self),
+        }
     }
 }
 

@@ -58,7 +58,7 @@ pub mod shared_bytes;
 pub mod slot_pool;
 mod sync;
 
-pub use channel::{Message, Receiver, SendError, Sender};
+pub use channel::{HeldSlot, Message, Receiver, SendError, Sender};
 pub use doorbell::Doorbell;
 pub use error::{FrameError, LayoutError, ProtocolError, SlotError};
 pub use frame::{Frame, MmapRef, SlotRef};
@@ -68,4 +68,4 @@ pub use ring::{Consumer, Producer, RingHeader};
 pub use segment::Segment;
 pub use segment_header::{HeaderError, HeaderSnapshot, SegmentHeader};
 pub use shared_bytes::{SharedBytes, SharedBytesMut};
-pub use slot_pool::{SizeClassHeader, SlotMeta, SlotPool};
+pub use slot_pool::{ClassHolders, SizeClassHeader, SlotMeta, SlotPool};

@@ -325,6 +325,21 @@ pub struct ClassUsage {
     pub free_list: Result<u32, SlotError>,
 }
 
+/// Who holds the slots of a class ([`SlotPool::holders`]). A slot counts
+/// for the side that allocated it, also while the other side reads it or
+/// answers with it in place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClassHolders {
+    pub class: u8,
+    /// Largest payload a slot of the class carries.
+    pub slot_payload: u32,
+    pub slot_count: u32,
+    /// Allocated by the host (peer 0).
+    pub by_host: u32,
+    /// Allocated by guests.
+    pub by_guests: u32,
+}
+
 /// The slot pool of a segment.
 #[derive(Clone, Copy)]
 pub struct SlotPool {
@@ -714,6 +729,32 @@ impl SlotPool {
             field = "next_free";
         }
         Ok(len)
+    }
+
+    /// Who holds the slots a message of `payload_len` bytes could use
+    /// (the smallest class that fits), to say why a send found none:
+    /// `None` when no class fits. Counts Allocated metas by owner, as
+    /// written in shared memory (a report, not a decision).
+    pub fn holders(&self, payload_len: u32) -> Option<ClassHolders> {
+        let (index, c) = self.candidates(payload_len, |_| true).next()?;
+        let mut holders = ClassHolders {
+            class: index,
+            slot_payload: c.slot_size.saturating_sub(SLOT_LEN_PREFIX),
+            slot_count: c.slot_count,
+            by_host: 0,
+            by_guests: 0,
+        };
+        for slot in 0..c.slot_count {
+            let meta = c.meta(slot);
+            if meta.state.load(Ordering::Acquire) == SLOT_ALLOCATED {
+                if meta.owner_peer.load(Ordering::Relaxed) == 0 {
+                    holders.by_host += 1;
+                } else {
+                    holders.by_guests += 1;
+                }
+            }
+        }
+        Some(holders)
     }
 
     /// The owner of each allocated slot of a class, for inspection.

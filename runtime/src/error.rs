@@ -84,6 +84,26 @@ pub enum SandboxError {
         len: usize,
         max: u32,
     },
+    /// A send found no free slot of the class it needed for the sandbox's
+    /// slot wait, while the guest freed none: who holds them, and what
+    /// waited.
+    #[error(
+        "sandbox {sandbox}: no slot for a {len}-byte message after {waited:.1?}: class {class} \
+         ({slot_payload}-byte payloads) has {slot_count} slots, {by_host} held by the host and \
+         {by_guest} by the guest, which freed none; the guest holds what it received (answer in \
+         place, or free messages sooner), or give the segment more slots of this class \
+         (`--slot-classes`)"
+    )]
+    SlotsExhausted {
+        sandbox: String,
+        len: usize,
+        class: u8,
+        slot_payload: u32,
+        slot_count: u32,
+        by_host: u32,
+        by_guest: u32,
+        waited: Duration,
+    },
     /// A blocking call ran out of time.
     #[error("sandbox {sandbox}: {what} timed out after {after:?}")]
     WouldBlock {

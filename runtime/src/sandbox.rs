@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use shmrt_primitives::channel::{Message, Receiver, Reservation, Sender};
+use shmrt_primitives::channel::{HeldSlot, Message, Receiver, Reservation, Sender};
 use shmrt_primitives::segment_header::FEATURE_DOORBELLS;
 use shmrt_primitives::{PeerEntry, PeerState, ProtocolError, Segment, SegmentConfig, SendError};
 use shmrt_primitives::{SharedBytes, SharedBytesMut};
@@ -23,7 +23,7 @@ use crate::{host_imports, module_check, wasi_poll};
 
 /// How often the engine's epoch advances: the granularity of deadlines
 /// and stops for a guest that is running wasm code.
-const EPOCH_TICK: Duration = Duration::from_millis(5);
+const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Marker error: the guest's deadline passed.
 #[derive(Debug)]
@@ -96,7 +96,16 @@ pub struct SandboxOptions {
     /// instance has at most 4 memories and 16 tables of at most 1,000,000
     /// elements each.
     pub max_memory: Option<usize>,
+    /// How long a host send waits for a free slot while the guest frees
+    /// none (it holds them: a pipelining peer, or a plugin that keeps
+    /// what it received) before it fails with
+    /// [`SandboxError::SlotsExhausted`]; `None` waits as long as the guest
+    /// runs. Default 5 s. Waiting for ring room is not bounded by this.
+    pub slot_wait: Option<Duration>,
 }
+
+/// The default of [`SandboxOptions::slot_wait`].
+pub const DEFAULT_SLOT_WAIT: Duration = Duration::from_secs(5);
 
 impl Default for SandboxOptions {
     fn default() -> Self {
@@ -112,6 +121,7 @@ impl Default for SandboxOptions {
             segment_source: SegmentSource::Memfd,
             fuel: None,
             max_memory: None,
+            slot_wait: Some(DEFAULT_SLOT_WAIT),
         }
     }
 }
@@ -147,6 +157,8 @@ pub(crate) struct SandboxShared {
     /// instantiation, then the guest thread): a stop unparks it from a
     /// WASI sleep.
     pub guest_thread: std::sync::Mutex<Option<std::thread::Thread>>,
+    /// [`SandboxOptions::slot_wait`], for the host's sends.
+    pub slot_wait: Option<Duration>,
 }
 
 impl SandboxShared {
@@ -189,16 +201,17 @@ impl SandboxShared {
         self.stop.load(Ordering::Acquire) || self.segment_file.segment().header().host_goodbye()
     }
 
-    /// Whether the host-to-guest ring holds anything (a hint: the guest
-    /// can scribble the cursors, which only affects its own wait).
-    pub fn h2g_has_data(&self) -> bool {
+    /// The host-to-guest ring's write cursor when the ring holds
+    /// anything, `None` when it is empty (a hint: the guest can scribble
+    /// the cursors, which only affects its own wait).
+    pub fn h2g_pending_write(&self) -> Option<u32> {
         let c = self
             .segment_file
             .segment()
             .h2g_ring(self.guest_index)
             .expect("in range")
             .cursors();
-        c.write != c.read || c.watermark != 0
+        (c.write != c.read || c.watermark != 0).then_some(c.write)
     }
 
     fn guest_done(&self) -> bool {
@@ -228,6 +241,7 @@ impl SandboxShared {
             memory_refused: AtomicBool::new(false),
             violation: Default::default(),
             guest_thread: Default::default(),
+            slot_wait: Some(DEFAULT_SLOT_WAIT),
         }
     }
 }
@@ -266,6 +280,13 @@ pub(crate) struct SandboxState {
     /// (the linker's is the bounded one of `wasi_poll`).
     pub wasi_poll_oneoff: Option<wasmtime::Func>,
     pub log_rate: host_imports::LogRate,
+    /// The host-to-guest write cursor the last `wait` returned for: data
+    /// the guest was told of and left queued (it waits for room to send,
+    /// not for data) does not end its next `wait` again.
+    pub wait_seen_write: Option<u32>,
+    /// The next sleep of a `wait` polling a segment without doorbells:
+    /// doubles up to a few ms while nothing happens.
+    pub poll_backoff: Duration,
 }
 
 impl SandboxState {
@@ -279,6 +300,8 @@ impl SandboxState {
             clock_origin,
             wasi_poll_oneoff: None,
             log_rate: host_imports::LogRate::new(clock_origin),
+            wait_seen_write: None,
+            poll_backoff: host_imports::MIN_POLL_NAP,
         })
     }
 }
@@ -509,12 +532,9 @@ impl Runtime {
                 SegmentFile::create_named(path, &seg_config, *keep)?
             }
         };
-        let shared = Arc::new(SandboxShared::new(
-            options.name.clone(),
-            Arc::new(file),
-            0,
-            options.spin,
-        ));
+        let mut shared = SandboxShared::new(options.name.clone(), Arc::new(file), 0, options.spin);
+        shared.slot_wait = options.slot_wait;
+        let shared = Arc::new(shared);
         let handle = self.start(wasm, &options, shared.clone(), Claim::Own)?;
         let segment = *shared.segment_file.segment();
         let (tx, rx) =
@@ -1266,20 +1286,78 @@ fn block_on_guest(
 /// disagree on purpose costs the host next to no CPU.
 const DISTRUST_NAP: Duration = Duration::from_millis(1);
 
-/// Reserves room for `len` bytes now; `Ok(None)` when the ring or the
-/// pool is full. Inlined into each send, as `Sender::send` is: called out
-/// of line, it made a spinning round trip with a guest 30-50 ns slower
-/// here (measured within one run against the inlined path).
+/// What a reservation found.
+enum Room<'a> {
+    Reserved(Reservation<'a>),
+    /// No ring room now: the guest reads slowly (plain back-pressure).
+    RingFull,
+    /// No slot now: the guest holds them, or this side's fair share is
+    /// in flight.
+    NoSlot,
+}
+
+/// Reserves room for `len` bytes now. Inlined into each send, as
+/// `Sender::send` is: called out of line, it made a spinning round trip
+/// with a guest 30-50 ns slower here (measured within one run against the
+/// inlined path).
 #[inline(always)]
 fn reserve_now<'a>(
     tx: &'a mut Sender,
     shared: &SandboxShared,
     len: usize,
-) -> Result<Option<Reservation<'a>>, SandboxError> {
+) -> Result<Room<'a>, SandboxError> {
     match tx.reserve(len) {
-        Ok(r) => Ok(Some(r)),
-        Err(SendError::Full | SendError::Exhausted) => Ok(None),
+        Ok(r) => Ok(Room::Reserved(r)),
+        Err(SendError::Full) => Ok(Room::RingFull),
+        Err(SendError::Exhausted) => Ok(Room::NoSlot),
         Err(e) => Err(send_error(shared, e)),
+    }
+}
+
+/// How long a send has found no slot while the guest freed none of the
+/// class: past the sandbox's slot wait it is an error naming the class
+/// and its holders, not a silent deadlock (a peer of the format may hold
+/// every slot; a zero-copy plugin may hold what it received).
+#[derive(Default)]
+struct SlotStall {
+    /// Since when, and how many slots of the class the host held then.
+    since: Option<(Instant, u32)>,
+}
+
+impl SlotStall {
+    #[cold]
+    fn check(
+        &mut self,
+        shared: &SandboxShared,
+        tx: &Sender,
+        len: usize,
+    ) -> Result<(), SandboxError> {
+        let Some(limit) = shared.slot_wait else {
+            return Ok(());
+        };
+        let Some(holders) = tx.pool().holders(len as u32) else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        match self.since {
+            // The guest freed a slot of ours since: progress, start over.
+            Some((_, held)) if holders.by_host < held => self.since = Some((now, holders.by_host)),
+            Some((since, _)) if now - since >= limit => {
+                return Err(SandboxError::SlotsExhausted {
+                    sandbox: shared.name.clone(),
+                    len,
+                    class: holders.class,
+                    slot_payload: holders.slot_payload,
+                    slot_count: holders.slot_count,
+                    by_host: holders.by_host,
+                    by_guest: holders.by_guests,
+                    waited: now - since,
+                });
+            }
+            Some(_) => {}
+            None => self.since = Some((now, holders.by_host)),
+        }
+        Ok(())
     }
 }
 
@@ -1355,22 +1433,52 @@ impl HostSender {
         fill: impl FnOnce(SharedBytesMut<'_>),
         timeout: Option<Duration>,
     ) -> Result<(), SandboxError> {
+        self.send_cut(
+            len,
+            |b| {
+                fill(b);
+                len
+            },
+            timeout,
+        )
+    }
+
+    /// The send loop: `fill` says how many of the `len` reserved bytes to
+    /// send. Waits for ring room as long as the guest runs (or `timeout`),
+    /// for a slot as long as the guest frees some (or the slot wait).
+    fn send_cut(
+        &mut self,
+        len: usize,
+        fill: impl FnOnce(SharedBytesMut<'_>) -> usize,
+        timeout: Option<Duration>,
+    ) -> Result<(), SandboxError> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let Self { tx, shared } = self;
         let shared: &SandboxShared = shared;
         // The last wait said "ready": a reservation failing now parks.
         let mut was_ready = false;
+        let mut stall = SlotStall::default();
         loop {
             if shared.guest_done() || shared.stop.load(Ordering::Acquire) {
                 return Err(SandboxError::Closed {
                     sandbox: shared.name.clone(),
                 });
             }
-            if let Some(mut r) = reserve_now(tx, shared, len)? {
-                fill(r.bytes_mut());
-                r.commit();
-                notify(shared, &shared.peer().h2g_doorbell);
-                return Ok(());
+            let no_slot = match reserve_now(tx, shared, len)? {
+                Room::Reserved(mut r) => {
+                    let n = fill(r.bytes_mut());
+                    r.truncate(n);
+                    r.commit();
+                    notify(shared, &shared.peer().h2g_doorbell);
+                    return Ok(());
+                }
+                Room::RingFull => false,
+                Room::NoSlot => true,
+            };
+            if no_slot {
+                stall.check(shared, tx, len)?;
+            } else {
+                stall = SlotStall::default();
             }
             let ready = block_on_guest(shared, deadline, was_ready, || {
                 tx.could_send(len).map_err(|e| protocol(shared, e))
@@ -1383,6 +1491,36 @@ impl HostSender {
                     after: timeout.unwrap_or_default(),
                 });
             }
+        }
+    }
+
+    /// Sends back a slot the guest sent (see
+    /// [`HostMessage::reply_in_place`]), waiting for ring room for its
+    /// frame as long as the guest runs.
+    fn send_held_slot(&mut self, mut slot: HeldSlot, len: u32) -> Result<(), SandboxError> {
+        let Self { tx, shared } = self;
+        let shared: &SandboxShared = shared;
+        loop {
+            if shared.guest_done() || shared.stop.load(Ordering::Acquire) {
+                let _ = tx.free_held_slot(slot);
+                return Err(SandboxError::Closed {
+                    sandbox: shared.name.clone(),
+                });
+            }
+            match tx.send_held_slot(slot, len) {
+                Ok(()) => {
+                    notify(shared, &shared.peer().h2g_doorbell);
+                    return Ok(());
+                }
+                Err((SendError::Full, back)) => slot = back,
+                Err((e, back)) => {
+                    let _ = tx.free_held_slot(back);
+                    return Err(send_error(shared, e));
+                }
+            }
+            block_on_guest(shared, None, false, || {
+                tx.has_room_for_slot_ref().map_err(|e| protocol(shared, e))
+            })?;
         }
     }
 
@@ -1400,26 +1538,36 @@ impl HostSender {
     ) -> Result<ReadSend, SendReadError> {
         let Self { tx, shared } = self;
         let shared: &SandboxShared = shared;
-        // As in `send_with_timeout`.
+        // As in `send_cut`.
         let mut was_ready = false;
+        let mut stall = SlotStall::default();
         loop {
             if shared.guest_done() || shared.stop.load(Ordering::Acquire) {
                 return Err(SendReadError::Sandbox(SandboxError::Closed {
                     sandbox: shared.name.clone(),
                 }));
             }
-            if let Some(mut r) = reserve_now(tx, shared, max)? {
-                let n = read(r.bytes_mut()).map_err(SendReadError::Read)?.min(max);
-                if n == 0 {
-                    return Ok(ReadSend::Nothing);
+            let no_slot = match reserve_now(tx, shared, max)? {
+                Room::Reserved(mut r) => {
+                    let n = read(r.bytes_mut()).map_err(SendReadError::Read)?.min(max);
+                    if n == 0 {
+                        return Ok(ReadSend::Nothing);
+                    }
+                    r.truncate(n);
+                    if shared.guest_done() {
+                        return Ok(ReadSend::GuestGone(r.bytes_mut().as_shared().to_vec()));
+                    }
+                    r.commit();
+                    notify(shared, &shared.peer().h2g_doorbell);
+                    return Ok(ReadSend::Sent(n));
                 }
-                r.truncate(n);
-                if shared.guest_done() {
-                    return Ok(ReadSend::GuestGone(r.bytes_mut().as_shared().to_vec()));
-                }
-                r.commit();
-                notify(shared, &shared.peer().h2g_doorbell);
-                return Ok(ReadSend::Sent(n));
+                Room::RingFull => false,
+                Room::NoSlot => true,
+            };
+            if no_slot {
+                stall.check(shared, tx, max)?;
+            } else {
+                stall = SlotStall::default();
             }
             was_ready = block_on_guest(shared, None, was_ready, || {
                 tx.could_send(max).map_err(|e| protocol(shared, e))
@@ -1499,6 +1647,44 @@ impl HostMessage<'_> {
     /// The payload copied out (one `memcpy`): a snapshot to parse.
     pub fn to_vec(&self) -> Vec<u8> {
         self.inner.bytes().to_vec()
+    }
+
+    /// Answers this message with its own bytes, transformed in place, and
+    /// gives it to `to` (the same sandbox's sender): `transform` rewrites
+    /// the payload where it is and returns the reply's length (at most the
+    /// request's; more is cut). A message that came in a slot goes back in
+    /// that same slot, which the guest then frees: no allocation, no copy.
+    /// An inline one is copied into the reply's ring bytes.
+    pub fn reply_in_place(
+        self,
+        to: &mut HostSender,
+        transform: impl FnOnce(SharedBytesMut<'_>) -> usize,
+    ) -> Result<(), SandboxError> {
+        match self.inner.take_slot() {
+            Ok((slot, len)) => {
+                let n = {
+                    let mut area = to.tx.held_slot_area(&slot);
+                    let area = area
+                        .get_mut(..len as usize)
+                        .expect("the payload fits its slot");
+                    transform(area).min(len as usize)
+                };
+                to.send_held_slot(slot, n as u32)
+            }
+            Err(inner) => {
+                // Inline, so short: a copy out, then the reply's bytes.
+                let request = inner.bytes().to_vec();
+                drop(inner);
+                to.send_cut(
+                    request.len(),
+                    |mut out| {
+                        out.copy_from(&request);
+                        transform(out).min(request.len())
+                    },
+                    None,
+                )
+            }
+        }
     }
 
     /// The payload as a plain slice, with no copy.

@@ -15,7 +15,12 @@ fn a_new_plugin_builds_runs_and_passes_its_test() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", common::stderr(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("shmrt build hello-plugin"));
+    // The hint works as typed: `cd` first, then build `.` there.
+    let hint = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        hint.contains("cd hello-plugin && cargo test") && hint.contains("$(shmrt build .)"),
+        "{hint}"
+    );
     let crate_dir = dir.join("hello-plugin");
 
     let out = common::shmrt()

@@ -105,7 +105,8 @@ fn a_raw_chunk_that_no_message_can_carry_is_refused_before_the_guest_starts() {
         assert!(err.contains(needle), "{args:?}: {err}");
         assert!(out.stdout.is_empty(), "{args:?}: nothing was sent");
     }
-    // The largest that fits is fine, and lines ignore --chunk.
+    // The largest that fits is fine; --chunk without raw framing is said
+    // to be meaningless, not ignored.
     let out = run(
         &[
             "--framing",
@@ -120,8 +121,13 @@ fn a_raw_chunk_that_no_message_can_carry_is_refused_before_the_guest_starts() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(out.stdout, b"abc");
-    let out = run(&["--chunk", "0"], &echo, b"abc\n");
-    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(&["--chunk", "4096"], &echo, b"abc\n");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--chunk applies to --framing raw only"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]

@@ -83,6 +83,8 @@ pub struct VoxLayout {
     pub ring_base: usize,
     pub var_pool_offset: usize,
     pub total_size: usize,
+    /// The header's max_payload_size: 64 KiB, or the largest slot payload.
+    pub max_payload_size: u32,
 }
 
 impl VoxLayout {
@@ -91,7 +93,9 @@ impl VoxLayout {
         let ring_base = 128 + max_guests * 64;
         let var_pool_offset = (ring_base + max_guests * 2 * stride + 63) & !63;
         let total_size = var_pool_offset + theirs::VarSlotPool::required_size(classes);
+        let largest = classes.iter().map(|c| c.slot_size - 4).max().unwrap_or(0);
         VoxLayout {
+            max_payload_size: largest.max(65536),
             max_guests,
             capacity,
             stride,
@@ -118,7 +122,7 @@ impl VoxLayout {
             r.get_mut::<theirs::SegmentHeader>(0)
                 .init(theirs::SegmentHeaderInit {
                     total_size: self.total_size as u64,
-                    max_payload_size: 65536,
+                    max_payload_size: self.max_payload_size,
                     inline_threshold: 0,
                     max_guests: self.max_guests as u32,
                     bipbuf_capacity: self.capacity,

@@ -25,6 +25,9 @@ pub const PROTOCOL: u8 = 76;
 pub const OUT_OF_FUEL: u8 = 71;
 /// The guest trapped after `--max-memory` refused it memory.
 pub const MEMORY_LIMIT: u8 = 73;
+/// A send found no free slot within the slot wait: the other side holds
+/// them (EX_TEMPFAIL; a plugin built on the guest SDK ends with it too).
+pub const SLOTS_EXHAUSTED: u8 = 75;
 /// The guest ran past `--timeout` (as timeout(1)).
 pub const TIMEOUT: u8 = 124;
 
@@ -57,6 +60,7 @@ impl From<SandboxError> for Failure {
             SandboxError::Timeout { .. } => TIMEOUT,
             SandboxError::OutOfFuel { .. } => OUT_OF_FUEL,
             SandboxError::MemoryLimit { .. } => MEMORY_LIMIT,
+            SandboxError::SlotsExhausted { .. } => SLOTS_EXHAUSTED,
             _ => OTHER,
         };
         Failure {

@@ -74,8 +74,9 @@ fn run(mut channel: Channel) -> i32 {
         } else if b == b"spin" {
             #[allow(clippy::empty_loop)]
             loop {}
-        } else if outbox.send(b).is_err() {
-            return 1;
+        } else if let Err(e) = outbox.send(b) {
+            shmrt_guest::error!("could not answer: {}", e);
+            return e.exit_status();
         }
     }
     0

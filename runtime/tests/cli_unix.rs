@@ -1,0 +1,301 @@
+//! `shmrt run` as a Unix citizen, with real pipes and signals: a closed
+//! stdout, a full disk, SIGINT/SIGTERM/SIGHUP, a truncated len32 record,
+//! option values it refuses, files that are not modules, and its logging.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{guest, run, shmrt, stderr};
+
+fn echo() -> std::path::PathBuf {
+    guest("examples/echo")
+}
+
+/// Waits for `child` at most `limit`; kills it and fails if it is still
+/// running.
+fn wait_at_most(child: &mut Child, limit: Duration, what: &str) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn read_stderr(child: &mut Child) -> String {
+    let mut err = String::new();
+    use std::io::Read;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    err
+}
+
+/// `seq 1 100000 | shmrt run echo.wasm | head -1`: the reader goes away
+/// after one line. shmrt ends promptly, by SIGPIPE as `cat` does, and says
+/// nothing (before: it never exited, the guest blocked on a full ring).
+#[test]
+fn a_closed_stdout_ends_the_run_by_sigpipe() {
+    let mut child = shmrt()
+        .arg("run")
+        .arg(echo())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        let lines: String = (1..=100_000).map(|i| format!("{i}\n")).collect();
+        let _ = stdin.write_all(lines.as_bytes());
+    });
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert_eq!(first, "1\n");
+    // The reader (and with it the pipe's read end) is gone now.
+    let status = wait_at_most(
+        &mut child,
+        Duration::from_secs(20),
+        "run with a closed stdout",
+    );
+    assert_eq!(status.signal(), Some(libc::SIGPIPE), "{status:?}");
+    let err = read_stderr(&mut child);
+    assert!(err.is_empty(), "nothing said on stderr: {err}");
+    feeder.join().unwrap();
+}
+
+/// Output to a full disk: the run ends with status 74 and says why.
+#[test]
+fn a_full_disk_ends_the_run_with_a_message() {
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let mut child = shmrt()
+        .arg("run")
+        .arg(echo())
+        .stdin(Stdio::piped())
+        .stdout(full)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        let lines: String = (1..=100_000).map(|i| format!("{i}\n")).collect();
+        let _ = stdin.write_all(lines.as_bytes());
+    });
+    let status = wait_at_most(&mut child, Duration::from_secs(20), "run to /dev/full");
+    let err = read_stderr(&mut child);
+    assert_eq!(status.code(), Some(74), "{err}");
+    assert!(
+        err.contains("writing standard output") && err.contains("No space left on device"),
+        "{err}"
+    );
+    feeder.join().unwrap();
+}
+
+/// SIGINT, SIGTERM and SIGHUP stop the guest, remove the named segment,
+/// and end the run with 128 + the signal (before: the file stayed, and a
+/// second run on the path failed).
+#[test]
+fn signals_stop_the_run_and_remove_the_named_segment() {
+    let dir = std::env::temp_dir().join(format!("shmrt-signals-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (signal, status) in [
+        (libc::SIGINT, 130),
+        (libc::SIGTERM, 143),
+        (libc::SIGHUP, 129),
+    ] {
+        let segment = dir.join(format!("run-{signal}.seg"));
+        let mut child = shmrt()
+            .arg("run")
+            .arg("--segment")
+            .arg(&segment)
+            .arg(echo())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A line through the guest: the sandbox is up, the file is there.
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"up\n").unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line, "up\n");
+        assert!(segment.exists(), "the named segment is there while it runs");
+        // SAFETY: a signal to our own child.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let got = wait_at_most(&mut child, Duration::from_secs(10), "run after a signal");
+        assert_eq!(got.code(), Some(status), "signal {signal}: {got:?}");
+        assert!(
+            !segment.exists(),
+            "signal {signal}: the segment file was removed"
+        );
+        drop(stdin);
+    }
+}
+
+/// `--keep-segment` keeps the file through a signal.
+#[test]
+fn keep_segment_keeps_it_through_a_signal() {
+    let dir = std::env::temp_dir().join(format!("shmrt-keep-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let segment = dir.join("kept.seg");
+    let mut child = shmrt()
+        .arg("run")
+        .arg("--segment")
+        .arg(&segment)
+        .arg("--keep-segment")
+        .arg(echo())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"up\n").unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let got = wait_at_most(&mut child, Duration::from_secs(10), "run after SIGTERM");
+    assert_eq!(got.code(), Some(143));
+    assert!(segment.exists(), "kept");
+    std::fs::remove_file(&segment).unwrap();
+    drop(stdin);
+}
+
+/// A len32 stream that ends inside a length prefix is an error that says
+/// how many bytes of it were there (before: dropped silently, exit 0).
+#[test]
+fn a_partial_len32_prefix_is_an_error() {
+    let mut input = 5u32.to_le_bytes().to_vec();
+    input.extend(b"hello");
+    input.extend([7, 0]);
+    let out = run(&["--framing", "len32"], &echo(), &input);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("inside a len32 length prefix: 2 of its 4 bytes"),
+        "{err}"
+    );
+    // The whole record before it went through.
+    assert_eq!(out.stdout, [&5u32.to_le_bytes()[..], b"hello"].concat());
+}
+
+/// Option values shmrt can not run with are usage errors (status 2) that
+/// name the option, before any guest starts.
+#[test]
+fn bad_option_values_are_usage_errors_naming_the_option() {
+    for (args, needle) in [
+        (
+            &["--dir", "/nonexistent-shmrt-dir"][..],
+            "--dir /nonexistent-shmrt-dir",
+        ),
+        (&["--fuel", "0"][..], "--fuel"),
+        (&["--timeout", "0"][..], "--timeout"),
+        (
+            &["--chunk", "4096"][..],
+            "--chunk applies to --framing raw only",
+        ),
+    ] {
+        let out = run(args, &echo(), b"");
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
+
+/// A file that is not a module says so, whether it is text or bytes
+/// (before: text was parsed as WAT, "expected '('", and random bytes gave
+/// "input bytes aren't valid utf-8").
+#[test]
+fn files_that_are_not_modules_say_so() {
+    let dir = std::env::temp_dir().join(format!("shmrt-notwasm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = dir.join("notes.txt");
+    std::fs::write(&text, "just some notes\n").unwrap();
+    let random = dir.join("random.bin");
+    std::fs::write(&random, common::bytes(3, 4096)).unwrap();
+    for file in [&text, &random] {
+        let out = run(&[], file, b"");
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(65), "{err}");
+        assert!(
+            err.contains("not a WebAssembly module") && err.contains("\\0asm"),
+            "{err}"
+        );
+    }
+}
+
+/// `-v` shows shmrt's own info, `-vv` the guest's debug; neither shows
+/// wasmtime's or cranelift's events; no colour codes when stderr is not a
+/// terminal.
+#[test]
+fn verbosity_is_shmrt_s_own_and_uncoloured_off_a_terminal() {
+    let probe = guest("runtime/tests/guests/probe");
+    let logged = |args: &[&str]| {
+        let mut child = shmrt()
+            .arg("run")
+            .args(args)
+            .arg(&probe)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"log 1 a debug line\nlog 2 an info line\n")
+            .unwrap();
+        let status = wait_at_most(&mut child, Duration::from_secs(30), "run");
+        assert!(status.success());
+        read_stderr(&mut child)
+    };
+    let quiet = logged(&[]);
+    assert!(
+        quiet.contains("an info line") && !quiet.contains("a debug line"),
+        "{quiet}"
+    );
+    let v = logged(&["-v"]);
+    assert!(
+        v.contains("an info line") && !v.contains("a debug line"),
+        "{v}"
+    );
+    let vv = logged(&["-vv"]);
+    assert!(vv.contains("a debug line"), "{vv}");
+    for err in [&quiet, &v, &vv] {
+        assert!(
+            !err.contains('\x1b'),
+            "no ANSI escapes off a terminal: {err}"
+        );
+        assert!(
+            !err.contains("cranelift") && !err.contains("wasmtime::"),
+            "no engine events without RUST_LOG: {} lines",
+            err.lines().count()
+        );
+    }
+}
