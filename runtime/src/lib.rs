@@ -24,6 +24,7 @@ pub mod host_imports;
 pub mod host_segment;
 pub mod inspect;
 mod memory_window;
+mod module_cache;
 mod module_check;
 pub mod sandbox;
 pub mod segment_file;

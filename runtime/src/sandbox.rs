@@ -423,17 +423,33 @@ impl wasmtime::ResourceLimiter for MemoryLimit {
 type ModuleCache = std::collections::HashMap<(u64, usize), (Vec<u8>, Module)>;
 
 /// Engine-wide choices.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct RuntimeConfig {
     /// Meter fuel, so that sandboxes can be given `SandboxOptions::fuel`
     /// (every guest then runs a little slower).
     pub fuel: bool,
+    /// Keep compiled modules in this directory between runs (see
+    /// [`RuntimeConfig::default_module_cache`]); `None` compiles every
+    /// module once per `Runtime`. Its entries are machine code that is
+    /// loaded and run: it must be the user's own directory.
+    pub module_cache: Option<PathBuf>,
+}
+
+impl RuntimeConfig {
+    /// The user's cache directory for compiled modules:
+    /// `$XDG_CACHE_HOME/shmrt` or `~/.cache/shmrt` (what `shmrt run` uses
+    /// unless `--no-cache`).
+    pub fn default_module_cache() -> Option<PathBuf> {
+        crate::module_cache::ModuleCache::default_dir()
+    }
 }
 
 /// The engine, the linker with the host imports, and the epoch ticker.
 /// One per process is enough; sandboxes are spawned from it.
 pub struct Runtime {
     fuel: bool,
+    /// Compiled modules on disk, between runs.
+    disk_cache: Option<crate::module_cache::ModuleCache>,
     /// Compiled modules by (hash, length) of their bytes.
     modules: std::sync::Mutex<ModuleCache>,
     engine: Engine,
@@ -490,6 +506,7 @@ impl Runtime {
         };
         Ok(Runtime {
             fuel: rc.fuel,
+            disk_cache: rc.module_cache.map(crate::module_cache::ModuleCache::new),
             modules: Default::default(),
             engine,
             linker: Arc::new(linker),
@@ -822,7 +839,10 @@ impl Runtime {
         {
             return Ok(module.clone());
         }
-        let module = Module::from_binary(&self.engine, binary)?;
+        let module = match &self.disk_cache {
+            Some(disk) => disk.get_or_compile(&self.engine, binary)?,
+            None => Module::from_binary(&self.engine, binary)?,
+        };
         // A few plugins per process is the common case; keep it bounded.
         if cache.len() >= 64 {
             cache.clear();
@@ -1168,6 +1188,16 @@ impl SandboxHandle {
         StopHandle(self.shared.clone())
     }
 
+    /// [`Self::join`], then how many messages the host sent that the
+    /// guest never took (still queued in its ring when it ended): what a
+    /// restart loses. `None` when that can not be told (the guest left its
+    /// ring inconsistent).
+    pub fn join_counting_unread(self) -> (Result<i32, SandboxError>, Option<usize>) {
+        let shared = self.shared.clone();
+        let status = self.join();
+        (status, unread_messages(&shared))
+    }
+
     /// Whether the guest's entry point has returned.
     pub fn is_finished(&self) -> bool {
         self.shared.guest_done()
@@ -1208,6 +1238,23 @@ impl Drop for SandboxHandle {
             let _ = t.join();
         }
     }
+}
+
+/// Messages left in the host-to-guest ring of a guest that has ended,
+/// taken as the guest would take them (slots freed): bounded by the
+/// ring's size.
+fn unread_messages(shared: &SandboxShared) -> Option<usize> {
+    let segment = shared.segment_file.segment();
+    let (_, mut rx) = segment.guest_channel(shared.guest_index).ok()?;
+    let most = segment.layout().ring_capacity as usize / 8 + 1;
+    for n in 0..most {
+        match rx.try_recv() {
+            Ok(Some(_)) => {}
+            Ok(None) => return Some(n),
+            Err(_) => return None,
+        }
+    }
+    None
 }
 
 fn protocol(shared: &SandboxShared, error: ProtocolError) -> SandboxError {

@@ -299,3 +299,89 @@ fn verbosity_is_shmrt_s_own_and_uncoloured_off_a_terminal() {
         );
     }
 }
+
+/// `--restart on-failure` says on stderr how many restarts happened and
+/// how many messages the failed sandbox never read, and a run that
+/// restarted exits 3, not 0 (before: only a warning, status 0).
+#[test]
+fn a_restart_says_what_was_lost_and_the_status_says_it_happened() {
+    let probe = guest("runtime/tests/guests/probe");
+    let out = run(
+        &["--restart", "on-failure"],
+        &probe,
+        b"one\npanic boom\ntwo\nthree\n",
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("the plugin was restarted 1 times") && err.contains("messages were lost"),
+        "{err}"
+    );
+    // What the failed sandbox never finished reading is counted (the
+    // message it failed on, still in its ring, included): together with
+    // what the new one echoed, that is everything from the panic on.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("one\n"), "{stdout}");
+    let lost: usize = err
+        .split(" messages were lost")
+        .next()
+        .and_then(|head| head.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("a count of lost messages");
+    assert_eq!(lost + stdout.lines().count() - 1, 3, "{err}\n{stdout}");
+}
+
+/// Compiled modules are kept in the user's cache directory and used by
+/// the next run; `--no-cache` keeps nothing; a damaged entry is compiled
+/// again, not trusted.
+#[test]
+fn compiled_modules_are_cached_between_runs() {
+    let cache = std::env::temp_dir().join(format!("shmrt-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&cache);
+    let run_with_cache = |extra: &[&str]| {
+        let mut child = shmrt()
+            .arg("run")
+            .args(extra)
+            .arg(echo())
+            .env("XDG_CACHE_HOME", &cache)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(b"cached\n").unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(out.stdout, b"cached\n");
+    };
+    let entries = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(cache.join("shmrt").join("modules"))
+            .map(|d| d.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default()
+    };
+    run_with_cache(&["--no-cache"]);
+    assert!(entries().is_empty(), "--no-cache keeps nothing");
+    run_with_cache(&[]);
+    let kept = entries();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(kept[0].extension().is_some_and(|e| e == "cwasm"));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(cache.join("shmrt").join("modules"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700, "the cache directory is the user's own");
+    let written = std::fs::metadata(&kept[0]).unwrap().modified().unwrap();
+    run_with_cache(&[]);
+    assert_eq!(entries(), kept);
+    assert_eq!(
+        std::fs::metadata(&kept[0]).unwrap().modified().unwrap(),
+        written,
+        "the second run loaded the entry, it did not write it again"
+    );
+    // A damaged entry is compiled again and replaced.
+    std::fs::write(&kept[0], b"not a module").unwrap();
+    run_with_cache(&[]);
+    assert!(std::fs::read(&kept[0]).unwrap().len() > 100, "replaced");
+    let _ = std::fs::remove_dir_all(&cache);
+}

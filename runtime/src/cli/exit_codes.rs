@@ -8,6 +8,9 @@ pub const OTHER: u8 = 1;
 /// A command line shmrt can not run: an option's value is wrong (as clap
 /// says of the usage errors it finds itself).
 pub const USAGE: u8 = 2;
+/// `--restart on-failure` restarted the plugin and its last run returned
+/// 0: stderr says how many restarts and how many messages were lost.
+pub const RESTARTED: u8 = 3;
 /// Writing the guest's messages to standard output failed (EX_IOERR),
 /// e.g. a full disk. A closed pipe ends the run by SIGPIPE instead.
 pub const OUTPUT_FAILED: u8 = 74;

@@ -1,7 +1,7 @@
 //! `shmrt run PLUGIN.wasm`: the CLI is the host. Standard input is cut
 //! into messages for the guest; the guest's messages go to standard output.
 
-use std::io::{self, BufRead, BufWriter, Read, Write};
+use std::io::{self, BufRead, Read};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -107,6 +107,12 @@ pub struct RunCommand {
     /// With --restart on-failure: at most this many restarts.
     #[arg(long, default_value_t = 3)]
     max_restarts: u32,
+    /// Compile the plugin afresh and keep nothing: by default compiled
+    /// modules are kept in $XDG_CACHE_HOME/shmrt (or ~/.cache/shmrt),
+    /// keyed by the module's bytes and the engine's settings, so that a
+    /// plugin run again starts without compiling.
+    #[arg(long)]
+    no_cache: bool,
     /// Arguments for the guest (WASI guests), after `--`.
     #[arg(last = true)]
     args: Vec<String>,
@@ -181,6 +187,11 @@ impl RunCommand {
             .map(|m| usize::try_from(m).unwrap_or(usize::MAX));
         let runtime = Runtime::with_config(RuntimeConfig {
             fuel: self.fuel.is_some(),
+            module_cache: if self.no_cache {
+                None
+            } else {
+                RuntimeConfig::default_module_cache()
+            },
         })?;
         let named_segment = match &self.segment {
             Some(path) if !self.keep_segment => Some(path.clone()),
@@ -226,7 +237,12 @@ impl RunCommand {
             .name("shmrt-stdin".into())
             .spawn(move || f.run(io::stdin().lock(), framing, chunk))
             .context("starting the stdin thread")?;
-        let code = runtime.supervise(&wasm, &options, policy, |sandbox, _attempt| {
+        // Messages sent to sandboxes that failed and never read by them.
+        let lost = std::cell::Cell::new(0usize);
+        let lost_unknown = std::cell::Cell::new(false);
+        let restarts = std::cell::Cell::new(0u32);
+        let code = runtime.supervise(&wasm, &options, policy, |sandbox, attempt| {
+            restarts.set(attempt);
             let (tx, mut rx, handle) = sandbox.split();
             interrupts.watch(handle.stop_handle());
             feeder.hand_over(tx);
@@ -236,7 +252,16 @@ impl RunCommand {
                 // guest would block on a ring nobody drains.
                 handle.stop();
             }
-            let status = handle.join();
+            let (status, unread) = handle.join_counting_unread();
+            if let Err(e) = &status
+                && shmrt::supervise::is_guest_failure(e)
+            {
+                lost.set(lost.get() + unread.unwrap_or(0));
+                lost_unknown.set(lost_unknown.get() || unread.is_none());
+                if let Some(n) = unread.filter(|&n| n > 0) {
+                    tracing::warn!("{n} messages sent to the failed sandbox were never read by it");
+                }
+            }
             match (drained, status) {
                 // Output failed: that, not the stop it caused.
                 (Err(e @ SandboxError::Io { .. }), _) => Err(e),
@@ -276,6 +301,19 @@ impl RunCommand {
             ));
         }
         let code = code?;
+        if restarts.get() > 0 {
+            let lost = match (lost.get(), lost_unknown.get()) {
+                (n, false) => format!("{n} messages were lost"),
+                (n, true) => format!("at least {n} messages were lost"),
+            };
+            eprintln!(
+                "shmrt: the plugin was restarted {} times; {lost} (sent to a failed sandbox and never read)",
+                restarts.get()
+            );
+            if code == 0 {
+                return Ok(ExitCode::from(super::exit_codes::RESTARTED));
+            }
+        }
         Ok(ExitCode::from(code.clamp(0, 255) as u8))
     }
 }
@@ -398,6 +436,67 @@ impl Feeder {
         }
     }
 
+    /// Lines, read in large blocks and sent as a batch per block: the
+    /// lines of a block go into the ring without waking the guest, and
+    /// one notification follows (no syscall or fence per line).
+    fn feed_lines(
+        &self,
+        input: std::os::fd::BorrowedFd<'_>,
+        progress: &mut Progress,
+    ) -> anyhow::Result<()> {
+        const BLOCK: usize = 1 << 16;
+        let mut buf = vec![0u8; 4 * BLOCK];
+        let (mut start, mut end) = (0, 0);
+        loop {
+            // Room for a block: move the partial line to the front, or
+            // grow for a line longer than the buffer.
+            if buf.len() - end < BLOCK {
+                if start > 0 {
+                    buf.copy_within(start..end, 0);
+                    end -= start;
+                    start = 0;
+                } else {
+                    buf.resize(buf.len() * 2, 0);
+                }
+            }
+            let n = read_some(input, &mut buf[end..])?;
+            if n == 0 {
+                if start < end {
+                    // The last line, without its newline.
+                    self.deliver(&buf[start..end])?;
+                    progress.add(end - start);
+                }
+                return Ok(());
+            }
+            end += n;
+            let mut batch = self.current.lock().unwrap_or_else(|e| e.into_inner());
+            let base = start;
+            for nl in memchr::memchr_iter(b'\n', &buf[base..end]) {
+                let line = base + nl;
+                let text = &buf[start..line];
+                let sent = match batch.as_mut() {
+                    Some(tx) => tx.try_send_no_notify(text).unwrap_or(false),
+                    None => false,
+                };
+                if !sent {
+                    // Full, or between sandboxes, or an error to report:
+                    // the waiting path, without the lock.
+                    if let Some(tx) = batch.as_ref() {
+                        tx.notify();
+                    }
+                    drop(batch);
+                    self.deliver(text)?;
+                    batch = self.current.lock().unwrap_or_else(|e| e.into_inner());
+                }
+                progress.add(text.len());
+                start = line + 1;
+            }
+            if let Some(tx) = batch.as_ref() {
+                tx.notify();
+            }
+        }
+    }
+
     /// Cuts `input` into messages and delivers them.
     fn feed(
         &self,
@@ -406,10 +505,14 @@ impl Feeder {
         chunk: usize,
         progress: &mut Progress,
     ) -> anyhow::Result<()> {
-        if framing == Framing::Raw {
-            // Nothing was read through `input`'s buffer yet: the file
-            // descriptor is read straight into ring and slot memory.
-            return self.feed_raw(std::os::fd::AsFd::as_fd(&io::stdin()), chunk, progress);
+        // Nothing was read through `input`'s buffer yet: raw and line
+        // input read the file descriptor themselves.
+        let stdin = io::stdin();
+        let fd = std::os::fd::AsFd::as_fd(&stdin);
+        match framing {
+            Framing::Raw => return self.feed_raw(fd, chunk, progress),
+            Framing::Lines => return self.feed_lines(fd, progress),
+            Framing::Len32 => {}
         }
         let mut buf = Vec::new();
         loop {
@@ -487,6 +590,17 @@ fn read_full_into(
     Ok(n)
 }
 
+/// One `read(2)` of what is there (retried when interrupted).
+fn read_some(input: std::os::fd::BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match rustix::io::read(input, &mut *buf) {
+            Ok(n) => return Ok(n),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Reads until `buf` is full or the input ends; how many bytes it read.
 fn read_full(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
@@ -544,40 +658,133 @@ impl Progress {
 const OUTPUT: &str = "writing standard output";
 
 /// Writes the guest's messages until it has ended and all are read.
+/// Everything queued is taken in one pass and written with one `write`
+/// when the pass ends or the buffer fills (no syscall per message); a
+/// large message goes straight from ring or slot memory to the file
+/// descriptor. The guest may rewrite its bytes meanwhile: they are copied
+/// or handed to the kernel through the view, never borrowed as a slice.
 fn drain(rx: &mut HostReceiver, framing: Framing) -> Result<(), SandboxError> {
-    let stdout = io::stdout();
-    let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
-    let write_err = |e: io::Error| SandboxError::Io {
-        what: OUTPUT,
-        source: e,
-    };
+    let mut out = Output::new();
     loop {
-        if rx.is_empty()? {
-            // Nothing queued: show what we have before waiting.
-            out.flush().map_err(write_err)?;
+        while let Some(msg) = rx.try_recv()? {
+            out.message(framing, msg.bytes())?;
         }
-        let msg = match rx.recv() {
-            Ok(m) => m,
+        // Nothing queued: show what we have before waiting.
+        out.flush()?;
+        match rx.recv_timeout(None) {
+            Ok(Some(msg)) => out.message(framing, msg.bytes())?,
+            Ok(None) => {}
             Err(SandboxError::Closed { .. }) => break,
             Err(e) => return Err(e),
-        };
-        // The guest may rewrite its bytes while we write them out: they
-        // are copied through the view, never borrowed.
-        let bytes = msg.bytes();
+        }
+    }
+    out.flush()
+}
+
+/// Standard output, written with `write(2)` on file descriptor 1: small
+/// messages are gathered in a buffer, large ones go straight from shared
+/// memory to the kernel.
+struct Output {
+    buf: Vec<u8>,
+}
+
+impl Output {
+    /// Flushed at this size; messages this large skip the buffer.
+    const BUF: usize = 1 << 16;
+
+    fn new() -> Self {
+        Output {
+            buf: Vec::with_capacity(Self::BUF),
+        }
+    }
+
+    fn err(source: io::Error) -> SandboxError {
+        SandboxError::Io {
+            what: OUTPUT,
+            source,
+        }
+    }
+
+    /// One guest message, framed for stdout.
+    fn message(
+        &mut self,
+        framing: Framing,
+        bytes: shmrt::SharedBytes<'_>,
+    ) -> Result<(), SandboxError> {
         match framing {
             Framing::Lines => {
-                bytes.write_to(&mut out).map_err(write_err)?;
-                out.write_all(b"\n").map_err(write_err)?;
+                self.put(bytes)?;
+                self.extend(b"\n")
             }
-            Framing::Raw => bytes.write_to(&mut out).map_err(write_err)?,
+            Framing::Raw => self.put(bytes),
             Framing::Len32 => {
-                out.write_all(&(bytes.len() as u32).to_le_bytes())
-                    .map_err(write_err)?;
-                bytes.write_to(&mut out).map_err(write_err)?;
+                self.extend(&(bytes.len() as u32).to_le_bytes())?;
+                self.put(bytes)
             }
         }
     }
-    out.flush().map_err(write_err)?;
+
+    fn extend(&mut self, bytes: &[u8]) -> Result<(), SandboxError> {
+        if self.buf.len() + bytes.len() > Self::BUF {
+            self.flush()?;
+        }
+        self.buf.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    /// Appends shared bytes: copied once into the buffer, or, when large,
+    /// written from where they are.
+    fn put(&mut self, bytes: shmrt::SharedBytes<'_>) -> Result<(), SandboxError> {
+        let len = bytes.len();
+        if len >= Self::BUF / 4 {
+            self.flush()?;
+            // SAFETY: `bytes` is readable for its length while borrowed;
+            // write(2) reads it in the kernel, and no Rust reference is
+            // made over memory the guest may write.
+            return unsafe { write_all_raw(bytes.as_ptr(), len) }.map_err(Self::err);
+        }
+        if self.buf.len() + len > Self::BUF {
+            self.flush()?;
+        }
+        let start = self.buf.len();
+        self.buf.resize(start + len, 0);
+        bytes.copy_to(&mut self.buf[start..]);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), SandboxError> {
+        if !self.buf.is_empty() {
+            // SAFETY: our own buffer, initialized for its length.
+            unsafe { write_all_raw(self.buf.as_ptr(), self.buf.len()) }.map_err(Self::err)?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+}
+
+/// Writes `len` bytes at `ptr` to standard output, all of them.
+///
+/// # Safety
+///
+/// `ptr..ptr + len` is readable for the duration of the call.
+unsafe fn write_all_raw(mut ptr: *const u8, mut len: usize) -> io::Result<()> {
+    while len > 0 {
+        // SAFETY: the caller's promise; the kernel reads the bytes.
+        let n = unsafe { libc::write(libc::STDOUT_FILENO, ptr.cast(), len) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        // SAFETY: `n <= len` bytes were written, so still inside the range.
+        ptr = unsafe { ptr.add(n as usize) };
+        len -= n as usize;
+    }
     Ok(())
 }
 
