@@ -42,6 +42,31 @@ CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="-C target-feature=+atomics,+bulk-
 step "loom models"
 RUSTFLAGS="--cfg loom" cargo test -p shmrt-primitives --test loom_models --release --target-dir target/loom
 
+step "Miri over the primitives' tests (nightly; skipped when none can be installed)"
+# A machine that cannot get a nightly with Miri goes on; UB that Miri finds
+# fails the run. `--allow-downgrade` takes the newest nightly that ships
+# Miri; `--no-self-update` leaves rustup itself alone. The tests cut their
+# cases under cfg(miri): about 3 minutes on 2 cores, plus about 1 for the
+# toolchain and Miri's sysroot. Strict provenance: no integer-to-pointer
+# casts. Isolation is off because proptest reads the working directory and
+# the `*.proptest-regressions` files: the kept counterexamples are replayed
+# under Miri too.
+if {
+    timeout 600 rustup toolchain install nightly --profile minimal --component miri,rust-src \
+        --allow-downgrade --no-self-update ||
+        { echo "note: no nightly installed or updated; trying the one already here" && cargo +nightly miri --version; }
+} && timeout 600 cargo +nightly miri setup; then
+    status=0
+    MIRIFLAGS="-Zmiri-strict-provenance -Zmiri-disable-isolation" timeout 900 \
+        cargo +nightly miri test -p shmrt-primitives --target-dir target/miri || status=$?
+    if [ "$status" = 124 ]; then
+        echo "Miri took over 15 minutes (about 3 expected): failing rather than waiting"
+    fi
+    [ "$status" = 0 ] || exit "$status"
+else
+    echo "skipped: no nightly toolchain with the miri and rust-src components could be installed and set up"
+fi
+
 step "fuzz smoke runs (cargo-fuzz on stable: RUSTC_BOOTSTRAP=1, no sanitizer)"
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 (

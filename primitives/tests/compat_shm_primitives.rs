@@ -238,6 +238,10 @@ fn sizes() -> Vec<usize> {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "shm-primitives 0.3.1 keeps a pointer made from `&mut SizeClassHeader` (VarSlotPool::attach); our CAS on the same free list invalidates it (Stacked and Tree Borrows)"
+)]
 fn their_producer_our_receiver_inline_and_slots_with_wraparound() {
     let t = TheirSegment::create();
     let ours = t.ours();
@@ -274,6 +278,10 @@ fn their_producer_our_receiver_inline_and_slots_with_wraparound() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "shm-primitives 0.3.1 keeps a pointer made from `&mut SizeClassHeader` (VarSlotPool::attach); our CAS on the same free list invalidates it (Stacked and Tree Borrows)"
+)]
 fn our_sender_their_consumer_inline_and_slots_with_wraparound() {
     let o = OurSegment::create();
     let (mut tx, _) = o.seg.host_channel(2).unwrap();
@@ -314,6 +322,10 @@ fn our_sender_their_consumer_inline_and_slots_with_wraparound() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "shm-primitives 0.3.1 keeps a pointer made from `&mut SizeClassHeader` (VarSlotPool::attach); our CAS on the same free list invalidates it (Stacked and Tree Borrows)"
+)]
 fn slots_allocated_by_one_freed_by_the_other_interleaved() {
     let o = OurSegment::create();
     let ours = o.seg.pool();
@@ -375,7 +387,8 @@ fn their_crash_recovery_and_ours_agree() {
 
 #[test]
 fn concurrent_threads_their_producer_our_consumer_and_back() {
-    const N: u32 = 20_000;
+    // Under Miri, still enough for the 4 KiB ring to wrap a few times.
+    const N: u32 = if cfg!(miri) { 1_000 } else { 20_000 };
     let t = std::sync::Arc::new(TheirSegment::create());
     let ours = t.ours();
     let (mut tx, mut rx) = ours.host_channel(0).unwrap();

@@ -33,6 +33,10 @@ enum Op {
     Reclaim { owner: u8 },
 }
 
+/// Ops per case; Miri interprets every step, so fewer there (still
+/// enough to exhaust every class).
+const MAX_OPS: usize = if cfg!(miri) { 50 } else { 200 };
+
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => (0u32..1100, 0u8..3).prop_map(|(len, owner)| Op::Alloc { len, owner }),
@@ -43,13 +47,13 @@ fn op() -> impl Strategy<Value = Op> {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: 512,
+        cases: if cfg!(miri) { 8 } else { 512 },
         failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::WithSource("regressions"))),
         ..ProptestConfig::default()
     })]
 
     #[test]
-    fn pool_matches_a_set_of_held_slots(ops in prop::collection::vec(op(), 1..200)) {
+    fn pool_matches_a_set_of_held_slots(ops in prop::collection::vec(op(), 1..MAX_OPS)) {
         let layout = SegmentLayout::compute(&shmrt_primitives::SegmentConfig {
             max_guests: 1,
             ring_capacity: 64,
