@@ -39,6 +39,19 @@ pub enum SandboxError {
     /// The segment configuration is invalid.
     #[error("invalid segment configuration: {0}")]
     Config(LayoutError),
+    /// The segment does not fit the 4 GiB of a 32-bit linear memory after
+    /// the module's own initial memory: a segment configuration (or a file
+    /// to attach to) too large, not a bad module.
+    #[error(
+        "sandbox {sandbox}: the segment window ({window} bytes) does not fit a 32-bit linear memory \
+         after the module's {initial} bytes of initial memory (4 GiB in all); give the segment fewer \
+         or smaller slots (`--slot-classes`) or a smaller ring (`--ring-capacity`)"
+    )]
+    WindowTooLarge {
+        sandbox: String,
+        window: u64,
+        initial: u64,
+    },
     /// The bytes are not a valid WebAssembly module for this runtime.
     #[error("sandbox {sandbox}: invalid WebAssembly module: {message}")]
     Compile { sandbox: String, message: String },

@@ -159,6 +159,17 @@ pub(crate) struct SandboxShared {
     pub guest_thread: std::sync::Mutex<Option<std::thread::Thread>>,
     /// [`SandboxOptions::slot_wait`], for the host's sends.
     pub slot_wait: Option<Duration>,
+    /// The guest's deadline and its timeout, once set (`join` gives up on
+    /// a guest blocked past it).
+    pub deadline: std::sync::Mutex<Option<Instant>>,
+    pub timeout: Option<Duration>,
+    /// When the host first asked the guest to stop.
+    pub stopped_at: std::sync::Mutex<Option<Instant>>,
+    /// Nanoseconds after `started` past which the guest counts as ended
+    /// whether or not its thread returned ([`ABANDON_AFTER`] past its
+    /// deadline or a stop); `u64::MAX` while neither is set. Relaxed: a
+    /// hint read in wait loops, each of which also naps and re-checks.
+    pub abandon_at_ns: std::sync::atomic::AtomicU64,
 }
 
 impl SandboxShared {
@@ -176,6 +187,12 @@ impl SandboxShared {
     /// Asks the guest to stop: its next epoch check traps, a `wait`
     /// returns goodbye at once, a WASI sleep ends with the stop.
     pub fn request_stop(&self) {
+        let now = *self
+            .stopped_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert_with(Instant::now);
+        self.abandon_after(now);
         self.stop.store(true, Ordering::Release);
         doorbell_futex::wake_all(self.peer().h2g_doorbell.futex_word());
         if let Some(t) = self
@@ -217,6 +234,26 @@ impl SandboxShared {
     fn guest_done(&self) -> bool {
         self.guest_done.load(Ordering::Acquire)
             || (self.external_guest && self.peer().state() == Some(PeerState::Goodbye))
+            || self.abandoned()
+    }
+
+    /// Past its deadline or a stop by [`ABANDON_AFTER`]: a guest still
+    /// running then is blocked in a host call nothing interrupts, and is
+    /// left behind rather than waited for.
+    fn abandoned(&self) -> bool {
+        let at = self.abandon_at_ns.load(Ordering::Relaxed);
+        at != u64::MAX && self.started.elapsed().as_nanos() as u64 >= at
+    }
+
+    /// Moves the abandon point to `limit + ABANDON_AFTER` if that is
+    /// earlier.
+    fn abandon_after(&self, limit: Instant) {
+        let at = limit
+            .saturating_duration_since(self.started)
+            .saturating_add(ABANDON_AFTER)
+            .as_nanos()
+            .min(u64::MAX as u128 - 1) as u64;
+        self.abandon_at_ns.fetch_min(at, Ordering::Relaxed);
     }
 
     pub(crate) fn new(
@@ -242,6 +279,10 @@ impl SandboxShared {
             violation: Default::default(),
             guest_thread: Default::default(),
             slot_wait: Some(DEFAULT_SLOT_WAIT),
+            deadline: Default::default(),
+            timeout: None,
+            stopped_at: Default::default(),
+            abandon_at_ns: std::sync::atomic::AtomicU64::new(u64::MAX),
         }
     }
 }
@@ -276,9 +317,6 @@ pub(crate) struct SandboxState {
     pub memory_limit: MemoryLimit,
     /// Where the guest's WASI monotonic clock counts from.
     pub clock_origin: Instant,
-    /// wasmtime-wasi's own `poll_oneoff`, for sets with file descriptors
-    /// (the linker's is the bounded one of `wasi_poll`).
-    pub wasi_poll_oneoff: Option<wasmtime::Func>,
     pub log_rate: host_imports::LogRate,
     /// The host-to-guest write cursor the last `wait` returned for: data
     /// the guest was told of and left queued (it waits for room to send,
@@ -298,7 +336,6 @@ impl SandboxState {
             shared,
             deadline: None,
             clock_origin,
-            wasi_poll_oneoff: None,
             log_rate: host_imports::LogRate::new(clock_origin),
             wait_seen_write: None,
             poll_backoff: host_imports::MIN_POLL_NAP,
@@ -454,9 +491,7 @@ pub struct Runtime {
     modules: std::sync::Mutex<ModuleCache>,
     engine: Engine,
     linker: Arc<Linker<SandboxState>>,
-    /// WASI alone, as wasmtime-wasi defines it: where a sandbox finds the
-    /// original of what `linker` shadows.
-    wasi_only_linker: Linker<SandboxState>,
+
     ticker: Option<JoinHandle<()>>,
     ticking: Arc<AtomicBool>,
 }
@@ -488,7 +523,6 @@ impl Runtime {
         };
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut SandboxState| &mut s.wasi)
             .map_err(setup)?;
-        let wasi_only_linker = linker.clone();
         wasi_poll::shadow_poll_oneoff(&mut linker).map_err(setup)?;
         host_imports::add_to_linker(&mut linker).map_err(setup)?;
         let ticking = Arc::new(AtomicBool::new(true));
@@ -510,7 +544,6 @@ impl Runtime {
             modules: Default::default(),
             engine,
             linker: Arc::new(linker),
-            wasi_only_linker,
             ticker: Some(ticker),
             ticking,
         })
@@ -522,10 +555,7 @@ impl Runtime {
         path: &Path,
         mut options: SandboxOptions,
     ) -> Result<Sandbox, SandboxError> {
-        let bytes = std::fs::read(path).map_err(|source| SandboxError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let bytes = read_module_file(path)?;
         if options.name == SandboxOptions::default().name {
             options.name = path.display().to_string();
         }
@@ -551,6 +581,7 @@ impl Runtime {
         };
         let mut shared = SandboxShared::new(options.name.clone(), Arc::new(file), 0, options.spin);
         shared.slot_wait = options.slot_wait;
+        shared.timeout = options.timeout;
         let shared = Arc::new(shared);
         let handle = self.start(wasm, &options, shared.clone(), Claim::Own)?;
         let segment = *shared.segment_file.segment();
@@ -624,12 +655,10 @@ impl Runtime {
                 layout.max_guests
             );
         }
-        let shared = Arc::new(SandboxShared::new(
-            options.name.clone(),
-            Arc::new(file),
-            index,
-            options.spin,
-        ));
+        let mut shared =
+            SandboxShared::new(options.name.clone(), Arc::new(file), index, options.spin);
+        shared.timeout = options.timeout;
+        let shared = Arc::new(shared);
         let handle = self.start(wasm, &options, shared.clone(), claim)?;
         if layout.heartbeat_interval_ns != 0 {
             let beat = Duration::from_nanos(layout.heartbeat_interval_ns / 2)
@@ -672,6 +701,14 @@ impl Runtime {
             sandbox: name.clone(),
             reason,
         })?;
+        let initial_pages = module_check::facts(&binary).memory.map_or(0, |(_, i, _)| i);
+        if initial_pages + window_pages > 1 << 16 {
+            return Err(SandboxError::WindowTooLarge {
+                sandbox: name,
+                window: window_len as u64,
+                initial: initial_pages << 16,
+            });
+        }
 
         let state =
             SandboxState::new(options, shared.clone()).map_err(|e| SandboxError::Instantiate {
@@ -680,8 +717,7 @@ impl Runtime {
             })?;
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.memory_limit);
-        store.data_mut().wasi_poll_oneoff =
-            wasi_poll::wasi_poll_oneoff(&self.wasi_only_linker, &mut store);
+
         match (options.fuel, self.fuel) {
             (Some(fuel), true) => store.set_fuel(fuel),
             (None, true) => store.set_fuel(u64::MAX),
@@ -738,7 +774,7 @@ impl Runtime {
         };
         // The deadline and the stop flag hold from here: a start function
         // runs during instantiation, on the caller's thread.
-        let deadline = options.timeout.map(|t| Instant::now() + t);
+        let deadline = options.timeout.and_then(deadline_after);
         watch_deadline(&mut store, &shared, deadline);
         shared.runs_on_this_thread();
         let window = PendingWindow {
@@ -930,6 +966,34 @@ fn build_wasi(options: &SandboxOptions, clock_origin: Instant) -> Result<WasiP1C
     Ok(b.build_p1())
 }
 
+/// The most bytes read as a module: a larger file (or `/dev/zero`) is
+/// refused before it fills the host's memory.
+pub const MAX_MODULE_BYTES: u64 = 256 << 20;
+
+/// Reads a module file, at most [`MAX_MODULE_BYTES`].
+pub fn read_module_file(path: &Path) -> Result<Vec<u8>, SandboxError> {
+    use std::io::Read;
+    let read_err = |source| SandboxError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(read_err)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_MODULE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
+    if bytes.len() as u64 > MAX_MODULE_BYTES {
+        return Err(read_err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "it is larger than {} MiB, the most shmrt reads as a module",
+                MAX_MODULE_BYTES >> 20
+            ),
+        )));
+    }
+    Ok(bytes)
+}
+
 /// The binary of a module given as a binary (by its magic) or as WAT
 /// text; anything else is said to be neither, not parsed as WAT.
 fn module_bytes(wasm: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, String> {
@@ -1039,6 +1103,10 @@ fn watch_deadline(
     deadline: Option<Instant>,
 ) {
     store.data_mut().deadline = deadline;
+    *shared.deadline.lock().unwrap_or_else(|e| e.into_inner()) = deadline;
+    if let Some(d) = deadline {
+        shared.abandon_after(d);
+    }
     store.set_epoch_deadline(1);
     let cb_shared = shared.clone();
     store.epoch_deadline_callback(move |_ctx| {
@@ -1208,14 +1276,18 @@ impl SandboxHandle {
     /// the host stopped for a protocol violation reports the violation,
     /// however the guest ended after it (trapped at the stop, or returned
     /// when its `wait` said goodbye).
+    ///
+    /// A guest blocked in a host call nothing can interrupt (a WASI open or
+    /// read of a FIFO an operator put in a `--dir`) is not waited for past
+    /// its deadline or a stop: [`ABANDON_AFTER`] later, `join` returns
+    /// the timeout (or the stop) and leaves the guest's thread behind,
+    /// with its memory, until the call returns.
     pub fn join(mut self) -> Result<i32, SandboxError> {
         let thread = self.thread.take().expect("joined once");
-        let status = thread.join().unwrap_or_else(|_| {
-            Err(SandboxError::Trap {
-                sandbox: self.shared.name.clone(),
-                message: "the guest thread panicked".into(),
-            })
-        });
+        let status = match wait_for_guest(thread, &self.shared) {
+            Some(status) => status,
+            None => Err(abandoned(&self.shared)),
+        };
         let violation = *self
             .shared
             .violation
@@ -1235,7 +1307,59 @@ impl Drop for SandboxHandle {
     fn drop(&mut self) {
         if let Some(t) = self.thread.take() {
             self.stop();
-            let _ = t.join();
+            let _ = wait_for_guest(t, &self.shared);
+        }
+    }
+}
+
+/// How long past its deadline, or past a stop, a guest's thread is waited
+/// for before it is left behind (see [`SandboxHandle::join`]).
+pub const ABANDON_AFTER: Duration = Duration::from_millis(100);
+
+/// Joins the guest's thread, unless it is still running [`ABANDON_AFTER`]
+/// past the sandbox's deadline or a stop (`None`: left behind, detached).
+fn wait_for_guest(
+    thread: JoinHandle<Result<i32, SandboxError>>,
+    shared: &SandboxShared,
+) -> Option<Result<i32, SandboxError>> {
+    let bell = &shared.peer().g2h_doorbell;
+    loop {
+        // The guest's last act is to raise `guest_done` and ring.
+        if thread.is_finished() || shared.guest_done.load(Ordering::Acquire) {
+            return Some(thread.join().unwrap_or_else(|_| {
+                Err(SandboxError::Trap {
+                    sandbox: shared.name.clone(),
+                    message: "the guest thread panicked".into(),
+                })
+            }));
+        }
+        if shared.abandoned() {
+            tracing::warn!(
+                sandbox = shared.name.as_str(),
+                "the guest is blocked in a host call that can not be interrupted; \
+                 its thread is left behind"
+            );
+            return None;
+        }
+        let seq = bell.sequence();
+        if shared.guest_done.load(Ordering::Acquire) {
+            continue;
+        }
+        doorbell_futex::park(bell.futex_word(), seq, Some(Duration::from_millis(20)));
+    }
+}
+
+/// What `join` says of a guest it left behind.
+fn abandoned(shared: &SandboxShared) -> SandboxError {
+    let deadline = *shared.deadline.lock().unwrap_or_else(|e| e.into_inner());
+    if deadline.is_some_and(|d| Instant::now() >= d) {
+        SandboxError::Timeout {
+            sandbox: shared.name.clone(),
+            after: shared.timeout.unwrap_or_default(),
+        }
+    } else {
+        SandboxError::Stopped {
+            sandbox: shared.name.clone(),
         }
     }
 }
@@ -1333,6 +1457,20 @@ fn block_on_guest(
 /// disagree on purpose costs the host next to no CPU.
 const DISTRUST_NAP: Duration = Duration::from_millis(1);
 
+/// `now + after`, or `None` (no deadline) when that is past what an
+/// `Instant` can hold: `Duration::MAX` is a common way to say "forever".
+fn deadline_after(after: Duration) -> Option<Instant> {
+    Instant::now().checked_add(after)
+}
+
+/// The earlier of two optional deadlines.
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// What a reservation found.
 enum Room<'a> {
     Reserved(Reservation<'a>),
@@ -1372,6 +1510,12 @@ struct SlotStall {
 }
 
 impl SlotStall {
+    /// When the slot wait runs out, if a stall is being timed.
+    fn deadline(&self, shared: &SandboxShared) -> Option<Instant> {
+        let (since, _) = self.since?;
+        since.checked_add(shared.slot_wait?)
+    }
+
     #[cold]
     fn check(
         &mut self,
@@ -1499,7 +1643,7 @@ impl HostSender {
         fill: impl FnOnce(SharedBytesMut<'_>) -> usize,
         timeout: Option<Duration>,
     ) -> Result<(), SandboxError> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = timeout.and_then(deadline_after);
         let Self { tx, shared } = self;
         let shared: &SandboxShared = shared;
         // The last wait said "ready": a reservation failing now parks.
@@ -1527,7 +1671,9 @@ impl HostSender {
             } else {
                 stall = SlotStall::default();
             }
-            let ready = block_on_guest(shared, deadline, was_ready, || {
+            // Waiting for a slot ends at the slot wait too, to say so.
+            let until = earliest(deadline, stall.deadline(shared));
+            let ready = block_on_guest(shared, until, was_ready, || {
                 tx.could_send(len).map_err(|e| protocol(shared, e))
             })?;
             was_ready = ready;
@@ -1616,7 +1762,7 @@ impl HostSender {
             } else {
                 stall = SlotStall::default();
             }
-            was_ready = block_on_guest(shared, None, was_ready, || {
+            was_ready = block_on_guest(shared, stall.deadline(shared), was_ready, || {
                 tx.could_send(max).map_err(|e| protocol(shared, e))
             })?;
         }
@@ -1816,7 +1962,7 @@ impl HostReceiver {
         &mut self,
         timeout: Option<Duration>,
     ) -> Result<Option<HostMessage<'_>>, SandboxError> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = timeout.and_then(deadline_after);
         if self.is_empty()? {
             let Self { rx, shared } = &mut *self;
             let shared: &SandboxShared = shared;

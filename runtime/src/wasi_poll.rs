@@ -8,9 +8,12 @@
 //! make) is served here: the subscriptions are copied out of linear memory
 //! and checked once, then the guest thread naps in bounded steps, checking
 //! the stop flag and the deadline at each, and is unparked by a stop. A
-//! set with file descriptors goes to wasmtime-wasi's own implementation:
-//! the descriptors a sandbox has are ready at once (stdin is empty, stdout
-//! and stderr are the host's, preopened directories hold files).
+//! set with file descriptors goes to wasmtime-wasi's own implementation
+//! (through its WASI trait, on the guest's memory): the descriptors a
+//! sandbox has are ready at once (stdin is empty, stdout and stderr are
+//! the host's, preopened directories hold files). A FIFO or a device an
+//! operator put in a `--dir` can still block there; `join` then gives up
+//! on the guest's thread at the deadline (see `SandboxHandle::join`).
 //!
 //! Layouts (witx `wasi_snapshot_preview1`): a subscription is 48 bytes,
 //! userdata u64 at 0, tag u8 at 8 (0 clock, 1 fd_read, 2 fd_write), then
@@ -21,7 +24,7 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use wasmtime::{Caller, Func, Linker};
+use wasmtime::{Caller, Linker};
 
 use crate::sandbox::{DeadlineExceeded, SandboxShared, SandboxState, Stopped};
 
@@ -31,6 +34,9 @@ const TAG_CLOCK: u8 = 0;
 const CLOCK_REALTIME: u32 = 0;
 const CLOCK_MONOTONIC: u32 = 1;
 const SUBSCRIPTION_CLOCK_ABSTIME: u16 = 1;
+
+/// Most subscriptions one call may have (a 3 MiB copy on the host).
+const MAX_SUBSCRIPTIONS: u32 = 65_536;
 
 const ERRNO_SUCCESS: i32 = 0;
 const ERRNO_FAULT: i32 = 21;
@@ -48,17 +54,6 @@ pub(crate) fn shadow_poll_oneoff(linker: &mut Linker<SandboxState>) -> wasmtime:
         .map(|_| ());
     linker.allow_shadowing(false);
     defined
-}
-
-/// wasmtime-wasi's own `poll_oneoff`, for the sets with file descriptors.
-pub(crate) fn wasi_poll_oneoff(
-    wasi_only: &Linker<SandboxState>,
-    store: &mut wasmtime::Store<SandboxState>,
-) -> Option<Func> {
-    wasi_only
-        .get(store, "wasi_snapshot_preview1", "poll_oneoff")
-        .ok()
-        .and_then(|e| e.into_func())
 }
 
 /// One clock subscription, read once.
@@ -79,6 +74,10 @@ fn poll_oneoff(
     };
     if count == 0 {
         // An indefinite sleep, which WASI preview 1 does not allow.
+        return Ok(ERRNO_INVAL);
+    }
+    if count > MAX_SUBSCRIPTIONS {
+        // What the host copies is bounded, whatever the guest's memory.
         return Ok(ERRNO_INVAL);
     }
     let count = count as usize;
@@ -104,7 +103,7 @@ fn poll_oneoff(
         if sub[8] != TAG_CLOCK {
             // A file descriptor: wasmtime-wasi's implementation, whose
             // descriptors here never block.
-            return delegate(&mut caller, subs, events, count, result);
+            return delegate(&mut caller, memory, subs, events, count, result);
         }
         let word = |at: usize| u64::from_le_bytes(sub[at..at + 8].try_into().expect("8 bytes"));
         let id = u32::from_le_bytes(sub[16..20].try_into().expect("4 bytes"));
@@ -136,16 +135,35 @@ fn poll_oneoff(
 
 fn delegate(
     caller: &mut Caller<'_, SandboxState>,
+    memory: wasmtime::Memory,
     subs: u32,
     events: u32,
     count: usize,
     result: u32,
 ) -> wasmtime::Result<i32> {
-    let Some(original) = caller.data().wasi_poll_oneoff else {
-        wasmtime::bail!("poll_oneoff on file descriptors is not available in this sandbox");
-    };
-    let original = original.typed::<(u32, u32, u32, u32), i32>(&*caller)?;
-    original.call(caller, (subs, events, count as u32, result))
+    use wasmtime_wasi::p1::wasi_snapshot_preview1::WasiSnapshotPreview1;
+    // What wasmtime-wasi's own glue does before each call: the bound on
+    // what the call may copy on the host.
+    let fuel = wasmtime::AsContextMut::as_context_mut(&mut *caller).hostcall_fuel();
+    let (data, state) = memory.data_and_store_mut(&mut *caller);
+    state.wasi.set_hostcall_fuel(fuel);
+    let mut guest = wiggle::GuestMemory::Unshared(data);
+    let polled = wasmtime_wasi::runtime::in_tokio(state.wasi.poll_oneoff(
+        &mut guest,
+        wiggle::GuestPtr::new(subs),
+        wiggle::GuestPtr::new(events),
+        count as u32,
+    ));
+    match polled {
+        Ok(fired) => {
+            memory.write(caller, result as usize, &fired.to_le_bytes())?;
+            Ok(ERRNO_SUCCESS)
+        }
+        Err(e) => match e.downcast() {
+            Ok(errno) => Ok(errno as i32),
+            Err(trap) => Err(trap),
+        },
+    }
 }
 
 /// When a clock subscription fires, as an `Instant`; `None` for a clock

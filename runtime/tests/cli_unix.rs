@@ -385,3 +385,16 @@ fn compiled_modules_are_cached_between_runs() {
     assert!(std::fs::read(&kept[0]).unwrap().len() > 100, "replaced");
     let _ = std::fs::remove_dir_all(&cache);
 }
+
+/// `--segment` on a path that is someone else's file fails and leaves the
+/// file alone (before: the file was removed at exit).
+#[test]
+fn a_segment_path_that_exists_is_left_alone() {
+    let dir = std::env::temp_dir().join(format!("shmrt-precious-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let precious = dir.join("precious.txt");
+    std::fs::write(&precious, b"keep me").unwrap();
+    let out = run(&["--segment", precious.to_str().unwrap()], &echo(), b"hi\n");
+    assert_ne!(out.status.code(), Some(0));
+    assert_eq!(std::fs::read(&precious).unwrap(), b"keep me");
+}

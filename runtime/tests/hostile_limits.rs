@@ -244,3 +244,177 @@ fn a_log_flood_is_rate_limited_and_counted() {
         &err[err.len().saturating_sub(2000)..]
     );
 }
+
+/// A WASI guest opening a FIFO an operator put in its `--dir` blocks in a
+/// host call nothing interrupts: the run still ends at its timeout (the
+/// guest's thread is left behind), instead of never.
+#[test]
+fn a_fifo_in_a_dir_does_not_hold_the_run_past_its_timeout() {
+    let dir = std::env::temp_dir().join(format!("shmrt-fifo-dir-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a plain mkfifo call on our own path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let opener = write_wat(
+        "open-fifo.wat",
+        r#"(module
+             (import "wasi_snapshot_preview1" "path_open" (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+             (import "wasi_snapshot_preview1" "fd_read" (func $read (param i32 i32 i32 i32) (result i32)))
+             (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+             (memory (export "memory") 1)
+             (data (i32.const 0) "fifo")
+             (func (export "_start")
+               (drop (call $open (i32.const 3) (i32.const 0) (i32.const 0) (i32.const 4) (i32.const 0)
+                                 (i64.const 2) (i64.const 0) (i32.const 0) (i32.const 100)))
+               (i32.store (i32.const 200) (i32.const 300))
+               (i32.store (i32.const 204) (i32.const 16))
+               (call $exit (call $read (i32.load (i32.const 100)) (i32.const 200) (i32.const 1) (i32.const 400)))))"#,
+    );
+    let mut child = shmrt()
+        .args(["run", "--timeout", "1s", "--dir"])
+        .arg(format!("{}::.", dir.display()))
+        .arg(&opener)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_at_most(
+        &mut child,
+        Duration::from_secs(20),
+        "a guest opening a FIFO",
+    );
+    assert_eq!(status.code(), Some(124));
+}
+
+/// A guest that never reads, under 1000-byte lines: the host's send finds
+/// no slot, and after the slot wait the run ends with 75 and the error,
+/// instead of waiting forever.
+#[test]
+fn a_host_send_that_finds_no_slot_ends_with_75() {
+    let noread = write_wat(
+        "no-read.wat",
+        r#"(module
+             (import "shmrt" "wait" (func $wait (param i64) (result i32)))
+             (memory (export "memory") 1)
+             (func (export "shmrt_main") (result i32)
+               (drop (i32.atomic.load (i32.const 64)))
+               (loop $l (br_if $l (i32.ne (call $wait (i64.const -1)) (i32.const 2))))
+               (i32.const 0)))"#,
+    );
+    let mut child = shmrt()
+        .arg("run")
+        .arg(&noread)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let line = format!("{}\n", "a".repeat(1000));
+    let feeder = std::thread::spawn(move || while stdin.write_all(line.as_bytes()).is_ok() {});
+    let status = wait_at_most(
+        &mut child,
+        Duration::from_secs(30),
+        "a host send finding no slot",
+    );
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(75), "{err}");
+    assert!(
+        err.contains("no slot for a 1000-byte message") && err.contains("held by the host"),
+        "{err}"
+    );
+    feeder.join().unwrap();
+}
+
+/// `poll_oneoff` on a file descriptor (stdin) with a clock goes to
+/// wasmtime-wasi and answers (before: every such set trapped).
+#[test]
+fn poll_oneoff_on_a_descriptor_answers() {
+    let poller = write_wat(
+        "poll-stdin.wat",
+        r#"(module
+             (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+             (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+             (memory (export "memory") 2)
+             (func (export "_start")
+               (i64.store (i32.const 0) (i64.const 100))
+               (i32.store8 (i32.const 8) (i32.const 0))
+               (i32.store (i32.const 16) (i32.const 1))
+               (i64.store (i32.const 24) (i64.const 3600000000000))
+               (i64.store (i32.const 48) (i64.const 101))
+               (i32.store8 (i32.const 56) (i32.const 1))
+               (i32.store (i32.const 64) (i32.const 0))
+               (if (call $poll (i32.const 0) (i32.const 1024) (i32.const 2) (i32.const 2048))
+                 (then (call $exit (i32.const 9))))
+               ;; One event, for the descriptor (userdata 101).
+               (call $exit (i32.add (i32.load (i32.const 2048))
+                                    (i32.mul (i32.const 10) (i64.ne (i64.load (i32.const 1024)) (i64.const 101)))))))"#,
+    );
+    let out = run(&["--timeout", "30s"], &poller, b"");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+}
+
+/// Values a user may well give: a timeout too large for a clock is no
+/// timeout (before: a host panic), a negative guest status is a failure
+/// (before: exit 0), a segment too large for a 32-bit memory is the
+/// options' fault (2, before: 65, "instantiation failed").
+#[test]
+fn huge_timeouts_negative_statuses_and_oversized_segments() {
+    let echo = guest("examples/echo");
+    let out = run(&["--timeout", "10000000000000000000s"], &echo, b"hi\n");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(out.stdout, b"hi\n");
+    let negative = write_wat(
+        "negative.wat",
+        r#"(module (memory (export "memory") 1) (func (export "shmrt_main") (result i32) (i32.const -1)))"#,
+    );
+    let out = run(&[], &negative, b"");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("status -1, outside 0..=255"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&["--slot-classes", "1GiB:4"], &echo, b"");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("does not fit a 32-bit linear memory"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// What stdin or the plugin path can make the host buffer is bounded: a
+/// len32 record larger than any message is refused before it is read,
+/// and so is a "plugin" that never ends.
+#[test]
+fn input_the_host_would_buffer_is_bounded() {
+    let echo = guest("examples/echo");
+    let mut huge = 0xF0FF_FFFFu32.to_le_bytes().to_vec();
+    huge.extend(std::iter::repeat_n(0u8, 1 << 20));
+    let out = run(&["--framing", "len32"], &echo, &huge);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("more than the largest message the segment carries"),
+        "{}",
+        stderr(&out)
+    );
+    let long_line = vec![b'x'; 3 << 20];
+    let out = run(&[], &echo, &long_line);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("a line of more than"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&[], std::path::Path::new("/dev/zero"), b"");
+    assert_eq!(out.status.code(), Some(66), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("larger than 256 MiB"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -55,6 +55,8 @@ impl From<SandboxError> for Failure {
         let code = match &e {
             SandboxError::Read { .. } => UNREADABLE,
             SandboxError::Attach(_) | SandboxError::Peer { .. } => BAD_SEGMENT,
+            // The segment options shmrt was given can not make a segment.
+            SandboxError::Config(_) | SandboxError::WindowTooLarge { .. } => USAGE,
             SandboxError::Compile { .. }
             | SandboxError::Refused { .. }
             | SandboxError::Instantiate { .. } => INVALID_MODULE,
@@ -69,6 +71,18 @@ impl From<SandboxError> for Failure {
         Failure {
             error: e.into(),
             code,
+        }
+    }
+}
+
+/// The exit status for a guest's own status: as it is in 0..=255; any
+/// other value (a negative `shmrt_main`) is a failure, 1, and said.
+pub fn guest_status(code: i32) -> std::process::ExitCode {
+    match u8::try_from(code) {
+        Ok(status) => std::process::ExitCode::from(status),
+        Err(_) => {
+            eprintln!("shmrt: the guest ended with status {code}, outside 0..=255: exiting with 1");
+            std::process::ExitCode::from(OTHER)
         }
     }
 }

@@ -197,13 +197,25 @@ impl RunCommand {
             Some(path) if !self.keep_segment => Some(path.clone()),
             _ => None,
         };
-        let interrupts = Interrupts::install(named_segment.clone()).map_err(Failure::other)?;
+        // Raised once a sandbox made the named segment: only then is the
+        // file at that path ours to remove (it may be someone else's when
+        // the creation failed).
+        let segment_made = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let interrupts = Interrupts::install(named_segment.clone(), segment_made.clone())
+            .map_err(Failure::other)?;
         if let Some(segment) = &self.attach {
-            let wasm = std::fs::read(&self.plugin).map_err(|source| SandboxError::Read {
-                path: self.plugin.clone(),
-                source,
-            })?;
-            let (handle, peer) = runtime.attach(&wasm, segment, self.peer, options)?;
+            let wasm = shmrt::sandbox::read_module_file(&self.plugin)?;
+            let (handle, peer) =
+                runtime
+                    .attach(&wasm, segment, self.peer, options)
+                    .map_err(|e| match e {
+                        // The file another program made is too large a window.
+                        e @ SandboxError::WindowTooLarge { .. } => Failure {
+                            error: e.into(),
+                            code: super::exit_codes::BAD_SEGMENT,
+                        },
+                        e => Failure::from(e),
+                    })?;
             tracing::info!(
                 "{} attached to {} as peer {peer}",
                 self.plugin.display(),
@@ -214,12 +226,9 @@ impl RunCommand {
             if let Some(code) = interrupts.exit_code() {
                 return Ok(code);
             }
-            return Ok(ExitCode::from(status?.clamp(0, 255) as u8));
+            return Ok(super::exit_codes::guest_status(status?));
         }
-        let wasm = std::fs::read(&self.plugin).map_err(|source| SandboxError::Read {
-            path: self.plugin.clone(),
-            source,
-        })?;
+        let wasm = shmrt::sandbox::read_module_file(&self.plugin)?;
         let policy = match self.restart {
             Restart::Never => RestartPolicy::Never,
             Restart::OnFailure => RestartPolicy::OnFailure {
@@ -230,7 +239,15 @@ impl RunCommand {
         // sends each to the current sandbox's sender, waiting for the next
         // one when a sandbox fails. It may stay blocked on stdin after the
         // last guest ends; it is not joined.
-        let feeder = Arc::new(Feeder::default());
+        // The largest message the segment carries bounds what stdin may
+        // make us buffer (a line or a len32 record).
+        let max_message = SegmentLayout::compute(&options.segment)
+            .map(|l| l.max_slot_payload().max(l.max_inline_payload()) as usize)
+            .unwrap_or(usize::MAX);
+        let feeder = Arc::new(Feeder {
+            max_message,
+            ..Feeder::default()
+        });
         let f = feeder.clone();
         let (framing, chunk) = (self.framing, chunk);
         std::thread::Builder::new()
@@ -242,6 +259,7 @@ impl RunCommand {
         let lost_unknown = std::cell::Cell::new(false);
         let restarts = std::cell::Cell::new(0u32);
         let code = runtime.supervise(&wasm, &options, policy, |sandbox, attempt| {
+            segment_made.store(true, std::sync::atomic::Ordering::Release);
             restarts.set(attempt);
             let (tx, mut rx, handle) = sandbox.split();
             interrupts.watch(handle.stop_handle());
@@ -270,7 +288,9 @@ impl RunCommand {
                 (Ok(()), Ok(code)) => Ok(code),
             }
         });
-        if let Some(path) = &named_segment {
+        if let Some(path) = &named_segment
+            && segment_made.load(std::sync::atomic::Ordering::Acquire)
+        {
             // The stdin thread may still hold the last sandbox's sender
             // (stdin still open): the file goes now, not with it.
             remove_segment_file(path);
@@ -314,7 +334,7 @@ impl RunCommand {
                 return Ok(ExitCode::from(super::exit_codes::RESTARTED));
             }
         }
-        Ok(ExitCode::from(code.clamp(0, 255) as u8))
+        Ok(super::exit_codes::guest_status(code))
     }
 }
 
@@ -328,6 +348,8 @@ struct Feeder {
     eof: std::sync::atomic::AtomicBool,
     /// Reading stdin or sending failed.
     error: Mutex<Option<anyhow::Error>>,
+    /// The largest message the segment carries.
+    max_message: usize,
 }
 
 impl Feeder {
@@ -448,6 +470,13 @@ impl Feeder {
         let mut buf = vec![0u8; 4 * BLOCK];
         let (mut start, mut end) = (0, 0);
         loop {
+            if end - start > self.max_message {
+                anyhow::bail!(
+                    "a line of more than {} bytes, the largest message the segment carries: \
+                     give --slot-classes a larger class, or use --framing raw",
+                    self.max_message
+                );
+            }
             // Room for a block: move the partial line to the front, or
             // grow for a line longer than the buffer.
             if buf.len() - end < BLOCK {
@@ -536,6 +565,13 @@ impl Feeder {
                         ),
                     }
                     let n = u32::from_le_bytes(len) as u64;
+                    if n > self.max_message as u64 {
+                        anyhow::bail!(
+                            "a len32 record announces {n} bytes, more than the largest message the \
+                             segment carries ({} bytes): give --slot-classes a larger class",
+                            self.max_message
+                        );
+                    }
                     (&mut input).take(n).read_to_end(&mut buf)?;
                     if (buf.len() as u64) < n {
                         anyhow::bail!(
@@ -882,7 +918,10 @@ struct InterruptState {
 }
 
 impl Interrupts {
-    fn install(named_segment: Option<PathBuf>) -> anyhow::Result<Self> {
+    fn install(
+        named_segment: Option<PathBuf>,
+        segment_made: Arc<std::sync::atomic::AtomicBool>,
+    ) -> anyhow::Result<Self> {
         use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
         let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
             .context("installing the signal handlers")?;
@@ -915,7 +954,9 @@ impl Interrupts {
                     }
                     std::thread::sleep(Duration::from_millis(20));
                 }
-                if let Some(path) = &named_segment {
+                if let Some(path) = &named_segment
+                    && segment_made.load(std::sync::atomic::Ordering::Acquire)
+                {
                     remove_segment_file(path);
                 }
                 std::process::exit(128 + last);
