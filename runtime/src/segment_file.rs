@@ -623,6 +623,11 @@ impl SegmentFile {
 impl Drop for SegmentFile {
     fn drop(&mut self) {
         let Some(path) = &self.path else { return };
+        // The creator's lock goes now, not when the last copy of the
+        // descriptor closes: a child forked meanwhile (until it execs)
+        // holds one, and would keep the segment looking live. (A file we
+        // did not create holds no lock of ours: a no-op.)
+        let _ = rustix::fs::flock(&*self.file, rustix::fs::FlockOperation::Unlock);
         let Ok(id) = self.file.metadata().map(|m| file_id(&m)) else {
             return;
         };
