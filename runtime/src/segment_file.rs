@@ -16,7 +16,7 @@
 //! [`SegmentFile::create_named_with`] can replace it.
 //!
 //! Named and foreign files can be truncated by anyone who can open them:
-//! their mappings are registered with the SIGBUS handler ([`crate::sigbus`])
+//! their mappings are registered with the SIGBUS handler (`crate::sigbus`)
 //! right after `mmap`, before the first byte is read or written.
 
 use std::ffi::OsString;
