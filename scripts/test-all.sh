@@ -40,7 +40,9 @@ CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="-C target-feature=+atomics,+bulk-
     cargo build -p shmrt-primitives -p shmrt-guest --target wasm32-unknown-unknown
 
 step "loom models"
-RUSTFLAGS="--cfg loom" cargo test -p shmrt-primitives --test loom_models --release --target-dir target/loom
+# `--cfg loom` selects the models' code, the `loom` feature brings the crate
+# (a feature, so that plugins never resolve loom).
+RUSTFLAGS="--cfg loom" cargo test -p shmrt-primitives --features loom --test loom_models --release --target-dir target/loom
 
 step "Miri over the primitives' tests (nightly; skipped when none can be installed)"
 # A machine that cannot get a nightly with Miri goes on; UB that Miri finds

@@ -4,6 +4,16 @@
 //! Only the words of the two lock-free protocols that loom models (ring
 //! cursors, the Treiber free lists) go through this facade; configuration
 //! words and peer entries always use `core` atomics.
+//!
+//! The models build with `--cfg loom`, which selects this code, and the
+//! `loom` feature, which brings the crate: a feature rather than a
+//! `cfg(loom)` target dependency, so that crates depending on this one
+//! (every plugin) never resolve loom.
+
+#[cfg(all(loom, not(feature = "loom")))]
+compile_error!(
+    "`--cfg loom` needs the loom crate: add `--features loom` (RUSTFLAGS=\"--cfg loom\" cargo test -p shmrt-primitives --features loom --test loom_models --release)"
+);
 
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::{AtomicU32, AtomicU64};

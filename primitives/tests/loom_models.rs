@@ -1,7 +1,7 @@
 //! loom models of the two lock-free protocols: the ring (one producer, one
 //! consumer, across a wrap) and the Treiber free lists of the slot pool.
 //!
-//! Run with: `RUSTFLAGS="--cfg loom" cargo test -p shmrt-primitives --test loom_models --release`
+//! Run with: `RUSTFLAGS="--cfg loom" cargo test -p shmrt-primitives --features loom --test loom_models --release`
 #![cfg(loom)]
 
 use loom::sync::Arc;

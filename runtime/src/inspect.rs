@@ -10,6 +10,10 @@
 //! validated readers: inconsistent ring cursors, slot metas in no state,
 //! broken or looping free lists and unknown peer states are reported field
 //! by field, never trusted.
+//!
+//! A segment file a shmrt made says who serves it (its owner record and
+//! its creator's `flock`, see [`crate::segment_file::Owner`]): one whose
+//! creator is gone is reported stale, as a problem.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -21,6 +25,7 @@ use shmrt_primitives::segment_header::{FEATURE_DOORBELLS, HeaderSnapshot, Segmen
 use shmrt_primitives::{Segment, SlotError};
 
 use crate::sandbox::monotonic_ns;
+use crate::segment_file::Owner;
 
 /// A segment's report: JSON for `--json`, and the list of problems found.
 pub struct Report {
@@ -52,7 +57,9 @@ pub fn inspect(path: &Path) -> std::io::Result<Report> {
     let truncated = Arc::new(AtomicBool::new(false));
     // Declared after `map`, so dropped before it is unmapped.
     let _sigbus = crate::sigbus::protect(map.as_ptr(), map.len(), &truncated);
-    let report = read(path, len, &map);
+    // Read from the file (pread) and the kernel's locks, not the mapping.
+    let owner = Owner::of(&file);
+    let report = read(path, len, &map, owner);
     // SYNC POINT truncated, see sigbus::zero_fill.
     if truncated.load(Ordering::Acquire) {
         return Err(std::io::Error::other(
@@ -62,8 +69,9 @@ pub fn inspect(path: &Path) -> std::io::Result<Report> {
     Ok(report)
 }
 
-/// The report on the mapped segment file (`len` bytes at `path`).
-fn read(path: &Path, len: u64, map: &Mmap) -> Report {
+/// The report on the mapped segment file (`len` bytes at `path`), whose
+/// owner is `owner`.
+fn read(path: &Path, len: u64, map: &Mmap, owner: std::io::Result<Owner>) -> Report {
     let base = map.as_ptr() as *mut u8;
     // SAFETY: at least 128 bytes are mapped, page-aligned.
     let snap = unsafe { &*(base as *const SegmentHeader) }.snapshot();
@@ -80,6 +88,7 @@ fn read(path: &Path, len: u64, map: &Mmap) -> Report {
         }
     };
     let mut problems = Vec::new();
+    let owner = owner_json(path, owner, &mut problems);
     let layout = *seg.layout();
     let now = monotonic_ns();
     let mut peers = Vec::new();
@@ -185,6 +194,7 @@ fn read(path: &Path, len: u64, map: &Mmap) -> Report {
             "path": path.display().to_string(),
             "file_size": len,
             "header": header,
+            "owner": owner,
             "peers": peers,
             "pool": classes,
             "problems": problems,
@@ -192,6 +202,36 @@ fn read(path: &Path, len: u64, map: &Mmap) -> Report {
         problems,
         header_invalid: false,
     }
+}
+
+/// The `owner` object of the report; a stale segment is a problem.
+fn owner_json(path: &Path, owner: std::io::Result<Owner>, problems: &mut Vec<String>) -> Value {
+    let owner = match owner {
+        Ok(owner) => owner,
+        Err(e) => {
+            return json!({ "state": "unknown", "error": format!("the owner could not be told: {e}") });
+        }
+    };
+    let (state, record) = match owner {
+        Owner::Live(record) => ("live", record),
+        Owner::Stale(record) => ("stale", Some(record)),
+        Owner::Unknown => ("unknown", None),
+    };
+    if let Owner::Stale(_) = owner {
+        problems.push(format!(
+            "owner: {}; `shmrt run --segment {} --replace-stale ...` reclaims it, or remove the file",
+            owner.describe(),
+            path.display()
+        ));
+    }
+    json!({
+        "state": state,
+        "lock_held": matches!(owner, Owner::Live(_)),
+        "pid": record.map(|r| r.pid),
+        "start_time": record.map(|r| r.start_time),
+        "process_running": record.and_then(|r| r.process_running()),
+        "description": owner.describe(),
+    })
 }
 
 fn slot_error(e: &SlotError) -> String {
@@ -239,6 +279,15 @@ pub fn render_text(r: &Report) -> String {
     if let Some(e) = j["error"].as_str() {
         let _ = writeln!(out, "INVALID: {e}");
         return out;
+    }
+    if let Some(o) = j["owner"].as_object() {
+        let what = o
+            .get("description")
+            .or_else(|| o.get("error"))
+            .and_then(|d| d.as_str())
+            .unwrap_or("?");
+        let state = o["state"].as_str().unwrap_or("?");
+        let _ = writeln!(out, "owner: {state}: {what}");
     }
     for p in j["peers"].as_array().into_iter().flatten() {
         let age = p["heartbeat_age_ms"]

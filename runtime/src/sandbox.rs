@@ -295,8 +295,14 @@ pub enum SegmentSource {
     Memfd,
     /// A named file, created exclusively with mode 0600, so that other
     /// processes and `shmrt inspect` can open it; removed when the sandbox
-    /// is dropped unless `keep`.
-    Named { path: PathBuf, keep: bool },
+    /// is dropped unless `keep`. With `replace_stale`, a stale segment left
+    /// at `path` by a shmrt that is gone is replaced (a live one never is;
+    /// see [`crate::segment_file::Owner`]).
+    Named {
+        path: PathBuf,
+        keep: bool,
+        replace_stale: bool,
+    },
 }
 
 /// How the guest takes its peer entry.
@@ -575,9 +581,11 @@ impl Runtime {
         seg_config.max_guests = 1;
         let file = match &options.segment_source {
             SegmentSource::Memfd => SegmentFile::create_memfd(&seg_config)?,
-            SegmentSource::Named { path, keep } => {
-                SegmentFile::create_named(path, &seg_config, *keep)?
-            }
+            SegmentSource::Named {
+                path,
+                keep,
+                replace_stale,
+            } => SegmentFile::create_named_with(path, &seg_config, *keep, *replace_stale)?,
         };
         let mut shared = SandboxShared::new(options.name.clone(), Arc::new(file), 0, options.spin);
         shared.slot_wait = options.slot_wait;

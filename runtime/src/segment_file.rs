@@ -8,8 +8,15 @@
 //! file another program made, opened for `--attach` and validated before
 //! anything else is read.
 //!
+//! A named file records who serves it (see [`OwnerRecord`]): its creator
+//! holds an exclusive `flock` on it for as long as the segment lives, and
+//! writes its pid and start time into bytes the format reserves. A file
+//! whose lock nobody holds was left behind by a process that is gone
+//! (SIGKILL, a crash): `shmrt inspect` calls it stale, and
+//! [`SegmentFile::create_named_with`] can replace it.
+//!
 //! Named and foreign files can be truncated by anyone who can open them:
-//! their mappings are registered with the SIGBUS handler ([`crate::sigbus`])
+//! their mappings are registered with the SIGBUS handler (`crate::sigbus`)
 //! right after `mmap`, before the first byte is read or written.
 
 use std::ffi::OsString;
@@ -33,6 +40,181 @@ const OS_PAGE: u64 = 4096;
 
 /// Random temporary names tried before `create_named` gives up.
 const PART_ATTEMPTS: usize = 8;
+
+/// Header offset of the owner record, in the bytes the format reserves
+/// ([80..128); shmrt's feature word is at 80, [84..96) stays free):
+/// tag u32 [96..100), pid u32 [100..104), start time u64 [104..112), all
+/// little-endian. Readers of the format ignore these bytes; vox-shm writes
+/// them as zeros, which reads as "no record".
+pub const OWNER_RECORD_OFFSET: u64 = 96;
+/// The tag that says an owner record follows, "OWNR". It also says that
+/// the creator holds an exclusive `flock` on the file while it serves the
+/// segment, so that a free lock means the creator is gone.
+pub const OWNER_TAG: u32 = u32::from_le_bytes(*b"OWNR");
+
+/// Who created a named segment file, as recorded in its header. The
+/// guest can rewrite these bytes, so they only inform: whether the
+/// segment is served is told by its lock ([`lock_held`]), which lives in
+/// the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OwnerRecord {
+    /// The creator's process id (in its PID namespace).
+    pub pid: u32,
+    /// The creator's start time, in clock ticks after boot (field 22 of
+    /// `/proc/PID/stat`): with the pid, it tells a reused pid apart.
+    pub start_time: u64,
+}
+
+impl OwnerRecord {
+    /// This process.
+    fn this_process() -> Self {
+        let pid = std::process::id();
+        OwnerRecord {
+            pid,
+            start_time: process_start_time(pid).unwrap_or(0),
+        }
+    }
+
+    /// The 16 bytes at [`OWNER_RECORD_OFFSET`].
+    fn to_bytes(self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[0..4].copy_from_slice(&OWNER_TAG.to_le_bytes());
+        b[4..8].copy_from_slice(&self.pid.to_le_bytes());
+        b[8..16].copy_from_slice(&self.start_time.to_le_bytes());
+        b
+    }
+
+    /// The record in `file`'s header, `None` without the tag. Read with
+    /// `pread`: a copy, whatever the guest writes meanwhile.
+    pub fn read(file: &File) -> io::Result<Option<Self>> {
+        use std::os::unix::fs::FileExt;
+        let mut b = [0u8; 16];
+        file.read_exact_at(&mut b, OWNER_RECORD_OFFSET)?;
+        let [tag @ .., _, _, _, _, _, _, _, _, _, _, _, _] = b;
+        if u32::from_le_bytes(tag) != OWNER_TAG {
+            return Ok(None);
+        }
+        let pid: [u8; 4] = b[4..8].try_into().expect("4 bytes");
+        let start: [u8; 8] = b[8..16].try_into().expect("8 bytes");
+        Ok(Some(OwnerRecord {
+            pid: u32::from_le_bytes(pid),
+            start_time: u64::from_le_bytes(start),
+        }))
+    }
+
+    /// Whether the recorded process still runs here: its pid exists with
+    /// the recorded start time. `None` when that cannot be told (no
+    /// `/proc`, or no start time was recorded).
+    pub fn process_running(&self) -> Option<bool> {
+        if self.start_time == 0 || !Path::new("/proc/self/stat").exists() {
+            return None;
+        }
+        Some(process_start_time(self.pid) == Some(self.start_time))
+    }
+}
+
+/// Field 22 of `/proc/PID/stat`: when the process started, in clock ticks
+/// after boot. `None` when there is no such process.
+fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 2 is the command in parentheses, which may hold spaces and
+    // parentheses itself: count from the last `)`, which is field 3's
+    // predecessor.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(22 - 3)?.parse().ok()
+}
+
+/// Whether some process holds the lock of a segment's creator on `file`
+/// (tested with a shared, non-blocking `flock` that is released at once).
+pub fn lock_held(file: &File) -> io::Result<bool> {
+    use rustix::fs::{FlockOperation, flock};
+    match flock(file, FlockOperation::NonBlockingLockShared) {
+        Ok(()) => {
+            flock(file, FlockOperation::Unlock)?;
+            Ok(false)
+        }
+        Err(rustix::io::Errno::WOULDBLOCK) => Ok(true),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// What a segment file's owner record and lock say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Owner {
+    /// Its creator's lock is held: the segment is being served.
+    Live(Option<OwnerRecord>),
+    /// Made by a shmrt (it has a record) and nobody holds the lock: the
+    /// creator is gone, or has let the file go (`--keep-segment`).
+    Stale(OwnerRecord),
+    /// No record and no lock: made by another program (vox-shm, an older
+    /// shmrt), which says nothing about whether it is served.
+    Unknown,
+}
+
+impl Owner {
+    /// The owner of the segment file `file`.
+    pub fn of(file: &File) -> io::Result<Self> {
+        let record = OwnerRecord::read(file)?;
+        Ok(match (lock_held(file)?, record) {
+            (true, record) => Owner::Live(record),
+            (false, Some(record)) => Owner::Stale(record),
+            (false, None) => Owner::Unknown,
+        })
+    }
+
+    /// A few words for a message: whose it is and whether it runs.
+    pub fn describe(&self) -> String {
+        let pid = |r: &OwnerRecord| match r.process_running() {
+            Some(true) => format!("pid {}, still running", r.pid),
+            Some(false) => format!("pid {}, gone", r.pid),
+            None => format!("pid {}", r.pid),
+        };
+        match self {
+            Owner::Live(Some(r)) => format!("in use by a live process (created by {})", pid(r)),
+            Owner::Live(None) => "in use by a live process".into(),
+            Owner::Stale(r) => format!(
+                "stale: created by a shmrt that no longer serves it ({}), nobody holds its lock",
+                pid(r)
+            ),
+            Owner::Unknown => "made by another program or an older shmrt (no owner record)".into(),
+        }
+    }
+}
+
+/// The named segment files this process created and still has (device
+/// and inode): what [`remove_if_created_here`] may remove.
+static CREATED: std::sync::Mutex<Vec<(u64, u64)>> = std::sync::Mutex::new(Vec::new());
+
+fn file_id(meta: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (meta.dev(), meta.ino())
+}
+
+/// Removes `path` if it is a named segment file this process created
+/// (the same file, not merely the same name: a run that failed to create
+/// its segment because `path` was taken must not remove the file that
+/// took it). Returns whether it was removed.
+pub fn remove_if_created_here(path: &Path) -> io::Result<bool> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let id = file_id(&meta);
+    let mut created = CREATED.lock().unwrap_or_else(|e| e.into_inner());
+    if !created.contains(&id) {
+        return Ok(false);
+    }
+    std::fs::remove_file(path)?;
+    created.retain(|c| *c != id);
+    Ok(true)
+}
+
+/// Takes the creator's lock on a segment file shmrt creates.
+fn lock_as_creator(file: &File) -> io::Result<()> {
+    rustix::fs::flock(file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+        .map_err(io::Error::from)
+}
 
 /// A segment file and the host's mapping of it.
 pub struct SegmentFile {
@@ -187,11 +369,30 @@ impl SegmentFile {
     /// 0600, through a capability on its directory. It is built under a
     /// hidden temporary name and linked into place once its header is
     /// written, so nobody sees `path` half made. Removed on drop unless
-    /// `keep`.
+    /// `keep`. It carries an owner record, and this process holds its lock
+    /// for as long as the segment lives (see [`Owner`]).
     pub fn create_named(
         path: &Path,
         config: &SegmentConfig,
         keep: bool,
+    ) -> Result<Self, SandboxError> {
+        Self::create_named_with(path, config, keep, false)
+    }
+
+    /// [`Self::create_named`], and with `replace_stale`, an existing file
+    /// at `path` that is a stale segment ([`Owner::Stale`]: made by a shmrt
+    /// that is gone) is replaced instead of refused. A live segment, or a
+    /// file without an owner record, is never replaced.
+    ///
+    /// The stale file's lock is taken and held until the new file has been
+    /// renamed over it, and `path` is checked to still be that file once
+    /// the lock is held: two runs replacing the same stale file cannot both
+    /// succeed, and neither replaces the other's live segment.
+    pub fn create_named_with(
+        path: &Path,
+        config: &SegmentConfig,
+        keep: bool,
+        replace_stale: bool,
     ) -> Result<Self, SandboxError> {
         let layout = SegmentLayout::compute(config).map_err(SandboxError::Config)?;
         let size = layout.window_size();
@@ -203,9 +404,11 @@ impl SegmentFile {
             source,
         };
         // Taken already: the same error as the link below would give,
-        // before any work.
+        // before any work, saying what the file is; or, with
+        // `replace_stale`, the stale file to replace, locked.
+        let mut stale = None;
         if dir.symlink_metadata(&name).is_ok() {
-            return Err(named_err(io::Error::from(io::ErrorKind::AlreadyExists)));
+            stale = Some(lock_stale(path, replace_stale).map_err(named_err)?);
         }
         let mut opts = OpenOptions::new();
         opts.read(true).write(true).create_new(true);
@@ -238,20 +441,45 @@ impl SegmentFile {
                 }
             }
         };
-        let built = file
-            .set_len(size)
-            .map_err(|e| SandboxError::io("sizing the segment file", e))
+        // Locked before it has its name, so `path` is never this segment
+        // unlocked.
+        let built = lock_as_creator(&file)
+            .and_then(|()| file.set_len(size))
+            .map_err(|e| SandboxError::io("sizing and locking the segment file", e))
             .and_then(|()| Self::init(file, size, config, None, Some(path.to_owned())));
-        // The link fails if `path` appeared meanwhile: never overwritten.
-        let linked = built.and_then(|seg| {
-            dir.hard_link(&part, &dir, &name)
-                .map(|()| seg)
-                .map_err(named_err)
+        let placed = built.and_then(|mut seg| {
+            seg.map.mmap[OWNER_RECORD_OFFSET as usize..][..16]
+                .copy_from_slice(&OwnerRecord::this_process().to_bytes());
+            match &stale {
+                // The link fails if `path` appeared meanwhile: never
+                // overwritten.
+                None => dir.hard_link(&part, &dir, &name),
+                Some(old) => {
+                    still_named(&dir, &name, old).and_then(|()| dir.rename(&part, &dir, &name))
+                }
+            }
+            .map(|()| seg)
+            .map_err(named_err)
         });
-        if let Err(e) = dir.remove_file(&part) {
+        if (stale.is_none() || placed.is_err())
+            && let Err(e) = dir.remove_file(&part)
+        {
             tracing::warn!("could not remove {}: {e}", dir_path.join(&part).display());
         }
-        let mut seg = linked?;
+        let mut seg = placed?;
+        if let Ok(meta) = seg.file.metadata() {
+            CREATED
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(file_id(&meta));
+        }
+        if let Some(old) = stale {
+            tracing::info!(
+                "replaced the stale segment {} ({})",
+                path.display(),
+                Owner::Stale(old.1).describe()
+            );
+        }
         if !keep {
             seg.remove = Some((dir, name));
         }
@@ -394,12 +622,91 @@ impl SegmentFile {
 
 impl Drop for SegmentFile {
     fn drop(&mut self) {
-        if let Some((dir, name)) = self.remove.take()
-            && let Err(e) = dir.remove_file(&name)
-        {
-            tracing::warn!("could not remove segment file {}: {e}", name.display());
+        let Some(path) = &self.path else { return };
+        // The creator's lock goes now, not when the last copy of the
+        // descriptor closes: a child forked meanwhile (until it execs)
+        // holds one, and would keep the segment looking live. (A file we
+        // did not create holds no lock of ours: a no-op.)
+        let _ = rustix::fs::flock(&*self.file, rustix::fs::FlockOperation::Unlock);
+        let Ok(id) = self.file.metadata().map(|m| file_id(&m)) else {
+            return;
+        };
+        CREATED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|c| *c != id);
+        let Some((dir, name)) = self.remove.take() else {
+            return;
+        };
+        // Only our own file: the name may have been removed (a signal) and
+        // taken by another run since.
+        use cap_std::fs::MetadataExt;
+        match dir.symlink_metadata(&name) {
+            Ok(m) if (m.dev(), m.ino()) == id => {
+                if let Err(e) = dir.remove_file(&name) {
+                    tracing::warn!("could not remove segment file {}: {e}", path.display());
+                }
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!("could not remove segment file {}: {e}", path.display()),
         }
     }
+}
+
+/// The existing file at `path`, locked as its creator's lock, when it is a
+/// stale segment and `replace` allows replacing it; otherwise an error
+/// that says what the file is (and, when it is stale, how to reclaim it).
+fn lock_stale(path: &Path, replace: bool) -> io::Result<(File, OwnerRecord)> {
+    let exists = |what: String| io::Error::new(io::ErrorKind::AlreadyExists, what);
+    let Ok((file, len)) = open_regular(path, false) else {
+        return Err(exists("a file of that name exists".into()));
+    };
+    let owner = if len >= 128 {
+        Owner::of(&file)?
+    } else {
+        Owner::Unknown
+    };
+    match owner {
+        Owner::Stale(record) if replace => match lock_as_creator(&file) {
+            Ok(()) => Ok((file, record)),
+            // Someone took it since: replacing it too, or serving it.
+            Err(_) => Err(exists(
+                "it is a stale segment, but another process took it meanwhile".into(),
+            )),
+        },
+        Owner::Stale(_) => Err(exists(format!(
+            "it exists, {}; `--replace-stale` replaces it",
+            owner.describe()
+        ))),
+        Owner::Live(_) => Err(exists(format!(
+            "it exists, {}; a live segment is never replaced",
+            owner.describe()
+        ))),
+        Owner::Unknown if replace => Err(exists(format!(
+            "it exists, {}: `--replace-stale` replaces only a segment a shmrt made and left; \
+             remove the file yourself if nothing uses it",
+            owner.describe()
+        ))),
+        Owner::Unknown => Err(exists("it exists".into())),
+    }
+}
+
+/// Checks that `name` in `dir` is still the file `old` (a regular file,
+/// same device and inode): nobody replaced it between our open and our
+/// lock.
+fn still_named(dir: &Dir, name: &Path, old: &(File, OwnerRecord)) -> io::Result<()> {
+    use cap_std::fs::MetadataExt as _;
+    use std::os::unix::fs::MetadataExt;
+    let now = dir.symlink_metadata(name)?;
+    let was = old.0.metadata()?;
+    if now.dev() != was.dev() || now.ino() != was.ino() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "the stale segment was replaced by another process meanwhile",
+        ));
+    }
+    Ok(())
 }
 
 fn split_path(path: &Path) -> (PathBuf, PathBuf) {
@@ -422,6 +729,33 @@ mod tests {
         let d = std::env::temp_dir().join(format!("shmrt-segfile-{what}-{}", std::process::id()));
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    #[test]
+    fn the_owner_record_round_trips_and_names_this_process() {
+        let me = OwnerRecord::this_process();
+        assert_eq!(me.pid, std::process::id());
+        assert_ne!(me.start_time, 0, "read from /proc/self/stat");
+        assert_eq!(me.process_running(), Some(true));
+        let dir = tempdir("record");
+        let path = dir.join("seg");
+        std::fs::write(
+            &path,
+            [[0u8; 96].as_slice(), &me.to_bytes(), &[0; 16]].concat(),
+        )
+        .unwrap();
+        let file = File::open(&path).unwrap();
+        assert_eq!(OwnerRecord::read(&file).unwrap(), Some(me));
+        let gone = OwnerRecord {
+            start_time: me.start_time + 1,
+            ..me
+        };
+        assert_eq!(
+            gone.process_running(),
+            Some(false),
+            "a reused pid is not ours"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -1,14 +1,16 @@
 //! `shmrt bench [--json] [--quick]`.
 
 use std::io::IsTerminal;
-use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::Args;
 use shmrt::bench::{self, BenchPlan};
 
 use super::Failure;
+
+/// examples/bench-guest, built for wasm32 with the guest flags by build.rs
+/// when this binary was: `shmrt bench` needs no source tree and no cargo.
+const BENCH_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/shmrt_bench_guest.wasm"));
 
 #[derive(Args)]
 pub struct BenchCommand {
@@ -22,11 +24,6 @@ pub struct BenchCommand {
 
 impl BenchCommand {
     pub fn execute(self) -> Result<ExitCode, Failure> {
-        let guest_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/bench-guest");
-        let wasm_path = super::build::build(&guest_dir, None, true)
-            .with_context(|| format!("building the bench guest in {}", guest_dir.display()))?;
-        let wasm = std::fs::read(&wasm_path)
-            .with_context(|| format!("reading {}", wasm_path.display()))?;
         let plan = if self.quick {
             BenchPlan::quick()
         } else {
@@ -34,7 +31,7 @@ impl BenchCommand {
         };
         let show =
             std::io::stderr().is_terminal() || std::env::var_os("SHMRT_BENCH_PROGRESS").is_some();
-        let report = bench::run(&wasm, plan, |name| {
+        let report = bench::run(BENCH_GUEST, plan, |name| {
             if show {
                 eprint!("\r\x1b[Kshmrt bench: {name}");
             }

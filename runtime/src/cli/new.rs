@@ -14,19 +14,30 @@ use super::Failure;
 pub struct NewCommand {
     /// The plugin's name: a new directory of that name is created.
     name: PathBuf,
+    /// The guest SDK the plugin depends on (by path): a `guest-sdk`
+    /// directory with `primitives` next to it, or a directory that holds
+    /// both (a checkout of shmrt, or an installed SDK). Default: the SDK
+    /// installed next to this binary (PREFIX/share/shmrt/sdk for
+    /// PREFIX/bin/shmrt), else the source tree this shmrt was built from.
+    #[arg(long, value_name = "PATH")]
+    sdk: Option<PathBuf>,
 }
 
-/// Where this shmrt's guest SDK lives (the checkout it was built from).
-fn sdk_path() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-sdk");
-    p.canonicalize().unwrap_or(p)
-}
+/// Where an installed SDK lives, relative to the directory of the binary.
+const SHIPPED_SDK: &str = "../share/shmrt/sdk";
 
 impl NewCommand {
     pub fn execute(self) -> Result<ExitCode, Failure> {
-        scaffold(&self.name)?;
+        let sdk = match &self.sdk {
+            Some(path) => sdk_at(path).context("--sdk")?,
+            None => default_sdk(
+                std::env::current_exe().ok().as_deref(),
+                &Path::new(env!("CARGO_MANIFEST_DIR")).join(".."),
+            )?,
+        };
+        scaffold(&self.name, &sdk)?;
         let dir = self.name.display();
-        println!("created plugin {dir}");
+        println!("created plugin {dir} (guest SDK: {})", sdk.display());
         println!("next:");
         println!("  cd {dir} && cargo test            # the handler's test, on the host");
         println!("  printf 'hello\\n' | shmrt run $(shmrt build .)");
@@ -34,7 +45,73 @@ impl NewCommand {
     }
 }
 
-fn scaffold(dir: &Path) -> anyhow::Result<()> {
+/// The guest SDK a new plugin gets when `--sdk` is not given: the one
+/// installed next to the binary `exe`, else the one in `source_tree` (the
+/// checkout this shmrt was built from) if it is still there.
+fn default_sdk(exe: Option<&Path>, source_tree: &Path) -> anyhow::Result<PathBuf> {
+    let shipped = exe.and_then(Path::parent).map(|bin| bin.join(SHIPPED_SDK));
+    if let Some(shipped) = &shipped
+        && shipped.is_dir()
+    {
+        return sdk_at(shipped).with_context(|| {
+            format!(
+                "the SDK installed next to this shmrt, {}; give another with `--sdk PATH`",
+                shipped.display()
+            )
+        });
+    }
+    if source_tree.join("guest-sdk/Cargo.toml").is_file() {
+        return sdk_at(source_tree);
+    }
+    let shipped = shipped.map_or_else(
+        || format!("<this binary's directory>/{SHIPPED_SDK}"),
+        |p| p.display().to_string(),
+    );
+    bail!(
+        "no guest SDK found: none is installed next to this shmrt ({shipped}), and the source \
+         tree it was built from ({}) is gone; give one with `--sdk PATH` (a shmrt checkout, or a \
+         copy of its guest-sdk/ and primitives/ directories)",
+        source_tree.display()
+    )
+}
+
+/// The guest SDK crate at `path`: `path` itself when it is the
+/// `shmrt-guest` crate, else its `guest-sdk` subdirectory. Checked to be
+/// that crate with `primitives` next to it (its path dependency), and made
+/// absolute, as the plugin's manifest names it.
+fn sdk_at(path: &Path) -> anyhow::Result<PathBuf> {
+    let crate_dir = if package_name(path).as_deref() == Some("shmrt-guest") {
+        path.to_path_buf()
+    } else {
+        path.join("guest-sdk")
+    };
+    if package_name(&crate_dir).as_deref() != Some("shmrt-guest") {
+        bail!(
+            "{} is not the guest SDK: neither it nor its guest-sdk/ is the `shmrt-guest` crate",
+            path.display()
+        );
+    }
+    let primitives = crate_dir.join("../primitives/Cargo.toml");
+    if !primitives.is_file() {
+        bail!(
+            "the guest SDK at {} has no primitives/ next to it (its path dependency \
+             `shmrt-primitives`): copy both directories",
+            crate_dir.display()
+        );
+    }
+    crate_dir
+        .canonicalize()
+        .with_context(|| format!("resolving {}", crate_dir.display()))
+}
+
+/// `package.name` of the crate in `dir`, if it has a readable manifest.
+fn package_name(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join("Cargo.toml")).ok()?;
+    let manifest: toml::Table = text.parse().ok()?;
+    Some(manifest.get("package")?.get("name")?.as_str()?.to_string())
+}
+
+fn scaffold(dir: &Path, sdk: &Path) -> anyhow::Result<()> {
     let name = dir
         .file_name()
         .and_then(|n| n.to_str())
@@ -55,22 +132,14 @@ fn scaffold(dir: &Path) -> anyhow::Result<()> {
             dir.display()
         );
     }
-    let sdk = sdk_path();
-    if !sdk.join("Cargo.toml").is_file() {
-        bail!(
-            "the guest SDK is not at {} (this shmrt was built elsewhere); point the new crate's \
-             `shmrt-guest` dependency at your checkout's guest-sdk/",
-            sdk.display()
-        );
-    }
     std::fs::create_dir_all(dir.join("src"))
         .with_context(|| format!("creating {}", dir.display()))?;
     std::fs::create_dir_all(dir.join(".cargo"))?;
-    let sdk = sdk
-        .display()
-        .to_string()
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"");
+    // A TOML string, quoted and escaped.
+    let sdk = toml::Value::from(
+        sdk.to_str()
+            .with_context(|| format!("the SDK's path {} is not UTF-8", sdk.display()))?,
+    );
     write(
         &dir.join("Cargo.toml"),
         &format!(
@@ -85,7 +154,8 @@ publish = false
 crate-type = ["cdylib", "rlib"]
 
 [dependencies]
-shmrt-guest = {{ path = "{sdk}", features = ["panic-handler"] }}
+# The shmrt guest SDK, by path (`shmrt new --sdk PATH` chooses another).
+shmrt-guest = {{ path = {sdk}, features = ["panic-handler"] }}
 
 [profile.dev]
 panic = "abort"
@@ -151,4 +221,91 @@ mod tests {{
 
 fn write(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tempdir(what: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("shmrt-new-{what}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// A minimal SDK: guest-sdk/ (the `shmrt-guest` crate) and primitives/.
+    fn fake_sdk(at: &Path) {
+        for (dir, name) in [
+            ("guest-sdk", "shmrt-guest"),
+            ("primitives", "shmrt-primitives"),
+        ] {
+            std::fs::create_dir_all(at.join(dir)).unwrap();
+            std::fs::write(
+                at.join(dir).join("Cargo.toml"),
+                format!("[package]\nname = \"{name}\"\n"),
+            )
+            .unwrap();
+        }
+    }
+
+    #[test]
+    fn the_sdk_next_to_the_binary_comes_before_the_source_tree() {
+        let root = tempdir("shipped");
+        let exe = root.join("prefix/bin/shmrt");
+        std::fs::create_dir_all(root.join("prefix/bin")).unwrap();
+        fake_sdk(&root.join("prefix/share/shmrt/sdk"));
+        fake_sdk(&root.join("checkout"));
+        let sdk = default_sdk(Some(&exe), &root.join("checkout")).unwrap();
+        assert_eq!(
+            sdk,
+            root.join("prefix/share/shmrt/sdk/guest-sdk")
+                .canonicalize()
+                .unwrap()
+        );
+        let sdk = default_sdk(Some(&root.join("elsewhere/shmrt")), &root.join("checkout")).unwrap();
+        assert_eq!(sdk, root.join("checkout/guest-sdk").canonicalize().unwrap());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn without_an_sdk_the_error_names_the_option() {
+        let root = tempdir("none");
+        let e = default_sdk(Some(&root.join("bin/shmrt")), &root.join("gone")).unwrap_err();
+        let e = format!("{e:#}");
+        assert!(e.contains("--sdk PATH") && e.contains("gone"), "{e}");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn an_sdk_is_the_guest_crate_or_a_directory_holding_it_with_primitives() {
+        let root = tempdir("at");
+        fake_sdk(&root);
+        let want = root.join("guest-sdk").canonicalize().unwrap();
+        assert_eq!(sdk_at(&root).unwrap(), want);
+        assert_eq!(sdk_at(&root.join("guest-sdk")).unwrap(), want);
+        let e = format!("{:#}", sdk_at(&root.join("primitives")).unwrap_err());
+        assert!(e.contains("is not the guest SDK"), "{e}");
+        std::fs::remove_dir_all(root.join("primitives")).unwrap();
+        let e = format!("{:#}", sdk_at(&root).unwrap_err());
+        assert!(e.contains("no primitives/"), "{e}");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn the_sdk_path_is_written_as_a_toml_string() {
+        let root = tempdir("quote");
+        let sdk = root.join("a \"quoted\" \\ dir");
+        let plugin = root.join("plugin");
+        scaffold(&plugin, &sdk).unwrap();
+        let manifest: toml::Table = std::fs::read_to_string(plugin.join("Cargo.toml"))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(
+            manifest["dependencies"]["shmrt-guest"]["path"].as_str(),
+            sdk.to_str()
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }

@@ -98,6 +98,10 @@ pub struct RunCommand {
     /// With --segment: leave the file in place on exit.
     #[arg(long, requires = "segment")]
     keep_segment: bool,
+    /// With --segment: replace a stale segment at PATH, one left by a shmrt
+    /// that is gone (`shmrt inspect` says so); a live one is never replaced.
+    #[arg(long, requires = "segment")]
+    replace_stale: bool,
     /// Start the plugin again on a fresh segment when its sandbox fails
     /// (trap, timeout, fuel, memory limit, protocol violation). Messages in
     /// flight to the failed sandbox are lost; the rest of stdin goes to the
@@ -178,6 +182,7 @@ impl RunCommand {
             options.segment_source = SegmentSource::Named {
                 path: path.clone(),
                 keep: self.keep_segment,
+                replace_stale: self.replace_stale,
             };
         }
 
@@ -878,12 +883,11 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// Removes a named segment file shmrt made, if it is still there.
+/// Removes a named segment file this shmrt made, if it is still there
+/// (never another run's file of that name).
 fn remove_segment_file(path: &std::path::Path) {
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => tracing::warn!("could not remove segment file {}: {e}", path.display()),
+    if let Err(e) = shmrt::segment_file::remove_if_created_here(path) {
+        tracing::warn!("could not remove segment file {}: {e}", path.display());
     }
 }
 

@@ -1,0 +1,235 @@
+//! Named segments left behind by a shmrt that died (SIGKILL): `inspect`
+//! calls them stale, `shmrt run --segment PATH --replace-stale` reclaims
+//! them, and a live segment is never replaced. The owner record lives in
+//! bytes the format reserves, so the reference crate still reads the file.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{guest, shmrt};
+use shmrt::primitives::SegmentConfig;
+use shmrt::segment_file::{OWNER_RECORD_OFFSET, Owner, SegmentFile};
+
+fn tempdir(what: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("shmrt-stale-{what}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn inspect_json(path: &Path) -> (Option<i32>, serde_json::Value, String) {
+    let out = shmrt()
+        .args(["inspect", "--json"])
+        .arg(path)
+        .output()
+        .unwrap();
+    let v = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("inspect --json printed invalid JSON: {e}"));
+    (out.status.code(), v, common::stderr(&out))
+}
+
+/// `shmrt run --segment PATH` on echo, stdin kept open; returns once the
+/// file is there and live.
+fn serve(path: &Path, extra: &[&str]) -> Child {
+    let child = shmrt()
+        .args(["run", "--segment"])
+        .arg(path)
+        .args(extra)
+        .arg(guest("examples/echo"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while !path.exists() || inspect_json(path).1["owner"]["state"] != "live" {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the segment file never appeared, or never became live"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child
+}
+
+#[test]
+fn a_segment_left_by_a_killed_shmrt_is_stale_and_replaced_on_request() {
+    let dir = tempdir("killed");
+    let path = dir.join("seg");
+    let plugin = guest("examples/echo");
+    let path_arg = path.to_str().unwrap();
+
+    let mut live = serve(&path, &[]);
+    let (code, v, err) = inspect_json(&path);
+    assert_eq!(code, Some(0), "{v:#}{err}");
+    assert_eq!(v["owner"]["state"], "live", "{v:#}");
+    assert_eq!(v["owner"]["pid"], live.id(), "{v:#}");
+    assert_eq!(v["owner"]["process_running"], true, "{v:#}");
+
+    // A live segment is never replaced, asked or not.
+    for extra in [&[][..], &["--replace-stale"][..]] {
+        let args = [&["--segment", path_arg][..], extra].concat();
+        let out = common::run(&args, &plugin, b"x\n");
+        assert!(!out.status.success());
+        let err = common::stderr(&out);
+        assert!(err.contains("in use by a live process"), "{err}");
+        if !extra.is_empty() {
+            assert!(err.contains("never replaced"), "{err}");
+        }
+    }
+    // ... nor removed by the run that was refused, and still serves.
+    assert!(path.exists(), "a refused run removed the live segment");
+    let mut stdin = live.stdin.take().unwrap();
+    stdin.write_all(b"still here\n").unwrap();
+    let mut line = [0u8; 11];
+    live.stdout.as_mut().unwrap().read_exact(&mut line).unwrap();
+    assert_eq!(&line, b"still here\n");
+
+    live.kill().unwrap();
+    live.wait().unwrap();
+    drop(stdin);
+    assert!(path.exists(), "SIGKILL leaves the file behind");
+
+    let (code, v, err) = inspect_json(&path);
+    assert_eq!(code, Some(2), "a stale segment is a problem: {v:#}{err}");
+    assert_eq!(v["owner"]["state"], "stale", "{v:#}");
+    assert_eq!(v["owner"]["lock_held"], false, "{v:#}");
+    assert_eq!(v["owner"]["process_running"], false, "{v:#}");
+    let problems = v["problems"].to_string();
+    assert!(problems.contains("--replace-stale"), "{problems}");
+    let text = shmrt().arg("inspect").arg(&path).output().unwrap();
+    assert_eq!(text.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("owner: stale"), "{text}");
+    assert!(!text.contains("no problems found"), "{text}");
+
+    // Without the flag: refused, saying how to reclaim it.
+    let out = common::run(&["--segment", path_arg], &plugin, b"x\n");
+    assert!(!out.status.success());
+    let err = common::stderr(&out);
+    assert!(
+        err.contains("stale") && err.contains("--replace-stale"),
+        "{err}"
+    );
+
+    // With it: reclaimed, served, and removed on exit as any segment.
+    let out = common::run(
+        &["--segment", path_arg, "--replace-stale"],
+        &plugin,
+        b"a\nb\n",
+    );
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert_eq!(out.stdout, b"a\nb\n");
+    assert!(!path.exists(), "removed on exit");
+    let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+    assert!(leftovers.is_empty(), "files left: {leftovers:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A kept segment stays stale after its run, and a new run takes it over.
+#[test]
+fn a_kept_segment_is_stale_once_its_run_ends() {
+    let dir = tempdir("kept");
+    let path = dir.join("seg");
+    let plugin = guest("examples/echo");
+    let path_arg = path.to_str().unwrap();
+    let out = common::run(&["--segment", path_arg, "--keep-segment"], &plugin, b"a\n");
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let (code, v, _) = inspect_json(&path);
+    assert_eq!((code, &v["owner"]["state"]), (Some(2), &"stale".into()));
+
+    let mut live = serve(&path, &["--replace-stale", "--keep-segment"]);
+    let (code, v, _) = inspect_json(&path);
+    assert_eq!((code, &v["owner"]["state"]), (Some(0), &"live".into()));
+    assert_eq!(v["owner"]["pid"], live.id());
+    drop(live.stdin.take());
+    assert!(live.wait().unwrap().success());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Two processes' worth of replacers race for one stale file: exactly one
+/// gets it, and the loser does not take the winner's live segment.
+#[test]
+fn racing_replacers_take_a_stale_segment_once() {
+    let dir = tempdir("race");
+    let path = dir.join("seg");
+    let config = SegmentConfig::single_guest();
+    for round in 0..20 {
+        drop(SegmentFile::create_named(&path, &config, true).unwrap());
+        let file = std::fs::File::open(&path).unwrap();
+        assert!(matches!(Owner::of(&file).unwrap(), Owner::Stale(_)));
+        let barrier = std::sync::Barrier::new(2);
+        let results: Vec<_> = std::thread::scope(|s| {
+            let racers: Vec<_> = (0..2)
+                .map(|_| {
+                    s.spawn(|| {
+                        barrier.wait();
+                        SegmentFile::create_named_with(&path, &config, false, true)
+                    })
+                })
+                .collect();
+            racers.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        let outcomes: Vec<_> = results
+            .iter()
+            .map(|r| r.as_ref().map(|_| ()).map_err(|e| format!("{e:?}")))
+            .collect();
+        let won = outcomes.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(won, 1, "round {round}: {outcomes:?}");
+        let file = std::fs::File::open(&path).unwrap();
+        assert!(matches!(Owner::of(&file).unwrap(), Owner::Live(Some(_))));
+        drop(results);
+        assert!(!path.exists(), "round {round}: the winner removed it");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The owner record sits in bytes the format reserves: the reference crate
+/// validates the header, our attach path opens it, and a segment without
+/// a record (as vox-shm makes them) is "unknown", healthy, and never
+/// replaced.
+#[test]
+fn the_owner_record_keeps_the_format_and_its_absence_is_not_stale() {
+    let dir = tempdir("compat");
+    let path = dir.join("seg");
+    let seg = SegmentFile::create_named(&path, &SegmentConfig::single_guest(), true).unwrap();
+    let file = std::fs::File::open(&path).unwrap();
+    let mut header = [0u64; 16];
+    // SAFETY: 128 bytes of plain integers.
+    let bytes = unsafe { std::slice::from_raw_parts_mut(header.as_mut_ptr().cast::<u8>(), 128) };
+    file.read_exact_at(bytes, 0).unwrap();
+    assert_eq!(&bytes[96..100], b"OWNR");
+    assert_eq!(
+        u32::from_le_bytes(bytes[100..104].try_into().unwrap()),
+        std::process::id()
+    );
+    // SAFETY: the reference crate's header is 128 bytes, 8-aligned, of
+    // integers and atomics, all valid for any bits.
+    let theirs = unsafe { &*header.as_ptr().cast::<shm_primitives::SegmentHeader>() };
+    theirs.validate().unwrap();
+    drop(seg);
+    SegmentFile::open_existing(&path).expect("our attach path opens it");
+
+    // As vox-shm leaves them: zeros where our record was.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .write_all_at(&[0; 16], OWNER_RECORD_OFFSET)
+        .unwrap();
+    let (code, v, err) = inspect_json(&path);
+    assert_eq!(code, Some(0), "{v:#}{err}");
+    assert_eq!(v["owner"]["state"], "unknown");
+    let e = SegmentFile::create_named_with(&path, &SegmentConfig::single_guest(), false, true)
+        .err()
+        .expect("a file without a record is not replaced");
+    let e = format!("{:#}", anyhow::Error::from(e));
+    assert!(e.contains("no owner record"), "{e}");
+    assert!(path.exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
