@@ -21,6 +21,9 @@ const OUTER_ENV: &[&str] = &[
     "CARGO_BUILD_TARGET",
     "CARGO_TARGET_DIR",
     "CARGO_BUILD_TARGET_DIR",
+    // The outer build holds its build directory's lock while this script
+    // runs: a nested build sharing it would wait for it forever.
+    "CARGO_BUILD_BUILD_DIR",
     "RUSTC_WORKSPACE_WRAPPER",
     "CARGO_MANIFEST_PATH",
 ];
@@ -58,6 +61,13 @@ fn main() {
         .arg(&manifest)
         .arg("--target-dir")
         .arg(crate_dir.join("target"))
+        // Its own build directory too, whatever the user's configuration
+        // says (see OUTER_ENV).
+        .arg("--config")
+        .arg(format!(
+            "build.build-dir={:?}",
+            crate_dir.join("target").display().to_string()
+        ))
         .env(
             format!(
                 "CARGO_TARGET_{}_RUSTFLAGS",

@@ -96,10 +96,12 @@ pub struct BenchReport {
     /// phase (keyed by ratio key). A ratio missing here divides the two
     /// workloads' medians.
     pub paired: Vec<(&'static str, f64)>,
+    /// What the reader needs to know of a run (input sizes, a quick run).
+    pub notes: Vec<String>,
 }
 
 /// Ratio keys, their definitions and targets.
-pub const RATIOS: [(&str, &str, &str, bool, f64); 4] = [
+pub const RATIOS: [(&str, &str, &str, bool, f64); 6] = [
     (
         "guest_rtt_vs_native",
         "rtt_guest_spin",
@@ -128,6 +130,8 @@ pub const RATIOS: [(&str, &str, &str, bool, f64); 4] = [
         false,
         1.5,
     ),
+    ("cli_lines_vs_cat", "cli_lines", "cat_lines", false, 15.0),
+    ("cli_raw_vs_cat", "cli_raw", "cat_raw", false, 2.0),
 ];
 
 impl BenchReport {
@@ -179,6 +183,7 @@ impl BenchReport {
             }).collect::<Vec<_>>(),
             "ratios": ratios,
             "targets": targets,
+            "notes": self.notes,
         })
     }
 
@@ -196,6 +201,9 @@ impl BenchReport {
                 "{:<22} {:>8} {:>14.0} {:>14}",
                 w.name, w.unit, w.median, p99
             );
+        }
+        for note in &self.notes {
+            let _ = writeln!(s, "note: {note}");
         }
         let _ = writeln!(s, "\n{:<28} {:>8} {:>10}  met", "ratio", "value", "target");
         for (k, v, t, met) in self.ratios() {
@@ -304,6 +312,7 @@ pub fn run(
         machine,
         workloads: w,
         paired,
+        notes: Vec::new(),
     })
 }
 

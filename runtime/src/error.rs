@@ -24,7 +24,10 @@ pub enum SandboxError {
         source: std::io::Error,
     },
     /// A named segment file could not be created.
-    #[error("cannot create segment file {} (it must not exist yet)", path.display())]
+    #[error(
+        "cannot create segment file {} (its directory must exist, the file must not yet)",
+        path.display()
+    )]
     NamedSegment {
         path: PathBuf,
         #[source]

@@ -601,11 +601,8 @@ impl Runtime {
                     error,
                 })?;
         Ok(Sandbox {
-            sender: HostSender {
-                tx,
-                shared: shared.clone(),
-            },
-            receiver: HostReceiver { rx, shared },
+            sender: HostSender::new(tx, shared.clone()),
+            receiver: HostReceiver::new(rx, shared),
             handle,
         })
     }
@@ -1414,11 +1411,10 @@ fn protocol(shared: &SandboxShared, error: ProtocolError) -> SandboxError {
 /// test the reservation contradicts makes a send wait, never spin.
 fn block_on_guest(
     shared: &SandboxShared,
-    deadline: Option<Instant>,
-    distrust: bool,
+    (spin, deadline, distrust): (u32, Option<Instant>, bool),
     mut ready: impl FnMut() -> Result<bool, SandboxError>,
 ) -> Result<bool, SandboxError> {
-    let spin = if distrust { 0 } else { shared.spin.0 };
+    let spin = if distrust { 0 } else { spin };
     for i in 0..spin {
         if ready()? {
             return Ok(true);
@@ -1582,11 +1578,22 @@ fn send_error(shared: &SandboxShared, e: SendError) -> SandboxError {
 pub struct HostSender {
     tx: Sender,
     shared: Arc<SandboxShared>,
+    /// Rounds a wait for room spins before it parks.
+    spin: u32,
 }
 
 impl HostSender {
+    /// Rounds a wait for room spins before it parks on the doorbell (the
+    /// sandbox's spin budget by default). A producer much faster than its
+    /// guest (a bulk feed) does better parking at once: its spinning takes
+    /// a core the guest could use.
+    pub fn set_spin(&mut self, rounds: u32) {
+        self.spin = rounds;
+    }
+
     pub(crate) fn new(tx: Sender, shared: Arc<SandboxShared>) -> Self {
-        HostSender { tx, shared }
+        let spin = shared.spin.0;
+        HostSender { tx, shared, spin }
     }
 
     /// Largest payload that fits a slot.
@@ -1652,7 +1659,8 @@ impl HostSender {
         timeout: Option<Duration>,
     ) -> Result<(), SandboxError> {
         let deadline = timeout.and_then(deadline_after);
-        let Self { tx, shared } = self;
+        let Self { tx, shared, spin } = self;
+        let spin = *spin;
         let shared: &SandboxShared = shared;
         // The last wait said "ready": a reservation failing now parks.
         let mut was_ready = false;
@@ -1681,7 +1689,7 @@ impl HostSender {
             }
             // Waiting for a slot ends at the slot wait too, to say so.
             let until = earliest(deadline, stall.deadline(shared));
-            let ready = block_on_guest(shared, until, was_ready, || {
+            let ready = block_on_guest(shared, (spin, until, was_ready), || {
                 tx.could_send(len).map_err(|e| protocol(shared, e))
             })?;
             was_ready = ready;
@@ -1699,7 +1707,8 @@ impl HostSender {
     /// [`HostMessage::reply_in_place`]), waiting for ring room for its
     /// frame as long as the guest runs.
     fn send_held_slot(&mut self, mut slot: HeldSlot, len: u32) -> Result<(), SandboxError> {
-        let Self { tx, shared } = self;
+        let Self { tx, shared, spin } = self;
+        let spin = *spin;
         let shared: &SandboxShared = shared;
         loop {
             if shared.guest_done() || shared.stop.load(Ordering::Acquire) {
@@ -1719,7 +1728,7 @@ impl HostSender {
                     return Err(send_error(shared, e));
                 }
             }
-            block_on_guest(shared, None, false, || {
+            block_on_guest(shared, (spin, None, false), || {
                 tx.has_room_for_slot_ref().map_err(|e| protocol(shared, e))
             })?;
         }
@@ -1737,7 +1746,8 @@ impl HostSender {
         max: usize,
         read: impl FnOnce(SharedBytesMut<'_>) -> io::Result<usize>,
     ) -> Result<ReadSend, SendReadError> {
-        let Self { tx, shared } = self;
+        let Self { tx, shared, spin } = self;
+        let spin = *spin;
         let shared: &SandboxShared = shared;
         // As in `send_cut`.
         let mut was_ready = false;
@@ -1770,7 +1780,7 @@ impl HostSender {
             } else {
                 stall = SlotStall::default();
             }
-            was_ready = block_on_guest(shared, stall.deadline(shared), was_ready, || {
+            was_ready = block_on_guest(shared, (spin, stall.deadline(shared), was_ready), || {
                 tx.could_send(max).map_err(|e| protocol(shared, e))
             })?;
         }
@@ -1828,6 +1838,8 @@ pub enum SendReadError {
 pub struct HostReceiver {
     rx: Receiver,
     shared: Arc<SandboxShared>,
+    /// Rounds a wait for a message spins before it parks.
+    spin: u32,
 }
 
 /// A message from the guest, in place in the segment. Dropping it releases
@@ -1936,8 +1948,15 @@ fn notify(shared: &SandboxShared, bell: &shmrt_primitives::Doorbell) {
 }
 
 impl HostReceiver {
+    /// Rounds a wait for a message spins before it parks on the doorbell
+    /// (the sandbox's spin budget by default).
+    pub fn set_spin(&mut self, rounds: u32) {
+        self.spin = rounds;
+    }
+
     pub(crate) fn new(rx: Receiver, shared: Arc<SandboxShared>) -> Self {
-        HostReceiver { rx, shared }
+        let spin = shared.spin.0;
+        HostReceiver { rx, shared, spin }
     }
 
     /// The next message if one is there.
@@ -1972,9 +1991,10 @@ impl HostReceiver {
     ) -> Result<Option<HostMessage<'_>>, SandboxError> {
         let deadline = timeout.and_then(deadline_after);
         if self.is_empty()? {
-            let Self { rx, shared } = &mut *self;
+            let Self { rx, shared, spin } = &mut *self;
+            let spin = *spin;
             let shared: &SandboxShared = shared;
-            let has_data = block_on_guest(shared, deadline, false, || {
+            let has_data = block_on_guest(shared, (spin, deadline, false), || {
                 rx.is_empty().map(|e| !e).map_err(|e| protocol(shared, e))
             })?;
             if !has_data {
@@ -2002,16 +2022,17 @@ impl HostReceiver {
                 }
                 break;
             }
-            let Self { rx, shared } = &mut *self;
+            let Self { rx, shared, spin } = &mut *self;
+            let spin = *spin;
             let shared: &SandboxShared = shared;
-            if block_on_guest(shared, None, false, || {
+            if block_on_guest(shared, (spin, None, false), || {
                 rx.is_empty().map(|e| !e).map_err(|e| protocol(shared, e))
             })? {
                 // A message is there: take it without looking again.
                 break;
             }
         }
-        let Self { rx, shared } = self;
+        let Self { rx, shared, .. } = self;
         match rx.try_recv() {
             Ok(Some(inner)) => Ok(HostMessage { inner }),
             Ok(None) => Err(SandboxError::Closed {

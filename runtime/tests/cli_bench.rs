@@ -40,6 +40,10 @@ fn bench_quick_json_reports_every_workload_and_ratio() {
         ("copy_call_64kib", "ns"),
         ("copy_call_1mib", "ns"),
         ("slot_stream_1mib", "ns"),
+        ("cli_lines", "ms"),
+        ("cat_lines", "ms"),
+        ("cli_raw", "ms"),
+        ("cat_raw", "ms"),
     ] {
         assert!(
             names.contains(&(name, unit)),
@@ -51,6 +55,8 @@ fn bench_quick_json_reports_every_workload_and_ratio() {
         "guest_stream_vs_native",
         "slot_1mib_vs_copy_call",
         "parked_rtt_vs_native_futex",
+        "cli_lines_vs_cat",
+        "cli_raw_vs_cat",
     ] {
         assert!(
             v["ratios"][key].as_f64().is_some_and(|r| r > 0.0),

@@ -77,7 +77,8 @@ fn a_message_larger_than_any_slot_is_refused_clearly() {
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(
-        err.contains("1048577 bytes exceeds the largest slot payload of 1048576"),
+        err.contains("announces 1048577 bytes, more than the largest message the segment carries (1048576 bytes)")
+            && err.contains("--slot-classes"),
         "{err}"
     );
 }

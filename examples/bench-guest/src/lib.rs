@@ -8,13 +8,16 @@
 //!   count (u64 LE) and park, a 1-byte message with the count and spin;
 //!   at goodbye, send the count;
 //! - `checksum`: answer every message with the sum of its payload's u64
-//!   words (u64 LE), read in place with SIMD128, spinning between messages.
+//!   words (u64 LE), read in place with SIMD128, spinning between messages;
+//! - anything else: echo every message, that first one included, each
+//!   answered in place (the plugin of the `cli_*` workloads, which run it
+//!   through `shmrt run` against `cat`).
 //!
 //! It also exports `bench_buffer` and `bench_checksum` for the baseline
 //! that copies a payload into guest memory and calls an export (the way
 //! Extism and proxy-wasm hand data to a plugin).
 //!
-//! Run: `shmrt bench` (it builds this crate with `shmrt build`).
+//! Run: `shmrt bench` (build.rs builds this crate into the binary).
 #![no_std]
 
 use core::arch::wasm32::{
@@ -209,14 +212,28 @@ fn echo(inbox: &mut Inbox, outbox: &mut Outbox) -> i32 {
 fn run(mut channel: Channel) -> i32 {
     let (inbox, outbox) = channel.split();
     let mut mode = [0u8; 16];
-    let n = match inbox.recv() {
-        Some(m) => {
-            let n = m.len().min(16);
-            mode[..n].copy_from_slice(&m.as_bytes()[..n]);
-            n
-        }
-        None => return 2,
+    let Some(first) = inbox.recv() else {
+        return 2;
     };
+    let n = first.len().min(16);
+    mode[..n].copy_from_slice(&first.as_bytes()[..n]);
+    let named =
+        n == first.len() && matches!(&mode[..n], b"spin" | b"park" | b"stream" | b"checksum");
+    if !named {
+        // Anything else is echoed, the first message included, each in
+        // place: the plugin `shmrt bench` runs through `shmrt run` for its
+        // workloads against `cat`.
+        if first.reply_in_place(outbox, |b| b.len()).is_err() {
+            return 1;
+        }
+        while let Some(msg) = inbox.recv() {
+            if msg.reply_in_place(outbox, |b| b.len()).is_err() {
+                return 1;
+            }
+        }
+        return 0;
+    }
+    drop(first);
     match &mode[..n] {
         b"spin" => loop {
             // Poll the ring directly, as the native echo thread does.
@@ -298,7 +315,7 @@ fn run(mut channel: Channel) -> i32 {
             }
             0
         }
-        _ => 3,
+        _ => unreachable!("a named mode"),
     }
 }
 

@@ -31,11 +31,16 @@ impl BenchCommand {
         };
         let show =
             std::io::stderr().is_terminal() || std::env::var_os("SHMRT_BENCH_PROGRESS").is_some();
-        let report = bench::run(BENCH_GUEST, plan, |name| {
+        let progress = |name: &str| {
             if show {
                 eprint!("\r\x1b[Kshmrt bench: {name}");
             }
-        })?;
+        };
+        let mut report = bench::run(BENCH_GUEST, plan, progress)?;
+        let cli = cli_workloads(self.quick, progress).map_err(Failure::other)?;
+        report.workloads.extend(cli.workloads);
+        report.paired.extend(cli.ratios);
+        report.notes.extend(cli.notes);
         if show {
             eprint!("\r\x1b[K");
         }
@@ -48,5 +53,169 @@ impl BenchCommand {
             print!("{}", report.table());
         }
         Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// The `shmrt run` bridge against `cat` on the same file, output to
+/// /dev/null, process start included: `cli_lines` (lines framing) and
+/// `cli_raw` (`--framing raw --chunk 1MiB`), with the bench guest as the
+/// echo plugin (any first message but a mode name makes it echo, in
+/// place). Each side runs in alternating phases; the ratio is the median
+/// of shmrt's times over the median of cat's.
+struct CliWorkloads {
+    workloads: Vec<bench::Workload>,
+    ratios: Vec<(&'static str, f64)>,
+    notes: Vec<String>,
+}
+
+fn cli_workloads(quick: bool, mut progress: impl FnMut(&str)) -> anyhow::Result<CliWorkloads> {
+    use anyhow::Context;
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    use std::time::Instant;
+
+    let (lines, raw_bytes, phases) = if quick {
+        (1_000_000u64, 64u64 << 20, 3)
+    } else {
+        (10_000_000u64, 1u64 << 30, 5)
+    };
+    let dir = std::env::temp_dir().join(format!("shmrt-bench-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let cleanup = Cleanup(dir.clone());
+    let plugin = dir.join("bench-guest.wasm");
+    std::fs::write(&plugin, BENCH_GUEST)?;
+    let lines_file = dir.join("lines.txt");
+    {
+        let mut out =
+            std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&lines_file)?);
+        for i in 1..=lines {
+            writeln!(out, "{i}")?;
+        }
+        out.flush()?;
+    }
+    let raw_file = dir.join("raw.bin");
+    {
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&raw_file)?);
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut block = vec![0u8; 1 << 20];
+        for _ in 0..raw_bytes >> 20 {
+            for w in block.chunks_exact_mut(8) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                w.copy_from_slice(&x.to_le_bytes());
+            }
+            out.write_all(&block)?;
+        }
+        out.flush()?;
+    }
+    let shmrt = std::env::current_exe().context("finding the shmrt binary")?;
+    // `cat` from PATH, else where systems keep it.
+    let cat = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .chain(["/usr/bin".into(), "/bin".into()])
+        .map(|d| d.join("cat"))
+        .find(|c| c.is_file())
+        .context(
+            "cat is not on PATH, nor in /usr/bin or /bin: the cli workloads measure against it",
+        )?;
+    // One timed run of a command with `input` on stdin, output discarded.
+    let time = |cmd: &mut Command, input: &std::path::Path| -> anyhow::Result<f64> {
+        let stdin = std::fs::File::open(input)?;
+        let start = Instant::now();
+        let status = cmd
+            .stdin(stdin)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .status()?;
+        let elapsed = start.elapsed().as_secs_f64() * 1e3;
+        anyhow::ensure!(status.success(), "{cmd:?} failed: {status}");
+        Ok(elapsed)
+    };
+    let shmrt_run = |raw: bool| {
+        let mut c = Command::new(&shmrt);
+        c.arg("-q").arg("run");
+        if raw {
+            c.args(["--framing", "raw", "--chunk", "1MiB"]);
+        }
+        c.arg(&plugin);
+        c
+    };
+    // The echo is checked once per framing (every byte back), which also
+    // compiles the plugin into the cache, as any second run finds it.
+    for (raw, input) in [(false, &lines_file), (true, &raw_file)] {
+        let out = shmrt_run(raw)
+            .stdin(std::fs::File::open(input)?)
+            .stderr(Stdio::inherit())
+            .output()?;
+        anyhow::ensure!(
+            out.status.success() && out.stdout.len() as u64 == std::fs::metadata(input)?.len(),
+            "the echo through shmrt run did not give every byte back ({} of {})",
+            out.stdout.len(),
+            std::fs::metadata(input)?.len()
+        );
+    }
+    let mut workloads = Vec::new();
+    let mut ratios = Vec::new();
+    for (name, cat_name, key, raw, input) in [
+        (
+            "cli_lines",
+            "cat_lines",
+            "cli_lines_vs_cat",
+            false,
+            &lines_file,
+        ),
+        ("cli_raw", "cat_raw", "cli_raw_vs_cat", true, &raw_file),
+    ] {
+        progress(&format!("{name}, {cat_name}"));
+        let (mut ours, mut cats) = (Vec::new(), Vec::new());
+        for _ in 0..phases {
+            cats.push(time(Command::new(&cat).arg(input), input)?);
+            ours.push(time(&mut shmrt_run(raw), input)?);
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (ours, cats) = (median(&mut ours), median(&mut cats));
+        workloads.push(bench::Workload {
+            name,
+            unit: "ms",
+            median: ours,
+            p99: None,
+        });
+        workloads.push(bench::Workload {
+            name: cat_name,
+            unit: "ms",
+            median: cats,
+            p99: None,
+        });
+        ratios.push((key, ours / cats));
+    }
+    drop(cleanup);
+    let notes = vec![format!(
+        "cli_lines: {lines} lines ({} MB), cli_raw: {} MiB{}",
+        std::fs::metadata(&lines_file).map_or(0, |m| m.len() >> 20),
+        raw_bytes >> 20,
+        if quick {
+            " (--quick; the full run: 10,000,000 lines and 1 GiB)"
+        } else {
+            ""
+        }
+    )];
+    Ok(CliWorkloads {
+        workloads,
+        ratios,
+        notes,
+    })
+}
+
+/// Removes the benchmark's files however it ends.
+struct Cleanup(std::path::PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
