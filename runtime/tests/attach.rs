@@ -389,7 +389,8 @@ fn a_named_segment_is_created_exclusively_private_and_removed() {
     let second = common::run(&["--segment", path.to_str().unwrap()], &plugin, b"x\n");
     assert!(!second.status.success());
     assert!(
-        common::stderr(&second).contains("must not exist yet"),
+        common::stderr(&second).contains("the file must not yet")
+            && common::stderr(&second).contains("a live segment is never replaced"),
         "{}",
         common::stderr(&second)
     );
