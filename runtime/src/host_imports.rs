@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use wasmtime::{Caller, Linker};
 
 use crate::doorbell_futex;
-use crate::sandbox::{DeadlineExceeded, SandboxState};
+use crate::guest_thread::DeadlineExceeded;
+use crate::sandbox_state::SandboxState;
 
 /// The core import module name.
 pub const MODULE: &str = "shmrt";

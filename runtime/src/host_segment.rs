@@ -11,7 +11,8 @@ use shmrt_primitives::{Segment, SegmentConfig};
 
 use crate::doorbell_futex::{self, SpinBudget};
 use crate::error::SandboxError;
-use crate::sandbox::{HostReceiver, HostSender, SandboxShared};
+use crate::host_channel::{HostReceiver, HostSender};
+use crate::sandbox_state::SandboxShared;
 use crate::segment_file::SegmentFile;
 
 /// A segment file made by this process, hosting guests in other processes.

@@ -4,7 +4,7 @@
 use wasmparser::{Parser, Payload, TypeRef, Validator, WasmFeatures};
 
 use crate::host_imports::MODULE as SHMRT_MODULE;
-use crate::sandbox::{MAX_MEMORIES, MAX_TABLES};
+use crate::memory_limit::{MAX_MEMORIES, MAX_TABLES};
 
 /// What the runtime needs to know about a module.
 #[derive(Debug, Default)]

@@ -26,7 +26,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use wasmtime::{Caller, Linker};
 
-use crate::sandbox::{DeadlineExceeded, SandboxShared, SandboxState, Stopped};
+use crate::guest_thread::{DeadlineExceeded, Stopped};
+use crate::sandbox_state::{SandboxShared, SandboxState};
 
 const SUBSCRIPTION_SIZE: usize = 48;
 const EVENT_SIZE: usize = 32;
