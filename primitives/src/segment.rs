@@ -10,7 +10,7 @@ use crate::layout::{
     CLASS_HEADER_SIZE, SLOT_ALIGN, SLOT_LEN_PREFIX, SegmentConfig, SegmentLayout, SizeClass,
     SizeClasses,
 };
-use crate::peer_entry::PeerEntry;
+use crate::peer_entry::{PeerEntry, PeerId};
 use crate::ring::{Consumer, Producer, RingRef};
 use crate::segment_header::{HeaderError, SegmentHeader};
 use crate::slot_pool::{SizeClassHeader, SlotPool};
@@ -377,13 +377,14 @@ impl Segment {
     }
 
     /// Guest `index`'s ends: a sender on G2H, a receiver on H2G. Slots are
-    /// allocated as peer `index + 1`.
+    /// allocated as the guest's [`PeerId`].
     pub fn guest_channel(&self, index: u32) -> Result<(Sender, Receiver), ProtocolError> {
         let (h2g, g2h) = self.rings(index);
+        let id = PeerId::from_index(index).expect("a guest index is below 255");
         let tx = Sender::new(
             Producer::new(g2h)?,
             self.pool(),
-            (index + 1) as u8,
+            id.owner_byte(),
             &self.layout,
         );
         let rx = Receiver::new(Consumer::new(h2g)?, self.pool());
@@ -439,7 +440,8 @@ impl Segment {
         }
         h2g.reset();
         g2h.reset();
-        match pool.reclaim_owned_by((index + 1) as u8) {
+        let id = PeerId::from_index(index).expect("a guest index is below 255");
+        match pool.reclaim_owned_by(id.owner_byte()) {
             Ok(n) => report.owned_slots_freed = n,
             Err(e) => report.scan_error = report.scan_error.or(Some(e.into())),
         }

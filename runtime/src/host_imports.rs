@@ -49,7 +49,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<SandboxState>) -> wasmtime::Resu
         |c: Caller<'_, SandboxState>| -> u32 { c.data().shared.segment_file.len() as u32 },
     )?;
     linker.func_wrap(MODULE, "peer_id", |c: Caller<'_, SandboxState>| -> u32 {
-        c.data().shared.guest_index + 1
+        c.data().shared.peer_id().get()
     })?;
     linker.func_wrap(MODULE, "ring", |c: Caller<'_, SandboxState>| {
         let shared = &c.data().shared;
@@ -177,7 +177,7 @@ fn log(mut c: Caller<'_, SandboxState>, level: i32, ptr: u32, len: u32) -> wasmt
     let state = c.data_mut();
     let dropped = state.log_rate.take_dropped();
     let shared = &state.shared;
-    let (sandbox, peer) = (shared.name.as_str(), shared.guest_index + 1);
+    let (sandbox, peer) = (shared.name.as_str(), shared.peer_id().get());
     if dropped > 0 {
         tracing::warn!(
             target: "shmrt::guest",

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use shmrt_primitives::{Segment, SegmentConfig};
+use shmrt_primitives::{PeerId, Segment, SegmentConfig};
 
 use crate::doorbell_futex::{self, SpinBudget};
 use crate::error::SandboxError;
@@ -55,8 +55,8 @@ impl HostSegment {
             path: self.path().to_owned(),
             reason,
         };
-        let index = peer_id
-            .checked_sub(1)
+        let index = PeerId::new(peer_id)
+            .map(PeerId::index)
             .filter(|&i| i < self.segment().layout().max_guests)
             .ok_or_else(|| peer_err(format!("peer {peer_id} is not a guest of this segment")))?;
         let entry = self.segment().peer(index).expect("index checked");

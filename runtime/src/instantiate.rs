@@ -193,10 +193,7 @@ impl Runtime {
                 .path()
                 .map(Path::to_owned)
                 .unwrap_or_default(),
-            reason: format!(
-                "cannot take the entry of peer {}: {e}",
-                shared.guest_index + 1
-            ),
+            reason: format!("cannot take the entry of peer {}: {e}", shared.peer_id()),
         })?;
         let claim_in_thread = matches!(claim, Claim::Own);
 

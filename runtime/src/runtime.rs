@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use shmrt_primitives::{PeerState, SegmentConfig};
+use shmrt_primitives::{PeerId, PeerState, SegmentConfig};
 use wasmtime::{Config, Engine, Linker, Module, Store};
 
 use crate::doorbell_futex::SpinBudget;
@@ -194,8 +194,8 @@ impl Runtime {
         };
         let (index, claim) = match peer {
             Some(id) => {
-                let index = id
-                    .checked_sub(1)
+                let index = PeerId::new(id)
+                    .map(PeerId::index)
                     .filter(|&i| i < layout.max_guests)
                     .ok_or_else(|| {
                         peer_err(format!(
@@ -246,7 +246,7 @@ impl Runtime {
                 })
                 .map_err(|e| SandboxError::io("starting the heartbeat thread", e))?;
         }
-        Ok((handle, index + 1))
+        Ok((handle, shared.peer_id().get()))
     }
 
     /// Compiles `binary`, or takes the module compiled from the same bytes

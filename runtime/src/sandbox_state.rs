@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use shmrt_primitives::segment_header::FEATURE_DOORBELLS;
-use shmrt_primitives::{PeerEntry, PeerState, ProtocolError};
+use shmrt_primitives::{PeerEntry, PeerId, PeerState, ProtocolError};
 use wasmtime_wasi::p1::WasiP1Ctx;
 
 use crate::doorbell_futex::{self, SpinBudget};
@@ -68,6 +68,11 @@ pub(crate) struct SandboxShared {
 impl SandboxShared {
     pub fn window_base(&self) -> usize {
         self.placed_at.load(Ordering::Acquire)
+    }
+
+    /// The guest's peer id (its entry's index + 1).
+    pub fn peer_id(&self) -> PeerId {
+        PeerId::from_index(self.guest_index).expect("a guest index is below 255")
     }
 
     pub fn peer(&self) -> &PeerEntry {
