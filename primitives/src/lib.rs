@@ -59,7 +59,7 @@ pub mod slot_pool;
 mod sync;
 
 pub use channel::{HeldSlot, Message, Receiver, SendError, Sender};
-pub use doorbell::Doorbell;
+pub use doorbell::{Doorbell, WaitOutcome};
 pub use error::{FrameError, LayoutError, ProtocolError, SlotError};
 pub use frame::{Frame, MmapRef, SlotRef};
 pub use layout::{ClassLayout, SegmentConfig, SegmentLayout, SizeClass, SizeClasses};
