@@ -69,8 +69,7 @@ impl Drop for DoneGuard {
         // Release: everything the guest committed is visible to a host that
         // sees `guest_done` (SYNC POINT "guest_done").
         self.0.guest_done.store(true, Ordering::Release);
-        doorbell_futex::ring(&peer.g2h_doorbell);
-        doorbell_futex::wake_all(peer.g2h_doorbell.futex_word());
+        doorbell_futex::ring_and_wake_all(&peer.g2h_doorbell);
     }
 }
 

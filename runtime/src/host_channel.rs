@@ -421,11 +421,8 @@ impl HostSender {
 
     /// Raises host goodbye: the guest drains what is queued and returns.
     pub fn goodbye(&mut self) {
-        let shared = &self.shared;
-        shared.segment_file.segment().header().say_goodbye();
-        let bell = &shared.peer().h2g_doorbell;
-        bell.ring();
-        doorbell_futex::wake_all(bell.futex_word());
+        let index = self.shared.guest_index;
+        doorbell_futex::say_goodbye(self.shared.segment_file.segment(), index..index + 1);
     }
 }
 

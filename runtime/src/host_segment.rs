@@ -83,12 +83,6 @@ impl HostSegment {
     /// Raises host goodbye for every guest and wakes those parked.
     pub fn goodbye(&self) {
         let seg = self.segment();
-        seg.header().say_goodbye();
-        for i in 0..seg.layout().max_guests {
-            if let Some(p) = seg.peer(i) {
-                p.h2g_doorbell.ring();
-                doorbell_futex::wake_all(p.h2g_doorbell.futex_word());
-            }
-        }
+        doorbell_futex::say_goodbye(seg, 0..seg.layout().max_guests);
     }
 }
