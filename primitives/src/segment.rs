@@ -52,6 +52,37 @@ fn misaligned_slot_size(index: u32, slot_size: u32) -> HeaderError {
     }
 }
 
+/// The first `count` (at most [`crate::layout::MAX_SIZE_CLASSES`]) size
+/// class headers at `var_pool_offset`, as written; the rest of the array
+/// is zero. Relaxed loads: the header's magic published them (SYNC POINT
+/// "magic"), and a reader that does not trust them validates the copy.
+///
+/// # Safety
+///
+/// `base + var_pool_offset` must be 64-byte aligned and valid for reads of
+/// `count` class headers of 64 bytes each.
+unsafe fn read_class_headers(
+    base: *mut u8,
+    var_pool_offset: u64,
+    count: u32,
+) -> [SizeClass; crate::layout::MAX_SIZE_CLASSES] {
+    let mut classes = [SizeClass {
+        slot_size: 0,
+        slot_count: 0,
+    }; crate::layout::MAX_SIZE_CLASSES];
+    for (i, class) in classes.iter_mut().enumerate().take(count as usize) {
+        let off = var_pool_offset + i as u64 * CLASS_HEADER_SIZE;
+        // SAFETY: header `i < count` is within the readable, aligned range
+        // the caller vouches for (this function's contract).
+        let h = unsafe { &*(base.add(off as usize) as *const SizeClassHeader) };
+        *class = SizeClass {
+            slot_size: h.slot_size.load(Ordering::Relaxed),
+            slot_count: h.slot_count.load(Ordering::Relaxed),
+        };
+    }
+    classes
+}
+
 impl Segment {
     /// Lays out and initializes a segment in `len` bytes at `base`; the
     /// magic is written last.
@@ -147,20 +178,22 @@ impl Segment {
                 mapped,
             });
         }
-        let mut classes = [SizeClass {
-            slot_size: 0,
-            slot_count: 0,
-        }; crate::layout::MAX_SIZE_CLASSES];
-        for (i, class) in classes
-            .iter_mut()
+        // SAFETY: the headers end at `headers_end`, checked above to be
+        // within the `len` mapped bytes the caller vouches for; the pool
+        // offset is the canonical one (checked above), a multiple of 64.
+        let classes =
+            unsafe { read_class_headers(base, snap.var_pool_offset, snap.num_var_slot_classes) };
+        for (
+            i,
+            &SizeClass {
+                slot_size,
+                slot_count,
+            },
+        ) in classes
+            .iter()
             .enumerate()
             .take(snap.num_var_slot_classes as usize)
         {
-            let off = snap.var_pool_offset + i as u64 * CLASS_HEADER_SIZE;
-            // SAFETY: off + 64 <= headers_end <= mapped; 64-aligned.
-            let h = unsafe { &*(base.add(off as usize) as *const SizeClassHeader) };
-            let slot_size = h.slot_size.load(Ordering::Relaxed);
-            let slot_count = h.slot_count.load(Ordering::Relaxed);
             if slot_size <= SLOT_LEN_PREFIX {
                 return Err(HeaderError::Class {
                     index: i as u32,
@@ -180,10 +213,6 @@ impl Segment {
                     rule: "must be 1..u32::MAX",
                 });
             }
-            *class = SizeClass {
-                slot_size,
-                slot_count,
-            };
         }
         let classes =
             SizeClasses::new(&classes[..snap.num_var_slot_classes as usize]).map_err(|_| {
@@ -267,24 +296,11 @@ impl Segment {
         // SAFETY: the caller vouches for a valid header.
         let snap = unsafe { &*(base as *const SegmentHeader) }.snapshot();
         snap.check(snap.total_size)?;
-        let mut classes = [SizeClass {
-            slot_size: 0,
-            slot_count: 0,
-        }; crate::layout::MAX_SIZE_CLASSES];
-        for (i, class) in classes
-            .iter_mut()
-            .enumerate()
-            .take(snap.num_var_slot_classes as usize)
-        {
-            let off = snap.var_pool_offset + i as u64 * CLASS_HEADER_SIZE;
-            // SAFETY: the caller vouches for the pool's class headers.
-            let h = unsafe { &*(base.add(off as usize) as *const SizeClassHeader) };
-            *class = SizeClass {
-                slot_size: h.slot_size.load(Ordering::Relaxed),
-                slot_count: h.slot_count.load(Ordering::Relaxed),
-            };
-        }
-        let n = snap.num_var_slot_classes as usize;
+        // SAFETY: the caller vouches for an initialized segment at `base`,
+        // class headers included (this function's contract).
+        let classes =
+            unsafe { read_class_headers(base, snap.var_pool_offset, snap.num_var_slot_classes) };
+        let n = (snap.num_var_slot_classes as usize).min(classes.len());
         let layout = SegmentLayout::canonical(snap.max_guests, snap.bipbuf_capacity, &classes[..n])
             .map_err(|e| match e {
                 LayoutError::SlotSizeAlignment { index, slot_size } => {
