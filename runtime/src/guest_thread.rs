@@ -39,6 +39,19 @@ impl std::fmt::Display for Stopped {
 
 impl std::error::Error for Stopped {}
 
+/// Marker error: pages of the segment file vanished under the sandbox
+/// (someone truncated a named or foreign file).
+#[derive(Debug)]
+pub(crate) struct SegmentTruncated;
+
+impl std::fmt::Display for SegmentTruncated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the segment file was truncated under the sandbox (pages of it vanished)")
+    }
+}
+
+impl std::error::Error for SegmentTruncated {}
+
 pub(crate) enum Entry {
     Main(TypedFunc<(), i32>),
     Start(TypedFunc<(), ()>),
@@ -131,9 +144,7 @@ pub(crate) fn watch_deadline(
             return Err(wasmtime::Error::new(Stopped));
         }
         if cb_shared.segment_file.was_truncated() {
-            return Err(wasmtime::Error::msg(
-                "the segment file was truncated under the sandbox (pages of it vanished)",
-            ));
+            return Err(wasmtime::Error::new(SegmentTruncated));
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return Err(wasmtime::Error::new(DeadlineExceeded));

@@ -8,7 +8,7 @@ use shmrt_primitives::WaitOutcome;
 use wasmtime::{Caller, Linker};
 
 use crate::doorbell_futex;
-use crate::guest_thread::DeadlineExceeded;
+use crate::guest_thread::{DeadlineExceeded, SegmentTruncated};
 use crate::sandbox_state::SandboxState;
 
 /// The core import module name.
@@ -103,9 +103,7 @@ fn wait(mut c: Caller<'_, SandboxState>, timeout_ns: i64) -> wasmtime::Result<Wa
         };
         if shared.segment_file.was_truncated() {
             finish();
-            wasmtime::bail!(
-                "the segment file was truncated under the sandbox (pages of it vanished)"
-            );
+            return Err(wasmtime::Error::new(SegmentTruncated));
         }
         if shared.goodbye_or_stopped() {
             finish();
