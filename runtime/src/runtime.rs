@@ -85,19 +85,18 @@ impl Runtime {
         config.with_host_memory(Arc::new(WindowMemoryCreator));
         // Copy-on-write images need wasmtime's own mmap memories.
         config.memory_init_cow(false);
-        let engine = Engine::new(&config).map_err(|e| SandboxError::Compile {
-            sandbox: "-".into(),
-            message: format!("engine configuration: {e}"),
-        })?;
-        let mut linker = Linker::new(&engine);
-        let setup = |e: wasmtime::Error| SandboxError::Compile {
-            sandbox: "-".into(),
-            message: e.to_string(),
+        let setup = |what: &'static str| {
+            move |e: wasmtime::Error| SandboxError::EngineSetup {
+                what,
+                message: format!("{e:#}"),
+            }
         };
+        let engine = Engine::new(&config).map_err(setup("the engine configuration"))?;
+        let mut linker = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut SandboxState| &mut s.wasi)
-            .map_err(setup)?;
-        wasi_poll::shadow_poll_oneoff(&mut linker).map_err(setup)?;
-        host_imports::add_to_linker(&mut linker).map_err(setup)?;
+            .map_err(setup("the WASI imports"))?;
+        wasi_poll::shadow_poll_oneoff(&mut linker).map_err(setup("the bounded poll_oneoff"))?;
+        host_imports::add_to_linker(&mut linker).map_err(setup("the shmrt imports"))?;
         let ticking = Arc::new(AtomicBool::new(true));
         let ticker = {
             let (engine, ticking) = (engine.clone(), ticking.clone());
