@@ -58,7 +58,7 @@ impl Runtime {
         })?;
         module_check::check(&binary, window_pages).map_err(|reason| SandboxError::Refused {
             sandbox: name.clone(),
-            reason,
+            reason: reason.to_string(),
         })?;
         let initial_pages = module_check::facts(&binary).memory.map_or(0, |(_, i, _)| i);
         if initial_pages + window_pages > 1 << 16 {
