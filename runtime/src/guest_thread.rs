@@ -362,3 +362,68 @@ fn unread_messages(shared: &SandboxShared) -> Option<usize> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::doorbell_futex::SpinBudget;
+    use crate::segment_file::SegmentFile;
+
+    fn shared() -> SandboxShared {
+        let mut config = shmrt_primitives::SegmentConfig::single_guest();
+        config.ring_capacity = 4096;
+        let file = SegmentFile::create_memfd(&config).expect("a memfd segment");
+        SandboxShared::new("t".into(), Arc::new(file), 0, SpinBudget::default())
+    }
+
+    fn status(e: wasmtime::Error, shared: &SandboxShared) -> Result<i32, SandboxError> {
+        exit_status(e, shared, Some(Duration::from_secs(2)))
+    }
+
+    #[test]
+    fn exit_classification() {
+        let s = shared();
+        assert_eq!(
+            status(wasmtime::Error::new(wasmtime_wasi::I32Exit(7)), &s).ok(),
+            Some(7)
+        );
+        assert!(matches!(
+            status(wasmtime::Error::new(DeadlineExceeded), &s),
+            Err(SandboxError::Timeout { after, .. }) if after == Duration::from_secs(2)
+        ));
+        assert!(matches!(
+            status(wasmtime::Error::new(Stopped), &s),
+            Err(SandboxError::Stopped { .. })
+        ));
+        assert!(matches!(
+            status(wasmtime::Error::new(wasmtime::Trap::OutOfFuel), &s),
+            Err(SandboxError::OutOfFuel { .. })
+        ));
+        match status(wasmtime::Error::new(SegmentTruncated), &s) {
+            Err(SandboxError::Trap { message, .. }) => {
+                assert_eq!(message, SegmentTruncated.to_string())
+            }
+            other => panic!("{other:?}"),
+        }
+        // The guest's last error log explains the trap that follows.
+        *s.last_error_log.lock().unwrap() = Some("panicked at lib.rs".into());
+        match status(
+            wasmtime::Error::new(wasmtime::Trap::UnreachableCodeReached),
+            &s,
+        ) {
+            Err(SandboxError::Trap { message, .. }) => {
+                assert!(message.starts_with("panicked at lib.rs ("), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // A refused memory.grow turns a later trap into a memory limit.
+        s.memory_refused.store(true, Ordering::Release);
+        assert!(matches!(
+            status(
+                wasmtime::Error::new(wasmtime::Trap::UnreachableCodeReached),
+                &s
+            ),
+            Err(SandboxError::MemoryLimit { .. })
+        ));
+    }
+}
