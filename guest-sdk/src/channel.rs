@@ -4,7 +4,7 @@ use core::fmt;
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use shmrt_primitives::channel::{self, Receiver, Sender};
-use shmrt_primitives::{HeaderError, ProtocolError, Segment};
+use shmrt_primitives::{HeaderError, PeerId, ProtocolError, Segment};
 
 use crate::host;
 
@@ -257,10 +257,10 @@ impl Channel {
         // make us trap).
         let segment = unsafe { Segment::open_trusting(base) }.map_err(OpenError::Header)?;
         let peer = host::peer_id();
-        let index = peer.wrapping_sub(1);
-        if segment.peer(index).is_none() {
-            return Err(OpenError::Peer(peer));
-        }
+        let index = PeerId::new(peer)
+            .map(PeerId::index)
+            .filter(|&i| segment.peer(i).is_some())
+            .ok_or(OpenError::Peer(peer))?;
         let (tx, rx) = segment.guest_channel(index).map_err(OpenError::Protocol)?;
         Ok(Channel {
             inbox: Inbox {

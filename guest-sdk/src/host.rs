@@ -2,12 +2,14 @@
 //! other than wasm they are absent and calling them panics, so that the
 //! crate still builds (and documents) on the host.
 
-/// `wait` result: the host rang.
-pub const WAIT_RANG: i32 = 0;
-/// `wait` result: the timeout passed.
-pub const WAIT_TIMEOUT: i32 = 1;
-/// `wait` result: the host said goodbye.
-pub const WAIT_GOODBYE: i32 = 2;
+pub use shmrt_primitives::WaitOutcome;
+
+/// `wait` result: the host rang ([`WaitOutcome::Rang`]).
+pub const WAIT_RANG: i32 = WaitOutcome::Rang.code();
+/// `wait` result: the timeout passed ([`WaitOutcome::Timeout`]).
+pub const WAIT_TIMEOUT: i32 = WaitOutcome::Timeout.code();
+/// `wait` result: the host said goodbye ([`WaitOutcome::Goodbye`]).
+pub const WAIT_GOODBYE: i32 = WaitOutcome::Goodbye.code();
 
 #[cfg(target_family = "wasm")]
 mod imports {
@@ -76,7 +78,8 @@ pub fn ring() {
 }
 
 /// Blocks until the host rings, `timeout_ns` passes (negative: no
-/// timeout) or the host says goodbye; one of the `WAIT_*` values.
+/// timeout) or the host says goodbye: a [`WaitOutcome`]'s code
+/// ([`WaitOutcome::from_code`]), negative on an error.
 pub fn wait(timeout_ns: i64) -> i32 {
     // SAFETY: as above.
     unsafe { imports::wait(timeout_ns) }

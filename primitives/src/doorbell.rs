@@ -26,6 +26,37 @@
 use core::mem::{offset_of, size_of};
 use core::sync::atomic::{AtomicU32, Ordering};
 
+/// What the `wait` host import returns (`wit/shmrt.wit`): why a guest
+/// parked on its host-to-guest doorbell woke up. Negative values are
+/// errors and have no variant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(i32)]
+pub enum WaitOutcome {
+    /// The host rang: data or room may be there.
+    Rang = 0,
+    /// The timeout passed.
+    Timeout = 1,
+    /// The host said goodbye (or is stopping the sandbox).
+    Goodbye = 2,
+}
+
+impl WaitOutcome {
+    /// The value the import returns.
+    pub const fn code(self) -> i32 {
+        self as i32
+    }
+
+    /// The outcome a returned value stands for; `None` for an error.
+    pub const fn from_code(code: i32) -> Option<Self> {
+        match code {
+            0 => Some(Self::Rang),
+            1 => Some(Self::Timeout),
+            2 => Some(Self::Goodbye),
+            _ => None,
+        }
+    }
+}
+
 /// One direction's eventcount: 8 bytes.
 #[repr(C)]
 pub struct Doorbell {
@@ -119,6 +150,19 @@ fn seqcst_fence() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wait_outcomes_round_trip_their_codes() {
+        for o in [
+            WaitOutcome::Rang,
+            WaitOutcome::Timeout,
+            WaitOutcome::Goodbye,
+        ] {
+            assert_eq!(WaitOutcome::from_code(o.code()), Some(o));
+        }
+        assert_eq!(WaitOutcome::from_code(-1), None);
+        assert_eq!(WaitOutcome::from_code(3), None);
+    }
 
     #[test]
     fn ring_reports_waiters_only_when_registered() {

@@ -154,6 +154,8 @@ impl fmt::Display for FrameError {
     }
 }
 
+impl core::error::Error for FrameError {}
+
 /// A slot reference or slot meta that does not check out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SlotError {
@@ -269,6 +271,8 @@ impl fmt::Display for SlotError {
     }
 }
 
+impl core::error::Error for SlotError {}
+
 /// A violation of the protocol by the party on the other side of the
 /// memory. It concerns one segment (one sandbox) only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -325,6 +329,8 @@ impl fmt::Display for ProtocolError {
     }
 }
 
+/// Transparent over [`FrameError`] and [`SlotError`] (its `Display` is
+/// theirs), so they are not also its `source`: a chain would say it twice.
 impl core::error::Error for ProtocolError {}
 
 impl From<FrameError> for ProtocolError {
@@ -338,3 +344,16 @@ impl From<SlotError> for ProtocolError {
         Self::Slot(e)
     }
 }
+
+/// Every error this crate returns is a `core::error::Error`.
+const _: () = {
+    const fn is_error<E: core::error::Error>() {}
+    is_error::<LayoutError>();
+    is_error::<FrameError>();
+    is_error::<SlotError>();
+    is_error::<ProtocolError>();
+    is_error::<crate::segment_header::HeaderError>();
+    is_error::<crate::peer_entry::StateMismatch>();
+    is_error::<crate::slot_pool::AllocError>();
+    is_error::<crate::channel::SendError>();
+};

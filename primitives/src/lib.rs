@@ -59,11 +59,11 @@ pub mod slot_pool;
 mod sync;
 
 pub use channel::{HeldSlot, Message, Receiver, SendError, Sender};
-pub use doorbell::Doorbell;
+pub use doorbell::{Doorbell, WaitOutcome};
 pub use error::{FrameError, LayoutError, ProtocolError, SlotError};
 pub use frame::{Frame, MmapRef, SlotRef};
 pub use layout::{ClassLayout, SegmentConfig, SegmentLayout, SizeClass, SizeClasses};
-pub use peer_entry::{PeerEntry, PeerState};
+pub use peer_entry::{PeerEntry, PeerId, PeerState};
 pub use ring::{Consumer, Producer, RingHeader};
 pub use segment::Segment;
 pub use segment_header::{HeaderError, HeaderSnapshot, SegmentHeader};

@@ -17,6 +17,53 @@ use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::doorbell::Doorbell;
 
+/// A guest's peer id: `1 + index` of its peer table entry, 1..=255 (the
+/// host is peer 0 and has no entry). The one place where an id and an
+/// index are converted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PeerId(u8);
+
+impl PeerId {
+    /// The id `id`, if it names a guest (1..=255).
+    pub const fn new(id: u32) -> Option<Self> {
+        if id >= 1 && id <= u8::MAX as u32 {
+            Some(PeerId(id as u8))
+        } else {
+            None
+        }
+    }
+
+    /// The id of the guest whose entry is at `index` (0..=254).
+    pub const fn from_index(index: u32) -> Option<Self> {
+        if index < u8::MAX as u32 {
+            Some(PeerId(index as u8 + 1))
+        } else {
+            None
+        }
+    }
+
+    /// The id as a number (what the `peer_id` import returns).
+    pub const fn get(self) -> u32 {
+        self.0 as u32
+    }
+
+    /// The id as the byte slot metas record as their owner.
+    pub const fn owner_byte(self) -> u8 {
+        self.0
+    }
+
+    /// The index of this guest's peer table entry.
+    pub const fn index(self) -> u32 {
+        self.0 as u32 - 1
+    }
+}
+
+impl core::fmt::Display for PeerId {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
 /// The states of a peer entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
@@ -196,6 +243,17 @@ mod tests {
         let e: std::boxed::Box<PeerEntry> = unsafe { std::boxed::Box::new(core::mem::zeroed()) };
         e.init(4096);
         e
+    }
+
+    #[test]
+    fn peer_ids_and_indices() {
+        assert_eq!(PeerId::new(0), None);
+        assert_eq!(PeerId::new(256), None);
+        assert_eq!(PeerId::new(1).map(PeerId::index), Some(0));
+        assert_eq!(PeerId::new(255).map(PeerId::index), Some(254));
+        assert_eq!(PeerId::from_index(0).map(PeerId::get), Some(1));
+        assert_eq!(PeerId::from_index(254).map(PeerId::get), Some(255));
+        assert_eq!(PeerId::from_index(255), None);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::layout::{
     CLASS_HEADER_SIZE, SLOT_ALIGN, SLOT_LEN_PREFIX, SegmentConfig, SegmentLayout, SizeClass,
     SizeClasses,
 };
-use crate::peer_entry::PeerEntry;
+use crate::peer_entry::{PeerEntry, PeerId};
 use crate::ring::{Consumer, Producer, RingRef};
 use crate::segment_header::{HeaderError, SegmentHeader};
 use crate::slot_pool::{SizeClassHeader, SlotPool};
@@ -50,6 +50,37 @@ fn misaligned_slot_size(index: u32, slot_size: u32) -> HeaderError {
         value: slot_size as u64,
         rule: "must be a multiple of 4, so that the u32 length prefix of every slot is aligned",
     }
+}
+
+/// The first `count` (at most [`crate::layout::MAX_SIZE_CLASSES`]) size
+/// class headers at `var_pool_offset`, as written; the rest of the array
+/// is zero. Relaxed loads: the header's magic published them (SYNC POINT
+/// "magic"), and a reader that does not trust them validates the copy.
+///
+/// # Safety
+///
+/// `base + var_pool_offset` must be 64-byte aligned and valid for reads of
+/// `count` class headers of 64 bytes each.
+unsafe fn read_class_headers(
+    base: *mut u8,
+    var_pool_offset: u64,
+    count: u32,
+) -> [SizeClass; crate::layout::MAX_SIZE_CLASSES] {
+    let mut classes = [SizeClass {
+        slot_size: 0,
+        slot_count: 0,
+    }; crate::layout::MAX_SIZE_CLASSES];
+    for (i, class) in classes.iter_mut().enumerate().take(count as usize) {
+        let off = var_pool_offset + i as u64 * CLASS_HEADER_SIZE;
+        // SAFETY: header `i < count` is within the readable, aligned range
+        // the caller vouches for (this function's contract).
+        let h = unsafe { &*(base.add(off as usize) as *const SizeClassHeader) };
+        *class = SizeClass {
+            slot_size: h.slot_size.load(Ordering::Relaxed),
+            slot_count: h.slot_count.load(Ordering::Relaxed),
+        };
+    }
+    classes
 }
 
 impl Segment {
@@ -147,20 +178,22 @@ impl Segment {
                 mapped,
             });
         }
-        let mut classes = [SizeClass {
-            slot_size: 0,
-            slot_count: 0,
-        }; crate::layout::MAX_SIZE_CLASSES];
-        for (i, class) in classes
-            .iter_mut()
+        // SAFETY: the headers end at `headers_end`, checked above to be
+        // within the `len` mapped bytes the caller vouches for; the pool
+        // offset is the canonical one (checked above), a multiple of 64.
+        let classes =
+            unsafe { read_class_headers(base, snap.var_pool_offset, snap.num_var_slot_classes) };
+        for (
+            i,
+            &SizeClass {
+                slot_size,
+                slot_count,
+            },
+        ) in classes
+            .iter()
             .enumerate()
             .take(snap.num_var_slot_classes as usize)
         {
-            let off = snap.var_pool_offset + i as u64 * CLASS_HEADER_SIZE;
-            // SAFETY: off + 64 <= headers_end <= mapped; 64-aligned.
-            let h = unsafe { &*(base.add(off as usize) as *const SizeClassHeader) };
-            let slot_size = h.slot_size.load(Ordering::Relaxed);
-            let slot_count = h.slot_count.load(Ordering::Relaxed);
             if slot_size <= SLOT_LEN_PREFIX {
                 return Err(HeaderError::Class {
                     index: i as u32,
@@ -180,10 +213,6 @@ impl Segment {
                     rule: "must be 1..u32::MAX",
                 });
             }
-            *class = SizeClass {
-                slot_size,
-                slot_count,
-            };
         }
         let classes =
             SizeClasses::new(&classes[..snap.num_var_slot_classes as usize]).map_err(|_| {
@@ -267,24 +296,11 @@ impl Segment {
         // SAFETY: the caller vouches for a valid header.
         let snap = unsafe { &*(base as *const SegmentHeader) }.snapshot();
         snap.check(snap.total_size)?;
-        let mut classes = [SizeClass {
-            slot_size: 0,
-            slot_count: 0,
-        }; crate::layout::MAX_SIZE_CLASSES];
-        for (i, class) in classes
-            .iter_mut()
-            .enumerate()
-            .take(snap.num_var_slot_classes as usize)
-        {
-            let off = snap.var_pool_offset + i as u64 * CLASS_HEADER_SIZE;
-            // SAFETY: the caller vouches for the pool's class headers.
-            let h = unsafe { &*(base.add(off as usize) as *const SizeClassHeader) };
-            *class = SizeClass {
-                slot_size: h.slot_size.load(Ordering::Relaxed),
-                slot_count: h.slot_count.load(Ordering::Relaxed),
-            };
-        }
-        let n = snap.num_var_slot_classes as usize;
+        // SAFETY: the caller vouches for an initialized segment at `base`,
+        // class headers included (this function's contract).
+        let classes =
+            unsafe { read_class_headers(base, snap.var_pool_offset, snap.num_var_slot_classes) };
+        let n = (snap.num_var_slot_classes as usize).min(classes.len());
         let layout = SegmentLayout::canonical(snap.max_guests, snap.bipbuf_capacity, &classes[..n])
             .map_err(|e| match e {
                 LayoutError::SlotSizeAlignment { index, slot_size } => {
@@ -377,13 +393,14 @@ impl Segment {
     }
 
     /// Guest `index`'s ends: a sender on G2H, a receiver on H2G. Slots are
-    /// allocated as peer `index + 1`.
+    /// allocated as the guest's [`PeerId`].
     pub fn guest_channel(&self, index: u32) -> Result<(Sender, Receiver), ProtocolError> {
         let (h2g, g2h) = self.rings(index);
+        let id = PeerId::from_index(index).expect("a guest index is below 255");
         let tx = Sender::new(
             Producer::new(g2h)?,
             self.pool(),
-            (index + 1) as u8,
+            id.owner_byte(),
             &self.layout,
         );
         let rx = Receiver::new(Consumer::new(h2g)?, self.pool());
@@ -439,7 +456,8 @@ impl Segment {
         }
         h2g.reset();
         g2h.reset();
-        match pool.reclaim_owned_by((index + 1) as u8) {
+        let id = PeerId::from_index(index).expect("a guest index is below 255");
+        match pool.reclaim_owned_by(id.owner_byte()) {
             Ok(n) => report.owned_slots_freed = n,
             Err(e) => report.scan_error = report.scan_error.or(Some(e.into())),
         }

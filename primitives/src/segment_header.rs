@@ -259,7 +259,7 @@ impl fmt::Display for HeaderError {
                 f,
                 "guest {} (peer id {}): {field} = {value}, but the layout of this segment puts it at {expected}",
                 index,
-                index + 1
+                crate::peer_entry::PeerId::from_index(*index).map_or(0, crate::peer_entry::PeerId::get)
             ),
             Self::Class { index, field, value, rule } => {
                 write!(f, "size class {index}: {field} = {value} is invalid: {rule}")

@@ -4,17 +4,38 @@
 //! process-private) futexes: they work between the host's mapping and the
 //! guest's window of the same file, and between processes.
 
+use std::ops::Range;
 use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
 use rustix::thread::futex;
-use shmrt_primitives::Doorbell;
+use shmrt_primitives::{Doorbell, Segment};
 
 /// Rings `bell`: bumps its sequence and wakes every parked waiter, with no
 /// syscall when nobody is parked.
 pub fn ring(bell: &Doorbell) {
     if bell.ring() {
         wake_all(bell.futex_word());
+    }
+}
+
+/// Rings `bell` for news that must never be missed (a goodbye, a guest's
+/// end): bumps its sequence and wakes every waiter whatever the waiter
+/// count says (the other side can scribble it).
+pub fn ring_and_wake_all(bell: &Doorbell) {
+    bell.ring();
+    wake_all(bell.futex_word());
+}
+
+/// Raises host goodbye in `segment`'s header and wakes the guests at
+/// `indices` (on their host-to-guest doorbells): each drains what is
+/// queued and returns.
+pub(crate) fn say_goodbye(segment: &Segment, indices: Range<u32>) {
+    segment.header().say_goodbye();
+    for i in indices {
+        if let Some(p) = segment.peer(i) {
+            ring_and_wake_all(&p.h2g_doorbell);
+        }
     }
 }
 

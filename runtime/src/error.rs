@@ -55,6 +55,10 @@ pub enum SandboxError {
         window: u64,
         initial: u64,
     },
+    /// The runtime itself could not be set up (the wasmtime engine or its
+    /// linker): no module is involved, so not a module's fault.
+    #[error("cannot set up the wasmtime runtime ({what}): {message}")]
+    EngineSetup { what: &'static str, message: String },
     /// The bytes are not a valid WebAssembly module for this runtime.
     #[error("sandbox {sandbox}: invalid WebAssembly module: {message}")]
     Compile { sandbox: String, message: String },

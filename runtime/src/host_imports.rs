@@ -4,10 +4,12 @@
 
 use std::time::{Duration, Instant};
 
+use shmrt_primitives::WaitOutcome;
 use wasmtime::{Caller, Linker};
 
 use crate::doorbell_futex;
-use crate::sandbox::{DeadlineExceeded, SandboxState};
+use crate::guest_thread::{DeadlineExceeded, SegmentTruncated};
+use crate::sandbox_state::SandboxState;
 
 /// The core import module name.
 pub const MODULE: &str = "shmrt";
@@ -15,12 +17,13 @@ pub const MODULE: &str = "shmrt";
 /// Longest log message passed on; longer ones are cut.
 pub const MAX_LOG_BYTES: usize = 4096;
 
-/// `wait` results.
-pub const WAIT_RANG: i32 = 0;
-/// `wait`: the timeout passed.
-pub const WAIT_TIMEOUT: i32 = 1;
-/// `wait`: the host said goodbye (or is stopping the sandbox).
-pub const WAIT_GOODBYE: i32 = 2;
+/// `wait`: the host rang ([`WaitOutcome::Rang`]).
+pub const WAIT_RANG: i32 = WaitOutcome::Rang.code();
+/// `wait`: the timeout passed ([`WaitOutcome::Timeout`]).
+pub const WAIT_TIMEOUT: i32 = WaitOutcome::Timeout.code();
+/// `wait`: the host said goodbye, or is stopping the sandbox
+/// ([`WaitOutcome::Goodbye`]).
+pub const WAIT_GOODBYE: i32 = WaitOutcome::Goodbye.code();
 
 /// Longest single park inside `wait`, so that a stop or a deadline is
 /// noticed even if a wake-up is lost to a scribbled waiter count.
@@ -48,7 +51,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<SandboxState>) -> wasmtime::Resu
         |c: Caller<'_, SandboxState>| -> u32 { c.data().shared.segment_file.len() as u32 },
     )?;
     linker.func_wrap(MODULE, "peer_id", |c: Caller<'_, SandboxState>| -> u32 {
-        c.data().shared.guest_index + 1
+        c.data().shared.peer_id().get()
     })?;
     linker.func_wrap(MODULE, "ring", |c: Caller<'_, SandboxState>| {
         let shared = &c.data().shared;
@@ -58,7 +61,11 @@ pub(crate) fn add_to_linker(linker: &mut Linker<SandboxState>) -> wasmtime::Resu
             doorbell_futex::ring(&shared.peer().g2h_doorbell);
         }
     })?;
-    linker.func_wrap(MODULE, "wait", wait)?;
+    linker.func_wrap(
+        MODULE,
+        "wait",
+        |c: Caller<'_, SandboxState>, timeout_ns: i64| wait(c, timeout_ns).map(WaitOutcome::code),
+    )?;
     linker.func_wrap(MODULE, "log", log)?;
     linker.func_wrap(MODULE, "now_ns", |c: Caller<'_, SandboxState>| -> u64 {
         c.data().shared.started.elapsed().as_nanos() as u64
@@ -73,7 +80,7 @@ const MAX_POLL_NAP: Duration = Duration::from_millis(5);
 /// The first sleep of a poll after activity.
 pub(crate) const MIN_POLL_NAP: Duration = Duration::from_micros(20);
 
-fn wait(mut c: Caller<'_, SandboxState>, timeout_ns: i64) -> wasmtime::Result<i32> {
+fn wait(mut c: Caller<'_, SandboxState>, timeout_ns: i64) -> wasmtime::Result<WaitOutcome> {
     let state = c.data_mut();
     let shared = state.shared.clone();
     let bell = &shared.peer().h2g_doorbell;
@@ -96,13 +103,11 @@ fn wait(mut c: Caller<'_, SandboxState>, timeout_ns: i64) -> wasmtime::Result<i3
         };
         if shared.segment_file.was_truncated() {
             finish();
-            wasmtime::bail!(
-                "the segment file was truncated under the sandbox (pages of it vanished)"
-            );
+            return Err(wasmtime::Error::new(SegmentTruncated));
         }
         if shared.goodbye_or_stopped() {
             finish();
-            return Ok(WAIT_GOODBYE);
+            return Ok(WaitOutcome::Goodbye);
         }
         // Data the guest has not been told of yet ends the wait; data it
         // was told of and left queued does not (it waits for room).
@@ -111,7 +116,7 @@ fn wait(mut c: Caller<'_, SandboxState>, timeout_ns: i64) -> wasmtime::Result<i3
             state.wait_seen_write = pending;
             state.poll_backoff = MIN_POLL_NAP;
             finish();
-            return Ok(WAIT_RANG);
+            return Ok(WaitOutcome::Rang);
         }
         let now = Instant::now();
         if state.deadline.is_some_and(|d| now >= d) {
@@ -120,7 +125,7 @@ fn wait(mut c: Caller<'_, SandboxState>, timeout_ns: i64) -> wasmtime::Result<i3
         }
         if until.is_some_and(|u| now >= u) {
             finish();
-            return Ok(WAIT_TIMEOUT);
+            return Ok(WaitOutcome::Timeout);
         }
         let mut nap = MAX_PARK;
         for limit in [until, state.deadline].into_iter().flatten() {
@@ -139,9 +144,9 @@ fn wait(mut c: Caller<'_, SandboxState>, timeout_ns: i64) -> wasmtime::Result<i3
             // The host rang: new data, or room it freed.
             state.wait_seen_write = shared.h2g_pending_write();
             return Ok(if shared.goodbye_or_stopped() {
-                WAIT_GOODBYE
+                WaitOutcome::Goodbye
             } else {
-                WAIT_RANG
+                WaitOutcome::Rang
             });
         }
     }
@@ -176,7 +181,7 @@ fn log(mut c: Caller<'_, SandboxState>, level: i32, ptr: u32, len: u32) -> wasmt
     let state = c.data_mut();
     let dropped = state.log_rate.take_dropped();
     let shared = &state.shared;
-    let (sandbox, peer) = (shared.name.as_str(), shared.guest_index + 1);
+    let (sandbox, peer) = (shared.name.as_str(), shared.peer_id().get());
     if dropped > 0 {
         tracing::warn!(
             target: "shmrt::guest",

@@ -7,11 +7,12 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use shmrt_primitives::{Segment, SegmentConfig};
+use shmrt_primitives::{PeerId, Segment, SegmentConfig};
 
 use crate::doorbell_futex::{self, SpinBudget};
 use crate::error::SandboxError;
-use crate::sandbox::{HostReceiver, HostSender, SandboxShared};
+use crate::host_channel::{HostReceiver, HostSender};
+use crate::sandbox_state::SandboxShared;
 use crate::segment_file::SegmentFile;
 
 /// A segment file made by this process, hosting guests in other processes.
@@ -54,8 +55,8 @@ impl HostSegment {
             path: self.path().to_owned(),
             reason,
         };
-        let index = peer_id
-            .checked_sub(1)
+        let index = PeerId::new(peer_id)
+            .map(PeerId::index)
             .filter(|&i| i < self.segment().layout().max_guests)
             .ok_or_else(|| peer_err(format!("peer {peer_id} is not a guest of this segment")))?;
         let entry = self.segment().peer(index).expect("index checked");
@@ -82,12 +83,6 @@ impl HostSegment {
     /// Raises host goodbye for every guest and wakes those parked.
     pub fn goodbye(&self) {
         let seg = self.segment();
-        seg.header().say_goodbye();
-        for i in 0..seg.layout().max_guests {
-            if let Some(p) = seg.peer(i) {
-                p.h2g_doorbell.ring();
-                doorbell_futex::wake_all(p.h2g_doorbell.futex_word());
-            }
-        }
+        doorbell_futex::say_goodbye(seg, 0..seg.layout().max_guests);
     }
 }

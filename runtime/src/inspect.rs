@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 use shmrt_primitives::segment_header::{FEATURE_DOORBELLS, HeaderSnapshot, SegmentHeader};
 use shmrt_primitives::{Segment, SlotError};
 
-use crate::sandbox::monotonic_ns;
+use crate::runtime::monotonic_ns;
 use crate::segment_file::Owner;
 
 /// A segment's report: JSON for `--json`, and the list of problems found.

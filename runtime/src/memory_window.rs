@@ -46,12 +46,19 @@ thread_local! {
 }
 
 /// Makes `window` the window of the next linear memory created on this
-/// thread, for the duration of `f` (the instantiation).
+/// thread, for the duration of `f` (the instantiation). The window is
+/// cleared when `f` returns or unwinds, so that a panic inside it cannot
+/// leave the window for an unrelated memory created later on this thread.
 pub(crate) fn with_pending_window<R>(window: PendingWindow, f: impl FnOnce() -> R) -> R {
+    struct Clear;
+    impl Drop for Clear {
+        fn drop(&mut self) {
+            PENDING.with(|p| p.borrow_mut().take());
+        }
+    }
     PENDING.with(|p| *p.borrow_mut() = Some(window));
-    let r = f();
-    PENDING.with(|p| p.borrow_mut().take());
-    r
+    let _clear = Clear;
+    f()
 }
 
 /// Not placed yet.
@@ -215,5 +222,26 @@ impl Drop for WindowedMemory {
         if let Err(e) = unsafe { rustix::mm::munmap(self.base as *mut c_void, self.total) } {
             tracing::error!("unmapping a linear memory failed: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_in_the_instantiation_clears_the_pending_window() {
+        let window = PendingWindow {
+            file: Arc::new(File::open("/dev/null").expect("/dev/null opens")),
+            len: 65536,
+            file_len: 0,
+            placed_at: Arc::new(AtomicUsize::new(NOT_PLACED)),
+            truncated: None,
+        };
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            with_pending_window(window, || panic!("instantiation panicked"))
+        }));
+        assert!(unwound.is_err());
+        assert!(PENDING.with(|p| p.borrow().is_none()));
     }
 }

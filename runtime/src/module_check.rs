@@ -4,7 +4,7 @@
 use wasmparser::{Parser, Payload, TypeRef, Validator, WasmFeatures};
 
 use crate::host_imports::MODULE as SHMRT_MODULE;
-use crate::sandbox::{MAX_MEMORIES, MAX_TABLES};
+use crate::memory_limit::{MAX_MEMORIES, MAX_TABLES};
 
 /// What the runtime needs to know about a module.
 #[derive(Debug, Default)]
@@ -62,52 +62,142 @@ pub(crate) fn has_no_atomics(bytes: &[u8]) -> bool {
         .is_ok()
 }
 
+/// Why a module is refused before it runs. `Display` says how to fix the
+/// plugin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RefusedModule {
+    /// It imports `shmrt` but has no atomic instruction.
+    NoAtomics,
+    /// It imports its linear memory.
+    ImportsMemory,
+    /// More linear memories than an instance may have.
+    TooManyMemories { count: usize },
+    /// More tables than an instance may have.
+    TooManyTables { count: usize },
+    /// It defines no linear memory.
+    NoMemory,
+    /// Its first memory is 64-bit.
+    Memory64,
+    /// Its declared maximum leaves no room for the window.
+    NoRoomForWindow {
+        maximum: u64,
+        initial: u64,
+        window_pages: u64,
+    },
+}
+
+impl std::fmt::Display for RefusedModule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Self::NoAtomics => f.write_str(
+                "module imports the `shmrt` interface but contains no atomic instruction, so its ring \
+                 polling could hang forever; rebuild it with `-C target-feature=+atomics,+bulk-memory` \
+                 (`shmrt build` does this; or set it under [build] rustflags in .cargo/config.toml)",
+            ),
+            Self::ImportsMemory => f.write_str(
+                "module imports its linear memory; shmrt places the segment inside a memory the module \
+                 defines itself: link without --import-memory",
+            ),
+            Self::TooManyMemories { count } => write!(
+                f,
+                "module has {count} linear memories; shmrt allows at most {MAX_MEMORIES} (each reserves 4 GiB \
+                 of address space)"
+            ),
+            Self::TooManyTables { count } => write!(
+                f,
+                "module has {count} tables; shmrt allows at most {MAX_TABLES}"
+            ),
+            Self::NoMemory => f.write_str(
+                "module defines no linear memory, so there is nowhere to place the shared segment",
+            ),
+            Self::Memory64 => f.write_str(
+                "module uses a 64-bit memory (memory64); shmrt supports 32-bit memories only",
+            ),
+            Self::NoRoomForWindow {
+                maximum,
+                initial,
+                window_pages,
+            } => write!(
+                f,
+                "module declares a maximum of {maximum} pages, leaving no room for the {window_pages}-page segment \
+                 window after its {initial} initial pages; link with a larger --max-memory or none"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for RefusedModule {}
+
 /// Refuses what the memory window can not serve. `window_pages` is the
 /// segment's size in 64 KiB pages.
-pub(crate) fn check(bytes: &[u8], window_pages: u64) -> Result<(), String> {
+pub(crate) fn check(bytes: &[u8], window_pages: u64) -> Result<(), RefusedModule> {
     let f = facts(bytes);
     if f.imports_shmrt && has_no_atomics(bytes) {
-        return Err("module imports the `shmrt` interface but contains no atomic instruction, so its ring \
-                    polling could hang forever; rebuild it with `-C target-feature=+atomics,+bulk-memory` \
-                    (`shmrt build` does this; or set it under [build] rustflags in .cargo/config.toml)"
-            .into());
+        return Err(RefusedModule::NoAtomics);
     }
     if f.imports_memory {
-        return Err("module imports its linear memory; shmrt places the segment inside a memory the module \
-                    defines itself: link without --import-memory"
-            .into());
+        return Err(RefusedModule::ImportsMemory);
     }
     if f.memories > MAX_MEMORIES {
-        return Err(format!(
-            "module has {} linear memories; shmrt allows at most {MAX_MEMORIES} (each reserves 4 GiB \
-             of address space)",
-            f.memories
-        ));
+        return Err(RefusedModule::TooManyMemories { count: f.memories });
     }
     if f.tables > MAX_TABLES {
-        return Err(format!(
-            "module has {} tables; shmrt allows at most {MAX_TABLES}",
-            f.tables
-        ));
+        return Err(RefusedModule::TooManyTables { count: f.tables });
     }
     let Some((is64, initial, maximum)) = f.memory else {
-        return Err(
-            "module defines no linear memory, so there is nowhere to place the shared segment"
-                .into(),
-        );
+        return Err(RefusedModule::NoMemory);
     };
     if is64 {
-        return Err(
-            "module uses a 64-bit memory (memory64); shmrt supports 32-bit memories only".into(),
-        );
+        return Err(RefusedModule::Memory64);
     }
     if let Some(max) = maximum
         && max < initial + window_pages
     {
-        return Err(format!(
-            "module declares a maximum of {max} pages, leaving no room for the {window_pages}-page segment \
-             window after its {initial} initial pages; link with a larger --max-memory or none"
-        ));
+        return Err(RefusedModule::NoRoomForWindow {
+            maximum: max,
+            initial,
+            window_pages,
+        });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_wat(text: &str, window_pages: u64) -> Result<(), RefusedModule> {
+        check(&wat::parse_str(text).expect("valid WAT"), window_pages)
+    }
+
+    #[test]
+    fn refusals_have_their_reasons() {
+        assert_eq!(check_wat("(module)", 1), Err(RefusedModule::NoMemory));
+        assert_eq!(
+            check_wat(r#"(module (import "shmrt" "ring" (func)) (memory 1))"#, 1),
+            Err(RefusedModule::NoAtomics)
+        );
+        assert_eq!(
+            check_wat(r#"(module (import "env" "memory" (memory 1)))"#, 1),
+            Err(RefusedModule::ImportsMemory)
+        );
+        assert_eq!(
+            check_wat("(module (memory i64 1))", 1),
+            Err(RefusedModule::Memory64)
+        );
+        assert_eq!(
+            check_wat("(module (memory 2 3))", 2),
+            Err(RefusedModule::NoRoomForWindow {
+                maximum: 3,
+                initial: 2,
+                window_pages: 2
+            })
+        );
+        assert_eq!(check_wat("(module (memory 2 4))", 2), Ok(()));
+        assert!(
+            RefusedModule::NoAtomics
+                .to_string()
+                .contains("+atomics,+bulk-memory")
+        );
+    }
 }

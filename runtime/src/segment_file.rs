@@ -35,9 +35,6 @@ use shmrt_primitives::{HeaderError, Segment, SegmentConfig, SegmentLayout};
 
 use crate::error::SandboxError;
 
-/// The host's page size for file mappings.
-const OS_PAGE: u64 = 4096;
-
 /// Random temporary names tried before `create_named` gives up.
 const PART_ATTEMPTS: usize = 8;
 
@@ -601,7 +598,8 @@ impl SegmentFile {
     /// Bytes of the file to map into the window: its length rounded up to
     /// the OS page (the rest of that page reads as zeros).
     pub(crate) fn file_map_len(&self) -> usize {
-        (self.file_len.div_ceil(OS_PAGE) * OS_PAGE) as usize
+        let page = rustix::param::page_size() as u64;
+        (self.file_len.div_ceil(page) * page) as usize
     }
 
     /// Bytes mapped by the host.

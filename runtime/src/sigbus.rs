@@ -57,8 +57,10 @@ struct Chunk {
 static CHUNKS: AtomicPtr<Chunk> = AtomicPtr::new(ptr::null_mut());
 /// Handlers currently reading the registry.
 static IN_HANDLER: AtomicUsize = AtomicUsize::new(0);
-/// The OS page size, read once at install.
-static PAGE: AtomicUsize = AtomicUsize::new(4096);
+/// The OS page size, stored by `install` before any range is registered:
+/// the handler reads it only for a range it found LIVE, so the range's
+/// publication (SYNC POINT range-published) publishes this store too.
+static PAGE: AtomicUsize = AtomicUsize::new(0);
 static INSTALL: Once = Once::new();
 /// The SIGBUS disposition found at install; written before our handler is
 /// installed, read-only afterwards.
@@ -177,13 +179,8 @@ fn chunks() -> impl Iterator<Item = &'static Chunk> {
 }
 
 fn install() {
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if let Ok(page) = usize::try_from(page)
-        && page.is_power_of_two()
-    {
-        PAGE.store(page, Ordering::Relaxed);
-    }
+    // Relaxed: published with the first registered range (see PAGE).
+    PAGE.store(rustix::param::page_size(), Ordering::Relaxed);
     // SAFETY: plain sigaction calls. PREVIOUS is written here, before our
     // handler is installed (`Once`), and only read afterwards. It is read
     // first and then written again from the second call's old action, in

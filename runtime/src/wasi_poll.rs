@@ -26,7 +26,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use wasmtime::{Caller, Linker};
 
-use crate::sandbox::{DeadlineExceeded, SandboxShared, SandboxState, Stopped};
+use crate::guest_thread::{DeadlineExceeded, SegmentTruncated, Stopped};
+use crate::sandbox_state::{SandboxShared, SandboxState};
 
 const SUBSCRIPTION_SIZE: usize = 48;
 const EVENT_SIZE: usize = 32;
@@ -201,9 +202,7 @@ pub(crate) fn sleep_until(state: &SandboxState, until: Instant) -> wasmtime::Res
             return Err(wasmtime::Error::new(Stopped));
         }
         if shared.segment_file.was_truncated() {
-            wasmtime::bail!(
-                "the segment file was truncated under the sandbox (pages of it vanished)"
-            );
+            return Err(wasmtime::Error::new(SegmentTruncated));
         }
         let now = Instant::now();
         if state.deadline.is_some_and(|d| now >= d) {

@@ -95,3 +95,76 @@ impl From<anyhow::Error> for Failure {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(e: SandboxError) -> u8 {
+        Failure::from(e).code
+    }
+
+    #[test]
+    fn sandbox_errors_map_to_their_exit_statuses() {
+        let sandbox = || "s".to_string();
+        let message = || "m".to_string();
+        assert_eq!(
+            code(SandboxError::Compile {
+                sandbox: sandbox(),
+                message: message()
+            }),
+            INVALID_MODULE
+        );
+        assert_eq!(
+            code(SandboxError::Refused {
+                sandbox: sandbox(),
+                reason: message()
+            }),
+            INVALID_MODULE
+        );
+        assert_eq!(
+            code(SandboxError::EngineSetup {
+                what: "the engine",
+                message: message()
+            }),
+            OTHER
+        );
+        assert_eq!(
+            code(SandboxError::Trap {
+                sandbox: sandbox(),
+                message: message()
+            }),
+            TRAP
+        );
+        assert_eq!(
+            code(SandboxError::Timeout {
+                sandbox: sandbox(),
+                after: Default::default()
+            }),
+            TIMEOUT
+        );
+        assert_eq!(
+            code(SandboxError::OutOfFuel { sandbox: sandbox() }),
+            OUT_OF_FUEL
+        );
+        assert_eq!(
+            code(SandboxError::WindowTooLarge {
+                sandbox: sandbox(),
+                window: 1,
+                initial: 1
+            }),
+            USAGE
+        );
+        assert_eq!(
+            code(SandboxError::Read {
+                path: "p".into(),
+                source: std::io::ErrorKind::NotFound.into()
+            }),
+            UNREADABLE
+        );
+        assert_eq!(code(SandboxError::Stopped { sandbox: sandbox() }), OTHER);
+        // Through anyhow, as the commands return them.
+        let wrapped: anyhow::Error = SandboxError::OutOfFuel { sandbox: sandbox() }.into();
+        assert_eq!(Failure::from(wrapped).code, OUT_OF_FUEL);
+    }
+}

@@ -1,0 +1,296 @@
+//! Instantiating a sandbox: the module's bytes (binary or WAT, bounded
+//! reads), the checks a module must pass, its store with the limits
+//! (fuel, memory, deadline), the WASI context, the placement of the
+//! segment window in its linear memory, taking the peer entry, and
+//! handing the instance to its guest thread.
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use wasmtime::Store;
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+
+use crate::error::SandboxError;
+use crate::guest_thread::{
+    DeadlineExceeded, Entry, SandboxHandle, Stopped, exit_status, run_guest, watch_deadline,
+};
+use crate::host_channel::deadline_after;
+use crate::memory_window::{self, NOT_PLACED, PendingWindow};
+use crate::options::{GuestStdout, SandboxOptions};
+use crate::runtime::Runtime;
+use crate::sandbox_state::{SandboxShared, SandboxState};
+use crate::{module_check, wasi_poll};
+
+/// How the guest takes its peer entry.
+pub(crate) enum Claim {
+    /// We created the segment: reserve, then the guest thread claims.
+    Own,
+    /// Another program reserved the entry: claim it now.
+    Reserved,
+    /// A walk-in guest on the first Empty entry.
+    Empty,
+}
+
+impl Runtime {
+    /// Compiles, checks, instantiates with the window, takes the peer entry
+    /// and starts the guest thread.
+    pub(crate) fn start(
+        &self,
+        wasm: &[u8],
+        options: &SandboxOptions,
+        shared: Arc<SandboxShared>,
+        claim: Claim,
+    ) -> Result<SandboxHandle, SandboxError> {
+        let name = shared.name.clone();
+        let window_len = shared.segment_file.window_len();
+        let window_pages = window_len as u64 / 65536;
+        let binary = module_bytes(wasm).map_err(|message| SandboxError::Compile {
+            sandbox: name.clone(),
+            message,
+        })?;
+        let module = self.compile(&binary).map_err(|e| SandboxError::Compile {
+            sandbox: name.clone(),
+            message: format!("{e:#}"),
+        })?;
+        module_check::check(&binary, window_pages).map_err(|reason| SandboxError::Refused {
+            sandbox: name.clone(),
+            reason: reason.to_string(),
+        })?;
+        let initial_pages = module_check::facts(&binary).memory.map_or(0, |(_, i, _)| i);
+        if initial_pages + window_pages > 1 << 16 {
+            return Err(SandboxError::WindowTooLarge {
+                sandbox: name,
+                window: window_len as u64,
+                initial: initial_pages << 16,
+            });
+        }
+
+        let state =
+            SandboxState::new(options, shared.clone()).map_err(|e| SandboxError::Instantiate {
+                sandbox: name.clone(),
+                message: e,
+            })?;
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.memory_limit);
+
+        match (options.fuel, self.fuel) {
+            (Some(fuel), true) => store.set_fuel(fuel),
+            (None, true) => store.set_fuel(u64::MAX),
+            (Some(_), false) => {
+                return Err(SandboxError::Refused {
+                    sandbox: name,
+                    reason: "a fuel limit needs a runtime made with RuntimeConfig { fuel: true }"
+                        .into(),
+                });
+            }
+            (None, false) => Ok(()),
+        }
+        .map_err(|e| SandboxError::Instantiate {
+            sandbox: name.clone(),
+            message: e.to_string(),
+        })?;
+        // Instantiation runs guest code (a start function) and creates the
+        // memory under the limiter: a limit, a trap, the deadline or a
+        // stop there is the guest's failure, not a refused module.
+        let instantiate_err = |e: wasmtime::Error| {
+            // A trap with wasm frames came from a start function; one
+            // without (a data segment past the memory) is the module's.
+            let in_guest_code = e
+                .downcast_ref::<wasmtime::WasmBacktrace>()
+                .is_some_and(|b| !b.frames().is_empty());
+            let guest_ran = (e.downcast_ref::<wasmtime::Trap>().is_some() && in_guest_code)
+                || e.downcast_ref::<DeadlineExceeded>().is_some()
+                || e.downcast_ref::<Stopped>().is_some();
+            if guest_ran {
+                return match exit_status(e, &shared, options.timeout) {
+                    Err(error) => error,
+                    Ok(code) => SandboxError::Instantiate {
+                        sandbox: name.clone(),
+                        message: format!("the start function exited with {code}"),
+                    },
+                };
+            }
+            // Before any guest code: the module itself is too large for the
+            // limit, on every attempt (so not a failure to restart).
+            if shared.memory_refused.load(Ordering::Acquire) {
+                return SandboxError::Refused {
+                    sandbox: name.clone(),
+                    reason: format!(
+                        "its initial linear memories and tables together are larger than the memory \
+                         limit of {} bytes ({e:#}); raise the limit or declare less memory",
+                        options.max_memory.unwrap_or(0)
+                    ),
+                };
+            }
+            SandboxError::Instantiate {
+                sandbox: name.clone(),
+                message: format!("{e:#}"),
+            }
+        };
+        // The deadline and the stop flag hold from here: a start function
+        // runs during instantiation, on the caller's thread.
+        let deadline = options.timeout.and_then(deadline_after);
+        watch_deadline(&mut store, &shared, deadline);
+        shared.runs_on_this_thread();
+        let window = PendingWindow {
+            file: shared.segment_file.file().clone(),
+            len: window_len,
+            file_len: shared.segment_file.file_map_len(),
+            placed_at: shared.placed_at.clone(),
+            truncated: shared
+                .segment_file
+                .path()
+                .map(|_| shared.segment_file.truncated_flag().clone()),
+        };
+        let instance = memory_window::with_pending_window(window, || {
+            self.linker.instantiate(&mut store, &module)
+        })
+        .map_err(instantiate_err)?;
+        let memory =
+            instance
+                .get_memory(&mut store, "memory")
+                .ok_or_else(|| SandboxError::Refused {
+                    sandbox: name.clone(),
+                    reason: "module does not export its linear memory as `memory`".into(),
+                })?;
+        store.data_mut().memory_limit.window_growth = true;
+        let grown = memory.grow(&mut store, window_pages);
+        store.data_mut().memory_limit.window_growth = false;
+        grown.map_err(instantiate_err)?;
+        let base = shared.window_base();
+        if base == NOT_PLACED
+            || memory.data(&store).get(base..base + 8)
+                != Some(&shmrt_primitives::segment_header::MAGIC[..])
+        {
+            return Err(SandboxError::Instantiate {
+                sandbox: name,
+                message: "the segment window could not be placed in linear memory".into(),
+            });
+        }
+        let entry = Entry::find(&instance, &mut store).ok_or_else(|| SandboxError::Refused {
+            sandbox: name.clone(),
+            reason: "module exports neither `shmrt_main: () -> i32` nor `_start: () -> ()`; build it with \
+                     the guest SDK's entry macro, or as a WASI command"
+                .into(),
+        })?;
+        let initialize = instance
+            .get_typed_func::<(), ()>(&mut store, "_initialize")
+            .ok();
+
+        let peer = shared.peer();
+        let taken = match claim {
+            Claim::Own => peer.try_reserve().map(|_| ()),
+            Claim::Reserved => peer.try_claim_reserved(),
+            Claim::Empty => peer.try_attach().map(|_| ()),
+        };
+        taken.map_err(|e| SandboxError::Peer {
+            path: shared
+                .segment_file
+                .path()
+                .map(Path::to_owned)
+                .unwrap_or_default(),
+            reason: format!("cannot take the entry of peer {}: {e}", shared.peer_id()),
+        })?;
+        let claim_in_thread = matches!(claim, Claim::Own);
+
+        let timeout = options.timeout;
+        let thread_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("shmrt-guest {name}"))
+            .spawn(move || {
+                run_guest(
+                    store,
+                    entry,
+                    initialize,
+                    timeout,
+                    thread_shared,
+                    claim_in_thread,
+                )
+            })
+            .map_err(|e| SandboxError::io("starting the guest thread", e))?;
+        Ok(SandboxHandle {
+            shared,
+            thread: Some(thread),
+        })
+    }
+}
+
+pub(crate) fn build_wasi(
+    options: &SandboxOptions,
+    clock_origin: Instant,
+) -> Result<WasiP1Ctx, String> {
+    let mut b = WasiCtxBuilder::new();
+    b.args(&options.args).envs(&options.env).inherit_stderr();
+    b.monotonic_clock(wasi_poll::GuestMonotonicClock {
+        origin: clock_origin,
+    });
+    match options.stdout {
+        GuestStdout::Stderr => {
+            b.stdout(std::io::stderr());
+        }
+        GuestStdout::Stdout => {
+            b.inherit_stdout();
+        }
+        GuestStdout::Null => {}
+    }
+    for (host, guest) in &options.dirs {
+        b.preopened_dir(host, guest, FsPerms::ReadWrite)
+            .map_err(|e| format!("cannot give the guest directory {}: {e}", host.display()))?;
+    }
+    Ok(b.build_p1())
+}
+
+/// The most bytes read as a module: a larger file (or `/dev/zero`) is
+/// refused before it fills the host's memory.
+pub const MAX_MODULE_BYTES: u64 = 256 << 20;
+
+/// Reads a module file, at most [`MAX_MODULE_BYTES`].
+pub fn read_module_file(path: &Path) -> Result<Vec<u8>, SandboxError> {
+    use std::io::Read;
+    let read_err = |source| SandboxError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(read_err)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_MODULE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
+    if bytes.len() as u64 > MAX_MODULE_BYTES {
+        return Err(read_err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "it is larger than {} MiB, the most shmrt reads as a module",
+                MAX_MODULE_BYTES >> 20
+            ),
+        )));
+    }
+    Ok(bytes)
+}
+
+/// The binary of a module given as a binary (by its magic) or as WAT
+/// text; anything else is said to be neither, not parsed as WAT.
+fn module_bytes(wasm: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, String> {
+    if wasm.starts_with(b"\0asm") {
+        return Ok(std::borrow::Cow::Borrowed(wasm));
+    }
+    let Ok(text) = std::str::from_utf8(wasm) else {
+        return Err(
+            "not a WebAssembly module: it starts with neither the binary magic \\0asm nor is it WAT text"
+                .into(),
+        );
+    };
+    if !text.trim_start().starts_with('(') && !text.trim_start().starts_with(";;") {
+        return Err(
+            "not a WebAssembly module: it starts with neither the binary magic \\0asm nor `(` of WAT text"
+                .into(),
+        );
+    }
+    wat::parse_str(text)
+        .map(std::borrow::Cow::Owned)
+        .map_err(|e| format!("invalid WAT text: {e}"))
+}

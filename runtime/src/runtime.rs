@@ -1,0 +1,338 @@
+//! The runtime: the wasmtime engine with shmrt's memory window and host
+//! imports, the epoch ticker that drives deadlines and stops, the cache of
+//! compiled modules, and the entry points that spawn sandboxes from it
+//! (`spawn`, `attach`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use shmrt_primitives::{PeerId, PeerState, SegmentConfig};
+use wasmtime::{Config, Engine, Linker, Module, Store};
+
+use crate::doorbell_futex::SpinBudget;
+use crate::error::SandboxError;
+use crate::guest_thread::SandboxHandle;
+use crate::host_channel::{HostReceiver, HostSender};
+use crate::instantiate::{Claim, read_module_file};
+use crate::memory_window::WindowMemoryCreator;
+use crate::options::{SandboxOptions, SegmentSource};
+use crate::sandbox::Sandbox;
+use crate::sandbox_state::{SandboxShared, SandboxState};
+use crate::segment_file::SegmentFile;
+use crate::{host_imports, wasi_poll};
+
+/// How often the engine's epoch advances: the granularity of deadlines
+/// and stops for a guest that is running wasm code.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Compiled modules keyed by (hash, length) of their bytes, with the bytes
+/// to rule out a collision.
+type ModuleCache = std::collections::HashMap<(u64, usize), (Vec<u8>, Module)>;
+
+/// Engine-wide choices.
+#[derive(Clone, Debug, Default)]
+pub struct RuntimeConfig {
+    /// Meter fuel, so that sandboxes can be given `SandboxOptions::fuel`
+    /// (every guest then runs a little slower).
+    pub fuel: bool,
+    /// Keep compiled modules in this directory between runs (see
+    /// [`RuntimeConfig::default_module_cache`]); `None` compiles every
+    /// module once per `Runtime`. Its entries are machine code that is
+    /// loaded and run: it must be the user's own directory.
+    pub module_cache: Option<PathBuf>,
+}
+
+impl RuntimeConfig {
+    /// The user's cache directory for compiled modules:
+    /// `$XDG_CACHE_HOME/shmrt` or `~/.cache/shmrt` (what `shmrt run` uses
+    /// unless `--no-cache`).
+    pub fn default_module_cache() -> Option<PathBuf> {
+        crate::module_cache::ModuleCache::default_dir()
+    }
+}
+
+/// The engine, the linker with the host imports, and the epoch ticker.
+/// One per process is enough; sandboxes are spawned from it.
+pub struct Runtime {
+    pub(crate) fuel: bool,
+    /// Compiled modules on disk, between runs.
+    disk_cache: Option<crate::module_cache::ModuleCache>,
+    /// Compiled modules by (hash, length) of their bytes.
+    modules: std::sync::Mutex<ModuleCache>,
+    pub(crate) engine: Engine,
+    pub(crate) linker: Arc<Linker<SandboxState>>,
+
+    ticker: Option<JoinHandle<()>>,
+    ticking: Arc<AtomicBool>,
+}
+
+impl Runtime {
+    /// A runtime with wasm threads (atomics) on, the memory window, and
+    /// epoch interruption for deadlines.
+    pub fn new() -> Result<Self, SandboxError> {
+        Self::with_config(RuntimeConfig::default())
+    }
+
+    /// A runtime with engine-wide choices.
+    pub fn with_config(rc: RuntimeConfig) -> Result<Self, SandboxError> {
+        let mut config = Config::new();
+        config.consume_fuel(rc.fuel);
+        config.wasm_threads(true);
+        config.epoch_interruption(true);
+        config.with_host_memory(Arc::new(WindowMemoryCreator));
+        // Copy-on-write images need wasmtime's own mmap memories.
+        config.memory_init_cow(false);
+        let setup = |what: &'static str| {
+            move |e: wasmtime::Error| SandboxError::EngineSetup {
+                what,
+                message: format!("{e:#}"),
+            }
+        };
+        let engine = Engine::new(&config).map_err(setup("the engine configuration"))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut SandboxState| &mut s.wasi)
+            .map_err(setup("the WASI imports"))?;
+        wasi_poll::shadow_poll_oneoff(&mut linker).map_err(setup("the bounded poll_oneoff"))?;
+        host_imports::add_to_linker(&mut linker).map_err(setup("the shmrt imports"))?;
+        let ticking = Arc::new(AtomicBool::new(true));
+        let ticker = {
+            let (engine, ticking) = (engine.clone(), ticking.clone());
+            std::thread::Builder::new()
+                .name("shmrt-epoch".into())
+                .spawn(move || {
+                    while ticking.load(Ordering::Relaxed) {
+                        std::thread::sleep(EPOCH_TICK);
+                        engine.increment_epoch();
+                    }
+                })
+                .map_err(|e| SandboxError::io("starting the epoch thread", e))?
+        };
+        Ok(Runtime {
+            fuel: rc.fuel,
+            disk_cache: rc.module_cache.map(crate::module_cache::ModuleCache::new),
+            modules: Default::default(),
+            engine,
+            linker: Arc::new(linker),
+            ticker: Some(ticker),
+            ticking,
+        })
+    }
+
+    /// Reads `path` and spawns it.
+    pub fn spawn_file(
+        &self,
+        path: &Path,
+        mut options: SandboxOptions,
+    ) -> Result<Sandbox, SandboxError> {
+        let bytes = read_module_file(path)?;
+        if options.name == SandboxOptions::default().name {
+            options.name = path.display().to_string();
+        }
+        self.spawn(&bytes, options)
+    }
+
+    /// Checks, compiles and instantiates `wasm` with a fresh segment in its
+    /// memory, and starts its entry point on a thread of its own.
+    ///
+    /// The instantiation runs on the caller's thread, and with it the
+    /// module's start function, if it has one: under the sandbox's fuel,
+    /// memory limit and timeout (which counts from here), so a start
+    /// function that never returns blocks this call until the timeout,
+    /// forever without one.
+    pub fn spawn(&self, wasm: &[u8], options: SandboxOptions) -> Result<Sandbox, SandboxError> {
+        let mut seg_config = options.segment;
+        seg_config.max_guests = 1;
+        let file = match &options.segment_source {
+            SegmentSource::Memfd => SegmentFile::create_memfd(&seg_config)?,
+            SegmentSource::Named {
+                path,
+                keep,
+                replace_stale,
+            } => SegmentFile::create_named_with(path, &seg_config, *keep, *replace_stale)?,
+        };
+        let mut shared = SandboxShared::new(options.name.clone(), Arc::new(file), 0, options.spin);
+        shared.slot_wait = options.slot_wait;
+        shared.timeout = options.timeout;
+        let shared = Arc::new(shared);
+        let handle = self.start(wasm, &options, shared.clone(), Claim::Own)?;
+        let segment = *shared.segment_file.segment();
+        let (tx, rx) =
+            segment
+                .host_channel(shared.guest_index)
+                .map_err(|error| SandboxError::Protocol {
+                    sandbox: shared.name.clone(),
+                    error,
+                })?;
+        Ok(Sandbox {
+            sender: HostSender::new(tx, shared.clone()),
+            receiver: HostReceiver::new(rx, shared),
+            handle,
+        })
+    }
+
+    /// Runs `wasm` as a guest of a segment file another program made (the
+    /// host): the whole file is mapped into the guest's memory, validated
+    /// first. With `peer`, claims that Reserved entry; without, the first
+    /// Empty one. Keeps the guest's heartbeat when the segment asks for
+    /// one; marks the entry Goodbye when the guest ends.
+    pub fn attach(
+        &self,
+        wasm: &[u8],
+        segment: &Path,
+        peer: Option<u32>,
+        options: SandboxOptions,
+    ) -> Result<(SandboxHandle, u32), SandboxError> {
+        let file = SegmentFile::open_existing(segment)?;
+        let layout = *file.segment().layout();
+        let peer_err = |reason: String| SandboxError::Peer {
+            path: segment.to_owned(),
+            reason,
+        };
+        let (index, claim) = match peer {
+            Some(id) => {
+                let index = PeerId::new(id)
+                    .map(PeerId::index)
+                    .filter(|&i| i < layout.max_guests)
+                    .ok_or_else(|| {
+                        peer_err(format!(
+                            "--peer {id} is not a guest of this segment (1..={})",
+                            layout.max_guests
+                        ))
+                    })?;
+                (index, Claim::Reserved)
+            }
+            None => {
+                let index = (0..layout.max_guests)
+                    .find(|&i| {
+                        file.segment().peer(i).and_then(|p| p.state()) == Some(PeerState::Empty)
+                    })
+                    .ok_or_else(|| {
+                        peer_err(
+                            "no Empty peer entry to attach to; give --peer N for a reserved one"
+                                .into(),
+                        )
+                    })?;
+                (index, Claim::Empty)
+            }
+        };
+        if layout.max_guests > 1 {
+            tracing::warn!(
+                "segment {} has {} guest entries: this guest's window holds the other guests' rings and slots; \
+                 give each plugin its own segment (max_guests 1) to isolate plugins from each other",
+                segment.display(),
+                layout.max_guests
+            );
+        }
+        let mut shared =
+            SandboxShared::new(options.name.clone(), Arc::new(file), index, options.spin);
+        shared.timeout = options.timeout;
+        let shared = Arc::new(shared);
+        let handle = self.start(wasm, &options, shared.clone(), claim)?;
+        if layout.heartbeat_interval_ns != 0 {
+            let beat = Duration::from_nanos(layout.heartbeat_interval_ns / 2)
+                .max(Duration::from_millis(1));
+            let s = shared.clone();
+            std::thread::Builder::new()
+                .name("shmrt-heartbeat".into())
+                .spawn(move || {
+                    while !s.guest_done.load(Ordering::Acquire) {
+                        s.peer().heartbeat(monotonic_ns());
+                        std::thread::sleep(beat);
+                    }
+                })
+                .map_err(|e| SandboxError::io("starting the heartbeat thread", e))?;
+        }
+        Ok((handle, shared.peer_id().get()))
+    }
+
+    /// Compiles `binary`, or takes the module compiled from the same bytes
+    /// before: spawning many sandboxes of one plugin compiles it once.
+    pub(crate) fn compile(&self, binary: &[u8]) -> wasmtime::Result<Module> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        binary.hash(&mut h);
+        let key = (h.finish(), binary.len());
+        let mut cache = self.modules.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((bytes, module)) = cache.get(&key)
+            && bytes.as_slice() == binary
+        {
+            return Ok(module.clone());
+        }
+        let module = match &self.disk_cache {
+            Some(disk) => disk.get_or_compile(&self.engine, binary)?,
+            None => Module::from_binary(&self.engine, binary)?,
+        };
+        // A few plugins per process is the common case; keep it bounded.
+        if cache.len() >= 64 {
+            cache.clear();
+        }
+        cache.insert(key, (binary.to_vec(), module.clone()));
+        Ok(module)
+    }
+
+    /// The engine (for embedders that compile modules themselves).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The name and core signature of every `shmrt` import the linker
+    /// defines, for checking them against `wit/shmrt.wit`.
+    #[doc(hidden)]
+    pub fn shmrt_import_signatures(
+        &self,
+    ) -> Result<Vec<host_imports::ImportSignature>, SandboxError> {
+        let mut config = SegmentConfig::single_guest();
+        config.ring_capacity = 4096;
+        let file = Arc::new(SegmentFile::create_memfd(&config)?);
+        let shared = Arc::new(SandboxShared::new(
+            "signatures".into(),
+            file,
+            0,
+            SpinBudget::default(),
+        ));
+        let state = SandboxState::new(&SandboxOptions::default(), shared).map_err(|e| {
+            SandboxError::Instantiate {
+                sandbox: "signatures".into(),
+                message: e,
+            }
+        })?;
+        let mut store = Store::new(&self.engine, state);
+        let defs: Vec<_> = self
+            .linker
+            .iter(&mut store)
+            .filter(|(module, _, _)| *module == host_imports::MODULE)
+            .map(|(_, name, ext)| (name.to_string(), ext))
+            .collect();
+        let mut out = Vec::new();
+        for (name, ext) in defs {
+            let Some(f) = ext.into_func() else { continue };
+            let ty = f.ty(&store);
+            let show = |t: wasmtime::ValType| t.to_string();
+            out.push(host_imports::ImportSignature {
+                name,
+                params: ty.params().map(show).collect(),
+                results: ty.results().map(show).collect(),
+            });
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticking.store(false, Ordering::Relaxed);
+        if let Some(t) = self.ticker.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock heartbeats are read with by
+/// every process on the machine.
+pub fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}

@@ -1,0 +1,223 @@
+//! The state of one sandbox: what the guest thread, the host's channel
+//! ends and the host imports share ([`SandboxShared`]), and the data of
+//! the guest's wasmtime store ([`SandboxState`]).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use shmrt_primitives::segment_header::FEATURE_DOORBELLS;
+use shmrt_primitives::{PeerEntry, PeerId, PeerState, ProtocolError};
+use wasmtime_wasi::p1::WasiP1Ctx;
+
+use crate::doorbell_futex::{self, SpinBudget};
+use crate::guest_thread::ABANDON_AFTER;
+use crate::host_imports;
+use crate::instantiate::build_wasi;
+use crate::memory_limit::MemoryLimit;
+use crate::memory_window::NOT_PLACED;
+use crate::options::{DEFAULT_SLOT_WAIT, SandboxOptions};
+use crate::segment_file::SegmentFile;
+
+/// State shared by the guest thread, the host ends and the imports.
+pub(crate) struct SandboxShared {
+    pub name: String,
+    pub segment_file: Arc<SegmentFile>,
+    /// The guest runs in another process (this side is only the host):
+    /// it has ended when its peer entry says Goodbye.
+    pub external_guest: bool,
+    /// The segment carries live doorbell words; without them (a vox
+    /// segment), waits poll with backoff.
+    pub doorbells: bool,
+    pub placed_at: Arc<AtomicUsize>,
+    pub guest_index: u32,
+    pub started: Instant,
+    /// The host asked the guest to stop.
+    pub stop: AtomicBool,
+    /// The guest's entry point has returned (or trapped). Release after
+    /// its last commit (SYNC POINT "guest_done").
+    pub guest_done: AtomicBool,
+    pub spin: SpinBudget,
+    /// The last error-level log line of the guest (a panic message), to
+    /// explain a trap.
+    pub last_error_log: std::sync::Mutex<Option<String>>,
+    /// The memory limit refused a `memory.grow`.
+    pub memory_refused: AtomicBool,
+    /// The first protocol violation the host found: it is why the sandbox
+    /// was stopped, so `join` reports it whatever the guest did next.
+    pub violation: std::sync::Mutex<Option<ProtocolError>>,
+    /// The thread running the guest's code (the caller's during the
+    /// instantiation, then the guest thread): a stop unparks it from a
+    /// WASI sleep.
+    pub guest_thread: std::sync::Mutex<Option<std::thread::Thread>>,
+    /// [`SandboxOptions::slot_wait`], for the host's sends.
+    pub slot_wait: Option<Duration>,
+    /// The guest's deadline and its timeout, once set (`join` gives up on
+    /// a guest blocked past it).
+    pub deadline: std::sync::Mutex<Option<Instant>>,
+    pub timeout: Option<Duration>,
+    /// When the host first asked the guest to stop.
+    pub stopped_at: std::sync::Mutex<Option<Instant>>,
+    /// Nanoseconds after `started` past which the guest counts as ended
+    /// whether or not its thread returned ([`ABANDON_AFTER`] past its
+    /// deadline or a stop); `u64::MAX` while neither is set. Relaxed: a
+    /// hint read in wait loops, each of which also naps and re-checks.
+    pub abandon_at_ns: std::sync::atomic::AtomicU64,
+}
+
+impl SandboxShared {
+    pub fn window_base(&self) -> usize {
+        self.placed_at.load(Ordering::Acquire)
+    }
+
+    /// The guest's peer id (its entry's index + 1).
+    pub fn peer_id(&self) -> PeerId {
+        PeerId::from_index(self.guest_index).expect("a guest index is below 255")
+    }
+
+    pub fn peer(&self) -> &PeerEntry {
+        self.segment_file
+            .segment()
+            .peer(self.guest_index)
+            .expect("guest index in range")
+    }
+
+    /// Asks the guest to stop: its next epoch check traps, a `wait`
+    /// returns goodbye at once, a WASI sleep ends with the stop.
+    pub fn request_stop(&self) {
+        let now = *self
+            .stopped_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert_with(Instant::now);
+        self.abandon_after(now);
+        self.stop.store(true, Ordering::Release);
+        doorbell_futex::wake_all(self.peer().h2g_doorbell.futex_word());
+        if let Some(t) = self
+            .guest_thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            t.unpark();
+        }
+    }
+
+    pub fn stop_requested(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    /// Records that the guest's code runs on the current thread.
+    pub(crate) fn runs_on_this_thread(&self) {
+        *self.guest_thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::thread::current());
+    }
+
+    pub fn goodbye_or_stopped(&self) -> bool {
+        self.stop.load(Ordering::Acquire) || self.segment_file.segment().header().host_goodbye()
+    }
+
+    /// The host-to-guest ring's write cursor when the ring holds
+    /// anything, `None` when it is empty (a hint: the guest can scribble
+    /// the cursors, which only affects its own wait).
+    pub fn h2g_pending_write(&self) -> Option<u32> {
+        let c = self
+            .segment_file
+            .segment()
+            .h2g_ring(self.guest_index)
+            .expect("in range")
+            .cursors();
+        (c.write != c.read || c.watermark != 0).then_some(c.write)
+    }
+
+    pub(crate) fn guest_done(&self) -> bool {
+        self.guest_done.load(Ordering::Acquire)
+            || (self.external_guest && self.peer().state() == Some(PeerState::Goodbye))
+            || self.abandoned()
+    }
+
+    /// Past its deadline or a stop by [`ABANDON_AFTER`]: a guest still
+    /// running then is blocked in a host call nothing interrupts, and is
+    /// left behind rather than waited for.
+    pub(crate) fn abandoned(&self) -> bool {
+        let at = self.abandon_at_ns.load(Ordering::Relaxed);
+        at != u64::MAX && self.started.elapsed().as_nanos() as u64 >= at
+    }
+
+    /// Moves the abandon point to `limit + ABANDON_AFTER` if that is
+    /// earlier.
+    pub(crate) fn abandon_after(&self, limit: Instant) {
+        let at = limit
+            .saturating_duration_since(self.started)
+            .saturating_add(ABANDON_AFTER)
+            .as_nanos()
+            .min(u64::MAX as u128 - 1) as u64;
+        self.abandon_at_ns.fetch_min(at, Ordering::Relaxed);
+    }
+
+    pub(crate) fn new(
+        name: String,
+        segment_file: Arc<SegmentFile>,
+        guest_index: u32,
+        spin: SpinBudget,
+    ) -> Self {
+        let doorbells = segment_file.segment().layout().features & FEATURE_DOORBELLS != 0;
+        SandboxShared {
+            name,
+            segment_file,
+            external_guest: false,
+            doorbells,
+            placed_at: Arc::new(AtomicUsize::new(NOT_PLACED)),
+            guest_index,
+            started: Instant::now(),
+            stop: AtomicBool::new(false),
+            guest_done: AtomicBool::new(false),
+            spin,
+            last_error_log: Default::default(),
+            memory_refused: AtomicBool::new(false),
+            violation: Default::default(),
+            guest_thread: Default::default(),
+            slot_wait: Some(DEFAULT_SLOT_WAIT),
+            deadline: Default::default(),
+            timeout: None,
+            stopped_at: Default::default(),
+            abandon_at_ns: std::sync::atomic::AtomicU64::new(u64::MAX),
+        }
+    }
+}
+
+/// The store data of a sandbox.
+pub(crate) struct SandboxState {
+    pub wasi: WasiP1Ctx,
+    pub shared: Arc<SandboxShared>,
+    pub deadline: Option<Instant>,
+    pub memory_limit: MemoryLimit,
+    /// Where the guest's WASI monotonic clock counts from.
+    pub clock_origin: Instant,
+    pub log_rate: host_imports::LogRate,
+    /// The host-to-guest write cursor the last `wait` returned for: data
+    /// the guest was told of and left queued (it waits for room to send,
+    /// not for data) does not end its next `wait` again.
+    pub wait_seen_write: Option<u32>,
+    /// The next sleep of a `wait` polling a segment without doorbells:
+    /// doubles up to a few ms while nothing happens.
+    pub poll_backoff: Duration,
+}
+
+impl SandboxState {
+    pub(crate) fn new(
+        options: &SandboxOptions,
+        shared: Arc<SandboxShared>,
+    ) -> Result<Self, String> {
+        let clock_origin = Instant::now();
+        Ok(SandboxState {
+            wasi: build_wasi(options, clock_origin)?,
+            memory_limit: MemoryLimit::new(options.max_memory, shared.clone()),
+            shared,
+            deadline: None,
+            clock_origin,
+            log_rate: host_imports::LogRate::new(clock_origin),
+            wait_seen_write: None,
+            poll_backoff: host_imports::MIN_POLL_NAP,
+        })
+    }
+}
