@@ -126,12 +126,14 @@ impl SendError {
 /// The plugin's channel: an [`Inbox`] for what the host sends and an
 /// [`Outbox`] for replies. [`Channel::split`] gives both at once, so that
 /// a received message (borrowed in place) can be answered while held.
+#[derive(Debug)]
 pub struct Channel {
     inbox: Inbox,
     outbox: Outbox,
 }
 
 /// Receives what the host sends.
+#[derive(Debug)]
 pub struct Inbox {
     rx: Receiver,
     segment: Segment,
@@ -140,6 +142,7 @@ pub struct Inbox {
 }
 
 /// Sends to the host.
+#[derive(Debug)]
 pub struct Outbox {
     tx: Sender,
     segment: Segment,
@@ -152,6 +155,7 @@ pub struct Outbox {
 
 /// A message from the host, read in place in the segment. Dropping it
 /// gives its ring bytes or its slot back.
+#[derive(Debug)]
 pub struct Message<'a> {
     inner: channel::Message<'a>,
 }

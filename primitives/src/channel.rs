@@ -55,6 +55,7 @@ impl From<ProtocolError> for SendError {
 }
 
 /// The sending end of a channel.
+#[derive(Debug)]
 pub struct Sender {
     producer: Producer,
     pool: SlotPool,
@@ -221,6 +222,7 @@ impl Sender {
 }
 
 /// Room for one message, reserved by [`Sender::reserve`].
+#[derive(Debug)]
 pub struct Reservation<'a> {
     /// Taken by `commit`.
     grant: Option<Grant<'a>>,
@@ -326,6 +328,7 @@ impl Drop for Reservation<'_> {
 }
 
 /// The receiving end of a channel.
+#[derive(Debug)]
 pub struct Receiver {
     consumer: Consumer,
     pool: SlotPool,
@@ -502,6 +505,15 @@ impl Message<'_> {
             }
             Location::Inline { .. } => Err(self),
         }
+    }
+}
+
+impl core::fmt::Debug for Message<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Message")
+            .field("location", &self.location)
+            .field("len", &self.len)
+            .finish_non_exhaustive()
     }
 }
 

@@ -16,6 +16,15 @@ unsafe impl Send for HeapRegion {}
 // SAFETY: as above.
 unsafe impl Sync for HeapRegion {}
 
+impl std::fmt::Debug for HeapRegion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeapRegion")
+            .field("ptr", &self.ptr)
+            .field("len", &self.layout.size())
+            .finish()
+    }
+}
+
 impl HeapRegion {
     /// Allocates `len` zeroed bytes (at least 1). Aborts like `Vec` when
     /// memory is exhausted.

@@ -52,6 +52,7 @@ use crate::sync::AtomicU32;
 
 /// A ring header as it sits in shared memory.
 #[repr(C, align(64))]
+#[derive(Debug)]
 pub struct RingHeader {
     /// Producer's cursor.
     pub write: AtomicU32,
@@ -223,6 +224,7 @@ impl RingCursors {
 }
 
 /// The producing end of a ring.
+#[derive(Debug)]
 pub struct Producer {
     ring: RingRef,
     write: u32,
@@ -333,6 +335,7 @@ impl Producer {
 }
 
 /// Bytes reserved in a ring, to fill and commit.
+#[derive(Debug)]
 pub struct Grant<'a> {
     producer: &'a mut Producer,
     offset: u32,
@@ -416,6 +419,7 @@ pub struct Readable {
 }
 
 /// The consuming end of a ring.
+#[derive(Debug)]
 pub struct Consumer {
     ring: RingRef,
     read: u32,

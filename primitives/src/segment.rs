@@ -83,6 +83,16 @@ unsafe fn read_class_headers(
     classes
 }
 
+impl core::fmt::Debug for Segment {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Segment")
+            .field("base", &self.base)
+            .field("len", &self.len)
+            .field("layout", &self.layout)
+            .finish()
+    }
+}
+
 impl Segment {
     /// Lays out and initializes a segment in `len` bytes at `base`; the
     /// magic is written last.

@@ -42,6 +42,7 @@ pub const MAX_CAS_RETRIES: u32 = 1 << 16;
 
 /// A size-class header as it sits in shared memory.
 #[repr(C, align(64))]
+#[derive(Debug)]
 pub struct SizeClassHeader {
     /// Bytes per slot.
     pub slot_size: core::sync::atomic::AtomicU32,
@@ -54,6 +55,7 @@ pub struct SizeClassHeader {
 
 /// A slot meta as it sits in shared memory.
 #[repr(C)]
+#[derive(Debug)]
 pub struct SlotMeta {
     /// Bumped on every allocation.
     pub generation: AtomicU32,
@@ -98,6 +100,15 @@ pub struct ClassView {
     data: *mut u8,
     slot_size: u32,
     slot_count: u32,
+}
+
+impl core::fmt::Debug for ClassView {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ClassView")
+            .field("slot_size", &self.slot_size)
+            .field("slot_count", &self.slot_count)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ClassView {
@@ -341,7 +352,7 @@ pub struct ClassHolders {
 }
 
 /// The slot pool of a segment.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 pub struct SlotPool {
     classes: [Option<ClassView>; MAX_SIZE_CLASSES],
     len: usize,

@@ -88,6 +88,7 @@ impl Workload {
 }
 
 /// What `shmrt bench` reports.
+#[derive(Debug)]
 pub struct BenchReport {
     pub machine: String,
     pub workloads: Vec<Workload>,
@@ -1043,6 +1044,14 @@ pub struct CopyCallGuest {
     memory: wasmtime::Memory,
     buffer: u32,
     checksum: wasmtime::TypedFunc<(u32, u32), u64>,
+}
+
+impl std::fmt::Debug for CopyCallGuest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CopyCallGuest")
+            .field("buffer", &self.buffer)
+            .finish_non_exhaustive()
+    }
 }
 
 impl CopyCallGuest {

@@ -15,6 +15,7 @@ pub use crate::options::{DEFAULT_SLOT_WAIT, GuestStdout, SandboxOptions, Segment
 pub use crate::runtime::{Runtime, RuntimeConfig, monotonic_ns};
 
 /// A running sandbox: the host's ends of its channel and its thread.
+#[derive(Debug)]
 pub struct Sandbox {
     pub(crate) sender: HostSender,
     pub(crate) receiver: HostReceiver,
