@@ -230,7 +230,9 @@ impl Message<'_> {
                 let len = inner.len();
                 // Inline, and the reply is no longer: inline too.
                 outbox.send_cut(len, |out| {
-                    // SAFETY: as in `as_bytes`.
+                    // SAFETY: the host is trusted and writes a message's
+                    // bytes only before sending it (see `as_bytes`); the
+                    // slice is gone once copied, before `inner` is dropped.
                     copy(out, unsafe { inner.as_bytes() });
                     drop(inner);
                     transform(out)

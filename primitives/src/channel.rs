@@ -270,7 +270,9 @@ impl Reservation<'_> {
     /// the protocol, or stopped).
     #[inline(always)]
     pub unsafe fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: forwarded to the caller.
+        // SAFETY: `bytes_mut` covers exactly the reserved bytes; that the
+        // other side leaves them alone while the slice lives is this
+        // function's `# Safety` promise, the same `into_mut_slice` asks.
         unsafe { self.bytes_mut().into_mut_slice() }
     }
 
@@ -483,7 +485,10 @@ impl Message<'_> {
     /// stopped).
     #[inline(always)]
     pub unsafe fn as_bytes(&self) -> &[u8] {
-        // SAFETY: forwarded to the caller.
+        // SAFETY: `bytes` covers exactly the payload, bounds-checked when
+        // the message was parsed; that the sender does not write it while
+        // the slice lives is this function's `# Safety` promise, the same
+        // `as_slice` asks.
         unsafe { self.bytes().as_slice() }
     }
 

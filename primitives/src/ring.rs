@@ -88,7 +88,9 @@ pub struct RingRef {
 // matter (the producer/consumer roles are enforced by `Producer` and
 // `Consumer` not being Clone).
 unsafe impl Send for RingRef {}
-// SAFETY: as above; shared references give no access by themselves.
+// SAFETY: a `&RingRef` only reads the immutable address and capacity;
+// the ring memory behind them is reached through atomics and raw-pointer
+// copies, whichever thread does it (see `Send` just above).
 unsafe impl Sync for RingRef {}
 
 impl RingRef {
@@ -378,7 +380,9 @@ impl Grant<'_> {
     /// ring memory is made).
     #[inline(always)]
     pub fn bytes_mut(&mut self) -> SharedBytesMut<'_> {
-        // SAFETY: as in `as_mut_slice`; the view is tied to this borrow.
+        // SAFETY: [offset, offset+len) is inside the ring data (checked in
+        // `grant`) and not readable by the consumer until commit; the view
+        // borrows `self`, so it ends before `commit` can run.
         unsafe {
             SharedBytesMut::from_raw_parts(
                 self.producer.ring.data_ptr(self.offset),
@@ -738,7 +742,8 @@ mod tests {
             0,
             "consumer cleared the watermark"
         );
-        // SAFETY: inside the ring data.
+        // SAFETY: 32 bytes at offset 0, inside the ring data: `readable`
+        // just returned them (offset 0, len 32) and they are not released.
         let got = unsafe { core::slice::from_raw_parts(c.data_ptr(0), 32) };
         assert_eq!(got, &[3; 32]);
         c.release(32);

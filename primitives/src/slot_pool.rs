@@ -136,7 +136,8 @@ impl ClassView {
     }
 
     fn header(&self) -> &SizeClassHeader {
-        // SAFETY: `from_raw`'s contract.
+        // SAFETY: `from_raw`'s caller promised `header` valid for a
+        // `SizeClassHeader` for as long as this view is used.
         unsafe { &*self.header }
     }
 
@@ -361,7 +362,9 @@ pub struct SlotPool {
 // SAFETY: all shared state is reached through atomics and raw-pointer
 // copies of slot bytes; the view itself is immutable.
 unsafe impl Send for SlotPool {}
-// SAFETY: as above.
+// SAFETY: `&SlotPool` gives only what `SlotPool` gives: the class views
+// are never written after construction, and the slots and metas behind
+// them are reached through atomics and raw-pointer copies (see `Send`).
 unsafe impl Sync for SlotPool {}
 
 impl SlotPool {
@@ -645,7 +648,11 @@ impl SlotPool {
     pub fn payload(&self, r: &SlotRef) -> Result<(*const u8, u32), SlotError> {
         let class = self.check_live(r)?;
         let ptr = class.slot_ptr(r.slot_idx);
-        // SAFETY: as in `set_payload_len`. Acquire pairs with its Release.
+        // SAFETY: `check_live` (through `resolve`) bounded `slot_idx` by the class's
+        // `slot_count`, slot data is 64-aligned (layout) and at least 4
+        // bytes (slot_size > 4, as in `set_payload_len`); atomic so a
+        // racing writer is not UB. Acquire pairs with the Release in
+        // `set_payload_len`.
         let len = u32::from_le(
             unsafe { core::sync::atomic::AtomicU32::from_ptr(ptr as *mut u32) }
                 .load(Ordering::Acquire),
