@@ -606,8 +606,8 @@ impl Consumer {
         Ok(self.readable()?.is_none())
     }
 
-    /// Reads a byte range of the ring data, e.g. an inline payload that
-    /// [`Self::peek_frame`] returned.
+    /// Pointer to data offset `offset` (nothing is read), e.g. to the
+    /// inline payload that [`Self::peek_frame`] returned.
     #[inline(always)]
     pub fn data_ptr(&self, offset: u32) -> *mut u8 {
         self.ring.data_ptr(offset)

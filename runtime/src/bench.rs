@@ -490,7 +490,9 @@ impl Drop for Cpus {
     }
 }
 
-/// A two-guest segment on the heap: index 0 for A to B, in both directions.
+/// A one-guest segment on the heap (`single_guest`) linking two native
+/// threads: the host's ends of index 0 on one side, the guest's ends on
+/// the other, one ring per direction.
 fn heap_segment() -> (HeapRegion, Segment) {
     let config = SegmentConfig::single_guest();
     let layout = SegmentLayout::compute(&config).expect("the default configuration is valid");
