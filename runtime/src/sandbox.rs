@@ -58,8 +58,8 @@ impl Sandbox {
     /// Waits for the guest to return, as [`SandboxHandle::join`]. It says
     /// no goodbye and stops nothing: a guest still waiting for messages
     /// keeps waiting (up to its deadline, if it has one), so call
-    /// [`HostSender::goodbye`] first (or stop it
-    /// through the [`SandboxHandle`] of [`Self::split`]).
+    /// [`HostSender::goodbye`] first (or stop it through the
+    /// [`SandboxHandle`] of [`Self::split`]).
     pub fn join(self) -> Result<i32, SandboxError> {
         self.handle.join()
     }
