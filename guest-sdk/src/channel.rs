@@ -126,12 +126,14 @@ impl SendError {
 /// The plugin's channel: an [`Inbox`] for what the host sends and an
 /// [`Outbox`] for replies. [`Channel::split`] gives both at once, so that
 /// a received message (borrowed in place) can be answered while held.
+#[derive(Debug)]
 pub struct Channel {
     inbox: Inbox,
     outbox: Outbox,
 }
 
 /// Receives what the host sends.
+#[derive(Debug)]
 pub struct Inbox {
     rx: Receiver,
     segment: Segment,
@@ -140,6 +142,7 @@ pub struct Inbox {
 }
 
 /// Sends to the host.
+#[derive(Debug)]
 pub struct Outbox {
     tx: Sender,
     segment: Segment,
@@ -152,6 +155,7 @@ pub struct Outbox {
 
 /// A message from the host, read in place in the segment. Dropping it
 /// gives its ring bytes or its slot back.
+#[derive(Debug)]
 pub struct Message<'a> {
     inner: channel::Message<'a>,
 }
@@ -226,7 +230,9 @@ impl Message<'_> {
                 let len = inner.len();
                 // Inline, and the reply is no longer: inline too.
                 outbox.send_cut(len, |out| {
-                    // SAFETY: as in `as_bytes`.
+                    // SAFETY: the host is trusted and writes a message's
+                    // bytes only before sending it (see `as_bytes`); the
+                    // slice is gone once copied, before `inner` is dropped.
                     copy(out, unsafe { inner.as_bytes() });
                     drop(inner);
                     transform(out)

@@ -61,19 +61,23 @@ pub fn segment_base() -> usize {
 
 /// Length of the window in bytes.
 pub fn segment_size() -> usize {
-    // SAFETY: as above.
+    // SAFETY: `segment_size` takes no argument and touches none of our
+    // memory: no precondition (like `segment_base` above).
     unsafe { imports::segment_size() as usize }
 }
 
 /// This guest's peer id (1..=255).
 pub fn peer_id() -> u32 {
-    // SAFETY: as above.
+    // SAFETY: `peer_id` takes no argument and touches none of our memory:
+    // no precondition.
     unsafe { imports::peer_id() }
 }
 
 /// Rings the guest-to-host doorbell.
 pub fn ring() {
-    // SAFETY: as above.
+    // SAFETY: `ring` takes no argument and touches none of our memory (it
+    // bumps the doorbell in the segment, which the host owns): no
+    // precondition.
     unsafe { imports::ring() }
 }
 
@@ -81,7 +85,8 @@ pub fn ring() {
 /// timeout) or the host says goodbye: a [`WaitOutcome`]'s code
 /// ([`WaitOutcome::from_code`]), negative on an error.
 pub fn wait(timeout_ns: i64) -> i32 {
-    // SAFETY: as above.
+    // SAFETY: `wait` takes a plain integer and touches none of our memory;
+    // any value is valid (negative: no timeout): no precondition.
     unsafe { imports::wait(timeout_ns) }
 }
 
@@ -93,6 +98,7 @@ pub fn log(level: i32, text: &[u8]) {
 
 /// The host's monotonic clock, nanoseconds.
 pub fn now_ns() -> u64 {
-    // SAFETY: as above.
+    // SAFETY: `now_ns` takes no argument and touches none of our memory: no
+    // precondition.
     unsafe { imports::now_ns() }
 }

@@ -55,6 +55,7 @@ impl From<ProtocolError> for SendError {
 }
 
 /// The sending end of a channel.
+#[derive(Debug)]
 pub struct Sender {
     producer: Producer,
     pool: SlotPool,
@@ -221,6 +222,7 @@ impl Sender {
 }
 
 /// Room for one message, reserved by [`Sender::reserve`].
+#[derive(Debug)]
 pub struct Reservation<'a> {
     /// Taken by `commit`.
     grant: Option<Grant<'a>>,
@@ -268,7 +270,9 @@ impl Reservation<'_> {
     /// the protocol, or stopped).
     #[inline(always)]
     pub unsafe fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: forwarded to the caller.
+        // SAFETY: `bytes_mut` covers exactly the reserved bytes; that the
+        // other side leaves them alone while the slice lives is this
+        // function's `# Safety` promise, the same `into_mut_slice` asks.
         unsafe { self.bytes_mut().into_mut_slice() }
     }
 
@@ -326,6 +330,7 @@ impl Drop for Reservation<'_> {
 }
 
 /// The receiving end of a channel.
+#[derive(Debug)]
 pub struct Receiver {
     consumer: Consumer,
     pool: SlotPool,
@@ -480,7 +485,10 @@ impl Message<'_> {
     /// stopped).
     #[inline(always)]
     pub unsafe fn as_bytes(&self) -> &[u8] {
-        // SAFETY: forwarded to the caller.
+        // SAFETY: `bytes` covers exactly the payload, bounds-checked when
+        // the message was parsed; that the sender does not write it while
+        // the slice lives is this function's `# Safety` promise, the same
+        // `as_slice` asks.
         unsafe { self.bytes().as_slice() }
     }
 
@@ -502,6 +510,15 @@ impl Message<'_> {
             }
             Location::Inline { .. } => Err(self),
         }
+    }
+}
+
+impl core::fmt::Debug for Message<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Message")
+            .field("location", &self.location)
+            .field("len", &self.len)
+            .finish_non_exhaustive()
     }
 }
 

@@ -59,6 +59,7 @@ impl WaitOutcome {
 
 /// One direction's eventcount: 8 bytes.
 #[repr(C)]
+#[derive(Debug)]
 pub struct Doorbell {
     /// Bumped on every ring; the futex word.
     pub seq: AtomicU32,

@@ -33,6 +33,7 @@ pub const MMAP_REF_FRAME_SIZE: u32 = 32;
 /// The frame header as laid out in the ring (for size and offset checks;
 /// the code reads and writes it as two little-endian words).
 #[repr(C)]
+#[derive(Debug)]
 pub struct FrameHeader {
     pub total_len: u32,
     pub flags: u8,
@@ -42,6 +43,7 @@ pub struct FrameHeader {
 
 /// The slot-ref body as laid out in the ring.
 #[repr(C)]
+#[derive(Debug)]
 pub struct SlotRefBody {
     pub class_idx: u8,
     pub extent_idx: u8,

@@ -13,8 +13,19 @@ pub struct HeapRegion {
 // SAFETY: the region is plain memory owned by this value; sharing it across
 // threads is what it is for, and all shared access goes through atomics.
 unsafe impl Send for HeapRegion {}
-// SAFETY: as above.
+// SAFETY: `&HeapRegion` hands out only the base pointer and length (never
+// a reference into the bytes); what is done through the pointer is the
+// user's, with atomics for anything shared, as for `Send` above.
 unsafe impl Sync for HeapRegion {}
+
+impl std::fmt::Debug for HeapRegion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeapRegion")
+            .field("ptr", &self.ptr)
+            .field("len", &self.layout.size())
+            .finish()
+    }
+}
 
 impl HeapRegion {
     /// Allocates `len` zeroed bytes (at least 1). Aborts like `Vec` when

@@ -103,6 +103,7 @@ impl PeerState {
 
 /// A peer table entry as it sits in shared memory.
 #[repr(C)]
+#[derive(Debug)]
 pub struct PeerEntry {
     /// A [`PeerState`] word.
     pub state: AtomicU32,

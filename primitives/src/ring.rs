@@ -52,6 +52,7 @@ use crate::sync::AtomicU32;
 
 /// A ring header as it sits in shared memory.
 #[repr(C, align(64))]
+#[derive(Debug)]
 pub struct RingHeader {
     /// Producer's cursor.
     pub write: AtomicU32,
@@ -87,7 +88,9 @@ pub struct RingRef {
 // matter (the producer/consumer roles are enforced by `Producer` and
 // `Consumer` not being Clone).
 unsafe impl Send for RingRef {}
-// SAFETY: as above; shared references give no access by themselves.
+// SAFETY: a `&RingRef` only reads the immutable address and capacity;
+// the ring memory behind them is reached through atomics and raw-pointer
+// copies, whichever thread does it (see `Send` just above).
 unsafe impl Sync for RingRef {}
 
 impl RingRef {
@@ -223,6 +226,7 @@ impl RingCursors {
 }
 
 /// The producing end of a ring.
+#[derive(Debug)]
 pub struct Producer {
     ring: RingRef,
     write: u32,
@@ -333,6 +337,7 @@ impl Producer {
 }
 
 /// Bytes reserved in a ring, to fill and commit.
+#[derive(Debug)]
 pub struct Grant<'a> {
     producer: &'a mut Producer,
     offset: u32,
@@ -375,7 +380,9 @@ impl Grant<'_> {
     /// ring memory is made).
     #[inline(always)]
     pub fn bytes_mut(&mut self) -> SharedBytesMut<'_> {
-        // SAFETY: as in `as_mut_slice`; the view is tied to this borrow.
+        // SAFETY: [offset, offset+len) is inside the ring data (checked in
+        // `grant`) and not readable by the consumer until commit; the view
+        // borrows `self`, so it ends before `commit` can run.
         unsafe {
             SharedBytesMut::from_raw_parts(
                 self.producer.ring.data_ptr(self.offset),
@@ -416,6 +423,7 @@ pub struct Readable {
 }
 
 /// The consuming end of a ring.
+#[derive(Debug)]
 pub struct Consumer {
     ring: RingRef,
     read: u32,
@@ -598,8 +606,8 @@ impl Consumer {
         Ok(self.readable()?.is_none())
     }
 
-    /// Reads a byte range of the ring data, e.g. an inline payload that
-    /// [`Self::peek_frame`] returned.
+    /// Pointer to data offset `offset` (nothing is read), e.g. to the
+    /// inline payload that [`Self::peek_frame`] returned.
     #[inline(always)]
     pub fn data_ptr(&self, offset: u32) -> *mut u8 {
         self.ring.data_ptr(offset)
@@ -734,7 +742,8 @@ mod tests {
             0,
             "consumer cleared the watermark"
         );
-        // SAFETY: inside the ring data.
+        // SAFETY: 32 bytes at offset 0, inside the ring data: `readable`
+        // just returned them (offset 0, len 32) and they are not released.
         let got = unsafe { core::slice::from_raw_parts(c.data_ptr(0), 32) };
         assert_eq!(got, &[3; 32]);
         c.release(32);

@@ -26,7 +26,9 @@ pub struct Segment {
 // SAFETY: every access to the memory goes through atomics or raw-pointer
 // copies; the view itself is immutable.
 unsafe impl Send for Segment {}
-// SAFETY: as above.
+// SAFETY: `&Segment` gives only what `Segment` gives: its fields are
+// never written after construction, and the memory behind `base` is
+// reached through atomics or raw-pointer copies (see `Send` just above).
 unsafe impl Sync for Segment {}
 
 /// What [`Segment::recover_guest`] did.
@@ -83,6 +85,16 @@ unsafe fn read_class_headers(
     classes
 }
 
+impl core::fmt::Debug for Segment {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Segment")
+            .field("base", &self.base)
+            .field("len", &self.len)
+            .field("layout", &self.layout)
+            .finish()
+    }
+}
+
 impl Segment {
     /// Lays out and initializes a segment in `len` bytes at `base`; the
     /// magic is written last.
@@ -98,7 +110,9 @@ impl Segment {
         config: &SegmentConfig,
     ) -> Result<Self, LayoutError> {
         let layout = SegmentLayout::compute(config)?;
-        // SAFETY: forwarded.
+        // SAFETY: `from_layout` asks what our caller promised (this
+        // function's `# Safety`): `base` 64-aligned and valid for `len`
+        // bytes; its own length check runs before any access.
         let seg = unsafe { Self::from_layout(base, len, layout) }?;
         let header = seg.header();
         header.init_fields(&layout);
@@ -680,7 +694,7 @@ mod tests {
             .err()
             .unwrap();
         assert!(matches!(err, HeaderError::Truncated { .. }));
-        // SAFETY: as above.
+        // SAFETY: a 100-byte prefix of the live region from `create()`.
         let err = unsafe { Segment::open_validated(region.as_mut_ptr(), 100) }
             .err()
             .unwrap();

@@ -35,6 +35,7 @@ pub const KNOWN_FEATURES: u32 = FEATURE_DOORBELLS;
 
 /// The segment header, as it sits in shared memory.
 #[repr(C)]
+#[derive(Debug)]
 pub struct SegmentHeader {
     /// The magic bytes read as a little-endian u64.
     pub magic: AtomicU64,

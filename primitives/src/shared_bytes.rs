@@ -39,7 +39,9 @@ pub struct SharedBytes<'a> {
 // SAFETY: the view only reads through raw pointers; the memory is shared
 // by design and another thread reading it is no different from the peer.
 unsafe impl Send for SharedBytes<'_> {}
-// SAFETY: as above.
+// SAFETY: `&SharedBytes` gives only copies out through the same raw
+// pointer; the bytes are shared by design, so readers on several threads
+// are no different from the peer (see `Send` just above).
 unsafe impl Sync for SharedBytes<'_> {}
 
 /// Bytes in shared memory reserved for us to fill. See the module docs.
@@ -49,7 +51,10 @@ pub struct SharedBytesMut<'a> {
     _bytes: PhantomData<&'a mut [core::cell::UnsafeCell<u8>]>,
 }
 
-// SAFETY: as for `SharedBytes`; the view is unique (not `Clone`).
+// SAFETY: the view writes and reads only through its raw pointer, into
+// bytes shared by design, so the thread that does it does not matter (as
+// for `SharedBytes`); it is unique (not `Clone`), so moving it moves the
+// only writer.
 unsafe impl Send for SharedBytesMut<'_> {}
 
 /// `start..end` of `range` within `len`, or `None` if out of bounds.
@@ -374,7 +379,9 @@ impl<'a> SharedBytesMut<'a> {
     /// As [`Self::as_mut_slice`], for all of `'a`.
     #[inline(always)]
     pub unsafe fn into_mut_slice(self) -> &'a mut [u8] {
-        // SAFETY: as in `as_mut_slice`, for 'a.
+        // SAFETY: readable and writable for 'a (constructor); the view is
+        // consumed, so nothing else of ours reaches the bytes, and the
+        // other side's exclusivity for 'a is the caller's promise.
         unsafe { core::slice::from_raw_parts_mut(self.ptr, self.len) }
     }
 }

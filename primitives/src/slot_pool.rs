@@ -42,6 +42,7 @@ pub const MAX_CAS_RETRIES: u32 = 1 << 16;
 
 /// A size-class header as it sits in shared memory.
 #[repr(C, align(64))]
+#[derive(Debug)]
 pub struct SizeClassHeader {
     /// Bytes per slot.
     pub slot_size: core::sync::atomic::AtomicU32,
@@ -54,6 +55,7 @@ pub struct SizeClassHeader {
 
 /// A slot meta as it sits in shared memory.
 #[repr(C)]
+#[derive(Debug)]
 pub struct SlotMeta {
     /// Bumped on every allocation.
     pub generation: AtomicU32,
@@ -100,6 +102,15 @@ pub struct ClassView {
     slot_count: u32,
 }
 
+impl core::fmt::Debug for ClassView {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ClassView")
+            .field("slot_size", &self.slot_size)
+            .field("slot_count", &self.slot_count)
+            .finish_non_exhaustive()
+    }
+}
+
 impl ClassView {
     /// A class from the addresses of its parts.
     ///
@@ -125,7 +136,8 @@ impl ClassView {
     }
 
     fn header(&self) -> &SizeClassHeader {
-        // SAFETY: `from_raw`'s contract.
+        // SAFETY: `from_raw`'s caller promised `header` valid for a
+        // `SizeClassHeader` for as long as this view is used.
         unsafe { &*self.header }
     }
 
@@ -341,7 +353,7 @@ pub struct ClassHolders {
 }
 
 /// The slot pool of a segment.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 pub struct SlotPool {
     classes: [Option<ClassView>; MAX_SIZE_CLASSES],
     len: usize,
@@ -350,7 +362,9 @@ pub struct SlotPool {
 // SAFETY: all shared state is reached through atomics and raw-pointer
 // copies of slot bytes; the view itself is immutable.
 unsafe impl Send for SlotPool {}
-// SAFETY: as above.
+// SAFETY: `&SlotPool` gives only what `SlotPool` gives: the class views
+// are never written after construction, and the slots and metas behind
+// them are reached through atomics and raw-pointer copies (see `Send`).
 unsafe impl Sync for SlotPool {}
 
 impl SlotPool {
@@ -634,7 +648,11 @@ impl SlotPool {
     pub fn payload(&self, r: &SlotRef) -> Result<(*const u8, u32), SlotError> {
         let class = self.check_live(r)?;
         let ptr = class.slot_ptr(r.slot_idx);
-        // SAFETY: as in `set_payload_len`. Acquire pairs with its Release.
+        // SAFETY: `check_live` (through `resolve`) bounded `slot_idx` by the class's
+        // `slot_count`, slot data is 64-aligned (layout) and at least 4
+        // bytes (slot_size > 4, as in `set_payload_len`); atomic so a
+        // racing writer is not UB. Acquire pairs with the Release in
+        // `set_payload_len`.
         let len = u32::from_le(
             unsafe { core::sync::atomic::AtomicU32::from_ptr(ptr as *mut u32) }
                 .load(Ordering::Acquire),

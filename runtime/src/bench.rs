@@ -88,6 +88,7 @@ impl Workload {
 }
 
 /// What `shmrt bench` reports.
+#[derive(Debug)]
 pub struct BenchReport {
     pub machine: String,
     pub workloads: Vec<Workload>,
@@ -489,7 +490,9 @@ impl Drop for Cpus {
     }
 }
 
-/// A two-guest segment on the heap: index 0 for A to B, in both directions.
+/// A one-guest segment on the heap (`single_guest`) linking two native
+/// threads: the host's ends of index 0 on one side, the guest's ends on
+/// the other, one ring per direction.
 fn heap_segment() -> (HeapRegion, Segment) {
     let config = SegmentConfig::single_guest();
     let layout = SegmentLayout::compute(&config).expect("the default configuration is valid");
@@ -1043,6 +1046,14 @@ pub struct CopyCallGuest {
     memory: wasmtime::Memory,
     buffer: u32,
     checksum: wasmtime::TypedFunc<(u32, u32), u64>,
+}
+
+impl std::fmt::Debug for CopyCallGuest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CopyCallGuest")
+            .field("buffer", &self.buffer)
+            .finish_non_exhaustive()
+    }
 }
 
 impl CopyCallGuest {

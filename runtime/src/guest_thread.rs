@@ -223,6 +223,15 @@ pub struct SandboxHandle {
     pub(crate) thread: Option<JoinHandle<Result<i32, SandboxError>>>,
 }
 
+impl std::fmt::Debug for SandboxHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SandboxHandle")
+            .field("sandbox", &self.shared.name)
+            .field("joined", &self.thread.is_none())
+            .finish()
+    }
+}
+
 impl SandboxHandle {
     /// Asks the guest to stop: its next epoch check traps, a `wait`
     /// returns goodbye at once, a WASI sleep ends. `join` then reports

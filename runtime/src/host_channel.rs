@@ -212,6 +212,16 @@ pub struct HostSender {
     spin: u32,
 }
 
+impl std::fmt::Debug for HostSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostSender")
+            .field("sandbox", &self.shared.name)
+            .field("tx", &self.tx)
+            .field("spin", &self.spin)
+            .finish()
+    }
+}
+
 impl HostSender {
     /// Rounds a wait for room spins before it parks on the doorbell (the
     /// sandbox's spin budget by default). A producer much faster than its
@@ -471,6 +481,7 @@ pub struct HostReceiver {
 
 /// A message from the guest, in place in the segment. Dropping it releases
 /// its ring bytes or frees its slot.
+#[derive(Debug)]
 pub struct HostMessage<'a> {
     inner: Message<'a>,
 }
@@ -571,6 +582,16 @@ fn room_freed(shared: &SandboxShared) {
 fn notify(shared: &SandboxShared, bell: &shmrt_primitives::Doorbell) {
     if shared.doorbells && bell.should_ring() {
         doorbell_futex::ring(bell);
+    }
+}
+
+impl std::fmt::Debug for HostReceiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostReceiver")
+            .field("sandbox", &self.shared.name)
+            .field("rx", &self.rx)
+            .field("spin", &self.spin)
+            .finish()
     }
 }
 

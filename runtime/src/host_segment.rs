@@ -16,6 +16,7 @@ use crate::sandbox_state::SandboxShared;
 use crate::segment_file::SegmentFile;
 
 /// A segment file made by this process, hosting guests in other processes.
+#[derive(Debug)]
 pub struct HostSegment {
     file: Arc<SegmentFile>,
 }

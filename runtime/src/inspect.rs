@@ -28,6 +28,7 @@ use crate::runtime::monotonic_ns;
 use crate::segment_file::Owner;
 
 /// A segment's report: JSON for `--json`, and the list of problems found.
+#[derive(Debug)]
 pub struct Report {
     pub json: Value,
     /// Each inconsistency found, one line each.

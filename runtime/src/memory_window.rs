@@ -127,7 +127,10 @@ struct WindowedMemory {
 // SAFETY: the memory is plain address space owned by this value; wasmtime
 // serializes access to it through its store.
 unsafe impl Send for WindowedMemory {}
-// SAFETY: as above.
+// SAFETY: through `&self` only the sizes and the base address are read
+// (`byte_size`, `byte_capacity`, `as_ptr`); every change (`grow_to`, the
+// window's placement) takes `&mut self`, and wasmtime serializes those
+// through its store.
 unsafe impl Sync for WindowedMemory {}
 
 impl WindowedMemory {

@@ -69,6 +69,16 @@ pub struct Runtime {
     ticking: Arc<AtomicBool>,
 }
 
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("fuel", &self.fuel)
+            .field("disk_cache", &self.disk_cache.is_some())
+            .field("ticking", &self.ticking)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Runtime {
     /// A runtime with wasm threads (atomics) on, the memory window, and
     /// epoch interruption for deadlines.

@@ -15,6 +15,7 @@ pub use crate::options::{DEFAULT_SLOT_WAIT, GuestStdout, SandboxOptions, Segment
 pub use crate::runtime::{Runtime, RuntimeConfig, monotonic_ns};
 
 /// A running sandbox: the host's ends of its channel and its thread.
+#[derive(Debug)]
 pub struct Sandbox {
     pub(crate) sender: HostSender,
     pub(crate) receiver: HostReceiver,
@@ -54,7 +55,11 @@ impl Sandbox {
         (self.sender, self.receiver, self.handle)
     }
 
-    /// Says goodbye, drains nothing, waits for the guest to return.
+    /// Waits for the guest to return, as [`SandboxHandle::join`]. It says
+    /// no goodbye and stops nothing: a guest still waiting for messages
+    /// keeps waiting (up to its deadline, if it has one), so call
+    /// [`HostSender::goodbye`] first (or stop it through the
+    /// [`SandboxHandle`] of [`Self::split`]).
     pub fn join(self) -> Result<i32, SandboxError> {
         self.handle.join()
     }

@@ -225,6 +225,17 @@ pub struct SegmentFile {
     path: Option<PathBuf>,
 }
 
+impl std::fmt::Debug for SegmentFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SegmentFile")
+            .field("path", &self.path)
+            .field("file_len", &self.file_len)
+            .field("segment", &self.segment)
+            .field("removed_on_drop", &self.remove.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 /// The host's mapping of a segment file, registered with the SIGBUS
 /// handler from the start when others can truncate the file.
 struct Mapping {

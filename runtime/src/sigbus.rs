@@ -217,7 +217,8 @@ extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut li
         // SAFETY: the arguments are the ones the kernel gave us.
         unsafe { chain(sig, info, ctx) };
     }
-    // SAFETY: as above.
+    // SAFETY: errno is thread-local and `__errno_location` always returns
+    // this thread's valid slot; we restore the value saved on entry.
     unsafe { *libc::__errno_location() = errno };
 }
 

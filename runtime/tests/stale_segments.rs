@@ -226,8 +226,7 @@ fn the_owner_record_keeps_the_format_and_its_absence_is_not_stale() {
     assert_eq!(code, Some(0), "{v:#}{err}");
     assert_eq!(v["owner"]["state"], "unknown");
     let e = SegmentFile::create_named_with(&path, &SegmentConfig::single_guest(), false, true)
-        .err()
-        .expect("a file without a record is not replaced");
+        .expect_err("a file without a record is not replaced");
     let e = format!("{:#}", anyhow::Error::from(e));
     assert!(e.contains("no owner record"), "{e}");
     assert!(path.exists());
