@@ -102,9 +102,10 @@ impl fmt::Display for SendError {
             } => write!(
                 f,
                 "no slot for a {len}-byte message after {waited_ms} ms: class {class} \
-                 ({slot_payload}-byte payloads) has {slot_count} slots, {by_host} held by the host \
-                 and {by_guests} by guests; answer in place (Message::reply_in_place), free \
-                 received messages sooner, or give the segment more slots of this class"
+                 ({slot_payload}-byte payloads) has {slot_count} slots: {by_host} allocated by the \
+                 host (held by the host, or by this plugin until it frees what it received) and \
+                 {by_guests} by guests; answer in place (Message::reply_in_place), free received \
+                 messages sooner, or give the segment more slots of this class"
             ),
         }
     }
@@ -229,7 +230,7 @@ impl Message<'_> {
             Err(inner) => {
                 let len = inner.len();
                 // Inline, and the reply is no longer: inline too.
-                outbox.send_cut(len, |out| {
+                outbox.send_cut(len, true, |out| {
                     // SAFETY: the host is trusted and writes a message's
                     // bytes only before sending it (see `as_bytes`); the
                     // slice is gone once copied, before `inner` is dropped.
@@ -469,7 +470,7 @@ impl Outbox {
     /// default 5 s), after which it is [`SendError::SlotsExhausted`].
     #[inline(always)]
     pub fn send_with(&mut self, len: usize, fill: impl FnOnce(&mut [u8])) -> Result<(), SendError> {
-        self.send_cut(len, |out| {
+        self.send_cut(len, false, |out| {
             fill(out);
             len
         })
@@ -490,6 +491,7 @@ impl Outbox {
     fn send_cut(
         &mut self,
         len: usize,
+        answer: bool,
         fill: impl FnOnce(&mut [u8]) -> usize,
     ) -> Result<(), SendError> {
         let mut room = RoomWait::new();
@@ -510,7 +512,7 @@ impl Outbox {
                 Err(e) => Some(e),
             };
             let Some(refused) = refused else {
-                self.sent();
+                self.sent(answer);
                 return Ok(());
             };
             match refused {
@@ -563,7 +565,7 @@ impl Outbox {
         loop {
             match self.tx.send_held_slot(slot, len) {
                 Ok(()) => {
-                    self.sent();
+                    self.sent(true);
                     return Ok(());
                 }
                 Err((channel::SendError::Full, back)) => {
@@ -581,14 +583,21 @@ impl Outbox {
         }
     }
 
-    /// After a message is committed: tells a parked host, unless more
-    /// requests are queued in the inbox and fewer than [`TELL_EVERY`]
-    /// messages went untold. The plugin comes back to its inbox for those
-    /// requests, and an inbox found empty rings a parked host, so the
-    /// answers of a batch cost one wake-up, not one each (a million
-    /// echoed lines made as many futex calls).
+    /// After a message is committed: tells a parked host. An answer
+    /// ([`Message::reply_in_place`]) is left untold while more requests
+    /// are queued in the inbox and fewer than [`TELL_EVERY`] answers went
+    /// untold: the plugin is working through its inbox and comes back to
+    /// it, and an inbox found empty rings a parked host, so the answers of
+    /// a batch cost one wake-up, not one each (a million echoed lines made
+    /// as many futex calls). Any other message is told at once: a plugin
+    /// may send without coming back to its inbox.
     #[inline(always)]
-    fn sent(&mut self) {
+    fn sent(&mut self, answer: bool) {
+        if !answer {
+            self.untold = 0;
+            notify_host(&self.segment, self.index);
+            return;
+        }
         self.untold += 1;
         let more_queued = self.segment.h2g_ring(self.index).is_some_and(|r| {
             let c = r.cursors();

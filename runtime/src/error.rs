@@ -109,10 +109,10 @@ pub enum SandboxError {
     /// waited.
     #[error(
         "sandbox {sandbox}: no slot for a {len}-byte message after {waited:.1?}: class {class} \
-         ({slot_payload}-byte payloads) has {slot_count} slots, {by_host} held by the host and \
-         {by_guest} by the guest, which freed none; the guest holds what it received (answer in \
-         place, or free messages sooner), or give the segment more slots of this class \
-         (`--slot-classes`)"
+         ({slot_payload}-byte payloads) has {slot_count} slots: {by_host} allocated by the host \
+         (messages the guest received and has not freed) and {by_guest} by the guest, and the \
+         guest freed none; it holds what it received (answer in place, or free messages sooner), \
+         or give the segment more slots of this class (`--slot-classes`)"
     )]
     SlotsExhausted {
         sandbox: String,

@@ -714,7 +714,8 @@ fn a_send_that_finds_no_slot_ends_with_the_typed_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(75), "{err}");
     assert!(
-        err.contains("no slot for a 2000-byte message after") && err.contains("held by the host"),
+        err.contains("no slot for a 2000-byte message after")
+            && err.contains("allocated by the host"),
         "{err}"
     );
     assert!(start.elapsed() < Duration::from_secs(40));

@@ -379,10 +379,78 @@ fn compiled_modules_are_cached_between_runs() {
         written,
         "the second run loaded the entry, it did not write it again"
     );
-    // A damaged entry is compiled again and replaced.
+    // A damaged entry is compiled again and replaced: not a module at
+    // all, or a module with bytes flipped in its machine code (which
+    // wasmtime alone would load and run: a host crash).
     std::fs::write(&kept[0], b"not a module").unwrap();
     run_with_cache(&[]);
-    assert!(std::fs::read(&kept[0]).unwrap().len() > 100, "replaced");
+    let mut whole = std::fs::read(&kept[0]).unwrap();
+    assert!(whole.len() > 100, "replaced");
+    let middle = whole.len() / 2;
+    for b in &mut whole[middle..middle + 64] {
+        *b ^= 0xFF;
+    }
+    std::fs::write(&kept[0], &whole).unwrap();
+    run_with_cache(&[]);
+    // Another module's entry under this module's name is not run: the
+    // echo still echoes (upper's code would upper-case).
+    let upper_out = {
+        let mut child = shmrt()
+            .arg("run")
+            .arg(guest("examples/upper"))
+            .env("XDG_CACHE_HOME", &cache)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(b"x\n").unwrap();
+        child.wait_with_output().unwrap()
+    };
+    assert!(upper_out.status.success());
+    let upper_entry = entries()
+        .into_iter()
+        .find(|p| p != &kept[0])
+        .expect("upper's entry");
+    std::fs::copy(&upper_entry, &kept[0]).unwrap();
+    run_with_cache(&[]);
+    let _ = std::fs::remove_dir_all(&cache);
+}
+
+/// A cache directory others may write is not used (its entries would be
+/// code anyone could plant): the run goes on, compiling, and says why.
+#[test]
+fn a_cache_directory_others_may_write_is_not_used() {
+    use std::os::unix::fs::PermissionsExt;
+    let cache = std::env::temp_dir().join(format!("shmrt-open-cache-{}", std::process::id()));
+    let modules = cache.join("shmrt").join("modules");
+    std::fs::create_dir_all(&modules).unwrap();
+    for dir in [cache.join("shmrt"), modules.clone()] {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let mut child = shmrt()
+        .arg("run")
+        .arg(echo())
+        .env("XDG_CACHE_HOME", &cache)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"open\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(out.stdout, b"open\n");
+    assert!(
+        stderr(&out).contains("not using the compiled-module cache"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        std::fs::read_dir(&modules).unwrap().count(),
+        0,
+        "nothing written there"
+    );
     let _ = std::fs::remove_dir_all(&cache);
 }
 

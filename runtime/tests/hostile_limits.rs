@@ -323,7 +323,7 @@ fn a_host_send_that_finds_no_slot_ends_with_75() {
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
     assert_eq!(status.code(), Some(75), "{err}");
     assert!(
-        err.contains("no slot for a 1000-byte message") && err.contains("held by the host"),
+        err.contains("no slot for a 1000-byte message") && err.contains("allocated by the host"),
         "{err}"
     );
     feeder.join().unwrap();

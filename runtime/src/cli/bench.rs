@@ -193,10 +193,10 @@ fn cli_workloads(quick: bool, mut progress: impl FnMut(&str)) -> anyhow::Result<
         });
         ratios.push((key, ours / cats));
     }
+    let lines_mb = std::fs::metadata(&lines_file).map_or(0, |m| m.len()) as f64 / 1e6;
     drop(cleanup);
     let notes = vec![format!(
-        "cli_lines: {lines} lines ({} MB), cli_raw: {} MiB{}",
-        std::fs::metadata(&lines_file).map_or(0, |m| m.len() >> 20),
+        "cli_lines: {lines} lines ({lines_mb:.1} MB), cli_raw: {} MiB{}",
         raw_bytes >> 20,
         if quick {
             " (--quick; the full run: 10,000,000 lines and 1 GiB)"

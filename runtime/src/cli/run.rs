@@ -131,8 +131,9 @@ impl RunCommand {
             ..SandboxOptions::default()
         };
         options.segment.ring_capacity = u32::try_from(self.ring_capacity).map_err(|_| {
-            Failure::other(anyhow::anyhow!(
-                "--ring-capacity {} is too large",
+            Failure::usage(anyhow::anyhow!(
+                "--ring-capacity {} is too large: a ring holds at most 4 GiB - 1 bytes, and a \
+                 segment must fit a 32-bit linear memory",
                 self.ring_capacity
             ))
         })?;
