@@ -7,29 +7,12 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{guest, run, shmrt, stderr};
+use common::{guest, run, shmrt, stderr, wait_at_most};
 
 fn echo() -> std::path::PathBuf {
     guest("examples/echo")
-}
-
-/// Waits for `child` at most `limit`; kills it and fails if it is still
-/// running.
-fn wait_at_most(child: &mut Child, limit: Duration, what: &str) -> std::process::ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what}: still running after {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn read_stderr(child: &mut Child) -> String {

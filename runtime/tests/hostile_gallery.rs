@@ -10,6 +10,11 @@ use common::{guest, run, stderr};
 use shmrt::primitives::{SegmentConfig, SegmentLayout};
 use shmrt::{Runtime, SandboxError, SandboxOptions};
 
+/// Writes a hand-made module for this file's tests.
+fn wat_file(name: &str, text: &str) -> std::path::PathBuf {
+    common::write_wat("gallery", name, text)
+}
+
 fn layout() -> SegmentLayout {
     SegmentLayout::compute(&SegmentConfig::single_guest()).unwrap()
 }
@@ -242,18 +247,9 @@ fn an_import_called_with_an_out_of_range_pointer() {
     assert!(err.contains("outside linear memory"), "{err}");
 }
 
-/// Writes a hand-made module to this test run's own directory.
-fn write_wat(name: &str, text: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("shmrt-gallery-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
 #[test]
 fn an_infinite_loop_under_fuel_and_a_memory_bomb_under_a_limit() {
-    let spin = write_wat(
+    let spin = wat_file(
         "spin.wat",
         r#"(module (import "shmrt" "ring" (func)) (memory (export "memory") 1)
              (func (export "shmrt_main") (result i32)
@@ -265,7 +261,7 @@ fn an_infinite_loop_under_fuel_and_a_memory_bomb_under_a_limit() {
 
     // Grows by 1 MiB until refused, then traps: the run ends with the
     // memory-limit status and says so.
-    let bomb = write_wat(
+    let bomb = wat_file(
         "bomb.wat",
         r#"(module (import "shmrt" "ring" (func)) (memory (export "memory") 1)
              (func (export "shmrt_main") (result i32)
@@ -292,7 +288,7 @@ fn an_infinite_loop_under_fuel_and_a_memory_bomb_under_a_limit() {
 #[test]
 fn initial_memory_and_start_functions_are_held_to_the_limits() {
     // 256 MiB of initial memory, touched at 190 MiB.
-    let big = write_wat(
+    let big = wat_file(
         "big-initial.wat",
         r#"(module (import "shmrt" "ring" (func)) (memory (export "memory") 4096)
              (func (export "shmrt_main") (result i32)
@@ -318,7 +314,7 @@ fn initial_memory_and_start_functions_are_held_to_the_limits() {
 
     // A start function grows by 250 MiB before the window is placed: the
     // growth is refused (-1), so the store at 190 MiB traps.
-    let grow = write_wat(
+    let grow = wat_file(
         "start-grows.wat",
         r#"(module (import "shmrt" "ring" (func)) (memory (export "memory") 1)
              (func $grow (drop (memory.grow (i32.const 4000))))
@@ -339,7 +335,7 @@ fn initial_memory_and_start_functions_are_held_to_the_limits() {
     );
 
     // A start function that never returns runs out of fuel.
-    let spin = write_wat(
+    let spin = wat_file(
         "start-spins.wat",
         r#"(module (import "shmrt" "ring" (func)) (memory (export "memory") 1)
              (func $spin (loop $l (drop (i32.atomic.load (i32.const 0))) (br $l)))
@@ -350,7 +346,7 @@ fn initial_memory_and_start_functions_are_held_to_the_limits() {
     assert_eq!(out.status.code(), Some(71), "{}", stderr(&out));
     // A start function that traps is the guest trapping (70); a data
     // segment past the memory is the module's fault (65).
-    let trap = write_wat(
+    let trap = wat_file(
         "start-traps.wat",
         r#"(module (import "shmrt" "ring" (func)) (memory (export "memory") 1)
              (func $boom unreachable) (start $boom)
@@ -359,7 +355,7 @@ fn initial_memory_and_start_functions_are_held_to_the_limits() {
     let out = run(&[], &trap, b"");
     assert_eq!(out.status.code(), Some(70), "{}", stderr(&out));
     assert!(stderr(&out).contains("unreachable"), "{}", stderr(&out));
-    let data = write_wat(
+    let data = wat_file(
         "data-past-memory.wat",
         r#"(module (import "shmrt" "ring" (func)) (memory (export "memory") 1)
              (data (i32.const 65530) "0123456789")

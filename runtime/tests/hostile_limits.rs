@@ -6,41 +6,20 @@ mod common;
 
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
-use common::{guest, run, shmrt, stderr};
+use common::{guest, run, shmrt, stderr, wait_at_most};
 use shmrt::primitives::{SegmentConfig, SegmentLayout};
 use shmrt::{Runtime, SandboxError, SandboxOptions};
 
+/// Writes a hand-made module for this file's tests.
+fn wat_file(name: &str, text: &str) -> std::path::PathBuf {
+    common::write_wat("limits", name, text)
+}
+
 fn std_echo() -> std::path::PathBuf {
     guest("runtime/tests/guests/std-echo")
-}
-
-/// Waits for `child` at most `limit`; kills it and fails if it is still
-/// running (the bug this file guards against is a run that never ends).
-fn wait_at_most(child: &mut Child, limit: Duration, what: &str) -> std::process::ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what}: still running after {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Writes a hand-made module to this test run's own directory.
-fn write_wat(name: &str, text: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("shmrt-limits-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
 }
 
 /// The guest logs the low byte of its G2H read cursor after each message
@@ -137,7 +116,7 @@ fn the_run_ends_with_the_guest_while_stdin_stays_open() {
 /// when a growth is refused, 0 when all were allowed.
 #[test]
 fn one_memory_budget_across_every_memory() {
-    let multi = write_wat(
+    let multi = wat_file(
         "multi-memory.wat",
         r#"(module (import "shmrt" "ring" (func)) (memory (export "memory") 1)
              (memory $b 1) (memory $c 1) (memory $d 1)
@@ -163,7 +142,7 @@ fn one_memory_budget_across_every_memory() {
 /// tables of a million elements reached ~400 MiB under a 1 MiB limit.
 #[test]
 fn tables_count_in_the_memory_budget() {
-    let tables = write_wat(
+    let tables = wat_file(
         "tables.wat",
         r#"(module (import "shmrt" "ring" (func)) (memory (export "memory") 1)
              (table $a 1 funcref) (table $b 1 funcref)
@@ -191,7 +170,7 @@ fn tables_count_in_the_memory_budget() {
 /// error that says the bound.
 #[test]
 fn too_many_memories_or_tables_are_refused() {
-    let memories = write_wat(
+    let memories = wat_file(
         "five-memories.wat",
         r#"(module (import "shmrt" "ring" (func)) (memory (export "memory") 1)
              (memory 1) (memory 1) (memory 1) (memory 1)
@@ -205,7 +184,7 @@ fn too_many_memories_or_tables_are_refused() {
         stderr(&out)
     );
     let many_tables: String = (0..17).map(|_| "(table 1 funcref) ").collect();
-    let tables = write_wat(
+    let tables = wat_file(
         "seventeen-tables.wat",
         &format!(
             r#"(module (import "shmrt" "ring" (func)) (memory (export "memory") 1) {many_tables}
@@ -256,7 +235,7 @@ fn a_fifo_in_a_dir_does_not_hold_the_run_past_its_timeout() {
     let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
     // SAFETY: a plain mkfifo call on our own path.
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-    let opener = write_wat(
+    let opener = wat_file(
         "open-fifo.wat",
         r#"(module
              (import "wasi_snapshot_preview1" "path_open" (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
@@ -293,7 +272,7 @@ fn a_fifo_in_a_dir_does_not_hold_the_run_past_its_timeout() {
 /// instead of waiting forever.
 #[test]
 fn a_host_send_that_finds_no_slot_ends_with_75() {
-    let noread = write_wat(
+    let noread = wat_file(
         "no-read.wat",
         r#"(module
              (import "shmrt" "wait" (func $wait (param i64) (result i32)))
@@ -333,7 +312,7 @@ fn a_host_send_that_finds_no_slot_ends_with_75() {
 /// wasmtime-wasi and answers (before: every such set trapped).
 #[test]
 fn poll_oneoff_on_a_descriptor_answers() {
-    let poller = write_wat(
+    let poller = wat_file(
         "poll-stdin.wat",
         r#"(module
              (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
@@ -367,7 +346,7 @@ fn huge_timeouts_negative_statuses_and_oversized_segments() {
     let out = run(&["--timeout", "10000000000000000000s"], &echo, b"hi\n");
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(out.stdout, b"hi\n");
-    let negative = write_wat(
+    let negative = wat_file(
         "negative.wat",
         r#"(module (memory (export "memory") 1) (func (export "shmrt_main") (result i32) (i32.const -1)))"#,
     );

@@ -17,6 +17,11 @@ use shm_primitives as theirs;
 use shmrt::{Runtime, SandboxError, SandboxOptions};
 use vox_restated::VoxLayout;
 
+/// Writes a hand-made module for this file's tests.
+fn wat_file(name: &str, text: &str) -> std::path::PathBuf {
+    common::write_wat("pool", name, text)
+}
+
 /// How long the sleeping guests sleep.
 const SLEEP: Duration = Duration::from_secs(2);
 
@@ -42,15 +47,6 @@ fn sleeper_wat() -> String {
     )
 }
 
-/// Writes a hand-made module to this test run's own directory.
-fn write_wat(name: &str, text: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("shmrt-pool-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
 fn cpu_of(usage: &libc::rusage) -> Duration {
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
     tv(usage.ru_utime) + tv(usage.ru_stime)
@@ -67,7 +63,7 @@ fn cpu_of(usage: &libc::rusage) -> Duration {
     reason = "reaped with wait4, which also gives its rusage"
 )]
 fn shmrt_run_parks_while_a_sleeping_guest_holds_the_slots() {
-    let plugin = write_wat("sleeper.wat", &sleeper_wat());
+    let plugin = wat_file("sleeper.wat", &sleeper_wat());
     let mut child = shmrt()
         .arg("run")
         .arg(&plugin)
@@ -173,7 +169,7 @@ fn a_library_send_waiting_for_slots_parks() {
 /// usage error naming the flag and the nearest valid sizes.
 #[test]
 fn misaligned_slot_classes_are_a_usage_error() {
-    let plugin = write_wat("sleeper-usage.wat", &sleeper_wat());
+    let plugin = wat_file("sleeper-usage.wat", &sleeper_wat());
     let out = run(&["--slot-classes", "301:8"], &plugin, b"");
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(2), "{err}");
@@ -209,9 +205,9 @@ fn attach_refuses_a_foreign_segment_with_a_misaligned_slot_size() {
     unsafe { l.init(theirs::Region::from_raw(base, l.total_size), &classes, 0) };
     // SAFETY: the same bytes, read back as bytes.
     let bytes = unsafe { std::slice::from_raw_parts(base, l.total_size) };
-    let path = write_wat("misaligned-301.seg", "");
+    let path = wat_file("misaligned-301.seg", "");
     std::fs::write(&path, bytes).unwrap();
-    let plugin = write_wat("sleeper-attach.wat", &sleeper_wat());
+    let plugin = wat_file("sleeper-attach.wat", &sleeper_wat());
     let out = shmrt()
         .args(["run", "--attach"])
         .arg(&path)

@@ -131,3 +131,35 @@ pub fn output_within(cmd: &mut Command, within: std::time::Duration) -> Output {
     }
     waiter.join().unwrap()
 }
+
+/// Waits for `child` at most `limit`; kills it and fails the test if it is
+/// still running (the bugs these tests guard against are runs that never
+/// end).
+pub fn wait_at_most(
+    child: &mut std::process::Child,
+    limit: std::time::Duration,
+    what: &str,
+) -> std::process::ExitStatus {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: still running after {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Writes a hand-made module (WAT) into a directory of this test process
+/// (`tag` tells the test files apart).
+pub fn write_wat(tag: &str, name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("shmrt-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
