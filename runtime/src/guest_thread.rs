@@ -96,6 +96,8 @@ pub(crate) fn run_guest(
 ) -> Result<i32, SandboxError> {
     let _done = DoneGuard(shared.clone());
     shared.runs_on_this_thread();
+    let ticker = store.data().ticker.clone();
+    let _running = ticker.running();
     if claim && let Err(e) = shared.peer().try_claim_reserved() {
         return Err(SandboxError::Instantiate {
             sandbox: shared.name.clone(),

@@ -70,9 +70,11 @@ impl Runtime {
         }
 
         let state =
-            SandboxState::new(options, shared.clone()).map_err(|e| SandboxError::Instantiate {
-                sandbox: name.clone(),
-                message: e,
+            SandboxState::new(options, shared.clone(), self.ticker.state.clone()).map_err(|e| {
+                SandboxError::Instantiate {
+                    sandbox: name.clone(),
+                    message: e,
+                }
             })?;
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.memory_limit);
@@ -146,10 +148,13 @@ impl Runtime {
                 .path()
                 .map(|_| shared.segment_file.truncated_flag().clone()),
         };
+        // A start function runs guest code: the epoch must tick for it.
+        let running = self.ticker.state.running();
         let instance = memory_window::with_pending_window(window, || {
             self.linker.instantiate(&mut store, &module)
-        })
-        .map_err(instantiate_err)?;
+        });
+        drop(running);
+        let instance = instance.map_err(instantiate_err)?;
         let memory =
             instance
                 .get_memory(&mut store, "memory")

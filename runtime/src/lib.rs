@@ -19,6 +19,7 @@
 
 pub mod bench;
 pub mod doorbell_futex;
+mod epoch_ticker;
 pub mod error;
 mod guest_thread;
 mod host_channel;

@@ -3,10 +3,10 @@
 //! compiled modules, and the entry points that spawn sandboxes from it
 //! (`spawn`, `attach`).
 
+use crate::epoch_ticker::EpochTicker;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use shmrt_primitives::{PeerId, PeerState, SegmentConfig};
@@ -26,7 +26,6 @@ use crate::{host_imports, wasi_poll};
 
 /// How often the engine's epoch advances: the granularity of deadlines
 /// and stops for a guest that is running wasm code.
-const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Compiled modules keyed by (hash, length) of their bytes, with the bytes
 /// to rule out a collision.
@@ -65,8 +64,8 @@ pub struct Runtime {
     pub(crate) engine: Engine,
     pub(crate) linker: Arc<Linker<SandboxState>>,
 
-    ticker: Option<JoinHandle<()>>,
-    ticking: Arc<AtomicBool>,
+    /// Advances the epoch while some guest runs wasm (deadlines, stops).
+    pub(crate) ticker: EpochTicker,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -74,7 +73,7 @@ impl std::fmt::Debug for Runtime {
         f.debug_struct("Runtime")
             .field("fuel", &self.fuel)
             .field("disk_cache", &self.disk_cache.is_some())
-            .field("ticking", &self.ticking)
+            .field("ticker", &self.ticker)
             .finish_non_exhaustive()
     }
 }
@@ -107,27 +106,15 @@ impl Runtime {
             .map_err(setup("the WASI imports"))?;
         wasi_poll::shadow_poll_oneoff(&mut linker).map_err(setup("the bounded poll_oneoff"))?;
         host_imports::add_to_linker(&mut linker).map_err(setup("the shmrt imports"))?;
-        let ticking = Arc::new(AtomicBool::new(true));
-        let ticker = {
-            let (engine, ticking) = (engine.clone(), ticking.clone());
-            std::thread::Builder::new()
-                .name("shmrt-epoch".into())
-                .spawn(move || {
-                    while ticking.load(Ordering::Relaxed) {
-                        std::thread::sleep(EPOCH_TICK);
-                        engine.increment_epoch();
-                    }
-                })
-                .map_err(|e| SandboxError::io("starting the epoch thread", e))?
-        };
+        let ticker = EpochTicker::start(engine.clone())
+            .map_err(|e| SandboxError::io("starting the epoch thread", e))?;
         Ok(Runtime {
             fuel: rc.fuel,
             disk_cache: rc.module_cache.map(crate::module_cache::ModuleCache::new),
             modules: Default::default(),
             engine,
             linker: Arc::new(linker),
-            ticker: Some(ticker),
-            ticking,
+            ticker,
         })
     }
 
@@ -303,11 +290,14 @@ impl Runtime {
             0,
             SpinBudget::default(),
         ));
-        let state = SandboxState::new(&SandboxOptions::default(), shared).map_err(|e| {
-            SandboxError::Instantiate {
-                sandbox: "signatures".into(),
-                message: e,
-            }
+        let state = SandboxState::new(
+            &SandboxOptions::default(),
+            shared,
+            self.ticker.state.clone(),
+        )
+        .map_err(|e| SandboxError::Instantiate {
+            sandbox: "signatures".into(),
+            message: e,
         })?;
         let mut store = Store::new(&self.engine, state);
         let defs: Vec<_> = self
@@ -328,15 +318,6 @@ impl Runtime {
             });
         }
         Ok(out)
-    }
-}
-
-impl Drop for Runtime {
-    fn drop(&mut self) {
-        self.ticking.store(false, Ordering::Relaxed);
-        if let Some(t) = self.ticker.take() {
-            let _ = t.join();
-        }
     }
 }
 

@@ -201,12 +201,15 @@ pub(crate) struct SandboxState {
     /// The next sleep of a `wait` polling a segment without doorbells:
     /// doubles up to a few ms while nothing happens.
     pub poll_backoff: Duration,
+    /// The runtime's epoch ticker, told when this guest waits in the host.
+    pub ticker: Arc<crate::epoch_ticker::TickerState>,
 }
 
 impl SandboxState {
     pub(crate) fn new(
         options: &SandboxOptions,
         shared: Arc<SandboxShared>,
+        ticker: Arc<crate::epoch_ticker::TickerState>,
     ) -> Result<Self, String> {
         let clock_origin = Instant::now();
         Ok(SandboxState {
@@ -218,6 +221,7 @@ impl SandboxState {
             log_rate: host_imports::LogRate::new(clock_origin),
             wait_seen_write: None,
             poll_backoff: host_imports::MIN_POLL_NAP,
+            ticker,
         })
     }
 }

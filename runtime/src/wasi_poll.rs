@@ -197,6 +197,8 @@ fn clock_deadline(state: &SandboxState, id: u32, timeout: u64, absolute: bool) -
 /// passes; a stop unparks the thread.
 pub(crate) fn sleep_until(state: &SandboxState, until: Instant) -> wasmtime::Result<()> {
     let shared: &SandboxShared = &state.shared;
+    // Sleeping in the host: the epoch need not tick for this guest.
+    let _waiting = state.ticker.waiting();
     loop {
         if shared.stop_requested() {
             return Err(wasmtime::Error::new(Stopped));
