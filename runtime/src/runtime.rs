@@ -24,9 +24,6 @@ use crate::sandbox_state::{SandboxShared, SandboxState};
 use crate::segment_file::SegmentFile;
 use crate::{host_imports, wasi_poll};
 
-/// How often the engine's epoch advances: the granularity of deadlines
-/// and stops for a guest that is running wasm code.
-
 /// Compiled modules keyed by (hash, length) of their bytes, with the bytes
 /// to rule out a collision.
 type ModuleCache = std::collections::HashMap<(u64, usize), (Vec<u8>, Module)>;
