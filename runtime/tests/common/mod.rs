@@ -163,3 +163,12 @@ pub fn write_wat(tag: &str, name: &str, text: &str) -> PathBuf {
     std::fs::write(&path, text).unwrap();
     path
 }
+
+/// Whether stderr shows a panic of shmrt itself (a Rust thread's panic
+/// message); a guest's own panic, logged as `plugin panicked: ...`, is the
+/// guest's business.
+pub fn host_panicked(stderr: &str) -> bool {
+    stderr
+        .lines()
+        .any(|l| l.starts_with("thread '") && l.contains("panicked"))
+}
