@@ -24,9 +24,16 @@ done
 
 step "clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+# The guest crates build for wasm32 with the flags in their own
+# .cargo/config.toml (their libraries only: no_std crates have no test
+# harness there).
+for dir in examples/bench-guest examples/checksum examples/echo examples/upper \
+    runtime/tests/guests/probe runtime/tests/guests/std-echo; do
+    (cd "$dir" && CARGO_TARGET_DIR="$OLDPWD/target/guests-clippy" cargo clippy -- -D warnings)
+done
 
 step "unit, integration, compatibility and property tests (guests are built from source)"
-cargo test --workspace
+cargo test --workspace --locked
 
 step "the embedding example"
 # `cargo test` built both with the workspace's features; `cargo run` here
