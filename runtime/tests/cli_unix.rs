@@ -105,24 +105,7 @@ fn signals_stop_the_run_and_remove_the_named_segment() {
         (libc::SIGHUP, 129),
     ] {
         let segment = dir.join(format!("run-{signal}.seg"));
-        let mut child = shmrt()
-            .arg("run")
-            .arg("--segment")
-            .arg(&segment)
-            .arg(echo())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        // A line through the guest: the sandbox is up, the file is there.
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(b"up\n").unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line, "up\n");
+        let (mut child, stdin) = echo_running_on(&segment, &[]);
         assert!(segment.exists(), "the named segment is there while it runs");
         // SAFETY: a signal to our own child.
         unsafe { libc::kill(child.id() as i32, signal) };
@@ -136,17 +119,14 @@ fn signals_stop_the_run_and_remove_the_named_segment() {
     }
 }
 
-/// `--keep-segment` keeps the file through a signal.
-#[test]
-fn keep_segment_keeps_it_through_a_signal() {
-    let dir = std::env::temp_dir().join(format!("shmrt-keep-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let segment = dir.join("kept.seg");
+/// `shmrt run --segment PATH [extra] echo`, once a line has gone through
+/// the guest (the sandbox is up, the file made); stdin stays open.
+fn echo_running_on(segment: &std::path::Path, extra: &[&str]) -> (Child, std::process::ChildStdin) {
     let mut child = shmrt()
         .arg("run")
         .arg("--segment")
-        .arg(&segment)
-        .arg("--keep-segment")
+        .arg(segment)
+        .args(extra)
         .arg(echo())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -159,6 +139,17 @@ fn keep_segment_keeps_it_through_a_signal() {
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
+    assert_eq!(line, "up\n");
+    (child, stdin)
+}
+
+/// `--keep-segment` keeps the file through a signal.
+#[test]
+fn keep_segment_keeps_it_through_a_signal() {
+    let dir = std::env::temp_dir().join(format!("shmrt-keep-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let segment = dir.join("kept.seg");
+    let (mut child, stdin) = echo_running_on(&segment, &["--keep-segment"]);
     // SAFETY: a signal to our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let got = wait_at_most(&mut child, Duration::from_secs(10), "run after SIGTERM");
