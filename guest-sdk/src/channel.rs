@@ -21,6 +21,10 @@ const ROOM_WAIT_MAX_NS: i64 = 10_000_000;
 
 static OPENED: AtomicBool = AtomicBool::new(false);
 
+/// The plugin runs as a callback now (inside `shmrt_on_messages`): a send
+/// that would wait for room fails instead.
+static IN_CALLBACK: AtomicBool = AtomicBool::new(false);
+
 /// At most this many answers of a batch go untold before the host is told
 /// (see `Outbox::sent`).
 const TELL_EVERY: u32 = 64;
@@ -66,6 +70,13 @@ pub enum SendError {
     TooLarge { len: usize, max: u32 },
     /// The host broke the protocol.
     Protocol(ProtocolError),
+    /// No room for the message while the plugin runs as a callback
+    /// (`shmrt_on_messages`): the host reads answers only once the
+    /// callback returns, so a send that would wait fails instead.
+    WouldBlock {
+        /// The message's length.
+        len: usize,
+    },
     /// No slot of the class the message needs came free within the wait
     /// bound ([`Outbox::set_slot_wait`]): the other side holds them.
     SlotsExhausted {
@@ -91,6 +102,12 @@ impl fmt::Display for SendError {
                 "message of {len} bytes exceeds the largest slot payload {max}"
             ),
             Self::Protocol(e) => e.fmt(f),
+            Self::WouldBlock { len } => write!(
+                f,
+                "no room for a {len}-byte message while answering as a callback (the host reads \
+                 answers when the callback returns): answer fewer or smaller messages per call, or \
+                 run the plugin in thread or fiber mode"
+            ),
             Self::SlotsExhausted {
                 len,
                 class,
@@ -342,6 +359,60 @@ impl Channel {
         0
     }
 
+    /// The handler shape, as [`crate::handler!`] runs it in thread and
+    /// fiber mode: calls `handle` with each message (in place) and the
+    /// outbox, until the host says goodbye and everything is read. Returns
+    /// the exit status: 0, or that of the first error (logged).
+    pub fn serve_messages(
+        mut self,
+        mut handle: impl FnMut(Message<'_>, &mut Outbox) -> Result<(), SendError>,
+    ) -> i32 {
+        let (inbox, outbox) = self.split();
+        while let Some(msg) = inbox.recv() {
+            let len = msg.len();
+            if let Err(e) = handle(msg, outbox) {
+                crate::error!("could not answer a {}-byte message: {}", len, e);
+                return e.exit_status();
+            }
+        }
+        0
+    }
+
+    /// One call of a callback plugin ([`crate::handler!`]'s
+    /// `shmrt_on_messages`): calls `handle` with the messages queued now,
+    /// while the outbox has room for an answer as long as the message
+    /// (the host reads answers once this returns, and calls again for
+    /// what is left). Returns 0, or the exit status of the first error
+    /// (logged).
+    pub fn answer_queued(
+        &mut self,
+        mut handle: impl FnMut(Message<'_>, &mut Outbox) -> Result<(), SendError>,
+    ) -> i32 {
+        IN_CALLBACK.store(true, Ordering::Relaxed);
+        let (inbox, outbox) = self.split();
+        let status = loop {
+            // Room for an answer as long as the largest inline message: a
+            // slot goes back as a short reference frame.
+            let room = outbox.tx.could_send(outbox.tx.max_inline() as usize);
+            if !room.unwrap_or_else(|e| protocol_panic(e)) {
+                break 0;
+            }
+            let Some(msg) = inbox.try_recv().unwrap_or_else(|e| protocol_panic(e)) else {
+                break 0;
+            };
+            let len = msg.len();
+            if let Err(e) = handle(msg, outbox) {
+                crate::error!("could not answer a {}-byte message: {}", len, e);
+                break e.exit_status();
+            }
+        };
+        IN_CALLBACK.store(false, Ordering::Relaxed);
+        // Answers left untold (`Outbox::sent`) are read by the host when
+        // the call returns; a host on another thread is rung.
+        notify_host(&self.outbox.segment, self.outbox.index);
+        status
+    }
+
     /// The streaming shape: calls `each` with every message (in place)
     /// until the host says goodbye and everything is read, then returns the
     /// outbox for a final answer.
@@ -518,7 +589,7 @@ impl Outbox {
             match refused {
                 channel::SendError::Full => {
                     exhausted_since = None;
-                    room.once();
+                    room.once().map_err(|()| SendError::WouldBlock { len })?;
                 }
                 channel::SendError::Exhausted => {
                     let now = host::now_ns();
@@ -527,7 +598,7 @@ impl Outbox {
                     if u64::try_from(self.slot_wait_ns).is_ok_and(|bound| waited > bound) {
                         return Err(self.exhausted(len, waited));
                     }
-                    room.once();
+                    room.once().map_err(|()| SendError::WouldBlock { len })?;
                 }
                 channel::SendError::TooLarge { len, max } => {
                     return Err(SendError::TooLarge { len, max });
@@ -569,8 +640,11 @@ impl Outbox {
                     return Ok(());
                 }
                 Err((channel::SendError::Full, back)) => {
+                    if room.once().is_err() {
+                        let _ = self.tx.free_held_slot(back);
+                        return Err(SendError::WouldBlock { len: len as usize });
+                    }
                     slot = back;
-                    room.once();
                 }
                 Err((e, back)) => {
                     let _ = self.tx.free_held_slot(back);
@@ -635,8 +709,13 @@ impl RoomWait {
         }
     }
 
+    /// Waits a little; `Err` in a callback, which must not wait (nothing
+    /// frees room until it returns).
     #[inline(always)]
-    fn once(&mut self) {
+    fn once(&mut self) -> Result<(), ()> {
+        if IN_CALLBACK.load(Ordering::Relaxed) {
+            return Err(());
+        }
         if self.spins < SPIN {
             self.spins += 1;
             core::hint::spin_loop();
@@ -644,6 +723,7 @@ impl RoomWait {
             host::wait(self.park_ns);
             self.park_ns = (self.park_ns * 2).min(ROOM_WAIT_MAX_NS);
         }
+        Ok(())
     }
 }
 

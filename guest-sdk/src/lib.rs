@@ -64,6 +64,75 @@ macro_rules! entry {
     };
 }
 
+/// Defines a plugin by its message handler, `fn(Message, &mut Outbox) ->
+/// Result<(), SendError>`, so that it runs in every execution mode of the
+/// host: `shmrt_main` (thread and fiber mode) loops over the messages
+/// until the goodbye; `shmrt_on_messages` (callback mode) answers the
+/// messages queued at each call and returns.
+///
+/// ```no_run
+/// use shmrt_guest::{Message, Outbox, SendError};
+///
+/// fn upper(msg: Message<'_>, outbox: &mut Outbox) -> Result<(), SendError> {
+///     msg.reply_in_place(outbox, |bytes| {
+///         bytes.make_ascii_uppercase();
+///         bytes.len()
+///     })
+/// }
+/// shmrt_guest::handler!(upper);
+/// # fn main() {}
+/// ```
+#[macro_export]
+macro_rules! handler {
+    ($handle:path) => {
+        $crate::entry!(__shmrt_serve_messages);
+
+        fn __shmrt_serve_messages(channel: $crate::Channel) -> i32 {
+            channel.serve_messages($handle)
+        }
+
+        #[unsafe(no_mangle)]
+        pub extern "C" fn shmrt_on_messages() -> i32 {
+            $crate::callback::with_channel(|channel| channel.answer_queued($handle))
+        }
+    };
+}
+
+/// What [`handler!`]'s callback entry keeps between calls.
+#[doc(hidden)]
+pub mod callback {
+    use core::cell::UnsafeCell;
+
+    use crate::Channel;
+
+    struct Kept(UnsafeCell<Option<Channel>>);
+
+    // SAFETY: a plugin instance runs one call at a time (the host calls
+    // `shmrt_on_messages` from one thread, and never re-entrantly); no
+    // other code touches the cell.
+    unsafe impl Sync for Kept {}
+
+    static CHANNEL: Kept = Kept(UnsafeCell::new(None));
+
+    /// Runs `f` with the channel, opened at the first call; 101 when it
+    /// can not be opened (logged).
+    pub fn with_channel(f: impl FnOnce(&mut Channel) -> i32) -> i32 {
+        // SAFETY: see `Kept`: calls do not overlap, so this is the only
+        // reference to the cell's contents while it lives.
+        let kept = unsafe { &mut *CHANNEL.0.get() };
+        if kept.is_none() {
+            match Channel::open() {
+                Ok(channel) => *kept = Some(channel),
+                Err(e) => {
+                    crate::error!("cannot open the shmrt channel: {}", e);
+                    return 101;
+                }
+            }
+        }
+        f(kept.as_mut().expect("opened above"))
+    }
+}
+
 /// Logs the panic through the host and traps (enable the `panic-handler`
 /// feature in `no_std` plugins).
 #[cfg(all(feature = "panic-handler", target_family = "wasm"))]

@@ -12,6 +12,7 @@ use wasmtime::{Store, TypedFunc, UpdateDeadline};
 
 use crate::doorbell_futex;
 use crate::error::SandboxError;
+use crate::guest_driver::GuestDriver;
 use crate::host_imports;
 use crate::sandbox_state::{SandboxShared, SandboxState};
 
@@ -129,10 +130,14 @@ pub(crate) fn run_guest(
 
 /// From now on, every epoch tick of guest code checks the stop flag, the
 /// segment file and `deadline` (also what a `wait` is bounded by).
+///
+/// A fiber guest (`yield_to_host`) also yields to whoever polls it at
+/// every tick, so that guests sharing a thread can not starve each other.
 pub(crate) fn watch_deadline(
     store: &mut Store<SandboxState>,
     shared: &Arc<SandboxShared>,
     deadline: Option<Instant>,
+    yield_to_host: bool,
 ) {
     store.data_mut().deadline = deadline;
     *shared.deadline.lock().unwrap_or_else(|e| e.into_inner()) = deadline;
@@ -151,7 +156,11 @@ pub(crate) fn watch_deadline(
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return Err(wasmtime::Error::new(DeadlineExceeded));
         }
-        Ok(UpdateDeadline::Continue(1))
+        Ok(if yield_to_host {
+            UpdateDeadline::Yield(1)
+        } else {
+            UpdateDeadline::Continue(1)
+        })
     });
 }
 
@@ -219,17 +228,44 @@ impl std::fmt::Debug for StopHandle {
     }
 }
 
-/// Joins a sandbox's guest thread.
+/// Joins a sandbox's guest: its thread, or (a guest on the host's
+/// thread) runs it to its end.
 pub struct SandboxHandle {
     pub(crate) shared: Arc<SandboxShared>,
-    pub(crate) thread: Option<JoinHandle<Result<i32, SandboxError>>>,
+    pub(crate) run: GuestRun,
+}
+
+/// Where a guest's code runs.
+pub(crate) enum GuestRun {
+    /// On its own thread (`None` once joined).
+    Thread(Option<JoinHandle<Result<i32, SandboxError>>>),
+    /// On the thread of whoever drives it (shared with the host's ends).
+    Driven(Arc<std::sync::Mutex<GuestDriver>>),
+}
+
+impl GuestRun {
+    /// The driver of a guest on the host's thread.
+    pub(crate) fn driver(&self) -> Option<Arc<std::sync::Mutex<GuestDriver>>> {
+        match self {
+            GuestRun::Thread(_) => None,
+            GuestRun::Driven(d) => Some(d.clone()),
+        }
+    }
+}
+
+/// Locks a driver, whatever a panic left in it.
+pub(crate) fn lock_driver(
+    driver: &std::sync::Mutex<GuestDriver>,
+) -> std::sync::MutexGuard<'_, GuestDriver> {
+    driver.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl std::fmt::Debug for SandboxHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SandboxHandle")
             .field("sandbox", &self.shared.name)
-            .field("joined", &self.thread.is_none())
+            .field("execution", &self.shared.execution)
+            .field("joined", &matches!(self.run, GuestRun::Thread(None)))
             .finish()
     }
 }
@@ -275,11 +311,22 @@ impl SandboxHandle {
     /// its deadline or a stop: [`ABANDON_AFTER`] later, `join` returns
     /// the timeout (or the stop) and leaves the guest's thread behind,
     /// with its memory, until the call returns.
+    ///
+    /// A guest on the host's thread is run here until it returns: a fiber
+    /// guest waiting for messages waits on (call
+    /// [`crate::HostSender::goodbye`] first); a callback guest, which has
+    /// no life between calls, is given the goodbye, answers what is
+    /// queued, and ends with 0 (or the status its last call returned).
     pub fn join(mut self) -> Result<i32, SandboxError> {
-        let thread = self.thread.take().expect("joined once");
-        let status = match wait_for_guest(thread, &self.shared) {
-            Some(status) => status,
-            None => Err(abandoned(&self.shared)),
+        let status = match &mut self.run {
+            GuestRun::Thread(thread) => {
+                let thread = thread.take().expect("joined once");
+                match wait_for_guest(thread, &self.shared) {
+                    Some(status) => status,
+                    None => Err(abandoned(&self.shared)),
+                }
+            }
+            GuestRun::Driven(driver) => lock_driver(driver).run_to_end(),
         };
         let violation = *self
             .shared
@@ -298,9 +345,18 @@ impl SandboxHandle {
 
 impl Drop for SandboxHandle {
     fn drop(&mut self) {
-        if let Some(t) = self.thread.take() {
-            self.stop();
-            let _ = wait_for_guest(t, &self.shared);
+        match &mut self.run {
+            GuestRun::Thread(thread) => {
+                if let Some(t) = thread.take() {
+                    self.shared.request_stop();
+                    let _ = wait_for_guest(t, &self.shared);
+                }
+            }
+            GuestRun::Driven(driver) => {
+                self.shared.request_stop();
+                // Its store (and memory) go now, not with the last host end.
+                lock_driver(driver).stop_now();
+            }
         }
     }
 }

@@ -14,7 +14,10 @@ use shmrt_primitives::{SharedBytes, SharedBytesMut};
 
 use crate::doorbell_futex;
 use crate::error::SandboxError;
+use crate::guest_driver::{GuestDriver, Turn};
+use crate::options::Execution;
 use crate::sandbox_state::SandboxShared;
+use std::sync::Mutex;
 
 fn protocol(shared: &SandboxShared, error: ProtocolError) -> SandboxError {
     // A violation stops this sandbox only; the first one is why.
@@ -41,9 +44,13 @@ fn protocol(shared: &SandboxShared, error: ProtocolError) -> SandboxError {
 /// test the reservation contradicts makes a send wait, never spin.
 fn block_on_guest(
     shared: &SandboxShared,
+    driver: Option<&Mutex<GuestDriver>>,
     (spin, deadline, distrust): (u32, Option<Instant>, bool),
     mut ready: impl FnMut() -> Result<bool, SandboxError>,
 ) -> Result<bool, SandboxError> {
+    if let Some(driver) = driver {
+        return drive_guest(shared, driver, deadline, ready);
+    }
     let spin = if distrust { 0 } else { spin };
     for i in 0..spin {
         if ready()? {
@@ -82,6 +89,64 @@ fn block_on_guest(
         let nap = deadline.map_or(most, |d| (d - now).min(most));
         doorbell_futex::park(bell.futex_word(), seq, Some(nap));
         bell.finish_wait();
+    }
+}
+
+/// [`block_on_guest`] for a guest on the host's thread: runs it, turn by
+/// turn, until `ready` holds, it ends, or `deadline` passes; while it
+/// waits on its own timer (or for another thread's send), sleeps.
+///
+/// A callback guest that has nothing queued will produce nothing: a wait
+/// without a deadline then fails with [`SandboxError::Idle`] rather than
+/// blocking forever; one with a deadline returns at once.
+fn drive_guest(
+    shared: &SandboxShared,
+    driver: &Mutex<GuestDriver>,
+    deadline: Option<Instant>,
+    mut ready: impl FnMut() -> Result<bool, SandboxError>,
+) -> Result<bool, SandboxError> {
+    loop {
+        if ready()? {
+            return Ok(true);
+        }
+        if shared.guest_done() {
+            return ready();
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(false);
+        }
+        let mut d = match driver.try_lock() {
+            Ok(d) => d,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                // Another thread runs the guest (the other end of a split
+                // sandbox): it rings when the guest moved.
+                let bell = &shared.peer().g2h_doorbell;
+                let seq = bell.prepare_wait();
+                if !ready()? && !shared.guest_done() {
+                    doorbell_futex::park(bell.futex_word(), seq, Some(Duration::from_millis(1)));
+                }
+                bell.finish_wait();
+                continue;
+            }
+        };
+        match d.turn() {
+            Turn::Ran | Turn::Ended => {}
+            Turn::Idle { wake_at } => {
+                if ready()? {
+                    return Ok(true);
+                }
+                if shared.execution == Execution::Callback {
+                    if deadline.is_some() {
+                        return Ok(false);
+                    }
+                    return Err(SandboxError::Idle {
+                        sandbox: shared.name.clone(),
+                    });
+                }
+                d.idle_until(wake_at, deadline);
+            }
+        }
     }
 }
 
@@ -210,6 +275,8 @@ pub struct HostSender {
     shared: Arc<SandboxShared>,
     /// Rounds a wait for room spins before it parks.
     spin: u32,
+    /// Runs a guest on the host's thread, when it is one.
+    driver: Option<Arc<Mutex<GuestDriver>>>,
 }
 
 impl std::fmt::Debug for HostSender {
@@ -231,9 +298,18 @@ impl HostSender {
         self.spin = rounds;
     }
 
-    pub(crate) fn new(tx: Sender, shared: Arc<SandboxShared>) -> Self {
+    pub(crate) fn new(
+        tx: Sender,
+        shared: Arc<SandboxShared>,
+        driver: Option<Arc<Mutex<GuestDriver>>>,
+    ) -> Self {
         let spin = shared.spin.0;
-        HostSender { tx, shared, spin }
+        HostSender {
+            tx,
+            shared,
+            spin,
+            driver,
+        }
     }
 
     /// Largest payload that fits a slot.
@@ -299,7 +375,13 @@ impl HostSender {
         timeout: Option<Duration>,
     ) -> Result<(), SandboxError> {
         let deadline = timeout.and_then(deadline_after);
-        let Self { tx, shared, spin } = self;
+        let Self {
+            tx,
+            shared,
+            spin,
+            driver,
+        } = self;
+        let driver = driver.as_deref();
         let spin = *spin;
         let shared: &SandboxShared = shared;
         // The last wait said "ready": a reservation failing now parks.
@@ -329,7 +411,7 @@ impl HostSender {
             }
             // Waiting for a slot ends at the slot wait too, to say so.
             let until = earliest(deadline, stall.deadline(shared));
-            let ready = block_on_guest(shared, (spin, until, was_ready), || {
+            let ready = block_on_guest(shared, driver, (spin, until, was_ready), || {
                 tx.could_send(len).map_err(|e| protocol(shared, e))
             })?;
             was_ready = ready;
@@ -347,7 +429,13 @@ impl HostSender {
     /// [`HostMessage::reply_in_place`]), waiting for ring room for its
     /// frame as long as the guest runs.
     fn send_held_slot(&mut self, mut slot: HeldSlot, len: u32) -> Result<(), SandboxError> {
-        let Self { tx, shared, spin } = self;
+        let Self {
+            tx,
+            shared,
+            spin,
+            driver,
+        } = self;
+        let driver = driver.as_deref();
         let spin = *spin;
         let shared: &SandboxShared = shared;
         loop {
@@ -368,7 +456,7 @@ impl HostSender {
                     return Err(send_error(shared, e));
                 }
             }
-            block_on_guest(shared, (spin, None, false), || {
+            block_on_guest(shared, driver, (spin, None, false), || {
                 tx.has_room_for_slot_ref().map_err(|e| protocol(shared, e))
             })?;
         }
@@ -386,7 +474,13 @@ impl HostSender {
         max: usize,
         read: impl FnOnce(SharedBytesMut<'_>) -> io::Result<usize>,
     ) -> Result<ReadSend, SendReadError> {
-        let Self { tx, shared, spin } = self;
+        let Self {
+            tx,
+            shared,
+            spin,
+            driver,
+        } = self;
+        let driver = driver.as_deref();
         let spin = *spin;
         let shared: &SandboxShared = shared;
         // As in `send_cut`.
@@ -420,9 +514,12 @@ impl HostSender {
             } else {
                 stall = SlotStall::default();
             }
-            was_ready = block_on_guest(shared, (spin, stall.deadline(shared), was_ready), || {
-                tx.could_send(max).map_err(|e| protocol(shared, e))
-            })?;
+            was_ready = block_on_guest(
+                shared,
+                driver,
+                (spin, stall.deadline(shared), was_ready),
+                || tx.could_send(max).map_err(|e| protocol(shared, e)),
+            )?;
         }
     }
 
@@ -477,6 +574,8 @@ pub struct HostReceiver {
     shared: Arc<SandboxShared>,
     /// Rounds a wait for a message spins before it parks.
     spin: u32,
+    /// Runs a guest on the host's thread, when it is one.
+    driver: Option<Arc<Mutex<GuestDriver>>>,
 }
 
 /// A message from the guest, in place in the segment. Dropping it releases
@@ -580,7 +679,10 @@ fn room_freed(shared: &SandboxShared) {
 /// Rings `bell` only if its owner is parked: a fence and a load otherwise
 /// (the eventcount's publisher path), no syscall.
 fn notify(shared: &SandboxShared, bell: &shmrt_primitives::Doorbell) {
-    if shared.doorbells && bell.should_ring() {
+    if shared.execution == Execution::Fiber {
+        // A fiber guest suspended in `wait` is resumed by its poller.
+        shared.fiber_wake.wake();
+    } else if shared.doorbells && bell.should_ring() {
         doorbell_futex::ring(bell);
     }
 }
@@ -602,9 +704,18 @@ impl HostReceiver {
         self.spin = rounds;
     }
 
-    pub(crate) fn new(rx: Receiver, shared: Arc<SandboxShared>) -> Self {
+    pub(crate) fn new(
+        rx: Receiver,
+        shared: Arc<SandboxShared>,
+        driver: Option<Arc<Mutex<GuestDriver>>>,
+    ) -> Self {
         let spin = shared.spin.0;
-        HostReceiver { rx, shared, spin }
+        HostReceiver {
+            rx,
+            shared,
+            spin,
+            driver,
+        }
     }
 
     /// The next message if one is there.
@@ -639,10 +750,16 @@ impl HostReceiver {
     ) -> Result<Option<HostMessage<'_>>, SandboxError> {
         let deadline = timeout.and_then(deadline_after);
         if self.is_empty()? {
-            let Self { rx, shared, spin } = &mut *self;
+            let Self {
+                rx,
+                shared,
+                spin,
+                driver,
+            } = &mut *self;
+            let driver = driver.as_deref();
             let spin = *spin;
             let shared: &SandboxShared = shared;
-            let has_data = block_on_guest(shared, (spin, deadline, false), || {
+            let has_data = block_on_guest(shared, driver, (spin, deadline, false), || {
                 rx.is_empty().map(|e| !e).map_err(|e| protocol(shared, e))
             })?;
             if !has_data {
@@ -670,10 +787,16 @@ impl HostReceiver {
                 }
                 break;
             }
-            let Self { rx, shared, spin } = &mut *self;
+            let Self {
+                rx,
+                shared,
+                spin,
+                driver,
+            } = &mut *self;
+            let driver = driver.as_deref();
             let spin = *spin;
             let shared: &SandboxShared = shared;
-            if block_on_guest(shared, (spin, None, false), || {
+            if block_on_guest(shared, driver, (spin, None, false), || {
                 rx.is_empty().map(|e| !e).map_err(|e| protocol(shared, e))
             })? {
                 // A message is there: take it without looking again.

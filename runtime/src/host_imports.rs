@@ -38,8 +38,13 @@ pub struct ImportSignature {
     pub results: Vec<String>,
 }
 
-/// Defines every import of [`MODULE`].
-pub(crate) fn add_to_linker(linker: &mut Linker<SandboxState>) -> wasmtime::Result<()> {
+/// Defines every import of [`MODULE`]. With `fiber`, `wait` suspends the
+/// guest's fiber (the linker of [`crate::Execution::Fiber`] sandboxes)
+/// instead of parking its thread.
+pub(crate) fn add_to_linker(
+    linker: &mut Linker<SandboxState>,
+    fiber: bool,
+) -> wasmtime::Result<()> {
     linker.func_wrap(
         MODULE,
         "segment_base",
@@ -61,11 +66,23 @@ pub(crate) fn add_to_linker(linker: &mut Linker<SandboxState>) -> wasmtime::Resu
             doorbell_futex::ring(&shared.peer().g2h_doorbell);
         }
     })?;
-    linker.func_wrap(
-        MODULE,
-        "wait",
-        |c: Caller<'_, SandboxState>, timeout_ns: i64| wait(c, timeout_ns).map(WaitOutcome::code),
-    )?;
+    if fiber {
+        linker.func_wrap_async(
+            MODULE,
+            "wait",
+            |c: Caller<'_, SandboxState>, (timeout_ns,): (i64,)| {
+                Box::new(wait_in_fiber(c, timeout_ns))
+            },
+        )?;
+    } else {
+        linker.func_wrap(
+            MODULE,
+            "wait",
+            |c: Caller<'_, SandboxState>, timeout_ns: i64| {
+                wait(c, timeout_ns).map(WaitOutcome::code)
+            },
+        )?;
+    }
     linker.func_wrap(MODULE, "log", log)?;
     linker.func_wrap(MODULE, "now_ns", |c: Caller<'_, SandboxState>| -> u64 {
         c.data().shared.started.elapsed().as_nanos() as u64
@@ -80,7 +97,74 @@ const MAX_POLL_NAP: Duration = Duration::from_millis(5);
 /// The first sleep of a poll after activity.
 pub(crate) const MIN_POLL_NAP: Duration = Duration::from_micros(20);
 
+/// When a `wait` with `timeout_ns` (negative: none) gives up.
+fn wait_until(timeout_ns: i64) -> Option<Instant> {
+    u64::try_from(timeout_ns)
+        .ok()
+        .and_then(|ns| Instant::now().checked_add(Duration::from_nanos(ns)))
+}
+
+/// One look at what ends a `wait`: `Some` when it ends now, `None` when
+/// it would sleep. The rules of the thread's `wait` below.
+fn wait_step(
+    state: &mut SandboxState,
+    until: Option<Instant>,
+) -> wasmtime::Result<Option<WaitOutcome>> {
+    let shared = &state.shared;
+    if shared.segment_file.was_truncated() {
+        return Err(wasmtime::Error::new(SegmentTruncated));
+    }
+    if shared.goodbye_or_stopped() {
+        return Ok(Some(WaitOutcome::Goodbye));
+    }
+    let pending = shared.h2g_pending_write();
+    if pending.is_some() && pending != state.wait_seen_write {
+        state.wait_seen_write = pending;
+        return Ok(Some(WaitOutcome::Rang));
+    }
+    let now = Instant::now();
+    if state.deadline.is_some_and(|d| now >= d) {
+        return Err(wasmtime::Error::new(DeadlineExceeded));
+    }
+    if until.is_some_and(|u| now >= u) {
+        return Ok(Some(WaitOutcome::Timeout));
+    }
+    Ok(None)
+}
+
+/// `wait` of a fiber guest: suspends the fiber (the host's `recv` or
+/// `send` that drives it goes on) until the host sends, says goodbye or
+/// stops it, or the timeout or the deadline passes.
+async fn wait_in_fiber(mut c: Caller<'_, SandboxState>, timeout_ns: i64) -> wasmtime::Result<i32> {
+    let until = wait_until(timeout_ns);
+    std::future::poll_fn(|cx| {
+        let state = c.data_mut();
+        if let Some(outcome) = wait_step(state, until).transpose() {
+            return std::task::Poll::Ready(outcome.map(WaitOutcome::code));
+        }
+        let wake_at = match (until, state.deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        state.shared.fiber_wake.suspend(cx.waker(), wake_at);
+        // Looked at again once the waker is stored: a send in between
+        // found no waker to wake.
+        match wait_step(state, until).transpose() {
+            Some(outcome) => std::task::Poll::Ready(outcome.map(WaitOutcome::code)),
+            None => std::task::Poll::Pending,
+        }
+    })
+    .await
+}
+
 fn wait(mut c: Caller<'_, SandboxState>, timeout_ns: i64) -> wasmtime::Result<WaitOutcome> {
+    if c.data().shared.execution == crate::Execution::Callback {
+        // A callback runs on the host's thread, which drains the guest's
+        // ring only once it returns: nothing comes while it waits, so the
+        // wait ends at once (the guest SDK returns instead of waiting).
+        let until = wait_until(timeout_ns);
+        return Ok(wait_step(c.data_mut(), until)?.unwrap_or(WaitOutcome::Timeout));
+    }
     // Waiting in the host: the epoch need not tick for this guest.
     let ticker = c.data().ticker.clone();
     let _waiting = ticker.waiting();

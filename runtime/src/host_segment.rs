@@ -76,8 +76,8 @@ impl HostSegment {
                     error,
                 })?;
         Ok((
-            HostSender::new(tx, shared.clone()),
-            HostReceiver::new(rx, shared),
+            HostSender::new(tx, shared.clone(), None),
+            HostReceiver::new(rx, shared, None),
         ))
     }
 

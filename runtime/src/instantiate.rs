@@ -15,12 +15,14 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use crate::error::SandboxError;
+use crate::guest_driver::{CALLBACK_EXPORT, GuestDriver};
 use crate::guest_thread::{
-    DeadlineExceeded, Entry, SandboxHandle, Stopped, exit_status, run_guest, watch_deadline,
+    DeadlineExceeded, Entry, GuestRun, SandboxHandle, Stopped, exit_status, run_guest,
+    watch_deadline,
 };
 use crate::host_channel::deadline_after;
 use crate::memory_window::{self, NOT_PLACED, PendingWindow};
-use crate::options::{GuestStdout, SandboxOptions};
+use crate::options::{Execution, GuestStdout, SandboxOptions};
 use crate::runtime::Runtime;
 use crate::sandbox_state::{SandboxShared, SandboxState};
 use crate::{module_check, wasi_poll};
@@ -136,7 +138,8 @@ impl Runtime {
         // The deadline and the stop flag hold from here: a start function
         // runs during instantiation, on the caller's thread.
         let deadline = options.timeout.and_then(deadline_after);
-        watch_deadline(&mut store, &shared, deadline);
+        let fiber = options.execution == Execution::Fiber;
+        watch_deadline(&mut store, &shared, deadline, fiber);
         shared.runs_on_this_thread();
         let window = PendingWindow {
             file: shared.segment_file.file().clone(),
@@ -151,7 +154,12 @@ impl Runtime {
         // A start function runs guest code: the epoch must tick for it.
         let running = self.ticker.state.running();
         let instance = memory_window::with_pending_window(window, || {
-            self.linker.instantiate(&mut store, &module)
+            if fiber {
+                // A start function runs on a fiber too.
+                block_on(self.fiber_linker.instantiate_async(&mut store, &module))
+            } else {
+                self.linker.instantiate(&mut store, &module)
+            }
         });
         drop(running);
         let instance = instance.map_err(instantiate_err)?;
@@ -200,27 +208,91 @@ impl Runtime {
                 .unwrap_or_default(),
             reason: format!("cannot take the entry of peer {}: {e}", shared.peer_id()),
         })?;
-        let claim_in_thread = matches!(claim, Claim::Own);
-
         let timeout = options.timeout;
-        let thread_shared = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("shmrt-guest {name}"))
-            .spawn(move || {
-                run_guest(
-                    store,
-                    entry,
-                    initialize,
-                    timeout,
-                    thread_shared,
-                    claim_in_thread,
-                )
-            })
-            .map_err(|e| SandboxError::io("starting the guest thread", e))?;
-        Ok(SandboxHandle {
-            shared,
-            thread: Some(thread),
-        })
+        let run = match options.execution {
+            Execution::Thread => {
+                let claim_in_thread = matches!(claim, Claim::Own);
+                let thread_shared = shared.clone();
+                let thread = std::thread::Builder::new()
+                    .name(format!("shmrt-guest {name}"))
+                    .spawn(move || {
+                        run_guest(
+                            store,
+                            entry,
+                            initialize,
+                            timeout,
+                            thread_shared,
+                            claim_in_thread,
+                        )
+                    })
+                    .map_err(|e| SandboxError::io("starting the guest thread", e))?;
+                GuestRun::Thread(Some(thread))
+            }
+            Execution::Fiber => {
+                claim_now(&shared, &claim)?;
+                let driver = GuestDriver::fiber(store, entry, initialize, timeout, shared.clone());
+                GuestRun::Driven(Arc::new(std::sync::Mutex::new(driver)))
+            }
+            Execution::Callback => {
+                let handler = instance
+                    .get_typed_func::<(), i32>(&mut store, CALLBACK_EXPORT)
+                    .map_err(|_| SandboxError::Refused {
+                        sandbox: name.clone(),
+                        reason: format!(
+                            "module exports no `{CALLBACK_EXPORT}: () -> i32`, so it can not run as a \
+                             callback (it has only a blocking loop): run it with --exec thread or \
+                             fiber (Execution::Thread, Execution::Fiber), or build it with the guest \
+                             SDK's `handler!` macro"
+                        ),
+                    })?;
+                claim_now(&shared, &claim)?;
+                if let Some(init) = initialize {
+                    let running = self.ticker.state.running();
+                    let initialized = init.call(&mut store, ());
+                    drop(running);
+                    initialized.map_err(instantiate_err)?;
+                }
+                let driver = GuestDriver::callback(store, handler, timeout, shared.clone());
+                GuestRun::Driven(Arc::new(std::sync::Mutex::new(driver)))
+            }
+        };
+        Ok(SandboxHandle { shared, run })
+    }
+}
+
+/// A guest on the host's thread claims its reserved entry at once (a
+/// thread guest claims it on its thread).
+fn claim_now(shared: &SandboxShared, claim: &Claim) -> Result<(), SandboxError> {
+    if matches!(claim, Claim::Own)
+        && let Err(e) = shared.peer().try_claim_reserved()
+    {
+        return Err(SandboxError::Instantiate {
+            sandbox: shared.name.clone(),
+            message: format!("claiming the peer entry: {e}"),
+        });
+    }
+    Ok(())
+}
+
+/// Polls `future` to its end on this thread, sleeping while it waits (an
+/// instantiation whose start function runs on a fiber).
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let std::task::Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+            return out;
+        }
+        // Woken by an epoch yield at once; by nothing else: the start
+        // function's own waits are bounded by its deadline and a stop.
+        std::thread::park_timeout(std::time::Duration::from_millis(10));
     }
 }
 

@@ -21,6 +21,7 @@ pub mod bench;
 pub mod doorbell_futex;
 mod epoch_ticker;
 pub mod error;
+mod guest_driver;
 mod guest_thread;
 mod host_channel;
 pub mod host_imports;
@@ -43,8 +44,9 @@ mod wasi_poll;
 pub use error::SandboxError;
 pub use host_segment::HostSegment;
 pub use sandbox::{
-    GuestStdout, HostMessage, HostReceiver, HostSender, ReadSend, Runtime, RuntimeConfig, Sandbox,
-    SandboxHandle, SandboxOptions, SegmentSource, SendReadError, StopHandle,
+    Execution, GuestStdout, HostMessage, HostReceiver, HostSender, ReadSend, Runtime,
+    RuntimeConfig, Sandbox, SandboxHandle, SandboxOptions, SegmentSource, SendReadError,
+    StopHandle,
 };
 pub use shmrt_primitives as primitives;
 pub use shmrt_primitives::{SharedBytes, SharedBytesMut};

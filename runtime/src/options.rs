@@ -65,6 +65,60 @@ pub struct SandboxOptions {
     /// [`SandboxError::SlotsExhausted`]; `None` waits as long as the guest
     /// runs. Default 5 s. Waiting for ring room is not bounded by this.
     pub slot_wait: Option<Duration>,
+    /// Where the guest's code runs: a thread of its own (the default), a
+    /// fiber or a callback on the thread that uses the host's ends.
+    pub execution: Execution,
+}
+
+/// Where a sandbox's guest runs its code.
+///
+/// The guest API is the same in every mode; the limits (timeout, fuel,
+/// memory, stop) and the hostile-guest guarantees hold in each.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Execution {
+    /// On a thread of its own: host and guest run at once, on two cores
+    /// (streaming), and every hand-off crosses cores.
+    #[default]
+    Thread,
+    /// As a fiber on the thread of whoever calls the host's `recv` or
+    /// `send`: the guest's entry point runs until it waits for a message,
+    /// then the host's call goes on, with no thread switch. A blocking
+    /// `recv()` loop runs unchanged. A guest that computes long yields at
+    /// every epoch tick, so guests sharing a thread can not starve each
+    /// other.
+    Fiber,
+    /// As a callback: the guest exports `shmrt_on_messages`, which the
+    /// host calls on its own thread with the messages queued in the ring,
+    /// and which answers them and returns (no fiber, no stack switch).
+    /// Plugins made with `shmrt_guest::handler!` export it; a plugin with
+    /// only a blocking loop is refused in this mode.
+    Callback,
+}
+
+impl Execution {
+    /// The mode's name as `shmrt run --exec` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Execution::Thread => "thread",
+            Execution::Fiber => "fiber",
+            Execution::Callback => "callback",
+        }
+    }
+}
+
+impl std::str::FromStr for Execution {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "thread" => Ok(Execution::Thread),
+            "fiber" => Ok(Execution::Fiber),
+            "callback" => Ok(Execution::Callback),
+            other => Err(format!(
+                "unknown execution mode `{other}`: give thread, fiber or callback"
+            )),
+        }
+    }
 }
 
 /// The default of [`SandboxOptions::slot_wait`].
@@ -85,6 +139,7 @@ impl Default for SandboxOptions {
             fuel: None,
             max_memory: None,
             slot_wait: Some(DEFAULT_SLOT_WAIT),
+            execution: Execution::default(),
         }
     }
 }

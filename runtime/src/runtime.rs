@@ -60,6 +60,8 @@ pub struct Runtime {
     modules: std::sync::Mutex<ModuleCache>,
     pub(crate) engine: Engine,
     pub(crate) linker: Arc<Linker<SandboxState>>,
+    /// The linker of fiber guests: `wait` and WASI suspend the fiber.
+    pub(crate) fiber_linker: Arc<Linker<SandboxState>>,
 
     /// Advances the epoch while some guest runs wasm (deadlines, stops).
     pub(crate) ticker: EpochTicker,
@@ -102,7 +104,16 @@ impl Runtime {
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut SandboxState| &mut s.wasi)
             .map_err(setup("the WASI imports"))?;
         wasi_poll::shadow_poll_oneoff(&mut linker).map_err(setup("the bounded poll_oneoff"))?;
-        host_imports::add_to_linker(&mut linker).map_err(setup("the shmrt imports"))?;
+        host_imports::add_to_linker(&mut linker, false).map_err(setup("the shmrt imports"))?;
+        let mut fiber_linker = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut fiber_linker, |s: &mut SandboxState| {
+            &mut s.wasi
+        })
+        .map_err(setup("the WASI imports of fibers"))?;
+        wasi_poll::shadow_poll_oneoff_in_fiber(&mut fiber_linker)
+            .map_err(setup("the bounded poll_oneoff of fibers"))?;
+        host_imports::add_to_linker(&mut fiber_linker, true)
+            .map_err(setup("the shmrt imports of fibers"))?;
         let ticker = EpochTicker::start(engine.clone())
             .map_err(|e| SandboxError::io("starting the epoch thread", e))?;
         Ok(Runtime {
@@ -111,6 +122,7 @@ impl Runtime {
             modules: Default::default(),
             engine,
             linker: Arc::new(linker),
+            fiber_linker: Arc::new(fiber_linker),
             ticker,
         })
     }
@@ -150,8 +162,10 @@ impl Runtime {
         let mut shared = SandboxShared::new(options.name.clone(), Arc::new(file), 0, options.spin);
         shared.slot_wait = options.slot_wait;
         shared.timeout = options.timeout;
+        shared.execution = options.execution;
         let shared = Arc::new(shared);
         let handle = self.start(wasm, &options, shared.clone(), Claim::Own)?;
+        let driver = handle.run.driver();
         let segment = *shared.segment_file.segment();
         let (tx, rx) =
             segment
@@ -161,8 +175,8 @@ impl Runtime {
                     error,
                 })?;
         Ok(Sandbox {
-            sender: HostSender::new(tx, shared.clone()),
-            receiver: HostReceiver::new(rx, shared),
+            sender: HostSender::new(tx, shared.clone(), driver.clone()),
+            receiver: HostReceiver::new(rx, shared, driver),
             handle,
         })
     }
@@ -179,6 +193,17 @@ impl Runtime {
         peer: Option<u32>,
         options: SandboxOptions,
     ) -> Result<(SandboxHandle, u32), SandboxError> {
+        if options.execution != crate::Execution::Thread {
+            return Err(SandboxError::Refused {
+                sandbox: options.name.clone(),
+                reason: format!(
+                    "an attached guest runs on a thread of its own: its host is another process, \
+                     which can not run it on its thread (--exec {} is for `shmrt run` without \
+                     --attach, and for the library's `spawn`)",
+                    options.execution.name()
+                ),
+            });
+        }
         let file = SegmentFile::open_existing(segment)?;
         let layout = *file.segment().layout();
         let peer_err = |reason: String| SandboxError::Peer {

@@ -11,7 +11,9 @@ use crate::error::SandboxError;
 pub use crate::guest_thread::{ABANDON_AFTER, SandboxHandle, StopHandle};
 pub use crate::host_channel::{HostMessage, HostReceiver, HostSender, ReadSend, SendReadError};
 pub use crate::instantiate::{MAX_MODULE_BYTES, read_module_file};
-pub use crate::options::{DEFAULT_SLOT_WAIT, GuestStdout, SandboxOptions, SegmentSource};
+pub use crate::options::{
+    DEFAULT_SLOT_WAIT, Execution, GuestStdout, SandboxOptions, SegmentSource,
+};
 pub use crate::runtime::{Runtime, RuntimeConfig, monotonic_ns};
 
 /// A running sandbox: the host's ends of its channel and its thread.

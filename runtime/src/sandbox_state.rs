@@ -16,7 +16,7 @@ use crate::host_imports;
 use crate::instantiate::build_wasi;
 use crate::memory_limit::MemoryLimit;
 use crate::memory_window::NOT_PLACED;
-use crate::options::{DEFAULT_SLOT_WAIT, SandboxOptions};
+use crate::options::{DEFAULT_SLOT_WAIT, Execution, SandboxOptions};
 use crate::segment_file::SegmentFile;
 
 /// State shared by the guest thread, the host ends and the imports.
@@ -63,6 +63,50 @@ pub(crate) struct SandboxShared {
     /// deadline or a stop); `u64::MAX` while neither is set. Relaxed: a
     /// hint read in wait loops, each of which also naps and re-checks.
     pub abandon_at_ns: std::sync::atomic::AtomicU64,
+    /// Where the guest runs its code.
+    pub execution: Execution,
+    /// A fiber guest suspended in the host: who to wake, and when its own
+    /// timer (a `wait` timeout, a WASI sleep) or deadline runs out.
+    pub fiber_wake: FiberWake,
+}
+
+/// How a fiber guest suspended in a host import is resumed: the waker of
+/// the poll that suspended it (woken when the host sends, says goodbye or
+/// stops it) and the instant its own timer runs out.
+#[derive(Debug, Default)]
+pub(crate) struct FiberWake {
+    waker: std::sync::Mutex<Option<std::task::Waker>>,
+    wake_at: std::sync::Mutex<Option<Instant>>,
+}
+
+impl FiberWake {
+    /// Records who to wake, and when at the latest (`None`: only when woken).
+    pub fn suspend(&self, waker: &std::task::Waker, at: Option<Instant>) {
+        let mut w = self.waker.lock().unwrap_or_else(|e| e.into_inner());
+        match &*w {
+            Some(old) if old.will_wake(waker) => {}
+            _ => *w = Some(waker.clone()),
+        }
+        drop(w);
+        *self.wake_at.lock().unwrap_or_else(|e| e.into_inner()) = at;
+    }
+
+    /// Wakes the suspended guest's poller, if any.
+    pub fn wake(&self) {
+        let w = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(w) = w {
+            w.wake();
+        }
+    }
+
+    /// When the suspended guest's timer runs out (taken: each suspension
+    /// says it again).
+    pub fn take_wake_at(&self) -> Option<Instant> {
+        self.wake_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
 }
 
 impl SandboxShared {
@@ -93,6 +137,7 @@ impl SandboxShared {
         self.abandon_after(now);
         self.stop.store(true, Ordering::Release);
         doorbell_futex::wake_all(self.peer().h2g_doorbell.futex_word());
+        self.fiber_wake.wake();
         if let Some(t) = self
             .guest_thread
             .lock()
@@ -181,6 +226,8 @@ impl SandboxShared {
             timeout: None,
             stopped_at: Default::default(),
             abandon_at_ns: std::sync::atomic::AtomicU64::new(u64::MAX),
+            execution: Execution::Thread,
+            fiber_wake: FiberWake::default(),
         }
     }
 }

@@ -63,63 +63,82 @@ struct ClockWait {
     until: Instant,
 }
 
-fn poll_oneoff(
-    mut caller: Caller<'_, SandboxState>,
+/// What a `poll_oneoff` call asks for, read once from the guest's memory.
+enum PollRequest {
+    /// Answered at once with this errno.
+    Errno(i32),
+    /// A set with file descriptors: wasmtime-wasi's implementation.
+    Descriptors(wasmtime::Memory, usize),
+    /// Clock subscriptions only: served here.
+    Clocks(wasmtime::Memory, Vec<ClockWait>),
+}
+
+fn read_request(
+    caller: &mut Caller<'_, SandboxState>,
     subs: u32,
     events: u32,
     count: u32,
     result: u32,
-) -> wasmtime::Result<i32> {
+) -> wasmtime::Result<PollRequest> {
     let Some(memory) = caller.get_export("memory").and_then(|e| e.into_memory()) else {
         wasmtime::bail!("poll_oneoff called but the module exports no `memory`");
     };
     if count == 0 {
         // An indefinite sleep, which WASI preview 1 does not allow.
-        return Ok(ERRNO_INVAL);
+        return Ok(PollRequest::Errno(ERRNO_INVAL));
     }
     if count > MAX_SUBSCRIPTIONS {
         // What the host copies is bounded, whatever the guest's memory.
-        return Ok(ERRNO_INVAL);
+        return Ok(PollRequest::Errno(ERRNO_INVAL));
     }
     let count = count as usize;
     let Some(subs_len) = count.checked_mul(SUBSCRIPTION_SIZE) else {
-        return Ok(ERRNO_FAULT);
+        return Ok(PollRequest::Errno(ERRNO_FAULT));
     };
     let Some(events_len) = count.checked_mul(EVENT_SIZE) else {
-        return Ok(ERRNO_FAULT);
+        return Ok(PollRequest::Errno(ERRNO_FAULT));
     };
     if !subs.is_multiple_of(8) || !events.is_multiple_of(8) || !result.is_multiple_of(4) {
-        return Ok(ERRNO_INVAL);
+        return Ok(PollRequest::Errno(ERRNO_INVAL));
     }
-    let size = memory.data_size(&caller);
+    let size = memory.data_size(&*caller);
     let fits = |at: u32, len: usize| (at as usize).checked_add(len).is_some_and(|e| e <= size);
     if !fits(subs, subs_len) || !fits(events, events_len) || !fits(result, 4) {
-        return Ok(ERRNO_FAULT);
+        return Ok(PollRequest::Errno(ERRNO_FAULT));
     }
     // Copied out once: the guest's memory is read nowhere else below.
     let mut raw = vec![0u8; subs_len];
-    memory.read(&caller, subs as usize, &mut raw)?;
+    memory.read(&*caller, subs as usize, &mut raw)?;
     let mut clocks = Vec::with_capacity(count);
     for sub in raw.chunks_exact(SUBSCRIPTION_SIZE) {
         if sub[8] != TAG_CLOCK {
             // A file descriptor: wasmtime-wasi's implementation, whose
             // descriptors here never block.
-            return delegate(&mut caller, memory, subs, events, count, result);
+            return Ok(PollRequest::Descriptors(memory, count));
         }
         let word = |at: usize| u64::from_le_bytes(sub[at..at + 8].try_into().expect("8 bytes"));
         let id = u32::from_le_bytes(sub[16..20].try_into().expect("4 bytes"));
         let timeout = word(24);
         let absolute = u16::from_le_bytes([sub[40], sub[41]]) & SUBSCRIPTION_CLOCK_ABSTIME != 0;
         let Some(until) = clock_deadline(caller.data(), id, timeout, absolute) else {
-            return Ok(ERRNO_INVAL);
+            return Ok(PollRequest::Errno(ERRNO_INVAL));
         };
         clocks.push(ClockWait {
             userdata: word(0),
             until,
         });
     }
-    let first = clocks.iter().map(|c| c.until).min().expect("count > 0");
-    sleep_until(caller.data(), first)?;
+    Ok(PollRequest::Clocks(memory, clocks))
+}
+
+/// Writes the events of the clocks that fired by now and their count.
+fn write_fired(
+    caller: &mut Caller<'_, SandboxState>,
+    memory: wasmtime::Memory,
+    clocks: &[ClockWait],
+    events: u32,
+    result: u32,
+) -> wasmtime::Result<i32> {
     let now = Instant::now();
     let mut fired = 0u32;
     for c in clocks.iter().filter(|c| c.until <= now) {
@@ -127,11 +146,122 @@ fn poll_oneoff(
         event[..8].copy_from_slice(&c.userdata.to_le_bytes());
         event[10] = TAG_CLOCK;
         let at = events as usize + fired as usize * EVENT_SIZE;
-        memory.write(&mut caller, at, &event)?;
+        memory.write(&mut *caller, at, &event)?;
         fired += 1;
     }
-    memory.write(&mut caller, result as usize, &fired.to_le_bytes())?;
+    memory.write(&mut *caller, result as usize, &fired.to_le_bytes())?;
     Ok(ERRNO_SUCCESS)
+}
+
+fn poll_oneoff(
+    mut caller: Caller<'_, SandboxState>,
+    subs: u32,
+    events: u32,
+    count: u32,
+    result: u32,
+) -> wasmtime::Result<i32> {
+    match read_request(&mut caller, subs, events, count, result)? {
+        PollRequest::Errno(errno) => Ok(errno),
+        PollRequest::Descriptors(memory, count) => {
+            delegate(&mut caller, memory, subs, events, count, result)
+        }
+        PollRequest::Clocks(memory, clocks) => {
+            let first = clocks.iter().map(|c| c.until).min().expect("count > 0");
+            sleep_until(caller.data(), first)?;
+            write_fired(&mut caller, memory, &clocks, events, result)
+        }
+    }
+}
+
+/// Replaces `poll_oneoff` in the linker of fiber guests: a sleep suspends
+/// the fiber (the host's thread goes on) rather than the thread.
+pub(crate) fn shadow_poll_oneoff_in_fiber(
+    linker: &mut Linker<SandboxState>,
+) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    let defined = linker
+        .func_wrap_async(
+            "wasi_snapshot_preview1",
+            "poll_oneoff",
+            |caller: Caller<'_, SandboxState>,
+             (subs, events, count, result): (u32, u32, u32, u32)| {
+                Box::new(poll_oneoff_in_fiber(caller, subs, events, count, result))
+            },
+        )
+        .map(|_| ());
+    linker.allow_shadowing(false);
+    defined
+}
+
+async fn poll_oneoff_in_fiber(
+    mut caller: Caller<'_, SandboxState>,
+    subs: u32,
+    events: u32,
+    count: u32,
+    result: u32,
+) -> wasmtime::Result<i32> {
+    match read_request(&mut caller, subs, events, count, result)? {
+        PollRequest::Errno(errno) => Ok(errno),
+        PollRequest::Descriptors(memory, count) => {
+            // wasmtime-wasi's poll borrows its context across awaits in a
+            // way that is not `Send`; the descriptors a sandbox has are
+            // ready at once (see the module's docs), so it is run to
+            // completion here, and one that would block fails the call
+            // rather than the host's thread.
+            use wasmtime_wasi::p1::wasi_snapshot_preview1::WasiSnapshotPreview1;
+            let fuel = wasmtime::AsContextMut::as_context_mut(&mut caller).hostcall_fuel();
+            let polled = {
+                let (data, state) = memory.data_and_store_mut(&mut caller);
+                state.wasi.set_hostcall_fuel(fuel);
+                let mut guest = wiggle::GuestMemory::Unshared(data);
+                wiggle::run_in_dummy_executor(state.wasi.poll_oneoff(
+                    &mut guest,
+                    wiggle::GuestPtr::new(subs),
+                    wiggle::GuestPtr::new(events),
+                    count as u32,
+                ))?
+            };
+            finish_delegated(&mut caller, memory, result, polled)
+        }
+        PollRequest::Clocks(memory, clocks) => {
+            let first = clocks.iter().map(|c| c.until).min().expect("count > 0");
+            // Through `&mut`: a shared borrow of the caller is not `Send`.
+            let sleeper = &mut caller;
+            std::future::poll_fn(move |cx| {
+                let state = sleeper.data();
+                if let Some(done) = sleep_step(state, first) {
+                    return std::task::Poll::Ready(done);
+                }
+                let wake_at = state.deadline.map_or(first, |d| d.min(first));
+                state.shared.fiber_wake.suspend(cx.waker(), Some(wake_at));
+                match sleep_step(state, first) {
+                    Some(done) => std::task::Poll::Ready(done),
+                    None => std::task::Poll::Pending,
+                }
+            })
+            .await?;
+            write_fired(&mut caller, memory, &clocks, events, result)
+        }
+    }
+}
+
+/// What wasmtime-wasi's `poll_oneoff` returned, as the import's result.
+fn finish_delegated(
+    caller: &mut Caller<'_, SandboxState>,
+    memory: wasmtime::Memory,
+    result: u32,
+    polled: Result<u32, wasmtime_wasi::p1::types::Error>,
+) -> wasmtime::Result<i32> {
+    match polled {
+        Ok(fired) => {
+            memory.write(caller, result as usize, &fired.to_le_bytes())?;
+            Ok(ERRNO_SUCCESS)
+        }
+        Err(e) => match e.downcast() {
+            Ok(errno) => Ok(errno as i32),
+            Err(trap) => Err(trap),
+        },
+    }
 }
 
 fn delegate(
@@ -155,16 +285,7 @@ fn delegate(
         wiggle::GuestPtr::new(events),
         count as u32,
     ));
-    match polled {
-        Ok(fired) => {
-            memory.write(caller, result as usize, &fired.to_le_bytes())?;
-            Ok(ERRNO_SUCCESS)
-        }
-        Err(e) => match e.downcast() {
-            Ok(errno) => Ok(errno as i32),
-            Err(trap) => Err(trap),
-        },
-    }
+    finish_delegated(caller, memory, result, polled)
 }
 
 /// When a clock subscription fires, as an `Instant`; `None` for a clock
@@ -196,29 +317,36 @@ fn clock_deadline(state: &SandboxState, id: u32, timeout: u64, absolute: bool) -
 /// the host stops it, its segment file is truncated, or its deadline
 /// passes; a stop unparks the thread.
 pub(crate) fn sleep_until(state: &SandboxState, until: Instant) -> wasmtime::Result<()> {
-    let shared: &SandboxShared = &state.shared;
     // Sleeping in the host: the epoch need not tick for this guest.
     let _waiting = state.ticker.waiting();
     loop {
-        if shared.stop_requested() {
-            return Err(wasmtime::Error::new(Stopped));
-        }
-        if shared.segment_file.was_truncated() {
-            return Err(wasmtime::Error::new(SegmentTruncated));
+        if let Some(done) = sleep_step(state, until) {
+            return done;
         }
         let now = Instant::now();
-        if state.deadline.is_some_and(|d| now >= d) {
-            return Err(wasmtime::Error::new(DeadlineExceeded));
-        }
-        if now >= until {
-            return Ok(());
-        }
         let mut nap = (until - now).min(MAX_NAP);
         if let Some(d) = state.deadline {
             nap = nap.min(d - now);
         }
         std::thread::park_timeout(nap);
     }
+}
+
+/// One look at what ends a sleep until `until`: the stop, a truncated
+/// segment, the deadline, or `until` itself; `None` while it goes on.
+fn sleep_step(state: &SandboxState, until: Instant) -> Option<wasmtime::Result<()>> {
+    let shared: &SandboxShared = &state.shared;
+    if shared.stop_requested() {
+        return Some(Err(wasmtime::Error::new(Stopped)));
+    }
+    if shared.segment_file.was_truncated() {
+        return Some(Err(wasmtime::Error::new(SegmentTruncated)));
+    }
+    let now = Instant::now();
+    if state.deadline.is_some_and(|d| now >= d) {
+        return Some(Err(wasmtime::Error::new(DeadlineExceeded)));
+    }
+    (now >= until).then_some(Ok(()))
 }
 
 /// The guest's WASI monotonic clock: nanoseconds since the sandbox's

@@ -5,17 +5,13 @@
 //! Run: `printf 'hello\nworld\n' | shmrt run $(shmrt build examples/echo)`
 #![no_std]
 
-use shmrt_guest::Channel;
+use shmrt_guest::{Message, Outbox, SendError};
 
-fn run(mut channel: Channel) -> i32 {
-    let (inbox, outbox) = channel.split();
-    while let Some(msg) = inbox.recv() {
-        if let Err(e) = msg.reply_in_place(outbox, |bytes| bytes.len()) {
-            shmrt_guest::error!("echo failed: {}", e);
-            return e.exit_status();
-        }
-    }
-    0
+/// Answers `msg` with its own bytes, in place. Defined as a handler, the
+/// plugin runs in every execution mode of the host (thread, fiber and
+/// callback).
+fn echo(msg: Message<'_>, outbox: &mut Outbox) -> Result<(), SendError> {
+    msg.reply_in_place(outbox, |bytes| bytes.len())
 }
 
-shmrt_guest::entry!(run);
+shmrt_guest::handler!(echo);

@@ -6,21 +6,15 @@
 //! Run: `printf 'hello\nworld\n' | shmrt run $(shmrt build examples/upper)`
 #![no_std]
 
-use shmrt_guest::Channel;
+use shmrt_guest::{Message, Outbox, SendError};
 
-fn run(mut channel: Channel) -> i32 {
-    let (inbox, outbox) = channel.split();
-    while let Some(msg) = inbox.recv() {
-        let sent = msg.reply_in_place(outbox, |bytes| {
-            bytes.make_ascii_uppercase();
-            bytes.len()
-        });
-        if let Err(e) = sent {
-            shmrt_guest::error!("upper failed: {}", e);
-            return e.exit_status();
-        }
-    }
-    0
+/// Upper-cases `msg` where it is and sends it back. A handler: the plugin
+/// runs in every execution mode of the host.
+fn upper(msg: Message<'_>, outbox: &mut Outbox) -> Result<(), SendError> {
+    msg.reply_in_place(outbox, |bytes| {
+        bytes.make_ascii_uppercase();
+        bytes.len()
+    })
 }
 
-shmrt_guest::entry!(run);
+shmrt_guest::handler!(upper);

@@ -1,0 +1,357 @@
+//! A guest that runs on the host's thread ([`Execution::Fiber`] and
+//! [`Execution::Callback`]): the driver that runs it for one turn when a
+//! host end needs it to move (a `recv` finding nothing, a `send` finding
+//! no room, `join`), and how a turn ended.
+//!
+//! A fiber guest is the future of its entry point's `call_async`: a turn
+//! polls it until it suspends (in `wait`, a WASI sleep, or an epoch yield)
+//! or returns. A callback guest is its exported `shmrt_on_messages`: a
+//! turn calls it, synchronously, when messages are queued for it (or once
+//! more after the host's goodbye), and it answers them and returns.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
+
+use wasmtime::{Store, TypedFunc};
+
+use crate::doorbell_futex;
+use crate::epoch_ticker::TickerState;
+use crate::error::SandboxError;
+use crate::guest_thread::{Entry, exit_status};
+use crate::host_imports;
+use crate::options::Execution;
+use crate::sandbox_state::{SandboxShared, SandboxState};
+
+/// The export a callback guest answers its queued messages with: returns
+/// 0 to be called again, anything else to end with that status.
+pub const CALLBACK_EXPORT: &str = "shmrt_on_messages";
+
+/// The running entry point of a fiber guest, with the log-drop count
+/// taken when it ends.
+type FiberRun = Pin<Box<dyn Future<Output = (wasmtime::Result<i32>, u64)> + Send>>;
+
+/// What runs the guest.
+enum Driven {
+    Fiber(FiberRun),
+    Callback {
+        store: Box<Store<SandboxState>>,
+        handler: TypedFunc<(), i32>,
+    },
+    /// The guest ended; its store is gone.
+    Ended,
+}
+
+/// How one turn of the guest ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Turn {
+    /// It ran and may run again at once (an epoch yield, or a callback
+    /// that answered).
+    Ran,
+    /// It waits: for the host (a message, room, the goodbye) or its own
+    /// timer, which runs out at `wake_at`.
+    Idle { wake_at: Option<Instant> },
+    /// It ended (its status is kept for `join`).
+    Ended,
+}
+
+/// Wakes the thread that polls a fiber guest.
+#[derive(Debug)]
+struct ThreadWaker {
+    thread: Thread,
+    woken: AtomicBool,
+}
+
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.thread.unpark();
+    }
+}
+
+/// Runs a guest on the thread of whoever calls it; see the module docs.
+pub(crate) struct GuestDriver {
+    shared: Arc<SandboxShared>,
+    guest: Driven,
+    waker: Arc<ThreadWaker>,
+    /// Told while the guest runs wasm (the epoch must tick for its
+    /// deadline and its yields).
+    ticker: Arc<TickerState>,
+    timeout: Option<Duration>,
+    /// How the guest ended, once it has (taken by `join`).
+    status: Option<Result<i32, SandboxError>>,
+}
+
+impl std::fmt::Debug for GuestDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestDriver")
+            .field("sandbox", &self.shared.name)
+            .field("execution", &self.shared.execution)
+            .field("ended", &matches!(self.guest, Driven::Ended))
+            .finish()
+    }
+}
+
+impl GuestDriver {
+    /// A fiber guest: `initialize` (if any), then its entry point, as one
+    /// future that owns the store.
+    pub fn fiber(
+        mut store: Store<SandboxState>,
+        entry: Entry,
+        initialize: Option<TypedFunc<(), ()>>,
+        timeout: Option<Duration>,
+        shared: Arc<SandboxShared>,
+    ) -> Self {
+        let ticker = store.data().ticker.clone();
+        let run = async move {
+            let result = async {
+                if let Some(init) = initialize {
+                    init.call_async(&mut store, ()).await?;
+                }
+                match entry {
+                    Entry::Main(f) => f.call_async(&mut store, ()).await,
+                    Entry::Start(f) => f.call_async(&mut store, ()).await.map(|()| 0),
+                }
+            }
+            .await;
+            (result, store.data_mut().log_rate.take_dropped())
+        };
+        Self::new(Driven::Fiber(Box::pin(run)), ticker, timeout, shared)
+    }
+
+    /// A callback guest, instantiated and initialized.
+    pub fn callback(
+        store: Store<SandboxState>,
+        handler: TypedFunc<(), i32>,
+        timeout: Option<Duration>,
+        shared: Arc<SandboxShared>,
+    ) -> Self {
+        let ticker = store.data().ticker.clone();
+        let guest = Driven::Callback {
+            store: Box::new(store),
+            handler,
+        };
+        Self::new(guest, ticker, timeout, shared)
+    }
+
+    fn new(
+        guest: Driven,
+        ticker: Arc<TickerState>,
+        timeout: Option<Duration>,
+        shared: Arc<SandboxShared>,
+    ) -> Self {
+        GuestDriver {
+            shared,
+            guest,
+            waker: Arc::new(ThreadWaker {
+                thread: std::thread::current(),
+                woken: AtomicBool::new(false),
+            }),
+            ticker,
+            timeout,
+            status: None,
+        }
+    }
+
+    /// Whether the guest has ended.
+    pub fn ended(&self) -> bool {
+        matches!(self.guest, Driven::Ended)
+    }
+
+    /// How the guest ended, taken (once).
+    pub fn take_status(&mut self) -> Option<Result<i32, SandboxError>> {
+        self.status.take()
+    }
+
+    /// Runs the guest for one turn on this thread.
+    pub fn turn(&mut self) -> Turn {
+        let shared = self.shared.clone();
+        if self.ended() {
+            return Turn::Ended;
+        }
+        let deadline = *shared.deadline.lock().unwrap_or_else(|e| e.into_inner());
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            // Between turns nothing of the guest runs to notice.
+            self.end(Err(SandboxError::Timeout {
+                sandbox: shared.name.clone(),
+                after: self.timeout.unwrap_or_default(),
+            }));
+            return Turn::Ended;
+        }
+        match &mut self.guest {
+            Driven::Ended => Turn::Ended,
+            Driven::Fiber(run) => {
+                if self.waker.thread.id() != std::thread::current().id() {
+                    self.waker = Arc::new(ThreadWaker {
+                        thread: std::thread::current(),
+                        woken: AtomicBool::new(false),
+                    });
+                    shared.runs_on_this_thread();
+                }
+                self.waker.woken.store(false, Ordering::Relaxed);
+                let waker = Waker::from(self.waker.clone());
+                let mut cx = Context::from_waker(&waker);
+                let polled = {
+                    let _running = self.ticker.running();
+                    run.as_mut().poll(&mut cx)
+                };
+                match polled {
+                    Poll::Ready((result, dropped)) => {
+                        report_dropped(&shared, dropped);
+                        let status = result.or_else(|e| exit_status(e, &shared, self.timeout));
+                        self.end(status);
+                        Turn::Ended
+                    }
+                    // An epoch yield wakes its own waker: run again.
+                    Poll::Pending if self.waker.woken.load(Ordering::Acquire) => Turn::Ran,
+                    Poll::Pending => Turn::Idle {
+                        wake_at: shared.fiber_wake.take_wake_at(),
+                    },
+                }
+            }
+            Driven::Callback { store, handler } => {
+                if shared.stop_requested() {
+                    self.end(Err(SandboxError::Stopped {
+                        sandbox: shared.name.clone(),
+                    }));
+                    return Turn::Ended;
+                }
+                let goodbye = shared.goodbye_or_stopped();
+                if shared.h2g_pending_write().is_none() && !goodbye {
+                    return Turn::Idle { wake_at: None };
+                }
+                let before = ring_positions(&shared);
+                let called = {
+                    let _running = self.ticker.running();
+                    handler.call(&mut **store, ())
+                };
+                match called {
+                    // After the goodbye, the call that leaves nothing
+                    // queued is the last.
+                    Ok(0) if goodbye && shared.h2g_pending_write().is_none() => {
+                        let dropped = store.data_mut().log_rate.take_dropped();
+                        report_dropped(&shared, dropped);
+                        self.end(Ok(0));
+                        Turn::Ended
+                    }
+                    // A call that read and wrote nothing (its answers do
+                    // not fit, or it ignores its ring) waits for the host.
+                    Ok(0) if ring_positions(&shared) == before => Turn::Idle { wake_at: None },
+                    Ok(0) => Turn::Ran,
+                    Ok(status) => {
+                        self.end(Ok(status));
+                        Turn::Ended
+                    }
+                    Err(e) => {
+                        let status = exit_status(e, &shared, self.timeout);
+                        self.end(status);
+                        Turn::Ended
+                    }
+                }
+            }
+        }
+    }
+
+    /// The guest ended with `status`: its store is dropped (its memory
+    /// freed), its entry says goodbye, and the host's ends see it done.
+    fn end(&mut self, status: Result<i32, SandboxError>) {
+        self.guest = Driven::Ended;
+        self.status = Some(status);
+        let peer = self.shared.peer();
+        peer.set_goodbye();
+        // Release: what the guest committed is visible to a host that sees
+        // `guest_done` (SYNC POINT "guest_done").
+        self.shared.guest_done.store(true, Ordering::Release);
+        doorbell_futex::ring_and_wake_all(&peer.g2h_doorbell);
+    }
+
+    /// Ends a guest that has not ended (its handle is dropped): stopped.
+    pub fn stop_now(&mut self) {
+        if !self.ended() {
+            self.end(Err(SandboxError::Stopped {
+                sandbox: self.shared.name.clone(),
+            }));
+        }
+    }
+
+    /// Runs the guest until it ends: `join`. A fiber guest waiting for the
+    /// host waits on (until its timer, its deadline or a stop); a callback
+    /// guest, which has no life between calls, is given the goodbye first.
+    pub fn run_to_end(&mut self) -> Result<i32, SandboxError> {
+        loop {
+            if let Some(status) = self.take_status() {
+                return status;
+            }
+            if self.ended() {
+                // Taken before: `join` is called once.
+                return Err(SandboxError::Closed {
+                    sandbox: self.shared.name.clone(),
+                });
+            }
+            match self.turn() {
+                Turn::Ran | Turn::Ended => {}
+                Turn::Idle { wake_at } => match self.shared.execution {
+                    // Given the goodbye and still idle: its answers fill
+                    // the ring and nobody reads them (they stay readable);
+                    // it can do no more.
+                    Execution::Callback if self.shared.goodbye_or_stopped() => self.end(Ok(0)),
+                    Execution::Callback => {
+                        let index = self.shared.guest_index;
+                        doorbell_futex::say_goodbye(
+                            self.shared.segment_file.segment(),
+                            index..index + 1,
+                        );
+                    }
+                    _ => self.idle_until(wake_at, None),
+                },
+            }
+        }
+    }
+
+    /// Sleeps while the guest is idle: until it is woken (the host of
+    /// another thread sent, or stopped it), its timer `wake_at`, its
+    /// deadline, or `until`; at most 50 ms at once.
+    pub fn idle_until(&self, wake_at: Option<Instant>, until: Option<Instant>) {
+        let deadline = *self
+            .shared
+            .deadline
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let mut nap = Duration::from_millis(50);
+        for limit in [wake_at, deadline, until].into_iter().flatten() {
+            nap = nap.min(limit.saturating_duration_since(now));
+        }
+        if !self.waker.woken.load(Ordering::Acquire) && !self.shared.stop_requested() {
+            std::thread::park_timeout(nap);
+        }
+    }
+}
+
+/// Where the guest's reading of its inbox and writing of its outbox
+/// stand: a callback that moved neither did nothing.
+fn ring_positions(shared: &SandboxShared) -> Option<(u32, u32, u32)> {
+    let segment = shared.segment_file.segment();
+    let h2g = segment.h2g_ring(shared.guest_index)?.cursors();
+    let g2h = segment.g2h_ring(shared.guest_index)?.cursors();
+    Some((h2g.read, g2h.write, g2h.watermark))
+}
+
+fn report_dropped(shared: &SandboxShared, dropped: u64) {
+    if dropped > 0 {
+        tracing::warn!(
+            target: "shmrt::guest",
+            sandbox = shared.name.as_str(),
+            "{dropped} more log lines of this guest were dropped (more than {} a second)",
+            host_imports::LogRate::PER_SECOND
+        );
+    }
+}

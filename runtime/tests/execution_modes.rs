@@ -1,0 +1,212 @@
+//! The three execution modes behave alike: the same plugin answers the
+//! same messages (inline and in slots, both ways), ends with the same
+//! status, and is held to the same limits, on its own thread, as a fiber
+//! or as a callback on the host's thread.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{guest, write_wat};
+use shmrt::{Execution, Runtime, SandboxError, SandboxOptions};
+
+const MODES: [Execution; 3] = [Execution::Thread, Execution::Fiber, Execution::Callback];
+
+fn options(name: &str, execution: Execution) -> SandboxOptions {
+    SandboxOptions {
+        name: format!("{name}-{}", execution.name()),
+        execution,
+        timeout: Some(Duration::from_secs(30)),
+        ..SandboxOptions::default()
+    }
+}
+
+/// Every size from empty to the largest slot comes back unchanged, one at
+/// a time and in batches that fill the ring, in every mode.
+#[test]
+fn echo_answers_every_size_in_every_mode() {
+    let echo = std::fs::read(guest("examples/echo")).unwrap();
+    let runtime = Runtime::new().unwrap();
+    for mode in MODES {
+        let mut sandbox = runtime.spawn(&echo, options("echo", mode)).unwrap();
+        let max = sandbox.sender().max_payload() as usize;
+        let sizes = [0, 1, 7, 64, 100, 1000, 4096, 65536, max];
+        for (i, &len) in sizes.iter().enumerate() {
+            let payload = common::bytes(i as u64, len);
+            sandbox.sender().send(&payload).unwrap();
+            let reply = sandbox.receiver().recv().unwrap();
+            assert_eq!(reply.to_vec(), payload, "{mode:?}: {len} bytes");
+        }
+        // A batch: many sends before the first receive (the ring fills,
+        // so the sender itself must run a guest on its thread).
+        let batch: Vec<Vec<u8>> = (0..2000)
+            .map(|i| common::bytes(i, i as usize % 300))
+            .collect();
+        let (mut tx, mut rx, handle) = sandbox.split();
+        let feeder = std::thread::spawn(move || {
+            for m in &batch {
+                tx.send(m).unwrap();
+            }
+            tx.goodbye();
+            batch
+        });
+        let mut got = Vec::new();
+        loop {
+            match rx.recv() {
+                Ok(m) => got.push(m.to_vec()),
+                Err(SandboxError::Closed { .. }) => break,
+                // A callback guest that answered everything waits for
+                // the feeder (another thread) to send more.
+                Err(SandboxError::Idle { .. }) => std::thread::sleep(Duration::from_micros(50)),
+                Err(e) => panic!("{mode:?}: {e}"),
+            }
+            if handle.is_finished() && rx.is_empty().unwrap() && got.len() == 2000 {
+                break;
+            }
+        }
+        let batch = feeder.join().unwrap();
+        assert_eq!(handle.join().unwrap(), 0, "{mode:?}");
+        assert_eq!(got.len(), batch.len(), "{mode:?}");
+        assert!(got == batch, "{mode:?}: the batch came back changed");
+    }
+}
+
+/// A plugin with only a blocking loop is refused as a callback, with a
+/// message that says what to do; in the two other modes it runs.
+#[test]
+fn a_blocking_loop_is_refused_as_a_callback() {
+    let wat = r#"(module
+      (import "shmrt" "wait" (func $wait (param i64) (result i32)))
+      (memory (export "memory") 1)
+      (func (export "shmrt_main") (result i32)
+        (drop (i32.atomic.load (i32.const 0)))
+        (drop (call $wait (i64.const -1)))
+        (i32.const 7)))"#;
+    let runtime = Runtime::new().unwrap();
+    let err = runtime
+        .spawn(wat.as_bytes(), options("loop", Execution::Callback))
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(err, SandboxError::Refused { .. }) && text.contains("shmrt_on_messages"),
+        "{text}"
+    );
+    assert!(text.contains("fiber"), "{text}");
+    for mode in [Execution::Thread, Execution::Fiber] {
+        let mut sandbox = runtime
+            .spawn(wat.as_bytes(), options("loop", mode))
+            .unwrap();
+        sandbox.sender().goodbye();
+        assert_eq!(sandbox.join().unwrap(), 7, "{mode:?}");
+    }
+}
+
+/// A guest that loops forever is ended by its timeout in every mode, and
+/// the host's call returns with the timeout.
+#[test]
+fn a_looping_guest_times_out_in_every_mode() {
+    let wat = r#"(module
+      (memory (export "memory") 1)
+      (func $spin (loop $l (br $l)))
+      (func (export "shmrt_main") (result i32) (call $spin) (i32.const 0))
+      (func (export "shmrt_on_messages") (result i32) (call $spin) (i32.const 0)))"#;
+    let runtime = Runtime::new().unwrap();
+    for mode in MODES {
+        let mut opts = options("spin", mode);
+        opts.timeout = Some(Duration::from_millis(300));
+        let mut sandbox = runtime.spawn(wat.as_bytes(), opts).unwrap();
+        let started = Instant::now();
+        // The send lands in the ring; the receive runs the guest (fiber,
+        // callback) or waits for it (thread).
+        sandbox.sender().send(b"go").unwrap();
+        let err = sandbox.receiver().recv().unwrap_err();
+        assert!(
+            matches!(err, SandboxError::Closed { .. }),
+            "{mode:?}: {err}"
+        );
+        assert!(
+            matches!(sandbox.join(), Err(SandboxError::Timeout { .. })),
+            "{mode:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(10), "{mode:?}");
+    }
+}
+
+/// Two fiber guests on one thread: one computes forever, the other still
+/// answers (epoch yields), and the looping one is stopped alone.
+#[test]
+fn a_looping_fiber_does_not_starve_another_on_the_same_thread() {
+    let spin = write_wat(
+        "modes",
+        "spin.wat",
+        r#"(module
+      (import "shmrt" "wait" (func $wait (param i64) (result i32)))
+      (memory (export "memory") 1)
+      (func (export "shmrt_main") (result i32)
+        (loop $l (drop (i32.atomic.load (i32.const 0))) (br $l)) (i32.const 0)))"#,
+    );
+    let echo = std::fs::read(guest("examples/echo")).unwrap();
+    let runtime = Runtime::new().unwrap();
+    let mut looping = runtime
+        .spawn(
+            &std::fs::read(spin).unwrap(),
+            SandboxOptions {
+                timeout: None,
+                ..options("spin", Execution::Fiber)
+            },
+        )
+        .unwrap();
+    let mut answering = runtime
+        .spawn(&echo, options("echo", Execution::Fiber))
+        .unwrap();
+    // Give the looping guest a turn: it yields back at the next tick.
+    let started = Instant::now();
+    assert!(
+        looping
+            .receiver()
+            .recv_timeout(Some(Duration::from_millis(50)))
+            .unwrap()
+            .is_none()
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    answering.sender().send(b"still here").unwrap();
+    assert_eq!(answering.receiver().recv().unwrap().to_vec(), b"still here");
+    let (_, _, handle) = looping.split();
+    handle.stop();
+    assert!(matches!(handle.join(), Err(SandboxError::Stopped { .. })));
+    answering.sender().goodbye();
+    assert_eq!(answering.join().unwrap(), 0);
+}
+
+/// A fiber guest that sleeps (WASI) does not hold the host's thread: a
+/// receive with a timeout returns on time, and a stop ends the sleeper.
+#[test]
+fn a_sleeping_fiber_guest_does_not_block_the_host() {
+    let wat = r#"(module
+      (import "wasi_snapshot_preview1" "poll_oneoff"
+        (func $poll (param i32 i32 i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (func (export "shmrt_main") (result i32)
+        ;; one relative clock subscription of 60 s at 0, events at 64
+        (i64.store (i32.const 24) (i64.const 60000000000))
+        (i32.store (i32.const 16) (i32.const 1))
+        (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128))))"#;
+    let runtime = Runtime::new().unwrap();
+    let mut opts = options("sleep", Execution::Fiber);
+    opts.timeout = None;
+    let sandbox = runtime.spawn(wat.as_bytes(), opts).unwrap();
+    let (_tx, mut rx, handle) = sandbox.split();
+    let started = Instant::now();
+    assert!(
+        rx.recv_timeout(Some(Duration::from_millis(200)))
+            .unwrap()
+            .is_none()
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(200) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    handle.stop();
+    assert!(matches!(handle.join(), Err(SandboxError::Stopped { .. })));
+}
