@@ -1,7 +1,7 @@
 //! The guest's channel to its host.
 
 use core::fmt;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use shmrt_primitives::channel::{self, Receiver, Sender};
 use shmrt_primitives::{HeaderError, PeerId, ProtocolError, Segment};
@@ -20,6 +20,10 @@ const ROOM_WAIT_NS: i64 = 200_000;
 const ROOM_WAIT_MAX_NS: i64 = 10_000_000;
 
 static OPENED: AtomicBool = AtomicBool::new(false);
+
+/// Spin rounds before parking, at most [`SPIN`]: the host's advice
+/// (`host::spin_rounds`), read at open.
+static SPIN_ROUNDS: AtomicU32 = AtomicU32::new(SPIN);
 
 /// The plugin runs as a callback now (inside `shmrt_on_messages`): a send
 /// that would wait for room fails instead.
@@ -286,12 +290,14 @@ impl Channel {
             .filter(|&i| segment.peer(i).is_some())
             .ok_or(OpenError::Peer(peer))?;
         let (tx, rx) = segment.guest_channel(index).map_err(OpenError::Protocol)?;
+        let spin = host::spin_rounds().min(SPIN);
+        SPIN_ROUNDS.store(spin, Ordering::Relaxed);
         Ok(Channel {
             inbox: Inbox {
                 rx,
                 segment,
                 index,
-                spin: SPIN,
+                spin,
             },
             outbox: Outbox {
                 tx,
@@ -716,7 +722,7 @@ impl RoomWait {
         if IN_CALLBACK.load(Ordering::Relaxed) {
             return Err(());
         }
-        if self.spins < SPIN {
+        if self.spins < SPIN_ROUNDS.load(Ordering::Relaxed) {
             self.spins += 1;
             core::hint::spin_loop();
         } else {
