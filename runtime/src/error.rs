@@ -124,14 +124,6 @@ pub enum SandboxError {
         by_guest: u32,
         waited: Duration,
     },
-    /// A receive on a callback guest that has answered everything it was
-    /// sent: it runs only when messages are queued for it, so nothing
-    /// more can come until the host sends.
-    #[error(
-        "sandbox {sandbox}: nothing to receive: the guest (callback mode) has answered every message \
-         it was sent, and runs only when messages are queued for it; send first, or use recv_timeout"
-    )]
-    Idle { sandbox: String },
     /// A blocking call ran out of time.
     #[error("sandbox {sandbox}: {what} timed out after {after:?}")]
     WouldBlock {

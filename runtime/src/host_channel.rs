@@ -93,12 +93,11 @@ fn block_on_guest(
 }
 
 /// [`block_on_guest`] for a guest on the host's thread: runs it, turn by
-/// turn, until `ready` holds, it ends, or `deadline` passes; while it
-/// waits on its own timer (or for another thread's send), sleeps.
-///
-/// A callback guest that has nothing queued will produce nothing: a wait
-/// without a deadline then fails with [`SandboxError::Idle`] rather than
-/// blocking forever; one with a deadline returns at once.
+/// turn, until `ready` holds, it ends, or `deadline` passes. While it
+/// waits on its own timer, or for the host (a fiber in `wait`; a callback
+/// with nothing queued, or whose answers fill the ring), this thread
+/// sleeps until the timer, or until another thread's send or receive
+/// wakes it.
 fn drive_guest(
     shared: &SandboxShared,
     driver: &Mutex<GuestDriver>,
@@ -130,25 +129,37 @@ fn drive_guest(
                 continue;
             }
         };
-        match d.turn() {
-            Turn::Ran | Turn::Ended => {}
-            Turn::Idle { wake_at } => {
-                if ready()? {
-                    return Ok(true);
-                }
-                if shared.execution == Execution::Callback {
-                    if deadline.is_some() {
-                        return Ok(false);
-                    }
-                    return Err(SandboxError::Idle {
-                        sandbox: shared.name.clone(),
-                    });
-                }
-                d.idle_until(wake_at, deadline);
+        let turn = d.turn();
+        if turn == Turn::Ran || turn == Turn::Ended {
+            continue;
+        }
+        if ready()? {
+            return Ok(true);
+        }
+        if shared.execution == Execution::Callback {
+            drop(d);
+            // It runs again when the host sends or reads: on another
+            // thread, which rings the host-to-guest doorbell (no guest
+            // waits on it in this mode).
+            let bell = &shared.peer().h2g_doorbell;
+            let seq = bell.prepare_wait();
+            let before = shared.h2g_pending_write();
+            if !ready()? && !shared.guest_done() && shared.h2g_pending_write() == before {
+                let nap = deadline.map_or(IDLE_NAP, |d| {
+                    d.saturating_duration_since(Instant::now()).min(IDLE_NAP)
+                });
+                doorbell_futex::park(bell.futex_word(), seq, Some(nap));
             }
+            bell.finish_wait();
+        } else if let Turn::Idle { wake_at } = turn {
+            d.idle_until(wake_at, deadline);
         }
     }
 }
+
+/// Longest sleep of a host waiting for a guest on its thread that waits
+/// for the host: a wake-up lost to a scribbled waiter count costs this.
+const IDLE_NAP: Duration = Duration::from_millis(50);
 
 /// The longest nap of a send whose reservation failed after it was told
 /// there was room: short, since in an honest race the room may be back
@@ -670,6 +681,11 @@ impl HostMessage<'_> {
 /// After draining the guest's ring: wakes a guest parked for room, with
 /// no fence (the guest's waits for room are bounded and re-check).
 fn room_freed(shared: &SandboxShared) {
+    if shared.execution == Execution::Fiber {
+        // A fiber suspended for room is resumed by its poller.
+        shared.fiber_wake.wake();
+        return;
+    }
     let bell = &shared.peer().h2g_doorbell;
     if shared.doorbells && bell.has_waiters() {
         doorbell_futex::ring(bell);
@@ -683,6 +699,8 @@ fn notify(shared: &SandboxShared, bell: &shmrt_primitives::Doorbell) {
         // A fiber guest suspended in `wait` is resumed by its poller.
         shared.fiber_wake.wake();
     } else if shared.doorbells && bell.should_ring() {
+        // (In callback mode, a host thread waiting for its guest to have
+        // something queued is the waiter.)
         doorbell_futex::ring(bell);
     }
 }
