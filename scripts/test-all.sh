@@ -31,6 +31,7 @@ for dir in examples/bench-guest examples/checksum examples/echo examples/upper \
     runtime/tests/guests/probe runtime/tests/guests/std-echo; do
     (cd "$dir" && CARGO_TARGET_DIR="$OLDPWD/target/guests-clippy" cargo clippy -- -D warnings)
 done
+cargo clippy --manifest-path fuzz/Cargo.toml --all-targets --target-dir target/fuzz-clippy -- -D warnings
 
 step "unit, integration, compatibility and property tests (guests are built from source)"
 cargo test --workspace --locked

@@ -15,7 +15,11 @@
 //! Both `ring` and `prepare_wait` are SeqCst read-modify-writes followed by
 //! SeqCst loads (SYNC POINT "doorbell"): in the single total order either
 //! the ringer sees the registered waiter, or the waiter's sequence load sees
-//! the bump (and through it the condition), so no wake-up is lost.
+//! the bump (and through it the condition), so no wake-up is lost. The
+//! publisher's cheap path, [`Doorbell::should_ring`], is a SeqCst fence and
+//! a load; it pairs with the fence in `prepare_wait`. The loom model
+//! `doorbell_no_lost_wakeup` (tests/loom_models.rs, on `LoomDoorbell`)
+//! checks that pairing.
 //!
 //! The words are hints to the party that reads them: a hostile peer can at
 //! worst cause spurious wake-ups or make its own waits time out, so the
@@ -73,66 +77,103 @@ const _: () = {
     assert!(offset_of!(Doorbell, waiters) == 4);
 };
 
+/// The eventcount's steps, written once for [`Doorbell`] and, in loom
+/// builds, for `LoomDoorbell`: `$fence` is the SeqCst fence of SYNC
+/// POINT "doorbell".
+macro_rules! eventcount {
+    ($bell:ident, $fence:ident) => {
+        impl $bell {
+            /// Bumps the sequence; returns whether a waiter is registered
+            /// and a wake is needed.
+            #[inline]
+            pub fn ring(&self) -> bool {
+                self.seq.fetch_add(1, Ordering::SeqCst);
+                self.waiters.load(Ordering::SeqCst) != 0
+            }
+
+            /// Registers a waiter and returns the sequence to sleep on. The
+            /// caller must re-check its condition after this and call
+            /// [`Self::finish_wait`] whatever happens next.
+            #[inline]
+            pub fn prepare_wait(&self) -> u32 {
+                self.waiters.fetch_add(1, Ordering::SeqCst);
+                // SeqCst fence: pairs with the one in `should_ring` (SYNC
+                // POINT "doorbell"), so a waiter's check of its condition
+                // and a publisher's check of `waiters` can not both miss.
+                $fence();
+                self.seq.load(Ordering::SeqCst)
+            }
+
+            /// The cheap publisher path: after publishing (a commit or a
+            /// release), returns whether anyone is registered, so that the
+            /// caller rings only then. Either this returns true, or the
+            /// waiter's re-check after [`Self::prepare_wait`] sees what was
+            /// published.
+            #[inline]
+            pub fn should_ring(&self) -> bool {
+                // SYNC POINT "doorbell", the publisher's side; Relaxed load:
+                // the fence orders it after the publication.
+                $fence();
+                self.waiters.load(Ordering::Relaxed) != 0
+            }
+
+            /// The cheap check after releasing room (not after publishing a
+            /// message): no fence. A waiter for room that races with it is
+            /// not lost for good: waits for room are bounded and re-check.
+            #[inline]
+            pub fn has_waiters(&self) -> bool {
+                self.waiters.load(Ordering::Relaxed) != 0
+            }
+
+            /// Deregisters a waiter.
+            #[inline]
+            pub fn finish_wait(&self) {
+                // A hostile peer may have zeroed the count; never wrap below
+                // zero.
+                let _ = self
+                    .waiters
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| w.checked_sub(1));
+            }
+
+            /// The current sequence.
+            #[inline]
+            pub fn sequence(&self) -> u32 {
+                self.seq.load(Ordering::Acquire)
+            }
+        }
+    };
+}
+
+eventcount!(Doorbell, seqcst_fence);
+
 impl Doorbell {
-    /// Bumps the sequence; returns whether a waiter is registered and a
-    /// wake is needed.
-    #[inline]
-    pub fn ring(&self) -> bool {
-        self.seq.fetch_add(1, Ordering::SeqCst);
-        self.waiters.load(Ordering::SeqCst) != 0
-    }
-
-    /// Registers a waiter and returns the sequence to sleep on. The caller
-    /// must re-check its condition after this and call
-    /// [`Self::finish_wait`] whatever happens next.
-    #[inline]
-    pub fn prepare_wait(&self) -> u32 {
-        self.waiters.fetch_add(1, Ordering::SeqCst);
-        // SeqCst fence: pairs with the one in `should_ring` (SYNC POINT
-        // "doorbell"), so a waiter's check of its condition and a
-        // publisher's check of `waiters` can not both miss.
-        seqcst_fence();
-        self.seq.load(Ordering::SeqCst)
-    }
-
-    /// The cheap publisher path: after publishing (a commit or a
-    /// release), returns whether anyone is registered, so that the caller
-    /// rings only then. Either this returns true, or the waiter's re-check
-    /// after [`Self::prepare_wait`] sees what was published.
-    #[inline]
-    pub fn should_ring(&self) -> bool {
-        seqcst_fence();
-        self.waiters.load(Ordering::Relaxed) != 0
-    }
-
-    /// The cheap check after releasing room (not after publishing a
-    /// message): no fence. A waiter for room that races with it is not
-    /// lost for good: waits for room are bounded and re-check.
-    #[inline]
-    pub fn has_waiters(&self) -> bool {
-        self.waiters.load(Ordering::Relaxed) != 0
-    }
-
-    /// Deregisters a waiter.
-    #[inline]
-    pub fn finish_wait(&self) {
-        // A hostile peer may have zeroed the count; never wrap below zero.
-        let _ = self
-            .waiters
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| w.checked_sub(1));
-    }
-
-    /// The current sequence.
-    #[inline]
-    pub fn sequence(&self) -> u32 {
-        self.seq.load(Ordering::Acquire)
-    }
-
     /// Pointer to the futex word.
     #[inline]
     pub fn futex_word(&self) -> &AtomicU32 {
         &self.seq
     }
+}
+
+/// The same eventcount over loom's atomics, for the model in
+/// `tests/loom_models.rs`. [`Doorbell`] keeps `core`'s words in every
+/// build: it sits inside [`crate::peer_entry::PeerEntry`], whose layout is
+/// asserted everywhere, and loom's atomics are larger.
+#[cfg(loom)]
+#[derive(Debug)]
+pub struct LoomDoorbell {
+    /// Bumped on every ring; the futex word.
+    pub seq: crate::sync::AtomicU32,
+    /// Number of parties between `prepare_wait` and `finish_wait`.
+    pub waiters: crate::sync::AtomicU32,
+}
+
+#[cfg(loom)]
+eventcount!(LoomDoorbell, loom_fence);
+
+/// The SeqCst fence as loom sees it.
+#[cfg(loom)]
+fn loom_fence() {
+    crate::sync::fence(Ordering::SeqCst);
 }
 
 /// A SeqCst fence. On wasm every atomic access is sequentially consistent

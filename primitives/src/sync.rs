@@ -1,9 +1,10 @@
 //! The one place that chooses between `core` and `loom` atomics, and how
 //! a wasm build stores to a shared word.
 //!
-//! Only the words of the two lock-free protocols that loom models (ring
-//! cursors, the Treiber free lists) go through this facade; configuration
-//! words and peer entries always use `core` atomics.
+//! Only the words of the lock-free protocols that loom models (ring
+//! cursors, the Treiber free lists, and the doorbell's eventcount as
+//! `LoomDoorbell`) go through this facade; configuration words and peer
+//! entries always use `core` atomics.
 //!
 //! The models build with `--cfg loom`, which selects this code, and the
 //! `loom` feature, which brings the crate: a feature rather than a
@@ -16,7 +17,7 @@ compile_error!(
 );
 
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{AtomicU32, AtomicU64};
+pub(crate) use loom::sync::atomic::{AtomicU32, AtomicU64, fence};
 
 #[cfg(not(loom))]
 pub(crate) use core::sync::atomic::{AtomicU32, AtomicU64};

@@ -1,11 +1,15 @@
-//! loom models of the two lock-free protocols: the ring (one producer, one
-//! consumer, across a wrap) and the Treiber free lists of the slot pool.
+//! loom models of the lock-free protocols: the ring (one producer, one
+//! consumer, across a wrap), the Treiber free lists of the slot pool, and
+//! the doorbell's eventcount (no lost wake-up).
 //!
 //! Run with: `RUSTFLAGS="--cfg loom" cargo test -p shmrt-primitives --features loom --test loom_models --release`
 #![cfg(loom)]
 
 use loom::sync::Arc;
+use loom::sync::atomic::{AtomicU32, Ordering};
+use loom::sync::{Condvar, Mutex};
 use loom::thread;
+use shmrt_primitives::doorbell::LoomDoorbell;
 use shmrt_primitives::heap_region::HeapRegion;
 use shmrt_primitives::ring::{Consumer, Producer, RingHeader, RingRef};
 use shmrt_primitives::slot_pool::{AllocError, ClassView, SizeClassHeader, SlotMeta, SlotPool};
@@ -140,5 +144,65 @@ fn treiber_stack_alloc_free_race() {
         b.join().unwrap();
         let u = pool.usage(0).unwrap();
         assert_eq!((u.allocated, u.free_list), (0, Ok(2)));
+    });
+}
+
+/// A futex on one word, as the kernel keeps it: a wait re-reads the word
+/// under the bucket lock and sleeps only if it still holds the value the
+/// caller saw; a wake takes the same lock. Waits have no timeout here, so a
+/// lost wake-up is a sleep forever, which loom reports as a deadlock.
+#[derive(Default)]
+struct Futex {
+    bucket: Mutex<()>,
+    sleepers: Condvar,
+}
+
+impl Futex {
+    fn wait(&self, word: &AtomicU32, seen: u32) {
+        let bucket = self.bucket.lock().unwrap();
+        if word.load(Ordering::SeqCst) == seen {
+            drop(self.sleepers.wait(bucket).unwrap());
+        }
+    }
+
+    fn wake_all(&self) {
+        let _bucket = self.bucket.lock().unwrap();
+        self.sleepers.notify_all();
+    }
+}
+
+/// The eventcount, as the host and the guest use it: the publisher stores a
+/// message (Release, as a ring commit) and rings only if `should_ring`
+/// says someone is registered; the waiter registers, re-checks, and parks
+/// on the sequence it saw. Whatever the interleaving, the waiter sees the
+/// message: it never sleeps through the publication.
+#[test]
+fn doorbell_no_lost_wakeup() {
+    model(|| {
+        let bell = Arc::new(LoomDoorbell {
+            seq: AtomicU32::new(0),
+            waiters: AtomicU32::new(0),
+        });
+        let futex = Arc::new(Futex::default());
+        let message = Arc::new(AtomicU32::new(0));
+        let publisher = {
+            let (bell, futex, message) = (bell.clone(), futex.clone(), message.clone());
+            thread::spawn(move || {
+                message.store(1, Ordering::Release);
+                if bell.should_ring() && bell.ring() {
+                    futex.wake_all();
+                }
+            })
+        };
+        loop {
+            let seq = bell.prepare_wait();
+            if message.load(Ordering::Acquire) == 1 {
+                bell.finish_wait();
+                break;
+            }
+            futex.wait(&bell.seq, seq);
+            bell.finish_wait();
+        }
+        publisher.join().unwrap();
     });
 }
