@@ -21,9 +21,14 @@ const ROOM_WAIT_MAX_NS: i64 = 10_000_000;
 
 static OPENED: AtomicBool = AtomicBool::new(false);
 
-/// Spin rounds before parking, at most [`SPIN`]: the host's advice
-/// (`host::spin_rounds`), read at open.
+/// Spin rounds before parking: [`SPIN`], or 0 when the host runs this
+/// guest on its own thread (the peer entry's `HOST_RUNS_GUEST` flag, read
+/// at open), where a spinning guest holds the very thread that would
+/// write. Also the most any `Inbox::set_spin` gets then.
 static SPIN_ROUNDS: AtomicU32 = AtomicU32::new(SPIN);
+
+/// The most rounds any wait may spin, whatever `Inbox::set_spin` asks.
+static SPIN_MAX: AtomicU32 = AtomicU32::new(u32::MAX);
 
 /// The plugin runs as a callback now (inside `shmrt_on_messages`): a send
 /// that would wait for room fails instead.
@@ -290,8 +295,14 @@ impl Channel {
             .filter(|&i| segment.peer(i).is_some())
             .ok_or(OpenError::Peer(peer))?;
         let (tx, rx) = segment.guest_channel(index).map_err(OpenError::Protocol)?;
-        let spin = host::spin_rounds().min(SPIN);
+        let on_host_thread = segment.peer(index).is_some_and(|p| p.host_runs_guest());
+        let (spin, most) = if on_host_thread {
+            (0, 0)
+        } else {
+            (SPIN, u32::MAX)
+        };
         SPIN_ROUNDS.store(spin, Ordering::Relaxed);
+        SPIN_MAX.store(most, Ordering::Relaxed);
         Ok(Channel {
             inbox: Inbox {
                 rx,
@@ -396,6 +407,9 @@ impl Channel {
     ) -> i32 {
         IN_CALLBACK.store(true, Ordering::Relaxed);
         let (inbox, outbox) = self.split();
+        // The ring room of what is read is given back once, at the end
+        // (in wasm each give-back is an atomic store with a full fence).
+        inbox.rx.set_lazy_release(true);
         let status = loop {
             // Room for an answer as long as the largest inline message: a
             // slot goes back as a short reference frame.
@@ -412,6 +426,7 @@ impl Channel {
                 break e.exit_status();
             }
         };
+        inbox.rx.set_lazy_release(false);
         IN_CALLBACK.store(false, Ordering::Relaxed);
         // Answers left untold (`Outbox::sent`) are read by the host when
         // the call returns; a host on another thread is rung.
@@ -451,7 +466,9 @@ impl Inbox {
     /// Spin rounds in [`Self::recv`] before parking in the host's `wait`
     /// (default 1000; 0 parks at once).
     pub fn set_spin(&mut self, rounds: u32) {
-        self.spin = rounds;
+        // On the host's thread the host advises 0: nothing arrives while
+        // the guest spins there.
+        self.spin = rounds.min(SPIN_MAX.load(Ordering::Relaxed));
     }
 
     /// Whether the host has said goodbye (it sends nothing more).
@@ -673,6 +690,11 @@ impl Outbox {
     /// may send without coming back to its inbox.
     #[inline(always)]
     fn sent(&mut self, answer: bool) {
+        if IN_CALLBACK.load(Ordering::Relaxed) {
+            // The host reads when the callback returns, which tells it
+            // once (`Channel::answer_queued`).
+            return;
+        }
         if !answer {
             self.untold = 0;
             notify_host(&self.segment, self.index);

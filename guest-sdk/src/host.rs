@@ -22,7 +22,6 @@ mod imports {
         pub fn wait(timeout_ns: i64) -> i32;
         pub fn log(level: i32, ptr: u32, len: u32);
         pub fn now_ns() -> u64;
-        pub fn spin_rounds() -> u32;
     }
 }
 
@@ -50,9 +49,6 @@ mod imports {
         absent()
     }
     pub unsafe fn now_ns() -> u64 {
-        absent()
-    }
-    pub unsafe fn spin_rounds() -> u32 {
         absent()
     }
 }
@@ -105,12 +101,4 @@ pub fn now_ns() -> u64 {
     // SAFETY: `now_ns` takes no argument and touches none of our memory: no
     // precondition.
     unsafe { imports::now_ns() }
-}
-
-/// How many rounds to poll the ring before `wait`: the host's advice
-/// (0 on the host's thread, where nothing arrives while the guest polls).
-pub fn spin_rounds() -> u32 {
-    // SAFETY: `spin_rounds` takes no argument and touches none of our
-    // memory: no precondition.
-    unsafe { imports::spin_rounds() }
 }

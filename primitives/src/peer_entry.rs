@@ -8,6 +8,9 @@
 //! [24..64) reserved in the format; shmrt keeps its doorbells here:
 //!          [24..32) G2H doorbell (guest rings, host waits)
 //!          [32..40) H2G doorbell (host rings, guest waits)
+//!          [40..44) host flags: bit 0, the host runs this guest on its own
+//!                   thread (a fiber or a callback), so polling the ring
+//!                   before `wait` is wasted (nothing arrives meanwhile)
 //! ```
 //!
 //! The guest id is `1 + index`; the host is peer 0.
@@ -117,8 +120,16 @@ pub struct PeerEntry {
     pub g2h_doorbell: Doorbell,
     /// Host-to-guest doorbell (format-reserved bytes).
     pub h2g_doorbell: Doorbell,
-    reserved: [AtomicU32; 6],
+    /// shmrt's flags for this guest (format-reserved bytes, zero in a
+    /// segment of another host): [`HOST_RUNS_GUEST`].
+    pub host_flags: AtomicU32,
+    reserved: [AtomicU32; 5],
 }
+
+/// [`PeerEntry::host_flags`]: the host runs this guest on its own thread
+/// (a fiber or a callback), so a guest polling its ring before `wait`
+/// holds the very thread that would write: it should wait at once.
+pub const HOST_RUNS_GUEST: u32 = 1;
 
 const _: () = {
     assert!(size_of::<PeerEntry>() == 64);
@@ -128,6 +139,7 @@ const _: () = {
     assert!(offset_of!(PeerEntry, ring_offset) == 16);
     assert!(offset_of!(PeerEntry, g2h_doorbell) == 24);
     assert!(offset_of!(PeerEntry, h2g_doorbell) == 32);
+    assert!(offset_of!(PeerEntry, host_flags) == 40);
 };
 
 /// The state word held something other than what a transition needed.
@@ -159,9 +171,16 @@ impl PeerEntry {
             d.seq.store(0, Ordering::Relaxed);
             d.waiters.store(0, Ordering::Relaxed);
         }
+        self.host_flags.store(0, Ordering::Relaxed);
         for w in &self.reserved {
             w.store(0, Ordering::Relaxed);
         }
+    }
+
+    /// Whether the host runs this guest on its own thread
+    /// ([`HOST_RUNS_GUEST`]): a hint, which only tunes the guest's polling.
+    pub fn host_runs_guest(&self) -> bool {
+        self.host_flags.load(Ordering::Relaxed) & HOST_RUNS_GUEST != 0
     }
 
     /// The state, or `None` when the word holds no state.

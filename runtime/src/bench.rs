@@ -1078,7 +1078,6 @@ impl CopyCallGuest {
             linker.func_wrap("shmrt", "wait", |_: i64| 1i32)?;
             linker.func_wrap("shmrt", "log", |_: i32, _: u32, _: u32| {})?;
             linker.func_wrap("shmrt", "now_ns", || 0u64)?;
-            linker.func_wrap("shmrt", "spin_rounds", || 0u32)?;
             wasmtime::Result::<()>::Ok(())
         })()
         .map_err(baseline_error)?;

@@ -11,8 +11,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
@@ -59,21 +59,32 @@ pub(crate) enum Turn {
     Ended,
 }
 
-/// Wakes the thread that polls a fiber guest.
+/// The waker a fiber guest is polled with: says that it was woken (an
+/// epoch yield wakes it at once, so the guest can run again), and wakes
+/// whoever drives it: a thread blocked in a host call, or an async task.
 #[derive(Debug)]
-struct ThreadWaker {
-    thread: Thread,
+struct TurnWaker {
     woken: AtomicBool,
+    target: Mutex<WakeTarget>,
 }
 
-impl Wake for ThreadWaker {
+#[derive(Debug)]
+enum WakeTarget {
+    Thread(Thread),
+    Task(Waker),
+}
+
+impl Wake for TurnWaker {
     fn wake(self: Arc<Self>) {
         self.wake_by_ref();
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
         self.woken.store(true, Ordering::Release);
-        self.thread.unpark();
+        match &*self.target.lock().unwrap_or_else(|e| e.into_inner()) {
+            WakeTarget::Thread(t) => t.unpark(),
+            WakeTarget::Task(w) => w.wake_by_ref(),
+        }
     }
 }
 
@@ -81,11 +92,15 @@ impl Wake for ThreadWaker {
 pub(crate) struct GuestDriver {
     shared: Arc<SandboxShared>,
     guest: Driven,
-    waker: Arc<ThreadWaker>,
+    waker: Arc<TurnWaker>,
+    /// The thread `waker` wakes, when it wakes a thread.
+    waker_thread: Option<std::thread::ThreadId>,
     /// Told while the guest runs wasm (the epoch must tick for its
     /// deadline and its yields).
     ticker: Arc<TickerState>,
     timeout: Option<Duration>,
+    /// The guest's deadline (set before the instantiation).
+    deadline: Option<Instant>,
     /// How the guest ended, once it has (taken by `join`).
     status: Option<Result<i32, SandboxError>>,
 }
@@ -148,15 +163,18 @@ impl GuestDriver {
         timeout: Option<Duration>,
         shared: Arc<SandboxShared>,
     ) -> Self {
+        let deadline = *shared.deadline.lock().unwrap_or_else(|e| e.into_inner());
         GuestDriver {
             shared,
             guest,
-            waker: Arc::new(ThreadWaker {
-                thread: std::thread::current(),
+            waker: Arc::new(TurnWaker {
                 woken: AtomicBool::new(false),
+                target: Mutex::new(WakeTarget::Thread(std::thread::current())),
             }),
+            waker_thread: Some(std::thread::current().id()),
             ticker,
             timeout,
+            deadline,
             status: None,
         }
     }
@@ -171,14 +189,38 @@ impl GuestDriver {
         self.status.take()
     }
 
-    /// Runs the guest for one turn on this thread.
+    /// Runs the guest for one turn on this thread, which a wake-up of the
+    /// guest unparks.
     pub fn turn(&mut self) -> Turn {
+        let me = std::thread::current();
+        if self.waker_thread != Some(me.id()) {
+            self.waker_thread = Some(me.id());
+            *self.waker.target.lock().unwrap_or_else(|e| e.into_inner()) = WakeTarget::Thread(me);
+            self.shared.runs_on_this_thread();
+        }
+        self.turn_once()
+    }
+
+    /// Runs the guest for one turn for an async task, which a wake-up of
+    /// the guest wakes (`task`).
+    pub fn turn_for_task(&mut self, task: &Waker) -> Turn {
+        {
+            let mut target = self.waker.target.lock().unwrap_or_else(|e| e.into_inner());
+            match &*target {
+                WakeTarget::Task(w) if w.will_wake(task) => {}
+                _ => *target = WakeTarget::Task(task.clone()),
+            }
+        }
+        self.waker_thread = None;
+        self.turn_once()
+    }
+
+    fn turn_once(&mut self) -> Turn {
         let shared = self.shared.clone();
         if self.ended() {
             return Turn::Ended;
         }
-        let deadline = *shared.deadline.lock().unwrap_or_else(|e| e.into_inner());
-        if deadline.is_some_and(|d| Instant::now() >= d) {
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
             // Between turns nothing of the guest runs to notice.
             self.end(Err(SandboxError::Timeout {
                 sandbox: shared.name.clone(),
@@ -189,13 +231,6 @@ impl GuestDriver {
         match &mut self.guest {
             Driven::Ended => Turn::Ended,
             Driven::Fiber(run) => {
-                if self.waker.thread.id() != std::thread::current().id() {
-                    self.waker = Arc::new(ThreadWaker {
-                        thread: std::thread::current(),
-                        woken: AtomicBool::new(false),
-                    });
-                    shared.runs_on_this_thread();
-                }
                 self.waker.woken.store(false, Ordering::Relaxed);
                 let waker = Waker::from(self.waker.clone());
                 let mut cx = Context::from_waker(&waker);
@@ -271,6 +306,7 @@ impl GuestDriver {
         // `guest_done` (SYNC POINT "guest_done").
         self.shared.guest_done.store(true, Ordering::Release);
         doorbell_futex::ring_and_wake_all(&peer.g2h_doorbell);
+        self.shared.host_task.wake();
     }
 
     /// Ends a guest that has not ended (its handle is dropped): stopped.
@@ -320,6 +356,11 @@ impl GuestDriver {
     /// another thread sent, or stopped it), its timer `wake_at`, its
     /// deadline, or `until`; at most 50 ms at once.
     pub fn idle_until(&self, wake_at: Option<Instant>, until: Option<Instant>) {
+        if self.waker_thread != Some(std::thread::current().id()) {
+            // Woken only by its timer.
+            std::thread::sleep(Duration::from_millis(1));
+            return;
+        }
         let deadline = *self
             .shared
             .deadline

@@ -84,6 +84,7 @@ impl Drop for DoneGuard {
         // sees `guest_done` (SYNC POINT "guest_done").
         self.0.guest_done.store(true, Ordering::Release);
         doorbell_futex::ring_and_wake_all(&peer.g2h_doorbell);
+        self.0.host_task.wake();
     }
 }
 

@@ -157,6 +157,123 @@ fn drive_guest(
     }
 }
 
+/// Turns a guest runs in one poll of an async host call before the task
+/// yields to its executor: a callback that answered may be called again
+/// at once, but a fiber back from an epoch yield (10 ms of computing)
+/// gives the thread to the other tasks first.
+const POLL_BATCH: usize = 4;
+
+/// Stays registered as a waiter on the guest-to-host doorbell while an
+/// async host call waits for a thread guest (so that the guest rings, and
+/// its `ring` wakes the task); unregisters when the call ends or is
+/// dropped.
+struct AsyncWaiter<'a> {
+    shared: &'a SandboxShared,
+    registered: bool,
+}
+
+impl<'a> AsyncWaiter<'a> {
+    fn new(shared: &'a SandboxShared) -> Self {
+        AsyncWaiter {
+            shared,
+            registered: false,
+        }
+    }
+
+    fn register(&mut self) {
+        if !self.registered {
+            self.shared.peer().g2h_doorbell.prepare_wait();
+            self.registered = true;
+        }
+    }
+}
+
+impl Drop for AsyncWaiter<'_> {
+    fn drop(&mut self) {
+        if self.registered {
+            self.shared.peer().g2h_doorbell.finish_wait();
+        }
+    }
+}
+
+/// One poll of an async host call: `Ready(Ok(true))` once `ready` holds,
+/// `Ready(Ok(false))` once the guest has ended and it does not. A guest on
+/// the host's thread runs here, at most [`POLL_BATCH`] turns (one for a
+/// fiber that computes); a thread
+/// guest wakes the task when it rings or ends.
+fn poll_guest(
+    shared: &SandboxShared,
+    driver: Option<&Mutex<GuestDriver>>,
+    waiter: &mut AsyncWaiter<'_>,
+    cx: &mut std::task::Context<'_>,
+    ready: &mut impl FnMut() -> Result<bool, SandboxError>,
+) -> std::task::Poll<Result<bool, SandboxError>> {
+    use std::task::Poll;
+    for _ in 0..POLL_BATCH {
+        if ready()? {
+            return Poll::Ready(Ok(true));
+        }
+        if shared.guest_done() {
+            return Poll::Ready(ready());
+        }
+        let Some(driver) = driver else {
+            // Registered, then looked at again: a ring in between found
+            // the waker stored.
+            waiter.register();
+            shared.host_task.suspend(cx.waker(), None);
+            if ready()? {
+                return Poll::Ready(Ok(true));
+            }
+            if shared.guest_done() {
+                return Poll::Ready(ready());
+            }
+            return Poll::Pending;
+        };
+        let mut d = match driver.try_lock() {
+            Ok(d) => d,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                // Another task or thread runs the guest now.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+        };
+        match d.turn_for_task(cx.waker()) {
+            Turn::Ended => continue,
+            Turn::Ran if shared.execution == Execution::Callback => continue,
+            Turn::Ran => {
+                // The epoch yield woke the task: others go first.
+                drop(d);
+                return if ready()? {
+                    Poll::Ready(Ok(true))
+                } else {
+                    Poll::Pending
+                };
+            }
+            Turn::Idle { wake_at } => {
+                drop(d);
+                if shared.execution == Execution::Callback {
+                    // Runs again when the host sends (another task).
+                    let before = shared.h2g_pending_write();
+                    shared.fiber_wake.suspend(cx.waker(), None);
+                    if shared.h2g_pending_write() != before {
+                        continue;
+                    }
+                }
+                if let Some(at) = wake_at {
+                    crate::wake_timer::wake_at(at, cx.waker());
+                }
+                if ready()? {
+                    return Poll::Ready(Ok(true));
+                }
+                return Poll::Pending;
+            }
+        }
+    }
+    cx.waker().wake_by_ref();
+    Poll::Pending
+}
+
 /// Longest sleep of a host waiting for a guest on its thread that waits
 /// for the host: a wake-up lost to a scribbled waiter count costs this.
 const IDLE_NAP: Duration = Duration::from_millis(50);
@@ -534,6 +651,72 @@ impl HostSender {
         }
     }
 
+    /// Sends `payload` without blocking the thread: the async variant of
+    /// [`Self::send`], for any executor. A guest on the host's thread
+    /// (fiber, callback) runs inside the poll, in bounded batches, when
+    /// there is no room; a thread guest wakes the task when it rings.
+    pub async fn send_async(&mut self, payload: &[u8]) -> Result<(), SandboxError> {
+        let len = payload.len();
+        let Self {
+            tx, shared, driver, ..
+        } = self;
+        let shared: &SandboxShared = shared;
+        let driver = driver.as_deref();
+        let mut waiter = AsyncWaiter::new(shared);
+        let mut stall = SlotStall::default();
+        // The last wait said "ready": a reservation failing now yields.
+        let mut was_ready = false;
+        loop {
+            if shared.guest_done() || shared.stop.load(Ordering::Acquire) {
+                return Err(SandboxError::Closed {
+                    sandbox: shared.name.clone(),
+                });
+            }
+            let no_slot = match reserve_now(tx, shared, len)? {
+                Room::Reserved(mut r) => {
+                    r.bytes_mut().copy_from(payload);
+                    r.commit();
+                    notify(shared, &shared.peer().h2g_doorbell);
+                    return Ok(());
+                }
+                Room::RingFull => false,
+                Room::NoSlot => true,
+            };
+            if no_slot {
+                stall.check(shared, tx, len)?;
+            } else {
+                stall = SlotStall::default();
+            }
+            if was_ready {
+                // Told there was room, found none (a race, or a guest
+                // making them disagree): once through the executor.
+                let mut yielded = false;
+                std::future::poll_fn(|cx| {
+                    if std::mem::replace(&mut yielded, true) {
+                        std::task::Poll::Ready(())
+                    } else {
+                        cx.waker().wake_by_ref();
+                        std::task::Poll::Pending
+                    }
+                })
+                .await;
+            }
+            // Waiting for a slot ends at the slot wait too, to say so.
+            let slot_deadline = stall.deadline(shared);
+            let mut ready = || tx.could_send(len).map_err(|e| protocol(shared, e));
+            was_ready = std::future::poll_fn(|cx| {
+                let polled = poll_guest(shared, driver, &mut waiter, cx, &mut ready);
+                if polled.is_pending()
+                    && let Some(at) = slot_deadline
+                {
+                    crate::wake_timer::wake_at(at, cx.waker());
+                }
+                polled
+            })
+            .await?;
+        }
+    }
+
     /// Sends `payload` if there is room now, without telling a parked
     /// guest: for batches, followed by [`Self::notify`].
     #[inline]
@@ -695,13 +878,22 @@ fn room_freed(shared: &SandboxShared) {
 /// Rings `bell` only if its owner is parked: a fence and a load otherwise
 /// (the eventcount's publisher path), no syscall.
 fn notify(shared: &SandboxShared, bell: &shmrt_primitives::Doorbell) {
-    if shared.execution == Execution::Fiber {
+    match shared.execution {
         // A fiber guest suspended in `wait` is resumed by its poller.
-        shared.fiber_wake.wake();
-    } else if shared.doorbells && bell.should_ring() {
-        // (In callback mode, a host thread waiting for its guest to have
-        // something queued is the waiter.)
-        doorbell_futex::ring(bell);
+        Execution::Fiber => shared.fiber_wake.wake(),
+        Execution::Thread => {
+            if shared.doorbells && bell.should_ring() {
+                doorbell_futex::ring(bell);
+            }
+        }
+        Execution::Callback => {
+            // Whoever waits for the guest to have something queued: an
+            // async task, or a host thread parked on this bell.
+            shared.fiber_wake.wake();
+            if shared.doorbells && bell.should_ring() {
+                doorbell_futex::ring(bell);
+            }
+        }
     }
 }
 
@@ -790,6 +982,34 @@ impl HostReceiver {
             }
         }
         self.try_recv()
+    }
+
+    /// Waits for the next message without blocking the thread: the async
+    /// variant of [`Self::recv`], for any executor (one thread can serve
+    /// many sandboxes). A guest on the host's thread (fiber, callback)
+    /// runs inside the poll, in bounded batches; a thread guest wakes the
+    /// task when it rings or ends. `Err(Closed)` once the guest has ended
+    /// and everything it sent has been read.
+    pub async fn recv_async(&mut self) -> Result<HostMessage<'_>, SandboxError> {
+        let has_message = {
+            let Self {
+                rx, shared, driver, ..
+            } = &mut *self;
+            let shared: &SandboxShared = shared;
+            let driver = driver.as_deref();
+            let mut waiter = AsyncWaiter::new(shared);
+            let mut ready = || rx.is_empty().map(|e| !e).map_err(|e| protocol(shared, e));
+            std::future::poll_fn(|cx| poll_guest(shared, driver, &mut waiter, cx, &mut ready))
+                .await?
+        };
+        let Self { rx, shared, .. } = self;
+        match rx.try_recv() {
+            Ok(Some(inner)) if has_message => Ok(HostMessage { inner }),
+            Ok(_) => Err(SandboxError::Closed {
+                sandbox: shared.name.clone(),
+            }),
+            Err(e) => Err(protocol(shared, e)),
+        }
     }
 
     /// Waits as long as it takes; `Err(Closed)` once the guest has ended

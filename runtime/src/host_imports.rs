@@ -65,6 +65,8 @@ pub(crate) fn add_to_linker(
         if shared.doorbells {
             doorbell_futex::ring(&shared.peer().g2h_doorbell);
         }
+        // An async host task waiting for this guest.
+        shared.host_task.wake();
     })?;
     if fiber {
         linker.func_wrap_async(
@@ -87,18 +89,6 @@ pub(crate) fn add_to_linker(
     linker.func_wrap(MODULE, "now_ns", |c: Caller<'_, SandboxState>| -> u64 {
         c.data().shared.started.elapsed().as_nanos() as u64
     })?;
-    linker.func_wrap(
-        MODULE,
-        "spin_rounds",
-        |c: Caller<'_, SandboxState>| -> u32 {
-            match c.data().shared.execution {
-                // Another core may write while a thread guest polls.
-                crate::Execution::Thread => u32::MAX,
-                // Nothing arrives while a guest on the host's thread polls.
-                crate::Execution::Fiber | crate::Execution::Callback => 0,
-            }
-        },
-    )?;
     Ok(())
 }
 

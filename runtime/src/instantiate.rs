@@ -195,6 +195,13 @@ impl Runtime {
             .ok();
 
         let peer = shared.peer();
+        if options.execution != Execution::Thread {
+            // Before the guest opens its channel (in its entry point).
+            peer.host_flags.fetch_or(
+                shmrt_primitives::peer_entry::HOST_RUNS_GUEST,
+                Ordering::Relaxed,
+            );
+        }
         let taken = match claim {
             Claim::Own => peer.try_reserve().map(|_| ()),
             Claim::Reserved => peer.try_claim_reserved(),

@@ -39,6 +39,7 @@ mod sandbox_state;
 pub mod segment_file;
 mod sigbus;
 pub mod supervise;
+mod wake_timer;
 mod wasi_poll;
 
 pub use error::SandboxError;

@@ -67,19 +67,24 @@ pub(crate) struct SandboxShared {
     pub execution: Execution,
     /// A fiber guest suspended in the host: who to wake, and when its own
     /// timer (a `wait` timeout, a WASI sleep) or deadline runs out.
-    pub fiber_wake: FiberWake,
+    pub fiber_wake: WakeSlot,
+    /// An async host task waiting for a thread guest: woken when the
+    /// guest rings or ends.
+    pub host_task: WakeSlot,
 }
 
-/// How a fiber guest suspended in a host import is resumed: the waker of
-/// the poll that suspended it (woken when the host sends, says goodbye or
-/// stops it) and the instant its own timer runs out.
+/// Who to wake, and when at the latest. For a fiber guest suspended in a
+/// host import: the waker of the poll that suspended it (woken when the
+/// host sends, says goodbye or stops it) and the instant its own timer
+/// runs out. For a callback guest, an async task waiting for the host to
+/// send. For an async host task waiting on a thread guest, that task.
 #[derive(Debug, Default)]
-pub(crate) struct FiberWake {
+pub(crate) struct WakeSlot {
     waker: std::sync::Mutex<Option<std::task::Waker>>,
     wake_at: std::sync::Mutex<Option<Instant>>,
 }
 
-impl FiberWake {
+impl WakeSlot {
     /// Records who to wake, and when at the latest (`None`: only when woken).
     pub fn suspend(&self, waker: &std::task::Waker, at: Option<Instant>) {
         let mut w = self.waker.lock().unwrap_or_else(|e| e.into_inner());
@@ -227,7 +232,8 @@ impl SandboxShared {
             stopped_at: Default::default(),
             abandon_at_ns: std::sync::atomic::AtomicU64::new(u64::MAX),
             execution: Execution::Thread,
-            fiber_wake: FiberWake::default(),
+            fiber_wake: WakeSlot::default(),
+            host_task: WakeSlot::default(),
         }
     }
 }

@@ -204,3 +204,65 @@ fn a_sleeping_fiber_guest_does_not_block_the_host() {
     handle.stop();
     assert!(matches!(handle.join(), Err(SandboxError::Stopped { .. })));
 }
+
+/// The async API on one tokio thread: sandboxes of every mode, each
+/// driven by a task of its own, all answering, while a fiber guest that
+/// computes forever shares the thread (it yields at every epoch tick).
+#[test]
+fn one_tokio_thread_serves_many_sandboxes_through_the_async_api() {
+    let echo = std::fs::read(guest("examples/echo")).unwrap();
+    let runtime = std::sync::Arc::new(Runtime::new().unwrap());
+    let spin = r#"(module
+      (memory (export "memory") 1)
+      (func (export "shmrt_main") (result i32)
+        (loop $l (drop (i32.atomic.load (i32.const 0))) (br $l)) (i32.const 0)))"#;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let local = tokio::task::LocalSet::new();
+    let answered = local.block_on(&rt, async {
+        let mut looping = runtime
+            .spawn(
+                spin.as_bytes(),
+                SandboxOptions {
+                    timeout: None,
+                    ..options("spin", Execution::Fiber)
+                },
+            )
+            .unwrap();
+        // The looping guest gets the thread whenever its task is polled.
+        let spinner = tokio::task::spawn_local(async move {
+            let got = looping.receiver().recv_async().await.map(|m| m.len());
+            (looping, got.is_err())
+        });
+        let mut tasks = Vec::new();
+        for i in 0..60usize {
+            let mode = MODES[i % 3];
+            let mut sandbox = runtime.spawn(&echo, options("echo", mode)).unwrap();
+            tasks.push(tokio::spawn(async move {
+                for round in 0..50u64 {
+                    let msg = common::bytes(round + i as u64, (round as usize * 37) % 3000);
+                    sandbox.sender().send_async(&msg).await.unwrap();
+                    let reply = sandbox.receiver().recv_async().await.unwrap();
+                    assert_eq!(reply.to_vec(), msg, "{mode:?}");
+                }
+                sandbox.sender().goodbye();
+                let (_tx, mut rx, handle) = sandbox.split();
+                assert!(matches!(
+                    rx.recv_async().await,
+                    Err(SandboxError::Closed { .. })
+                ));
+                handle.join().unwrap()
+            }));
+        }
+        let mut answered = 0;
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), 0);
+            answered += 1;
+        }
+        spinner.abort();
+        answered
+    });
+    assert_eq!(answered, 60);
+}

@@ -23,7 +23,7 @@
 use core::arch::wasm32::{
     i8x16_shuffle, i64x2_add, i64x2_extract_lane, i64x2_splat, v128, v128_load,
 };
-use shmrt_guest::{Channel, Inbox, Outbox};
+use shmrt_guest::{Channel, Inbox, Message, Outbox, SendError};
 
 const BUFFER: usize = (1 << 20) + 64;
 /// Cache-line aligned, so that offsets into it are offsets from a line.
@@ -325,3 +325,34 @@ fn run(mut channel: Channel) -> i32 {
 }
 
 shmrt_guest::entry!(run);
+
+/// The mode of the callback entry, named by the first message: 1 checksum
+/// (each message answered with its sum), else 0, echo in place.
+static CALLBACK_MODE: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(u32::MAX);
+
+fn answer(msg: Message<'_>, outbox: &mut Outbox) -> Result<(), SendError> {
+    use core::sync::atomic::Ordering::Relaxed;
+    match CALLBACK_MODE.load(Relaxed) {
+        u32::MAX => {
+            let checksum = msg.as_bytes() == b"checksum";
+            CALLBACK_MODE.store(u32::from(checksum), Relaxed);
+            if checksum {
+                return Ok(());
+            }
+            msg.reply_in_place(outbox, |b| b.len())
+        }
+        1 => {
+            let sum = sum64(msg.as_bytes());
+            drop(msg);
+            outbox.send(&sum.to_le_bytes())
+        }
+        _ => msg.reply_in_place(outbox, |b| b.len()),
+    }
+}
+
+/// The callback entry (`--exec callback`, the callback workloads of
+/// `shmrt bench`): echo in place, or checksums after a first `checksum`.
+#[unsafe(no_mangle)]
+pub extern "C" fn shmrt_on_messages() -> i32 {
+    shmrt_guest::callback::with_channel(|channel| channel.answer_queued(answer))
+}
