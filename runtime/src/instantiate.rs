@@ -23,6 +23,7 @@ use crate::guest_thread::{
 use crate::host_channel::deadline_after;
 use crate::memory_window::{self, NOT_PLACED, PendingWindow};
 use crate::options::{Execution, GuestStdout, SandboxOptions};
+use crate::plugin::Plugin;
 use crate::runtime::Runtime;
 use crate::sandbox_state::{SandboxShared, SandboxState};
 use crate::{module_check, wasi_poll};
@@ -42,7 +43,7 @@ impl Runtime {
     /// and starts the guest thread.
     pub(crate) fn start(
         &self,
-        wasm: &[u8],
+        plugin: &Plugin,
         options: &SandboxOptions,
         shared: Arc<SandboxShared>,
         claim: Claim,
@@ -50,19 +51,21 @@ impl Runtime {
         let name = shared.name.clone();
         let window_len = shared.segment_file.window_len();
         let window_pages = window_len as u64 / 65536;
-        let binary = module_bytes(wasm).map_err(|message| SandboxError::Compile {
-            sandbox: name.clone(),
-            message,
+        module_check::check_window(&plugin.inner.facts, window_pages).map_err(|reason| {
+            SandboxError::Refused {
+                sandbox: name.clone(),
+                reason: reason.to_string(),
+            }
         })?;
-        let module = self.compile(&binary).map_err(|e| SandboxError::Compile {
-            sandbox: name.clone(),
-            message: format!("{e:#}"),
-        })?;
-        module_check::check(&binary, window_pages).map_err(|reason| SandboxError::Refused {
-            sandbox: name.clone(),
-            reason: reason.to_string(),
-        })?;
-        let initial_pages = module_check::facts(&binary).memory.map_or(0, |(_, i, _)| i);
+        let fiber = options.execution == Execution::Fiber;
+        let pre =
+            plugin
+                .instance_pre(self, fiber)
+                .map_err(|message| SandboxError::Instantiate {
+                    sandbox: name.clone(),
+                    message,
+                })?;
+        let initial_pages = plugin.initial_pages();
         if initial_pages + window_pages > 1 << 16 {
             return Err(SandboxError::WindowTooLarge {
                 sandbox: name,
@@ -138,7 +141,6 @@ impl Runtime {
         // The deadline and the stop flag hold from here: a start function
         // runs during instantiation, on the caller's thread.
         let deadline = options.timeout.and_then(deadline_after);
-        let fiber = options.execution == Execution::Fiber;
         watch_deadline(&mut store, &shared, deadline, fiber);
         shared.runs_on_this_thread();
         let window = PendingWindow {
@@ -156,9 +158,9 @@ impl Runtime {
         let instance = memory_window::with_pending_window(window, || {
             if fiber {
                 // A start function runs on a fiber too.
-                block_on(self.fiber_linker.instantiate_async(&mut store, &module))
+                block_on(pre.instantiate_async(&mut store))
             } else {
-                self.linker.instantiate(&mut store, &module)
+                pre.instantiate(&mut store)
             }
         });
         drop(running);
@@ -358,7 +360,7 @@ pub fn read_module_file(path: &Path) -> Result<Vec<u8>, SandboxError> {
 
 /// The binary of a module given as a binary (by its magic) or as WAT
 /// text; anything else is said to be neither, not parsed as WAT.
-fn module_bytes(wasm: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, String> {
+pub(crate) fn module_bytes(wasm: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, String> {
     if wasm.starts_with(b"\0asm") {
         return Ok(std::borrow::Cow::Borrowed(wasm));
     }

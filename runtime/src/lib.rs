@@ -33,6 +33,7 @@ mod memory_window;
 mod module_cache;
 mod module_check;
 mod options;
+mod plugin;
 mod runtime;
 pub mod sandbox;
 mod sandbox_state;
@@ -44,6 +45,7 @@ mod wasi_poll;
 
 pub use error::SandboxError;
 pub use host_segment::HostSegment;
+pub use plugin::Plugin;
 pub use sandbox::{
     Execution, GuestStdout, HostMessage, HostReceiver, HostSender, ReadSend, Runtime,
     RuntimeConfig, Sandbox, SandboxHandle, SandboxOptions, SegmentSource, SendReadError,

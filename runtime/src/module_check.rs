@@ -130,7 +130,15 @@ impl std::error::Error for RefusedModule {}
 
 /// Refuses what the memory window can not serve. `window_pages` is the
 /// segment's size in 64 KiB pages.
+#[cfg(test)]
 pub(crate) fn check(bytes: &[u8], window_pages: u64) -> Result<(), RefusedModule> {
+    let f = check_module(bytes)?;
+    check_window(&f, window_pages)
+}
+
+/// The checks that depend on the module alone (made once per compiled
+/// module); its facts when it passes.
+pub(crate) fn check_module(bytes: &[u8]) -> Result<ModuleFacts, RefusedModule> {
     let f = facts(bytes);
     if f.imports_shmrt && has_no_atomics(bytes) {
         return Err(RefusedModule::NoAtomics);
@@ -150,6 +158,15 @@ pub(crate) fn check(bytes: &[u8], window_pages: u64) -> Result<(), RefusedModule
     if is64 {
         return Err(RefusedModule::Memory64);
     }
+    let _ = (initial, maximum);
+    Ok(f)
+}
+
+/// Whether a window of `window_pages` fits after the module's memory.
+pub(crate) fn check_window(f: &ModuleFacts, window_pages: u64) -> Result<(), RefusedModule> {
+    let Some((_, initial, maximum)) = f.memory else {
+        return Err(RefusedModule::NoMemory);
+    };
     if let Some(max) = maximum
         && max < initial + window_pages
     {

@@ -19,14 +19,15 @@ use crate::host_channel::{HostReceiver, HostSender};
 use crate::instantiate::{Claim, read_module_file};
 use crate::memory_window::WindowMemoryCreator;
 use crate::options::{SandboxOptions, SegmentSource};
+use crate::plugin::Plugin;
 use crate::sandbox::Sandbox;
 use crate::sandbox_state::{SandboxShared, SandboxState};
 use crate::segment_file::SegmentFile;
 use crate::{host_imports, wasi_poll};
 
-/// Compiled modules keyed by (hash, length) of their bytes, with the bytes
+/// Prepared plugins keyed by (hash, length) of their bytes, with the bytes
 /// to rule out a collision.
-type ModuleCache = std::collections::HashMap<(u64, usize), (Vec<u8>, Module)>;
+type ModuleCache = std::collections::HashMap<(u64, usize), (Vec<u8>, Plugin)>;
 
 /// Engine-wide choices.
 #[derive(Clone, Debug, Default)]
@@ -149,6 +150,18 @@ impl Runtime {
     /// function that never returns blocks this call until the timeout,
     /// forever without one.
     pub fn spawn(&self, wasm: &[u8], options: SandboxOptions) -> Result<Sandbox, SandboxError> {
+        let plugin = self.prepare_as(&options.name, wasm)?;
+        self.spawn_plugin(&plugin, options)
+    }
+
+    /// Spawns a sandbox of a prepared plugin ([`Self::prepare`]): as
+    /// [`Self::spawn`], without reading, hashing, compiling or checking
+    /// the module again.
+    pub fn spawn_plugin(
+        &self,
+        plugin: &Plugin,
+        options: SandboxOptions,
+    ) -> Result<Sandbox, SandboxError> {
         let mut seg_config = options.segment;
         seg_config.max_guests = 1;
         let file = match &options.segment_source {
@@ -164,7 +177,7 @@ impl Runtime {
         shared.timeout = options.timeout;
         shared.execution = options.execution;
         let shared = Arc::new(shared);
-        let handle = self.start(wasm, &options, shared.clone(), Claim::Own)?;
+        let handle = self.start(plugin, &options, shared.clone(), Claim::Own)?;
         let driver = handle.run.driver();
         let segment = *shared.segment_file.segment();
         let (tx, rx) =
@@ -249,7 +262,8 @@ impl Runtime {
             SandboxShared::new(options.name.clone(), Arc::new(file), index, options.spin);
         shared.timeout = options.timeout;
         let shared = Arc::new(shared);
-        let handle = self.start(wasm, &options, shared.clone(), claim)?;
+        let plugin = self.prepare_as(&options.name, wasm)?;
+        let handle = self.start(&plugin, &options, shared.clone(), claim)?;
         if layout.heartbeat_interval_ns != 0 {
             let beat = Duration::from_nanos(layout.heartbeat_interval_ns / 2)
                 .max(Duration::from_millis(1));
@@ -267,29 +281,41 @@ impl Runtime {
         Ok((handle, shared.peer_id().get()))
     }
 
-    /// Compiles `binary`, or takes the module compiled from the same bytes
-    /// before: spawning many sandboxes of one plugin compiles it once.
+    /// Compiles `binary` (or loads it from the disk cache).
     pub(crate) fn compile(&self, binary: &[u8]) -> wasmtime::Result<Module> {
+        match &self.disk_cache {
+            Some(disk) => disk.get_or_compile(&self.engine, binary),
+            None => Module::from_binary(&self.engine, binary),
+        }
+    }
+
+    fn plugin_key(binary: &[u8]) -> (u64, usize) {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         binary.hash(&mut h);
-        let key = (h.finish(), binary.len());
+        (h.finish(), binary.len())
+    }
+
+    /// The plugin prepared from the same bytes before: spawning many
+    /// sandboxes of one plugin by its bytes compiles and checks it once
+    /// (and [`Runtime::spawn_plugin`] does not even hash them).
+    pub(crate) fn cached_plugin(&self, binary: &[u8]) -> Option<Plugin> {
+        let key = Self::plugin_key(binary);
+        let cache = self.modules.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .get(&key)
+            .filter(|(bytes, _)| bytes.as_slice() == binary)
+            .map(|(_, plugin)| plugin.clone())
+    }
+
+    pub(crate) fn cache_plugin(&self, binary: &[u8], plugin: &Plugin) {
+        let key = Self::plugin_key(binary);
         let mut cache = self.modules.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((bytes, module)) = cache.get(&key)
-            && bytes.as_slice() == binary
-        {
-            return Ok(module.clone());
-        }
-        let module = match &self.disk_cache {
-            Some(disk) => disk.get_or_compile(&self.engine, binary)?,
-            None => Module::from_binary(&self.engine, binary)?,
-        };
         // A few plugins per process is the common case; keep it bounded.
         if cache.len() >= 64 {
             cache.clear();
         }
-        cache.insert(key, (binary.to_vec(), module.clone()));
-        Ok(module)
+        cache.insert(key, (binary.to_vec(), plugin.clone()));
     }
 
     /// The engine (for embedders that compile modules themselves).

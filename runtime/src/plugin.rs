@@ -1,0 +1,128 @@
+//! A plugin prepared once to spawn many sandboxes from: its bytes read as
+//! a binary or WAT, compiled (or taken from the caches), checked, and its
+//! imports resolved against the runtime's linkers ([`InstancePre`]), so
+//! that a spawn neither rehashes, revalidates nor relinks the module.
+
+use std::sync::{Arc, OnceLock};
+
+use wasmtime::{InstancePre, Module};
+
+use crate::error::SandboxError;
+use crate::module_check::{self, ModuleFacts};
+use crate::runtime::Runtime;
+use crate::sandbox_state::SandboxState;
+
+/// A compiled and checked module, cheap to clone, from which
+/// [`Runtime::spawn_plugin`] spawns sandboxes. Made by
+/// [`Runtime::prepare`]; tied to that runtime.
+#[derive(Clone)]
+pub struct Plugin {
+    pub(crate) inner: Arc<PluginInner>,
+}
+
+pub(crate) struct PluginInner {
+    pub module: Module,
+    pub facts: ModuleFacts,
+    /// The module's imports resolved for thread and callback guests.
+    pub pre: OnceLock<Result<InstancePre<SandboxState>, String>>,
+    /// The same for fiber guests (whose `wait` is async).
+    pub pre_fiber: OnceLock<Result<InstancePre<SandboxState>, String>>,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("initial_pages", &self.initial_pages())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Plugin {
+    /// The module's initial linear memory, in 64 KiB pages.
+    pub fn initial_pages(&self) -> u64 {
+        self.inner.facts.memory.map_or(0, |(_, initial, _)| initial)
+    }
+
+    /// The compiled module.
+    pub fn module(&self) -> &Module {
+        &self.inner.module
+    }
+
+    /// The module linked for thread and callback guests (`fiber: false`)
+    /// or fiber guests: resolved once, at the first spawn of each kind.
+    pub(crate) fn instance_pre(
+        &self,
+        runtime: &Runtime,
+        fiber: bool,
+    ) -> Result<&InstancePre<SandboxState>, String> {
+        let (cell, linker) = if fiber {
+            (&self.inner.pre_fiber, &runtime.fiber_linker)
+        } else {
+            (&self.inner.pre, &runtime.linker)
+        };
+        cell.get_or_init(|| {
+            linker
+                .instantiate_pre(&self.inner.module)
+                .map_err(|e| format!("{e:#}"))
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+    }
+}
+
+impl Runtime {
+    /// Reads `wasm` (a binary module, or WAT text), compiles it (or takes
+    /// it from the runtime's caches) and checks it once: a plugin to spawn
+    /// many sandboxes from with [`Self::spawn_plugin`], each spawn then
+    /// paying for the instantiation alone.
+    pub fn prepare(&self, wasm: &[u8]) -> Result<Plugin, SandboxError> {
+        self.prepare_as("plugin", wasm)
+    }
+
+    /// [`Self::prepare`], naming `sandbox` in its errors.
+    pub(crate) fn prepare_as(&self, sandbox: &str, wasm: &[u8]) -> Result<Plugin, SandboxError> {
+        let binary =
+            crate::instantiate::module_bytes(wasm).map_err(|message| SandboxError::Compile {
+                sandbox: sandbox.into(),
+                message,
+            })?;
+        self.plugin_of(&binary).map_err(|e| match e {
+            PrepareError::Compile(message) => SandboxError::Compile {
+                sandbox: sandbox.into(),
+                message,
+            },
+            PrepareError::Refused(reason) => SandboxError::Refused {
+                sandbox: sandbox.into(),
+                reason: reason.to_string(),
+            },
+        })
+    }
+
+    /// Compiles and checks `binary`, or takes the plugin made from the same
+    /// bytes before.
+    fn plugin_of(&self, binary: &[u8]) -> Result<Plugin, PrepareError> {
+        if let Some(plugin) = self.cached_plugin(binary) {
+            return Ok(plugin);
+        }
+        let module = self
+            .compile(binary)
+            .map_err(|e| PrepareError::Compile(format!("{e:#}")))?;
+        let facts = module_check::check_module(binary).map_err(PrepareError::Refused)?;
+        let plugin = Plugin {
+            inner: Arc::new(PluginInner {
+                module,
+                facts,
+                pre: OnceLock::new(),
+                pre_fiber: OnceLock::new(),
+            }),
+        };
+        self.cache_plugin(binary, &plugin);
+        Ok(plugin)
+    }
+}
+
+/// Why a module could not be prepared.
+enum PrepareError {
+    Compile(String),
+    Refused(module_check::RefusedModule),
+}
