@@ -4,7 +4,7 @@
 
 mod common;
 
-#[path = "../../primitives/tests/support/vox_restated.rs"]
+#[path = "../../../primitives/tests/support/vox_restated.rs"]
 mod vox_restated;
 
 use std::fs::{File, OpenOptions};

@@ -21,9 +21,8 @@ use shmrt_primitives::checksum::sum64;
 use shmrt_primitives::heap_region::HeapRegion;
 use shmrt_primitives::{Segment, SegmentConfig, SegmentLayout, SendError};
 
-use crate::doorbell_futex::{self, SpinBudget};
-use crate::error::SandboxError;
-use crate::{Runtime, Sandbox, SandboxOptions};
+use shmrt::doorbell_futex::{self, SpinBudget};
+use shmrt::{Runtime, Sandbox, SandboxError, SandboxOptions};
 
 /// How long to measure.
 #[derive(Clone, Copy, Debug)]
@@ -1132,5 +1131,48 @@ fn baseline_error(e: wasmtime::Error) -> SandboxError {
     SandboxError::Instantiate {
         sandbox: "copy-call".into(),
         message: format!("{e:#}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic pseudo-random bytes.
+    fn bytes(seed: u64, len: usize) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// The bench guest's checksum, called the way the copy-call baseline
+    /// calls it, at every offset from a 16-byte boundary: each offset takes
+    /// its own path (realigned, from the next boundary, plain), and each
+    /// must give `sum64`.
+    #[test]
+    fn bench_guest_checksum_export_matches_sum64_at_every_offset() {
+        let mut baseline = CopyCallGuest::new(crate::cli::BENCH_GUEST).unwrap();
+        for offset in 0..16 {
+            for (i, len) in [0, 3, 8, 12, 20, 1027, 1040, 2048, 2071, 3100, 8200, 70_001]
+                .into_iter()
+                .enumerate()
+            {
+                let data = bytes((offset * 100 + i) as u64, len);
+                assert_eq!(
+                    baseline.checksum(offset, &data).unwrap(),
+                    sum64(&data),
+                    "{len} bytes at offset {offset}"
+                );
+            }
+        }
+        let too_long = vec![0u8; BENCH_BUFFER];
+        let e = baseline.checksum(1, &too_long).unwrap_err().to_string();
+        assert!(e.contains("do not fit"), "{e}");
     }
 }
