@@ -7,10 +7,7 @@ use anyhow::Context;
 use clap::Args;
 
 use super::Failure;
-use super::exit_codes::{BAD_SEGMENT, UNREADABLE};
-
-/// Exit status when the segment is readable but inconsistent.
-const INCONSISTENT: u8 = 2;
+use super::exit_codes::{BAD_SEGMENT, INCONSISTENT, UNREADABLE};
 
 #[derive(Args)]
 pub struct InspectCommand {
