@@ -48,7 +48,7 @@ impl BenchCommand {
         if self.json {
             println!(
                 "{}",
-                serde_json::to_string_pretty(&report.json()).expect("JSON values serialize")
+                serde_json::to_string_pretty(&report.json()).expect("the report serializes")
             );
         } else {
             print!("{}", report.table());

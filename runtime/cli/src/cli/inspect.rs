@@ -29,14 +29,14 @@ impl InspectCommand {
         if self.json {
             println!(
                 "{}",
-                serde_json::to_string_pretty(&report.json).expect("JSON values serialize")
+                serde_json::to_string_pretty(&report).expect("the report serializes")
             );
         } else {
             print!("{}", shmrt::inspect::render_text(&report));
         }
-        Ok(if report.header_invalid {
+        Ok(if report.header_invalid() {
             ExitCode::from(BAD_SEGMENT)
-        } else if !report.problems.is_empty() {
+        } else if !report.problems().is_empty() {
             ExitCode::from(INCONSISTENT)
         } else {
             ExitCode::SUCCESS
