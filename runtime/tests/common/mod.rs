@@ -35,13 +35,12 @@ pub fn guest(dir: &str) -> PathBuf {
     }
     let crate_dir = workspace().join(dir);
     let manifest = crate_dir.join("Cargo.toml").canonicalize().unwrap();
+    // Diagnostics stay in the JSON: the one every guest build gives (rustc
+    // calls the atomics target feature unstable) is noise; a failure shows
+    // them all.
     let out = Command::new(env!("CARGO"))
         .current_dir(&crate_dir)
-        .args([
-            "build",
-            "--release",
-            "--message-format=json-render-diagnostics",
-        ])
+        .args(["build", "--release", "--message-format=json"])
         .env(
             "CARGO_TARGET_DIR",
             workspace().join("target").join("guests"),
@@ -49,15 +48,21 @@ pub fn guest(dir: &str) -> PathBuf {
         .stderr(Stdio::inherit())
         .output()
         .expect("run cargo build");
-    assert!(
-        out.status.success(),
-        "cargo build of the guest {dir} failed"
-    );
-    // The last artifact of the crate itself that is a .wasm.
-    let path = out
+    let messages: Vec<serde_json::Value> = out
         .stdout
         .split(|&b| b == b'\n')
-        .filter_map(|line| serde_json::from_slice::<serde_json::Value>(line).ok())
+        .filter_map(|line| serde_json::from_slice(line).ok())
+        .collect();
+    if !out.status.success() {
+        let rendered: String = messages
+            .iter()
+            .filter_map(|msg| msg["message"]["rendered"].as_str())
+            .collect();
+        panic!("cargo build of the guest {dir} failed:\n{rendered}");
+    }
+    // The last artifact of the crate itself that is a .wasm.
+    let path = messages
+        .iter()
         .filter(|msg| {
             msg["reason"] == "compiler-artifact"
                 && msg["manifest_path"]
