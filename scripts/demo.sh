@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 rustup target add wasm32-unknown-unknown wasm32-wasip1
-cargo build --release -p shmrt --bin shmrt --example embed
+cargo build --release -p shmrt-cli -p shmrt --example embed
 shmrt=target/release/shmrt
 
 echo "== upper: printf 'hello\nworld\n' | shmrt run \$(shmrt build examples/upper)"

@@ -6,7 +6,7 @@
 //! Run:
 //!
 //! ```sh
-//! cargo run --release -p shmrt --example embed -- $(cargo run -q --release -p shmrt -- build examples/upper)
+//! cargo run --release -p shmrt --example embed -- $(cargo run -q --release -p shmrt-cli -- build examples/upper)
 //! ```
 
 use std::time::Instant;

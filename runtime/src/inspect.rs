@@ -15,26 +15,188 @@
 //! its creator's `flock`, see [`crate::segment_file::Owner`]): one whose
 //! creator is gone is reported stale, as a problem.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use memmap2::{Mmap, MmapOptions};
-use serde_json::{Value, json};
+use shmrt_primitives::Segment;
+use shmrt_primitives::ring::RingRef;
 use shmrt_primitives::segment_header::{FEATURE_DOORBELLS, HeaderSnapshot, SegmentHeader};
-use shmrt_primitives::{Segment, SlotError};
 
 use crate::runtime::monotonic_ns;
 use crate::segment_file::Owner;
 
-/// A segment's report: JSON for `--json`, and the list of problems found.
-#[derive(Debug)]
+// With the `serde` feature every report type derives `Serialize`: that is
+// `shmrt inspect --json`, field for field in this order.
+
+/// What `inspect` found in a segment file.
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Report {
-    pub json: Value,
+    /// The file, as given.
+    pub path: String,
+    /// Its length when it was opened.
+    pub file_size: u64,
+    /// The header's fields as found; absent when the file is shorter than
+    /// a header.
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub header: Option<HeaderReport>,
+    /// Why the header could not be validated (nothing past it was read).
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub error: Option<String>,
+    /// Everything past a valid header.
+    #[cfg_attr(feature = "serde", serde(flatten))]
+    pub segment: Option<SegmentReport>,
+}
+
+impl Report {
+    /// The header could not be validated: see `error`.
+    pub fn header_invalid(&self) -> bool {
+        self.segment.is_none()
+    }
+
+    /// Each inconsistency found past a valid header, one line each (none
+    /// when the header is invalid: see `error`).
+    pub fn problems(&self) -> &[String] {
+        self.segment.as_ref().map_or(&[], |s| &s.problems)
+    }
+}
+
+/// The header's fields, as found (not trusted).
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct HeaderReport {
+    /// Printable ASCII as it is, other bytes as `\xNN`.
+    pub magic: String,
+    pub version: u32,
+    pub header_size: u32,
+    pub total_size: u64,
+    pub max_payload_size: u32,
+    pub inline_threshold: u32,
+    pub max_guests: u32,
+    pub bipbuf_capacity: u32,
+    pub peer_table_offset: u64,
+    pub var_pool_offset: u64,
+    pub heartbeat_interval_ns: u64,
+    pub host_goodbye: u32,
+    pub num_var_slot_classes: u32,
+    pub current_size: u64,
+    pub features: u32,
+    /// The doorbell feature flag is set.
+    pub doorbells: bool,
+}
+
+/// A segment whose header is valid: who serves it, its peers, its pool,
+/// and the problems found.
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct SegmentReport {
+    pub owner: OwnerReport,
+    pub peers: Vec<PeerReport>,
+    /// One entry per slot class.
+    pub pool: Vec<ClassReport>,
     /// Each inconsistency found, one line each.
     pub problems: Vec<String>,
-    /// The header could not be validated (nothing past it was read).
-    pub header_invalid: bool,
+}
+
+/// Who serves the segment (see [`Owner`]).
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize), serde(untagged))]
+pub enum OwnerReport {
+    /// The owner could be told.
+    Known {
+        /// `live`, `stale` or `unknown`.
+        state: &'static str,
+        /// Some process holds the creator's lock on the file.
+        lock_held: bool,
+        /// From shmrt's owner record, when the file has one.
+        pid: Option<u32>,
+        start_time: Option<u64>,
+        process_running: Option<bool>,
+        description: String,
+    },
+    /// The file's lock or owner record could not be read.
+    Unknown {
+        /// Always `unknown`.
+        state: &'static str,
+        error: String,
+    },
+}
+
+/// One peer entry.
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct PeerReport {
+    /// Peer id (1 + index).
+    pub peer: u32,
+    /// The state's name, or `invalid (WORD)`.
+    pub state: String,
+    pub epoch: u32,
+    /// Since the last heartbeat; none when heartbeats are off or none came.
+    pub heartbeat_age_ms: Option<f64>,
+    pub ring_offset: u64,
+    /// When the segment has doorbells.
+    pub doorbells: Option<Directions<DoorbellReport>>,
+    pub rings: Directions<RingReport>,
+}
+
+/// One value per direction.
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct Directions<T> {
+    /// Guest to host.
+    pub g2h: T,
+    /// Host to guest.
+    pub h2g: T,
+}
+
+/// A doorbell's words.
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct DoorbellReport {
+    pub seq: u32,
+    pub waiters: u32,
+}
+
+/// A ring's cursors as found.
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct RingReport {
+    pub write: u32,
+    pub watermark: u32,
+    pub read: u32,
+    /// The header's capacity (the ring's own word is not trusted).
+    pub capacity: u32,
+    /// Bytes queued; none when the cursors are inconsistent.
+    pub occupancy: Option<u32>,
+    pub wrapped: bool,
+    pub full_percent: Option<f64>,
+}
+
+/// One slot class of the pool.
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct ClassReport {
+    pub class: usize,
+    pub slot_size: u32,
+    pub slot_count: u32,
+    pub allocated: u32,
+    pub free: u32,
+    /// Metas in no valid state.
+    pub invalid: u32,
+    pub free_list: FreeListReport,
+    /// Allocated slots by the peer that allocated them.
+    pub allocated_by_owner: BTreeMap<u32, u32>,
+}
+
+/// The free list's length, or why it could not be walked.
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize), serde(untagged))]
+pub enum FreeListReport {
+    Length(u32),
+    Broken { error: String },
 }
 
 /// Inspects the segment file at `path`. An error when it is not a regular
@@ -43,11 +205,13 @@ pub fn inspect(path: &Path) -> std::io::Result<Report> {
     let (file, len) = crate::segment_file::open_regular(path, false)?;
     if len < 128 {
         return Ok(Report {
-            json: json!({ "path": path.display().to_string(), "file_size": len, "error": format!("{len} bytes is shorter than the 128-byte segment header") }),
-            problems: vec![format!(
-                "file is {len} bytes, shorter than a segment header"
-            )],
-            header_invalid: true,
+            path: path.display().to_string(),
+            file_size: len,
+            header: None,
+            error: Some(format!(
+                "{len} bytes is shorter than the 128-byte segment header"
+            )),
+            segment: None,
         });
     }
     let map_len = usize::try_from(len).map_err(std::io::Error::other)?;
@@ -76,20 +240,23 @@ fn read(path: &Path, len: u64, map: &Mmap, owner: std::io::Result<Owner>) -> Rep
     let base = map.as_ptr() as *mut u8;
     // SAFETY: at least 128 bytes are mapped, page-aligned.
     let snap = unsafe { &*(base as *const SegmentHeader) }.snapshot();
-    let header = header_json(&snap);
+    let mut report = Report {
+        path: path.display().to_string(),
+        file_size: len,
+        header: Some(header_report(&snap)),
+        error: None,
+        segment: None,
+    };
     // SAFETY: `map.len()` bytes are mapped; only loads are made.
     let seg = match unsafe { Segment::open_validated(base, map.len()) } {
         Ok(seg) => seg,
         Err(e) => {
-            return Report {
-                json: json!({ "path": path.display().to_string(), "file_size": len, "header": header, "error": e.to_string() }),
-                problems: vec![format!("header: {e}")],
-                header_invalid: true,
-            };
+            report.error = Some(e.to_string());
+            return report;
         }
     };
     let mut problems = Vec::new();
-    let owner = owner_json(path, owner, &mut problems);
+    let owner = owner_report(path, owner, &mut problems);
     let layout = *seg.layout();
     let now = monotonic_ns();
     let mut peers = Vec::new();
@@ -106,8 +273,7 @@ fn read(path: &Path, len: u64, map: &Mmap, owner: std::io::Result<Owner>) -> Rep
         let hb = p.last_heartbeat();
         let age_ms = (layout.heartbeat_interval_ns != 0 && hb != 0)
             .then(|| now.saturating_sub(hb) as f64 / 1e6);
-        let mut rings = serde_json::Map::new();
-        for (dir, ring) in [("g2h", seg.g2h_ring(i)), ("h2g", seg.h2g_ring(i))] {
+        let mut ring = |dir: &str, ring: Option<RingRef>| {
             let c = ring.expect("index in range").cursors();
             let occupancy = c.occupancy(layout.ring_capacity);
             if occupancy.is_none() {
@@ -128,35 +294,48 @@ fn read(path: &Path, len: u64, map: &Mmap, owner: std::io::Result<Owner>) -> Rep
                     layout.ring_capacity
                 ));
             }
-            rings.insert(
-                dir.into(),
-                json!({
-                    "write": c.write, "watermark": c.watermark, "read": c.read,
-                    "capacity": layout.ring_capacity,
-                    "occupancy": occupancy,
-                    "wrapped": c.watermark != 0,
-                    "full_percent": occupancy.map(|o| (o as f64 * 100.0 / layout.ring_capacity as f64).round()),
-                }),
-            );
-        }
-        peers.push(json!({
-            "peer": i + 1,
-            "state": state.unwrap_or_else(|| format!("invalid ({state_word})")),
-            "epoch": p.epoch(),
-            "heartbeat_age_ms": age_ms,
-            "ring_offset": layout.ring_pair_offset(i),
-            "doorbells": (layout.features & FEATURE_DOORBELLS != 0).then(|| json!({
-                "g2h": { "seq": p.g2h_doorbell.sequence(), "waiters": p.g2h_doorbell.waiters.load(std::sync::atomic::Ordering::Relaxed) },
-                "h2g": { "seq": p.h2g_doorbell.sequence(), "waiters": p.h2g_doorbell.waiters.load(std::sync::atomic::Ordering::Relaxed) },
-            })),
-            "rings": rings,
-        }));
+            RingReport {
+                write: c.write,
+                watermark: c.watermark,
+                read: c.read,
+                capacity: layout.ring_capacity,
+                occupancy,
+                wrapped: c.watermark != 0,
+                full_percent: occupancy
+                    .map(|o| (o as f64 * 100.0 / layout.ring_capacity as f64).round()),
+            }
+        };
+        let rings = Directions {
+            g2h: ring("g2h", seg.g2h_ring(i)),
+            h2g: ring("h2g", seg.h2g_ring(i)),
+        };
+        // Relaxed: a snapshot for a person to read; nothing is derived
+        // from the waiter counts.
+        let doorbells = (layout.features & FEATURE_DOORBELLS != 0).then(|| Directions {
+            g2h: DoorbellReport {
+                seq: p.g2h_doorbell.sequence(),
+                waiters: p.g2h_doorbell.waiters.load(Ordering::Relaxed),
+            },
+            h2g: DoorbellReport {
+                seq: p.h2g_doorbell.sequence(),
+                waiters: p.h2g_doorbell.waiters.load(Ordering::Relaxed),
+            },
+        });
+        peers.push(PeerReport {
+            peer: i + 1,
+            state: state.unwrap_or_else(|| format!("invalid ({state_word})")),
+            epoch: p.epoch(),
+            heartbeat_age_ms: age_ms,
+            ring_offset: layout.ring_pair_offset(i),
+            doorbells,
+            rings,
+        });
     }
     let pool = seg.pool();
     let mut classes = Vec::new();
     for c in 0..pool.class_count() {
         let u = pool.usage(c).expect("class in range");
-        let mut owners = std::collections::BTreeMap::<u32, u32>::new();
+        let mut owners = BTreeMap::<u32, u32>::new();
         pool.owners(c, |_, owner| *owners.entry(owner).or_default() += 1);
         if u.invalid > 0 {
             problems.push(format!(
@@ -172,45 +351,48 @@ fn read(path: &Path, len: u64, map: &Mmap, owner: std::io::Result<Owner>) -> Rep
                         u.free
                     ));
                 }
-                json!(n)
+                FreeListReport::Length(n)
             }
             Err(e) => {
-                problems.push(format!("class {c}: {}", slot_error(&e)));
-                json!({ "error": e.to_string() })
+                problems.push(format!("class {c}: {e}"));
+                FreeListReport::Broken {
+                    error: e.to_string(),
+                }
             }
         };
-        classes.push(json!({
-            "class": c,
-            "slot_size": u.slot_size,
-            "slot_count": u.slot_count,
-            "allocated": u.allocated,
-            "free": u.free,
-            "invalid": u.invalid,
-            "free_list": free_list,
-            "allocated_by_owner": owners.iter().map(|(o, n)| (o.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
-        }));
+        classes.push(ClassReport {
+            class: c,
+            slot_size: u.slot_size,
+            slot_count: u.slot_count,
+            allocated: u.allocated,
+            free: u.free,
+            invalid: u.invalid,
+            free_list,
+            allocated_by_owner: owners,
+        });
     }
-    Report {
-        json: json!({
-            "path": path.display().to_string(),
-            "file_size": len,
-            "header": header,
-            "owner": owner,
-            "peers": peers,
-            "pool": classes,
-            "problems": problems,
-        }),
+    report.segment = Some(SegmentReport {
+        owner,
+        peers,
+        pool: classes,
         problems,
-        header_invalid: false,
-    }
+    });
+    report
 }
 
-/// The `owner` object of the report; a stale segment is a problem.
-fn owner_json(path: &Path, owner: std::io::Result<Owner>, problems: &mut Vec<String>) -> Value {
+/// Who serves the segment; a stale segment is a problem.
+fn owner_report(
+    path: &Path,
+    owner: std::io::Result<Owner>,
+    problems: &mut Vec<String>,
+) -> OwnerReport {
     let owner = match owner {
         Ok(owner) => owner,
         Err(e) => {
-            return json!({ "state": "unknown", "error": format!("the owner could not be told: {e}") });
+            return OwnerReport::Unknown {
+                state: "unknown",
+                error: format!("the owner could not be told: {e}"),
+            };
         }
     };
     let (state, record) = match owner {
@@ -225,120 +407,130 @@ fn owner_json(path: &Path, owner: std::io::Result<Owner>, problems: &mut Vec<Str
             path.display()
         ));
     }
-    json!({
-        "state": state,
-        "lock_held": matches!(owner, Owner::Live(_)),
-        "pid": record.map(|r| r.pid),
-        "start_time": record.map(|r| r.start_time),
-        "process_running": record.and_then(|r| r.process_running()),
-        "description": owner.describe(),
-    })
+    OwnerReport::Known {
+        state,
+        lock_held: matches!(owner, Owner::Live(_)),
+        pid: record.map(|r| r.pid),
+        start_time: record.map(|r| r.start_time),
+        process_running: record.and_then(|r| r.process_running()),
+        description: owner.describe(),
+    }
 }
 
-fn slot_error(e: &SlotError) -> String {
-    e.to_string()
-}
-
-fn header_json(h: &HeaderSnapshot) -> Value {
-    json!({
-        "magic": h.magic.iter().map(|&b| if b.is_ascii_graphic() { (b as char).to_string() } else { format!("\\x{b:02x}") }).collect::<String>(),
-        "version": h.version,
-        "header_size": h.header_size,
-        "total_size": h.total_size,
-        "max_payload_size": h.max_payload_size,
-        "inline_threshold": h.inline_threshold,
-        "max_guests": h.max_guests,
-        "bipbuf_capacity": h.bipbuf_capacity,
-        "peer_table_offset": h.peer_table_offset,
-        "var_pool_offset": h.var_pool_offset,
-        "heartbeat_interval_ns": h.heartbeat_interval,
-        "host_goodbye": h.host_goodbye,
-        "num_var_slot_classes": h.num_var_slot_classes,
-        "current_size": h.current_size,
-        "features": h.features,
-        "doorbells": h.features & FEATURE_DOORBELLS != 0,
-    })
+fn header_report(h: &HeaderSnapshot) -> HeaderReport {
+    HeaderReport {
+        magic: h
+            .magic
+            .iter()
+            .map(|&b| {
+                if b.is_ascii_graphic() {
+                    (b as char).to_string()
+                } else {
+                    format!("\\x{b:02x}")
+                }
+            })
+            .collect(),
+        version: h.version,
+        header_size: h.header_size,
+        total_size: h.total_size,
+        max_payload_size: h.max_payload_size,
+        inline_threshold: h.inline_threshold,
+        max_guests: h.max_guests,
+        bipbuf_capacity: h.bipbuf_capacity,
+        peer_table_offset: h.peer_table_offset,
+        var_pool_offset: h.var_pool_offset,
+        heartbeat_interval_ns: h.heartbeat_interval,
+        host_goodbye: h.host_goodbye,
+        num_var_slot_classes: h.num_var_slot_classes,
+        current_size: h.current_size,
+        features: h.features,
+        doorbells: h.features & FEATURE_DOORBELLS != 0,
+    }
 }
 
 /// The report as text, one section per part.
 pub fn render_text(r: &Report) -> String {
     use std::fmt::Write;
-    let j = &r.json;
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "segment {} ({} bytes)",
-        j["path"].as_str().unwrap_or("?"),
-        j["file_size"]
-    );
-    if let Some(h) = j["header"].as_object() {
+    let _ = writeln!(out, "segment {} ({} bytes)", r.path, r.file_size);
+    if let Some(h) = &r.header {
         let _ = writeln!(out, "header:");
-        for (k, v) in h {
+        // The magic quoted, as in the JSON.
+        let fields: [(&str, &dyn std::fmt::Display); 16] = [
+            ("magic", &format!("{:?}", h.magic)),
+            ("version", &h.version),
+            ("header_size", &h.header_size),
+            ("total_size", &h.total_size),
+            ("max_payload_size", &h.max_payload_size),
+            ("inline_threshold", &h.inline_threshold),
+            ("max_guests", &h.max_guests),
+            ("bipbuf_capacity", &h.bipbuf_capacity),
+            ("peer_table_offset", &h.peer_table_offset),
+            ("var_pool_offset", &h.var_pool_offset),
+            ("heartbeat_interval_ns", &h.heartbeat_interval_ns),
+            ("host_goodbye", &h.host_goodbye),
+            ("num_var_slot_classes", &h.num_var_slot_classes),
+            ("current_size", &h.current_size),
+            ("features", &h.features),
+            ("doorbells", &h.doorbells),
+        ];
+        for (k, v) in fields {
             let _ = writeln!(out, "  {k:<22} {v}");
         }
     }
-    if let Some(e) = j["error"].as_str() {
-        let _ = writeln!(out, "INVALID: {e}");
+    let Some(seg) = &r.segment else {
+        let _ = writeln!(out, "INVALID: {}", r.error.as_deref().unwrap_or("?"));
         return out;
-    }
-    if let Some(o) = j["owner"].as_object() {
-        let what = o
-            .get("description")
-            .or_else(|| o.get("error"))
-            .and_then(|d| d.as_str())
-            .unwrap_or("?");
-        let state = o["state"].as_str().unwrap_or("?");
-        let _ = writeln!(out, "owner: {state}: {what}");
-    }
-    for p in j["peers"].as_array().into_iter().flatten() {
-        let age = p["heartbeat_age_ms"]
-            .as_f64()
+    };
+    let (state, what) = match &seg.owner {
+        OwnerReport::Known {
+            state, description, ..
+        } => (state, description),
+        OwnerReport::Unknown { state, error } => (state, error),
+    };
+    let _ = writeln!(out, "owner: {state}: {what}");
+    for p in &seg.peers {
+        let age = p
+            .heartbeat_age_ms
             .map_or("-".to_string(), |a| format!("{a:.1} ms"));
         let _ = writeln!(
             out,
             "peer {}: {} epoch {} heartbeat age {age}",
-            p["peer"],
-            p["state"].as_str().unwrap_or("?"),
-            p["epoch"]
+            p.peer, p.state, p.epoch
         );
-        for dir in ["g2h", "h2g"] {
-            let r = &p["rings"][dir];
-            let occ = r["occupancy"]
-                .as_u64()
-                .map_or("inconsistent".to_string(), |o| {
-                    format!("{o}/{} bytes", r["capacity"])
-                });
+        for (dir, r) in [("g2h", &p.rings.g2h), ("h2g", &p.rings.h2g)] {
+            let occ = r.occupancy.map_or("inconsistent".to_string(), |o| {
+                format!("{o}/{} bytes", r.capacity)
+            });
             let _ = writeln!(
                 out,
                 "  {dir}: {occ}{} (write {}, watermark {}, read {})",
-                if r["wrapped"].as_bool() == Some(true) {
-                    ", wrapped"
-                } else {
-                    ""
-                },
-                r["write"],
-                r["watermark"],
-                r["read"]
+                if r.wrapped { ", wrapped" } else { "" },
+                r.write,
+                r.watermark,
+                r.read
             );
         }
     }
     let _ = writeln!(out, "pool:");
-    for c in j["pool"].as_array().into_iter().flatten() {
-        let owners: Vec<String> = c["allocated_by_owner"]
-            .as_object()
-            .into_iter()
-            .flatten()
+    for c in &seg.pool {
+        let owners: Vec<String> = c
+            .allocated_by_owner
+            .iter()
             .map(|(o, n)| format!("peer {o}: {n}"))
             .collect();
+        let free_list = match &c.free_list {
+            FreeListReport::Length(n) => n.to_string(),
+            FreeListReport::Broken { error } => format!("broken ({error})"),
+        };
         let _ = writeln!(
             out,
-            "  class {}: {} x {} bytes, {} allocated, {} free, free list {}{}",
-            c["class"],
-            c["slot_count"],
-            c["slot_size"],
-            c["allocated"],
-            c["free"],
-            c["free_list"],
+            "  class {}: {} x {} bytes, {} allocated, {} free, free list {free_list}{}",
+            c.class,
+            c.slot_count,
+            c.slot_size,
+            c.allocated,
+            c.free,
             if owners.is_empty() {
                 String::new()
             } else {
@@ -346,10 +538,10 @@ pub fn render_text(r: &Report) -> String {
             }
         );
     }
-    if r.problems.is_empty() {
+    if seg.problems.is_empty() {
         let _ = writeln!(out, "no problems found");
     } else {
-        for p in &r.problems {
+        for p in &seg.problems {
             let _ = writeln!(out, "PROBLEM: {p}");
         }
     }

@@ -17,7 +17,6 @@
 //! # Ok::<(), shmrt::SandboxError>(())
 //! ```
 
-pub mod bench;
 pub mod doorbell_futex;
 mod epoch_ticker;
 pub mod error;

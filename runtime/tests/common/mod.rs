@@ -1,27 +1,31 @@
-//! Helpers for tests that drive the real `shmrt` binary: guests are built
-//! from source with `shmrt build` (no committed .wasm), once per test run.
+//! Helpers shared by the tests of the library (`runtime/tests`) and of the
+//! binary (`runtime/cli/tests`, whose `common` adds the ones that run
+//! `shmrt`): guests are built from source (no committed .wasm), once per
+//! test process.
 
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};
 
-pub fn shmrt() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_shmrt"))
-}
-
+/// The workspace root: the nearest directory above this package that holds
+/// the workspace's Cargo.lock.
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
+        .ancestors()
+        .find(|dir| dir.join("Cargo.lock").is_file())
+        .expect("the package lies in the workspace")
         .to_path_buf()
 }
 
-/// Builds the guest crate at `dir` (relative to the workspace) with
-/// `shmrt build`, once per process; returns the .wasm path.
+/// Builds the guest crate at `dir` (relative to the workspace) for
+/// wasm32, once per process; returns the .wasm path. Every guest crate
+/// names its target and the atomics flags in its .cargo/config.toml (as
+/// `shmrt build` would set them), so plain `cargo build` is enough and
+/// the library's tests need no binary; `shmrt build` itself is tested by
+/// the binary's tests.
 pub fn guest(dir: &str) -> PathBuf {
     static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
     let built = BUILT.get_or_init(Default::default);
@@ -29,48 +33,55 @@ pub fn guest(dir: &str) -> PathBuf {
     if let Some(p) = built.get(dir) {
         return p.clone();
     }
-    let out = shmrt()
-        .arg("build")
-        .arg(workspace().join(dir))
+    let crate_dir = workspace().join(dir);
+    let manifest = crate_dir.join("Cargo.toml").canonicalize().unwrap();
+    // Diagnostics stay in the JSON: the one every guest build gives (rustc
+    // calls the atomics target feature unstable) is noise; a failure shows
+    // them all.
+    let out = Command::new(env!("CARGO"))
+        .current_dir(&crate_dir)
+        .args(["build", "--release", "--message-format=json"])
         .env(
             "CARGO_TARGET_DIR",
             workspace().join("target").join("guests"),
         )
         .stderr(Stdio::inherit())
         .output()
-        .expect("run shmrt build");
-    assert!(out.status.success(), "shmrt build {dir} failed");
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    let path = PathBuf::from(stdout.lines().last().expect("a path on the last line"));
-    assert!(
-        path.is_file(),
-        "shmrt build printed {path:?}, which is not a file"
-    );
+        .expect("run cargo build");
+    let messages: Vec<serde_json::Value> = out
+        .stdout
+        .split(|&b| b == b'\n')
+        .filter_map(|line| serde_json::from_slice(line).ok())
+        .collect();
+    if !out.status.success() {
+        let rendered: String = messages
+            .iter()
+            .filter_map(|msg| msg["message"]["rendered"].as_str())
+            .collect();
+        panic!("cargo build of the guest {dir} failed:\n{rendered}");
+    }
+    // The last artifact of the crate itself that is a .wasm.
+    let path = messages
+        .iter()
+        .filter(|msg| {
+            msg["reason"] == "compiler-artifact"
+                && msg["manifest_path"]
+                    .as_str()
+                    .and_then(|p| Path::new(p).canonicalize().ok())
+                    .is_some_and(|p| p == manifest)
+        })
+        .flat_map(|msg| {
+            msg["filenames"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|f| f.as_str().map(PathBuf::from))
+                .collect::<Vec<_>>()
+        })
+        .rfind(|f| f.extension().is_some_and(|e| e == "wasm"))
+        .unwrap_or_else(|| panic!("cargo build of {dir} produced no .wasm"));
     built.insert(dir.to_string(), path.clone());
     path
-}
-
-/// Runs `shmrt run ARGS` with `input` on stdin.
-pub fn run(args: &[&str], plugin: &Path, input: &[u8]) -> Output {
-    let mut child = shmrt()
-        .arg("run")
-        .args(args)
-        .arg(plugin)
-        .env("RUST_LOG", "warn,shmrt::guest=info")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn shmrt run");
-    let mut stdin = child.stdin.take().unwrap();
-    let input = input.to_vec();
-    let feeder = std::thread::spawn(move || {
-        // The guest may end before reading everything: a broken pipe is fine.
-        let _ = stdin.write_all(&input);
-    });
-    let out = child.wait_with_output().expect("wait for shmrt run");
-    feeder.join().unwrap();
-    out
 }
 
 pub fn stderr(out: &Output) -> String {

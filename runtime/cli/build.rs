@@ -31,8 +31,9 @@ const OUTER_ENV: &[&str] = &[
 fn main() {
     let manifest_dir = PathBuf::from(env("CARGO_MANIFEST_DIR"));
     let root = manifest_dir
-        .parent()
-        .expect("runtime/ lies in the workspace");
+        .ancestors()
+        .nth(2)
+        .expect("runtime/cli/ lies in the workspace");
     let guest = root.join("examples/bench-guest");
     println!("cargo::rerun-if-changed=build.rs");
     for input in [

@@ -3,14 +3,15 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
+use crate::bench::{self, BenchPlan};
 use clap::Args;
-use shmrt::bench::{self, BenchPlan};
 
 use super::Failure;
 
 /// examples/bench-guest, built for wasm32 with the guest flags by build.rs
 /// when this binary was: `shmrt bench` needs no source tree and no cargo.
-const BENCH_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/shmrt_bench_guest.wasm"));
+pub(crate) const BENCH_GUEST: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/shmrt_bench_guest.wasm"));
 
 #[derive(Args)]
 pub struct BenchCommand {
@@ -47,7 +48,7 @@ impl BenchCommand {
         if self.json {
             println!(
                 "{}",
-                serde_json::to_string_pretty(&report.json()).expect("JSON values serialize")
+                serde_json::to_string_pretty(&report.json()).expect("the report serializes")
             );
         } else {
             print!("{}", report.table());

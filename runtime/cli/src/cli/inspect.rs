@@ -7,10 +7,7 @@ use anyhow::Context;
 use clap::Args;
 
 use super::Failure;
-use super::exit_codes::{BAD_SEGMENT, UNREADABLE};
-
-/// Exit status when the segment is readable but inconsistent.
-const INCONSISTENT: u8 = 2;
+use super::exit_codes::{BAD_SEGMENT, INCONSISTENT, UNREADABLE};
 
 #[derive(Args)]
 pub struct InspectCommand {
@@ -32,14 +29,14 @@ impl InspectCommand {
         if self.json {
             println!(
                 "{}",
-                serde_json::to_string_pretty(&report.json).expect("JSON values serialize")
+                serde_json::to_string_pretty(&report).expect("the report serializes")
             );
         } else {
             print!("{}", shmrt::inspect::render_text(&report));
         }
-        Ok(if report.header_invalid {
+        Ok(if report.header_invalid() {
             ExitCode::from(BAD_SEGMENT)
-        } else if !report.problems.is_empty() {
+        } else if !report.problems().is_empty() {
             ExitCode::from(INCONSISTENT)
         } else {
             ExitCode::SUCCESS

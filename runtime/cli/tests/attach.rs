@@ -4,7 +4,7 @@
 
 mod common;
 
-#[path = "../../primitives/tests/support/vox_restated.rs"]
+#[path = "../../../primitives/tests/support/vox_restated.rs"]
 mod vox_restated;
 
 use std::fs::{File, OpenOptions};
@@ -477,7 +477,7 @@ fn inspect_healthy_full_wrapped_and_corrupted_segments() {
     assert!(String::from_utf8_lossy(&text.stdout).contains("wrapped"));
 
     // Corrupted: a ring cursor past the capacity and a free-list link out of
-    // range are each reported; the tool exits 2 and never crashes.
+    // range are each reported; the tool exits 4 (inconsistent) and never crashes.
     let layout = *seg.segment().layout();
     let mut bytes = std::fs::read(&path).unwrap();
     let at = layout.g2h_ring_offset(0) as usize;
@@ -487,7 +487,7 @@ fn inspect_healthy_full_wrapped_and_corrupted_segments() {
     let corrupt = dir.join("corrupt.seg");
     std::fs::write(&corrupt, &bytes).unwrap();
     let (code, v) = inspect_json(&corrupt);
-    assert_eq!(code, Some(2), "{v:#}");
+    assert_eq!(code, Some(4), "{v:#}");
     let problems = v["problems"].to_string();
     assert!(
         problems.contains("g2h ring: cursors are inconsistent (write 99999"),

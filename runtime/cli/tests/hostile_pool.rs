@@ -5,7 +5,7 @@
 
 mod common;
 
-#[path = "../../primitives/tests/support/vox_restated.rs"]
+#[path = "../../../primitives/tests/support/vox_restated.rs"]
 mod vox_restated;
 
 use std::io::{Read, Write};

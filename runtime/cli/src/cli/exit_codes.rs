@@ -11,6 +11,9 @@ pub const USAGE: u8 = 2;
 /// `--restart on-failure` restarted the plugin and its last run returned
 /// 0: stderr says how many restarts and how many messages were lost.
 pub const RESTARTED: u8 = 3;
+/// `shmrt inspect` read the segment and found it inconsistent (or stale):
+/// each problem is reported. Not 2, which says the command line was wrong.
+pub const INCONSISTENT: u8 = 4;
 /// Writing the guest's messages to standard output failed (EX_IOERR),
 /// e.g. a full disk. A closed pipe ends the run by SIGPIPE instead.
 pub const OUTPUT_FAILED: u8 = 74;
@@ -102,6 +105,30 @@ mod tests {
 
     fn code(e: SandboxError) -> u8 {
         Failure::from(e).code
+    }
+
+    /// Each status means one thing: a script can tell every ending apart.
+    #[test]
+    fn exit_statuses_are_distinct_and_not_success() {
+        let all = [
+            OTHER,
+            USAGE,
+            RESTARTED,
+            INCONSISTENT,
+            OUTPUT_FAILED,
+            UNREADABLE,
+            INVALID_MODULE,
+            BAD_SEGMENT,
+            TRAP,
+            PROTOCOL,
+            OUT_OF_FUEL,
+            MEMORY_LIMIT,
+            SLOTS_EXHAUSTED,
+            TIMEOUT,
+        ];
+        let distinct: std::collections::BTreeSet<u8> = all.into_iter().collect();
+        assert_eq!(distinct.len(), all.len(), "{all:?}");
+        assert!(!distinct.contains(&0));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{bytes, guest, len32, parse_len32, run, stderr};
+use common::{bytes, guest, len32, parse_len32, run, shmrt, stderr, workspace};
 use shmrt::primitives::checksum::checksum64;
 
 #[test]
@@ -184,6 +184,35 @@ fn checksum_reads_slot_payloads_in_place() {
         .map(|c| format!("{} {:016x}\n", c.len(), checksum64(c)))
         .collect();
     assert_eq!(String::from_utf8_lossy(&out.stdout), want);
+}
+
+/// `shmrt build` takes the target a guest's .cargo/config.toml names (the
+/// other tests build their guests with plain cargo, see tests/common) and
+/// prints the .wasm it built, for a no_std and a WASI guest.
+#[test]
+fn shmrt_build_builds_a_no_std_and_a_wasi_guest_for_their_targets() {
+    for (dir, target) in [
+        ("runtime/tests/guests/probe", "wasm32-unknown-unknown"),
+        ("runtime/tests/guests/std-echo", "wasm32-wasip1"),
+    ] {
+        let out = shmrt()
+            .arg("build")
+            .arg(workspace().join(dir))
+            .env(
+                "CARGO_TARGET_DIR",
+                workspace().join("target").join("guests"),
+            )
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{dir}: {}", stderr(&out));
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let wasm = std::path::PathBuf::from(stdout.lines().last().expect("a path"));
+        assert!(wasm.is_file(), "{dir}: {wasm:?} is not a file");
+        assert!(
+            wasm.components().any(|c| c.as_os_str() == target),
+            "{dir}: {wasm:?} is not built for {target}"
+        );
+    }
 }
 
 #[test]

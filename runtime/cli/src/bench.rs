@@ -16,14 +16,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde::{Serialize, Serializer};
 use shmrt_primitives::checksum::sum64;
 use shmrt_primitives::heap_region::HeapRegion;
 use shmrt_primitives::{Segment, SegmentConfig, SegmentLayout, SendError};
 
-use crate::doorbell_futex::{self, SpinBudget};
-use crate::error::SandboxError;
-use crate::{Runtime, Sandbox, SandboxOptions};
+use shmrt::doorbell_futex::{self, SpinBudget};
+use shmrt::{Runtime, Sandbox, SandboxError, SandboxOptions};
 
 /// How long to measure.
 #[derive(Clone, Copy, Debug)]
@@ -163,29 +162,36 @@ impl BenchReport {
             .collect()
     }
 
-    /// The `--json` document.
-    pub fn json(&self) -> Value {
-        let ratios: serde_json::Map<String, Value> = self
-            .ratios()
-            .into_iter()
-            .map(|(k, v, _, _)| (k.to_string(), json!((v * 1000.0).round() / 1000.0)))
-            .collect();
-        let targets: serde_json::Map<String, Value> = self
-            .ratios()
-            .into_iter()
-            .map(|(k, _, t, met)| (k.to_string(), json!({ "target": t, "met": met })))
-            .collect();
-        json!({
-            "machine": self.machine,
-            "workloads": self.workloads.iter().map(|w| {
-                let mut o = json!({ "name": w.name, "unit": w.unit, "median": (w.median * 10.0).round() / 10.0 });
-                if let Some(p) = w.p99 { o["p99"] = json!((p * 10.0).round() / 10.0); }
-                o
-            }).collect::<Vec<_>>(),
-            "ratios": ratios,
-            "targets": targets,
-            "notes": self.notes,
-        })
+    /// The `--json` document: medians and 99th percentiles to 0.1,
+    /// ratios to 0.001.
+    pub fn json(&self) -> JsonReport<'_> {
+        let ratios = self.ratios();
+        JsonReport {
+            machine: &self.machine,
+            workloads: self
+                .workloads
+                .iter()
+                .map(|w| JsonWorkload {
+                    name: w.name,
+                    unit: w.unit,
+                    median: (w.median * 10.0).round() / 10.0,
+                    p99: w.p99.map(|p| (p * 10.0).round() / 10.0),
+                })
+                .collect(),
+            ratios: InOrder(
+                ratios
+                    .iter()
+                    .map(|&(k, v, _, _)| (k, (v * 1000.0).round() / 1000.0))
+                    .collect(),
+            ),
+            targets: InOrder(
+                ratios
+                    .into_iter()
+                    .map(|(k, _, target, met)| (k, JsonTarget { target, met }))
+                    .collect(),
+            ),
+            notes: &self.notes,
+        }
     }
 
     /// The table.
@@ -215,6 +221,43 @@ impl BenchReport {
             );
         }
         s
+    }
+}
+
+/// `shmrt bench --json`: `{"machine", "workloads", "ratios", "targets",
+/// "notes"}`, ratios and targets keyed by ratio key in [`RATIOS`] order.
+#[derive(Debug, Serialize)]
+pub struct JsonReport<'a> {
+    machine: &'a str,
+    workloads: Vec<JsonWorkload>,
+    ratios: InOrder<f64>,
+    targets: InOrder<JsonTarget>,
+    notes: &'a [String],
+}
+
+#[derive(Debug, Serialize)]
+struct JsonWorkload {
+    name: &'static str,
+    unit: &'static str,
+    median: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    p99: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+struct JsonTarget {
+    /// `>= 2.5` or `<= 1.2`.
+    target: String,
+    met: bool,
+}
+
+/// A JSON object whose keys keep this order.
+#[derive(Debug)]
+struct InOrder<V>(Vec<(&'static str, V)>);
+
+impl<V: Serialize> Serialize for InOrder<V> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(k, v)| (k, v)))
     }
 }
 
@@ -1132,5 +1175,87 @@ fn baseline_error(e: wasmtime::Error) -> SandboxError {
     SandboxError::Instantiate {
         sandbox: "copy-call".into(),
         message: format!("{e:#}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic pseudo-random bytes.
+    fn bytes(seed: u64, len: usize) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// The `--json` document's keys, their order and the rounding: a
+    /// workload without a p99 has no `p99` key; a ratio whose workloads
+    /// are missing is left out.
+    #[test]
+    fn the_json_report_keeps_its_shape() {
+        let report = BenchReport {
+            machine: "m".into(),
+            workloads: vec![
+                Workload {
+                    name: "rtt_native",
+                    unit: "ns",
+                    median: 100.04,
+                    p99: Some(150.06),
+                },
+                Workload {
+                    name: "rtt_guest_spin",
+                    unit: "ns",
+                    median: 110.0,
+                    p99: None,
+                },
+            ],
+            paired: vec![("slot_1mib_vs_copy_call", 2.7184)],
+            notes: vec!["n".into()],
+        };
+        let json = serde_json::to_string(&report.json()).unwrap();
+        assert_eq!(
+            json,
+            concat!(
+                r#"{"machine":"m","workloads":["#,
+                r#"{"name":"rtt_native","unit":"ns","median":100.0,"p99":150.1},"#,
+                r#"{"name":"rtt_guest_spin","unit":"ns","median":110.0}],"#,
+                r#""ratios":{"guest_rtt_vs_native":1.1,"slot_1mib_vs_copy_call":2.718},"#,
+                r#""targets":{"guest_rtt_vs_native":{"target":"<= 1.2","met":true},"#,
+                r#""slot_1mib_vs_copy_call":{"target":">= 2.5","met":true}},"#,
+                r#""notes":["n"]}"#
+            )
+        );
+    }
+
+    /// The bench guest's checksum, called the way the copy-call baseline
+    /// calls it, at every offset from a 16-byte boundary: each offset takes
+    /// its own path (realigned, from the next boundary, plain), and each
+    /// must give `sum64`.
+    #[test]
+    fn bench_guest_checksum_export_matches_sum64_at_every_offset() {
+        let mut baseline = CopyCallGuest::new(crate::cli::BENCH_GUEST).unwrap();
+        for offset in 0..16 {
+            for (i, len) in [0, 3, 8, 12, 20, 1027, 1040, 2048, 2071, 3100, 8200, 70_001]
+                .into_iter()
+                .enumerate()
+            {
+                let data = bytes((offset * 100 + i) as u64, len);
+                assert_eq!(
+                    baseline.checksum(offset, &data).unwrap(),
+                    sum64(&data),
+                    "{len} bytes at offset {offset}"
+                );
+            }
+        }
+        let too_long = vec![0u8; BENCH_BUFFER];
+        let e = baseline.checksum(1, &too_long).unwrap_err().to_string();
+        assert!(e.contains("do not fit"), "{e}");
     }
 }

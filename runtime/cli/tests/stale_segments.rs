@@ -96,14 +96,14 @@ fn a_segment_left_by_a_killed_shmrt_is_stale_and_replaced_on_request() {
     assert!(path.exists(), "SIGKILL leaves the file behind");
 
     let (code, v, err) = inspect_json(&path);
-    assert_eq!(code, Some(2), "a stale segment is a problem: {v:#}{err}");
+    assert_eq!(code, Some(4), "a stale segment is a problem: {v:#}{err}");
     assert_eq!(v["owner"]["state"], "stale", "{v:#}");
     assert_eq!(v["owner"]["lock_held"], false, "{v:#}");
     assert_eq!(v["owner"]["process_running"], false, "{v:#}");
     let problems = v["problems"].to_string();
     assert!(problems.contains("--replace-stale"), "{problems}");
     let text = shmrt().arg("inspect").arg(&path).output().unwrap();
-    assert_eq!(text.status.code(), Some(2));
+    assert_eq!(text.status.code(), Some(4));
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("owner: stale"), "{text}");
     assert!(!text.contains("no problems found"), "{text}");
@@ -141,7 +141,7 @@ fn a_kept_segment_is_stale_once_its_run_ends() {
     let out = common::run(&["--segment", path_arg, "--keep-segment"], &plugin, b"a\n");
     assert!(out.status.success(), "{}", common::stderr(&out));
     let (code, v, _) = inspect_json(&path);
-    assert_eq!((code, &v["owner"]["state"]), (Some(2), &"stale".into()));
+    assert_eq!((code, &v["owner"]["state"]), (Some(4), &"stale".into()));
 
     let mut live = serve(&path, &["--replace-stale", "--keep-segment"]);
     let (code, v, _) = inspect_json(&path);

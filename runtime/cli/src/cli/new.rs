@@ -32,7 +32,7 @@ impl NewCommand {
             Some(path) => sdk_at(path).context("--sdk")?,
             None => default_sdk(
                 std::env::current_exe().ok().as_deref(),
-                &Path::new(env!("CARGO_MANIFEST_DIR")).join(".."),
+                &Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."),
             )?,
         };
         scaffold(&self.name, &sdk)?;

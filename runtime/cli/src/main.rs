@@ -1,5 +1,6 @@
 //! The `shmrt` command line.
 
+mod bench;
 mod cli;
 
 use std::process::ExitCode;
