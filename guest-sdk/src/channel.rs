@@ -34,6 +34,21 @@ static SPIN_MAX: AtomicU32 = AtomicU32::new(u32::MAX);
 /// that would wait for room fails instead.
 static IN_CALLBACK: AtomicBool = AtomicBool::new(false);
 
+/// Marks a callback call ([`IN_CALLBACK`]) until dropped; nests.
+pub(crate) struct Answering(bool);
+
+impl Answering {
+    pub(crate) fn start() -> Self {
+        Answering(IN_CALLBACK.swap(true, Ordering::Relaxed))
+    }
+}
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        IN_CALLBACK.store(self.0, Ordering::Relaxed);
+    }
+}
+
 /// At most this many answers of a batch go untold before the host is told
 /// (see `Outbox::sent`).
 const TELL_EVERY: u32 = 64;
@@ -405,7 +420,7 @@ impl Channel {
         &mut self,
         mut handle: impl FnMut(Message<'_>, &mut Outbox) -> Result<(), SendError>,
     ) -> i32 {
-        IN_CALLBACK.store(true, Ordering::Relaxed);
+        let _answering = Answering::start();
         let (inbox, outbox) = self.split();
         // The ring room of what is read is given back once, at the end
         // (in wasm each give-back is an atomic store with a full fence).
@@ -427,7 +442,6 @@ impl Channel {
             }
         };
         inbox.rx.set_lazy_release(false);
-        IN_CALLBACK.store(false, Ordering::Relaxed);
         // Answers left untold (`Outbox::sent`) are read by the host when
         // the call returns; a host on another thread is rung.
         notify_host(&self.outbox.segment, self.outbox.index);

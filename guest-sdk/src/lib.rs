@@ -115,7 +115,9 @@ pub mod callback {
     static CHANNEL: Kept = Kept(UnsafeCell::new(None));
 
     /// Runs `f` with the channel, opened at the first call; 101 when it
-    /// can not be opened (logged).
+    /// can not be opened (logged). While `f` runs, a send that finds no
+    /// room fails instead of waiting (nothing frees room until the
+    /// callback returns).
     pub fn with_channel(f: impl FnOnce(&mut Channel) -> i32) -> i32 {
         // SAFETY: see `Kept`: calls do not overlap, so this is the only
         // reference to the cell's contents while it lives.
@@ -129,7 +131,9 @@ pub mod callback {
                 }
             }
         }
-        f(kept.as_mut().expect("opened above"))
+        let channel = kept.as_mut().expect("opened above");
+        let _answering = crate::channel::Answering::start();
+        f(channel)
     }
 }
 

@@ -266,7 +266,12 @@ impl GuestDriver {
                 let before = ring_positions(&shared);
                 let called = {
                     let _running = self.ticker.running();
-                    handler.call(&mut **store, ())
+                    // Never 0, which says "between calls".
+                    let now = (shared.started.elapsed().as_nanos() as u64).max(1);
+                    shared.call_started_ns.store(now, Ordering::Relaxed);
+                    let called = handler.call(&mut **store, ());
+                    shared.call_started_ns.store(0, Ordering::Relaxed);
+                    called
                 };
                 match called {
                     // After the goodbye, the call that leaves nothing

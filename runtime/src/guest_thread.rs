@@ -40,6 +40,24 @@ impl std::fmt::Display for Stopped {
 
 impl std::error::Error for Stopped {}
 
+/// Marker error: one call of a callback guest ran past its slice.
+#[derive(Debug)]
+pub(crate) struct CallbackOverran(pub std::time::Duration);
+
+impl std::fmt::Display for CallbackOverran {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the callback ran for more than {:?} without returning: a callback must answer its \
+             queued messages and return, since it holds the host's thread (run a long computation \
+             in fiber or thread mode, or raise SandboxOptions::callback_slice)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for CallbackOverran {}
+
 /// Marker error: pages of the segment file vanished under the sandbox
 /// (someone truncated a named or foreign file).
 #[derive(Debug)]
@@ -156,6 +174,11 @@ pub(crate) fn watch_deadline(
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return Err(wasmtime::Error::new(DeadlineExceeded));
+        }
+        if cb_shared.callback_overran() {
+            return Err(wasmtime::Error::new(CallbackOverran(
+                cb_shared.callback_slice.unwrap_or_default(),
+            )));
         }
         Ok(if yield_to_host {
             UpdateDeadline::Yield(1)

@@ -186,12 +186,16 @@ impl Runtime {
                 message: "the segment window could not be placed in linear memory".into(),
             });
         }
-        let entry = Entry::find(&instance, &mut store).ok_or_else(|| SandboxError::Refused {
+        // A callback guest needs no entry point of its own.
+        let entry = Entry::find(&instance, &mut store);
+        let no_entry = || {
+            SandboxError::Refused {
             sandbox: name.clone(),
             reason: "module exports neither `shmrt_main: () -> i32` nor `_start: () -> ()`; build it with \
                      the guest SDK's entry macro, or as a WASI command"
                 .into(),
-        })?;
+        }
+        };
         let initialize = instance
             .get_typed_func::<(), ()>(&mut store, "_initialize")
             .ok();
@@ -220,6 +224,7 @@ impl Runtime {
         let timeout = options.timeout;
         let run = match options.execution {
             Execution::Thread => {
+                let entry = entry.ok_or_else(no_entry)?;
                 let claim_in_thread = matches!(claim, Claim::Own);
                 let thread_shared = shared.clone();
                 let thread = std::thread::Builder::new()
@@ -238,6 +243,7 @@ impl Runtime {
                 GuestRun::Thread(Some(thread))
             }
             Execution::Fiber => {
+                let entry = entry.ok_or_else(no_entry)?;
                 claim_now(&shared, &claim)?;
                 let driver = GuestDriver::fiber(store, entry, initialize, timeout, shared.clone());
                 GuestRun::Driven(Arc::new(std::sync::Mutex::new(driver)))

@@ -68,7 +68,15 @@ pub struct SandboxOptions {
     /// Where the guest's code runs: a thread of its own (the default), a
     /// fiber or a callback on the thread that uses the host's ends.
     pub execution: Execution,
+    /// In [`Execution::Callback`], the longest one call of the guest's
+    /// callback may run before it is ended as a failure: a callback runs
+    /// on the host's thread, which it holds until it returns (a fiber
+    /// yields instead). Default 1 s; `None`: as long as the timeout.
+    pub callback_slice: Option<Duration>,
 }
+
+/// The default of [`SandboxOptions::callback_slice`].
+pub const DEFAULT_CALLBACK_SLICE: Duration = Duration::from_secs(1);
 
 /// Where a sandbox's guest runs its code.
 ///
@@ -140,6 +148,7 @@ impl Default for SandboxOptions {
             max_memory: None,
             slot_wait: Some(DEFAULT_SLOT_WAIT),
             execution: Execution::default(),
+            callback_slice: Some(DEFAULT_CALLBACK_SLICE),
         }
     }
 }

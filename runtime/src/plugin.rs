@@ -43,6 +43,19 @@ impl Plugin {
         self.inner.facts.memory.map_or(0, |(_, initial, _)| initial)
     }
 
+    /// Whether the plugin can run as a callback ([`crate::Execution::Callback`]):
+    /// it exports `shmrt_on_messages: () -> i32` (plugins made with the
+    /// guest SDK's `handler!` do).
+    pub fn has_callback(&self) -> bool {
+        matches!(
+            self.inner.module.get_export(crate::guest_driver::CALLBACK_EXPORT),
+            Some(wasmtime::ExternType::Func(f))
+                if f.params().len() == 0
+                    && f.results().len() == 1
+                    && matches!(f.results().next(), Some(wasmtime::ValType::I32))
+        )
+    }
+
     /// The compiled module.
     pub fn module(&self) -> &Module {
         &self.inner.module

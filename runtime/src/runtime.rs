@@ -176,6 +176,7 @@ impl Runtime {
         shared.slot_wait = options.slot_wait;
         shared.timeout = options.timeout;
         shared.execution = options.execution;
+        shared.callback_slice = options.callback_slice;
         let shared = Arc::new(shared);
         let handle = self.start(plugin, &options, shared.clone(), Claim::Own)?;
         let driver = handle.run.driver();

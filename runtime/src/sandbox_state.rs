@@ -65,6 +65,11 @@ pub(crate) struct SandboxShared {
     pub abandon_at_ns: std::sync::atomic::AtomicU64,
     /// Where the guest runs its code.
     pub execution: Execution,
+    /// A callback guest's call in progress: nanoseconds after `started`
+    /// when it began, 0 between calls.
+    pub call_started_ns: std::sync::atomic::AtomicU64,
+    /// [`SandboxOptions::callback_slice`].
+    pub callback_slice: Option<Duration>,
     /// A fiber guest suspended in the host: who to wake, and when its own
     /// timer (a `wait` timeout, a WASI sleep) or deadline runs out.
     pub fiber_wake: WakeSlot,
@@ -188,6 +193,16 @@ impl SandboxShared {
     /// Past its deadline or a stop by [`ABANDON_AFTER`]: a guest still
     /// running then is blocked in a host call nothing interrupts, and is
     /// left behind rather than waited for.
+    /// Whether a callback call has run past its slice.
+    pub(crate) fn callback_overran(&self) -> bool {
+        let started = self.call_started_ns.load(Ordering::Relaxed);
+        started != 0
+            && self.callback_slice.is_some_and(|slice| {
+                let now = self.started.elapsed().as_nanos() as u64;
+                now.saturating_sub(started) > slice.as_nanos() as u64
+            })
+    }
+
     pub(crate) fn abandoned(&self) -> bool {
         let at = self.abandon_at_ns.load(Ordering::Relaxed);
         at != u64::MAX && self.started.elapsed().as_nanos() as u64 >= at
@@ -232,6 +247,8 @@ impl SandboxShared {
             stopped_at: Default::default(),
             abandon_at_ns: std::sync::atomic::AtomicU64::new(u64::MAX),
             execution: Execution::Thread,
+            call_started_ns: std::sync::atomic::AtomicU64::new(0),
+            callback_slice: None,
             fiber_wake: WakeSlot::default(),
             host_task: WakeSlot::default(),
         }

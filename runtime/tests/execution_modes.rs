@@ -266,3 +266,31 @@ fn one_tokio_thread_serves_many_sandboxes_through_the_async_api() {
     });
     assert_eq!(answered, 60);
 }
+
+/// A callback that never returns holds the host's thread: with no
+/// timeout, its slice still ends it, with an error that says why.
+#[test]
+fn a_callback_that_never_returns_is_ended_by_its_slice() {
+    let wat = r#"(module
+      (memory (export "memory") 1)
+      (func (export "shmrt_on_messages") (result i32)
+        (loop $l (drop (i32.atomic.load (i32.const 0))) (br $l)) (i32.const 0)))"#;
+    let runtime = Runtime::new().unwrap();
+    let mut opts = options("hog", Execution::Callback);
+    opts.timeout = None;
+    opts.callback_slice = Some(Duration::from_millis(200));
+    let mut sandbox = runtime.spawn(wat.as_bytes(), opts).unwrap();
+    sandbox.sender().send(b"go").unwrap();
+    let started = Instant::now();
+    assert!(matches!(
+        sandbox.receiver().recv(),
+        Err(SandboxError::Closed { .. })
+    ));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    match sandbox.join() {
+        Err(SandboxError::Trap { message, .. }) => {
+            assert!(message.contains("callback ran for more than"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -411,3 +411,44 @@ fn a_violating_sandbox_leaves_the_others_running() {
     good.sender().goodbye();
     assert_eq!(good.join().unwrap(), 0);
 }
+
+/// The cases driven by the probe guest (forged frames and cursors, a
+/// scribbled pool and header, hostile logs and pointers).
+fn probe_cases() {
+    a_ring_cursor_past_the_capacity();
+    a_violation_is_the_status_even_when_the_stop_interrupts_the_guest();
+    a_watermark_past_the_capacity();
+    a_frame_with_zero_total_len();
+    a_frame_with_an_unaligned_total_len();
+    a_frame_with_a_huge_total_len();
+    a_frame_with_both_flags();
+    an_inline_length_past_the_frame();
+    a_slot_ref_with_a_bad_class();
+    a_slot_ref_with_a_bad_index();
+    a_slot_ref_with_a_forged_generation();
+    a_slot_ref_to_a_slot_already_freed();
+    an_out_of_range_free_list_head_then_the_host_allocates();
+    a_free_list_cycle_then_the_host_allocates();
+    a_scribbled_header_and_peer_entry_do_not_stop_the_host();
+    a_guest_scribbling_continuously_while_the_host_reads();
+    huge_and_invalid_utf8_log_messages_are_cut_and_replaced();
+    an_import_called_with_an_out_of_range_pointer();
+}
+
+/// The whole gallery with the guest as a fiber on shmrt's thread: the
+/// same errors, statuses and limits.
+#[test]
+fn the_gallery_holds_for_fiber_guests() {
+    common::in_exec_mode("fiber", || {
+        probe_cases();
+        an_infinite_loop_under_fuel_and_a_memory_bomb_under_a_limit();
+        initial_memory_and_start_functions_are_held_to_the_limits();
+    });
+}
+
+/// The probe's cases with the guest as a callback (the hand-made modules
+/// of the other cases have no callback entry, and are refused as one).
+#[test]
+fn the_gallery_holds_for_callback_guests() {
+    common::in_exec_mode("callback", probe_cases);
+}

@@ -14,7 +14,32 @@ use std::process::{Command, Output, Stdio};
 pub use shared::*;
 
 pub fn shmrt() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_shmrt"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shmrt"));
+    EXEC.with(|mode| match mode.get() {
+        Some(mode) => cmd.env("SHMRT_EXEC", mode),
+        None => cmd.env_remove("SHMRT_EXEC"),
+    });
+    cmd
+}
+
+thread_local! {
+    /// The `--exec` mode of the `shmrt` runs this test thread makes
+    /// (through `SHMRT_EXEC`); `None`: the default.
+    static EXEC: std::cell::Cell<Option<&'static str>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` with every `shmrt` this thread starts in execution mode
+/// `mode` (a whole test again, in another mode).
+pub fn in_exec_mode(mode: &'static str, f: impl FnOnce()) {
+    EXEC.with(|m| m.set(Some(mode)));
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            EXEC.with(|m| m.set(None));
+        }
+    }
+    let _reset = Reset;
+    f();
 }
 
 /// Runs `shmrt run ARGS` with `input` on stdin.

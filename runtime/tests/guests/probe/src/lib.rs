@@ -19,9 +19,35 @@ fn number(bytes: &[u8]) -> Option<i64> {
 fn run(mut channel: Channel) -> i32 {
     let (inbox, outbox) = channel.split();
     while let Some(msg) = inbox.recv() {
+        if let Some(status) = handle(msg, outbox) {
+            return status;
+        }
+    }
+    0
+}
+
+/// The callback entry (`--exec callback`): the same commands, for the
+/// messages queued at each call; 0 to be called again, else the status
+/// (an `exit 0` can not end a callback plugin early: it is called again).
+#[unsafe(no_mangle)]
+pub extern "C" fn shmrt_on_messages() -> i32 {
+    shmrt_guest::callback::with_channel(|channel| {
+        let (inbox, outbox) = channel.split();
+        while let Ok(Some(msg)) = inbox.try_recv() {
+            if let Some(status) = handle(msg, outbox) {
+                return status;
+            }
+        }
+        0
+    })
+}
+
+/// Does what `msg` says; `Some(status)` to end with it.
+fn handle(msg: shmrt_guest::Message<'_>, outbox: &mut shmrt_guest::Outbox) -> Option<i32> {
+    {
         let b = msg.as_bytes();
         if let Some(n) = b.strip_prefix(b"exit ").and_then(number) {
-            return n as i32;
+            return Some(n as i32);
         } else if let Some(text) = b.strip_prefix(b"panic ") {
             panic!("{}", core::str::from_utf8(text).unwrap_or("?"));
         } else if let Some(rest) = b.strip_prefix(b"log ") {
@@ -53,7 +79,7 @@ fn run(mut channel: Channel) -> i32 {
                     let _ = outbox.send(&x.to_le_bytes());
                 }
             }
-            return 0;
+            return Some(0);
         } else if let Some(rest) = b.strip_prefix(b"lograce ") {
             let mut it = rest.split(|&c| c == b' ').filter_map(number);
             let (off, len) = (it.next().unwrap_or(0) as usize, it.next().unwrap_or(1));
@@ -76,10 +102,10 @@ fn run(mut channel: Channel) -> i32 {
             loop {}
         } else if let Err(e) = outbox.send(b) {
             shmrt_guest::error!("could not answer: {}", e);
-            return e.exit_status();
+            return Some(e.exit_status());
         }
     }
-    0
+    None
 }
 
 /// Writes `value` at `offset` of the segment window, as a hostile guest
