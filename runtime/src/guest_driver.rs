@@ -266,11 +266,9 @@ impl GuestDriver {
                 let before = ring_positions(&shared);
                 let called = {
                     let _running = self.ticker.running();
-                    // Never 0, which says "between calls".
-                    let now = (shared.started.elapsed().as_nanos() as u64).max(1);
-                    shared.call_started_ns.store(now, Ordering::Relaxed);
+                    shared.call_ticks.store(1, Ordering::Relaxed);
                     let called = handler.call(&mut **store, ());
-                    shared.call_started_ns.store(0, Ordering::Relaxed);
+                    shared.call_ticks.store(0, Ordering::Relaxed);
                     called
                 };
                 match called {

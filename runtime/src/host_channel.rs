@@ -888,9 +888,11 @@ fn notify(shared: &SandboxShared, bell: &shmrt_primitives::Doorbell) {
         }
         Execution::Callback => {
             // Whoever waits for the guest to have something queued: an
-            // async task, or a host thread parked on this bell.
-            shared.fiber_wake.wake();
-            if shared.doorbells && bell.should_ring() {
+            // async task, or a host thread parked on this bell. One fence
+            // for both (the eventcount's and the wake slot's).
+            std::sync::atomic::fence(Ordering::SeqCst);
+            shared.fiber_wake.wake_fenced();
+            if shared.doorbells && bell.has_waiters() {
                 doorbell_futex::ring(bell);
             }
         }

@@ -144,7 +144,8 @@ impl Runtime {
         watch_deadline(&mut store, &shared, deadline, fiber);
         shared.runs_on_this_thread();
         let window = PendingWindow {
-            file: shared.segment_file.file().clone(),
+            file: shared.segment_file.file().cloned(),
+            region: shared.segment_file.region().cloned(),
             len: window_len,
             file_len: shared.segment_file.file_map_len(),
             placed_at: shared.placed_at.clone(),

@@ -22,11 +22,113 @@ use rustix::mm::{MapFlags, MprotectFlags, ProtFlags};
 use wasmtime::{LinearMemory, MemoryCreator, MemoryType};
 
 /// 4 GiB: every 32-bit memory reserves its whole address range.
-const RESERVATION_32: usize = 1 << 32;
+pub(crate) const RESERVATION_32: usize = 1 << 32;
 
-/// A segment file to map as the next growth of the memory being created.
+/// The guard after every linear memory's reservation, set explicitly on
+/// the engine (`Config::memory_guard_size`, wasmtime's default) so that a
+/// reservation made before the instantiation ([`GuestRegion`]) has the
+/// size the engine asks for.
+pub(crate) const GUARD_SIZE: usize = 32 << 20;
+
+/// The address range of an in-process sandbox's linear memory, reserved
+/// before its instantiation so that its segment can be laid out in it
+/// first: the segment window is pages of the guest's own memory (no file,
+/// no descriptor, no mapping of its own), and the host reaches it through
+/// the same pages. Shared by the linear memory and the host's view of the
+/// segment; unmapped when both are gone.
+pub(crate) struct GuestRegion {
+    base: *mut u8,
+    total: usize,
+    /// Where the window starts: after the module's initial pages.
+    window_at: usize,
+    window_len: usize,
+}
+
+// SAFETY: plain address space owned by this value; what is in it is read
+// and written through atomics and the segment's validated readers.
+unsafe impl Send for GuestRegion {}
+// SAFETY: `&self` gives out only the base address and sizes.
+unsafe impl Sync for GuestRegion {}
+
+impl std::fmt::Debug for GuestRegion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestRegion")
+            .field("window_at", &self.window_at)
+            .field("window_len", &self.window_len)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GuestRegion {
+    /// Reserves a 32-bit memory's range plus its guard, `PROT_NONE`, and
+    /// makes the window `[window_at, window_at + window_len)` read-write
+    /// (fresh zero pages, for the segment to be laid out in).
+    pub fn reserve(window_at: usize, window_len: usize) -> std::io::Result<Arc<Self>> {
+        let total = RESERVATION_32 + GUARD_SIZE;
+        if window_at
+            .checked_add(window_len)
+            .is_none_or(|end| end > RESERVATION_32)
+        {
+            return Err(std::io::Error::other(
+                "the segment window does not fit a 32-bit memory after the initial pages",
+            ));
+        }
+        // SAFETY: a fresh anonymous reservation; nothing else refers to it.
+        let base = unsafe {
+            rustix::mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                total,
+                ProtFlags::empty(),
+                MapFlags::PRIVATE | MapFlags::NORESERVE,
+            )
+        }? as *mut u8;
+        let region = GuestRegion {
+            base,
+            total,
+            window_at,
+            window_len,
+        };
+        // SAFETY: inside the reservation just made.
+        unsafe {
+            rustix::mm::mprotect(
+                base.add(window_at) as *mut c_void,
+                window_len,
+                MprotectFlags::READ | MprotectFlags::WRITE,
+            )
+        }?;
+        Ok(Arc::new(region))
+    }
+
+    /// The window's first byte.
+    pub fn window_ptr(&self) -> *mut u8 {
+        // SAFETY: `window_at` is inside the reservation (checked above).
+        unsafe { self.base.add(self.window_at) }
+    }
+
+    /// The window's length.
+    pub fn window_len(&self) -> usize {
+        self.window_len
+    }
+}
+
+impl Drop for GuestRegion {
+    fn drop(&mut self) {
+        // SAFETY: the reservation is ours, and nothing uses it any more:
+        // the linear memory and the host's view each hold an `Arc`.
+        if let Err(e) = unsafe { rustix::mm::munmap(self.base as *mut c_void, self.total) } {
+            tracing::error!("unmapping a linear memory failed: {e}");
+        }
+    }
+}
+
+/// A segment to make the next growth of the memory being created: a file
+/// to map there, or (`region`) the memory's own pages, reserved and laid
+/// out before the instantiation.
 pub(crate) struct PendingWindow {
-    pub file: Arc<File>,
+    pub file: Option<Arc<File>>,
+    /// The reservation the memory is to adopt, its window already laid
+    /// out (an in-process sandbox).
+    pub region: Option<Arc<GuestRegion>>,
     /// Bytes of the window (a multiple of 64 KiB).
     pub len: usize,
     /// Bytes of it mapped from the file (a multiple of the OS page, at most
@@ -87,6 +189,31 @@ unsafe impl MemoryCreator for WindowMemoryCreator {
         let reservation = reserved_size_in_bytes
             .unwrap_or(RESERVATION_32)
             .max(minimum);
+        if let Some(region) = window.as_ref().and_then(|w| w.region.clone()) {
+            // The reservation made before the instantiation, with the
+            // segment laid out at its window.
+            if reservation > RESERVATION_32 || guard_size_in_bytes > GUARD_SIZE {
+                return Err(format!(
+                    "the engine asks for a {reservation}-byte reservation and a \
+                     {guard_size_in_bytes}-byte guard, more than the region reserved for it"
+                ));
+            }
+            if minimum > region.window_at {
+                return Err("the module's initial memory overlaps its segment window".into());
+            }
+            let mut memory = WindowedMemory {
+                base: region.base,
+                total: region.total,
+                reservation: RESERVATION_32,
+                size: 0,
+                maximum: maximum.unwrap_or(RESERVATION_32).min(RESERVATION_32),
+                window,
+                _sigbus: None,
+                region: Some(region),
+            };
+            memory.make_accessible(minimum).map_err(|e| e.to_string())?;
+            return Ok(Box::new(memory));
+        }
         let total = reservation
             .checked_add(guard_size_in_bytes)
             .ok_or("memory reservation overflows the address space")?;
@@ -108,6 +235,7 @@ unsafe impl MemoryCreator for WindowMemoryCreator {
             maximum: maximum.unwrap_or(reservation).min(reservation),
             window,
             _sigbus: None,
+            region: None,
         };
         memory.make_accessible(minimum).map_err(|e| e.to_string())?;
         Ok(Box::new(memory))
@@ -122,6 +250,9 @@ struct WindowedMemory {
     maximum: usize,
     window: Option<PendingWindow>,
     _sigbus: Option<crate::sigbus::Guard>,
+    /// The adopted reservation, when it was made before the instantiation
+    /// (unmapped by its last holder, not by this memory).
+    region: Option<Arc<GuestRegion>>,
 }
 
 // SAFETY: the memory is plain address space owned by this value; wasmtime
@@ -150,9 +281,25 @@ impl WindowedMemory {
         Ok(())
     }
 
-    /// Maps the pending window's file at the current end.
+    /// Maps the pending window's file at the current end (or, in an
+    /// adopted region, takes the pages laid out there).
     fn map_window(&mut self) -> std::io::Result<()> {
         let Some(w) = &self.window else { return Ok(()) };
+        if let Some(region) = &self.region {
+            if self.size != region.window_at {
+                return Err(std::io::Error::other(
+                    "the memory grew before its segment window was placed",
+                ));
+            }
+            w.placed_at.store(self.size, Ordering::Release);
+            self.size += region.window_len;
+            return Ok(());
+        }
+        let Some(file) = &w.file else {
+            return Err(std::io::Error::other(
+                "a segment window with neither file nor region",
+            ));
+        };
         // SAFETY: `[size, size + len)` is inside our reservation (checked
         // by the caller) and only ours; MAP_FIXED replaces the PROT_NONE
         // pages with the shared file pages.
@@ -162,7 +309,7 @@ impl WindowedMemory {
                 w.file_len.min(w.len),
                 ProtFlags::READ | ProtFlags::WRITE,
                 MapFlags::SHARED | MapFlags::FIXED,
-                &*w.file,
+                &**file,
                 0,
             )
         }?;
@@ -204,6 +351,16 @@ unsafe impl LinearMemory for WindowedMemory {
             .is_some_and(|w| w.placed_at.load(Ordering::Acquire) == NOT_PLACED);
         if unplaced && new_size >= self.size + self.window.as_ref().map_or(0, |w| w.len) {
             self.map_window()?;
+        } else if unplaced
+            && let Some(region) = &self.region
+            && new_size > region.window_at
+        {
+            // A start function growing memory 0 into the laid-out window.
+            wasmtime::bail!(
+                "memory can not grow to {new_size} bytes before the segment window is placed \
+                 at {} (a start function may not grow this memory)",
+                region.window_at
+            );
         }
         self.make_accessible(new_size)?;
         Ok(())
@@ -220,6 +377,11 @@ impl Drop for WindowedMemory {
         // address may be mapped again by anyone, and the SIGBUS handler
         // must not zero-fill that.
         drop(self._sigbus.take());
+        if self.region.is_some() {
+            // Unmapped by the region's last holder (the host's view of
+            // the segment may outlive this memory).
+            return;
+        }
         // SAFETY: we own the whole reservation, window mapping included;
         // wasmtime drops the memory only when nothing uses it any more.
         if let Err(e) = unsafe { rustix::mm::munmap(self.base as *mut c_void, self.total) } {
@@ -235,7 +397,8 @@ mod tests {
     #[test]
     fn a_panic_in_the_instantiation_clears_the_pending_window() {
         let window = PendingWindow {
-            file: Arc::new(File::open("/dev/null").expect("/dev/null opens")),
+            file: Some(Arc::new(File::open("/dev/null").expect("/dev/null opens"))),
+            region: None,
             len: 65536,
             file_len: 0,
             placed_at: Arc::new(AtomicUsize::new(NOT_PLACED)),

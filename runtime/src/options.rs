@@ -143,7 +143,7 @@ impl Default for SandboxOptions {
             dirs: Vec::new(),
             stdout: GuestStdout::default(),
             spin: SpinBudget::default(),
-            segment_source: SegmentSource::Memfd,
+            segment_source: SegmentSource::GuestMemory,
             fuel: None,
             max_memory: None,
             slot_wait: Some(DEFAULT_SLOT_WAIT),
@@ -156,8 +156,16 @@ impl Default for SandboxOptions {
 /// Where a sandbox's segment lives.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum SegmentSource {
-    /// An anonymous sealed memfd (the default).
+    /// Pages of the guest's own linear memory (the default): host and
+    /// guest share the address space, so the host reads the segment
+    /// through the guest memory's window. No file, no descriptor, no
+    /// mapping of its own: what lets a process hold thousands of
+    /// sandboxes. The module's start function (if any) may not grow its
+    /// memory, which the window follows.
     #[default]
+    GuestMemory,
+    /// An anonymous sealed memfd, mapped into the guest's window and by
+    /// the host (a descriptor per sandbox).
     Memfd,
     /// A named file, created exclusively with mode 0600, so that other
     /// processes and `shmrt inspect` can open it; removed when the sandbox

@@ -92,6 +92,10 @@ impl Runtime {
         config.wasm_threads(true);
         config.epoch_interruption(true);
         config.with_host_memory(Arc::new(WindowMemoryCreator));
+        // Said explicitly: an in-process sandbox's memory is reserved
+        // before its instantiation, with these sizes (`GuestRegion`).
+        config.memory_reservation(crate::memory_window::RESERVATION_32 as u64);
+        config.memory_guard_size(crate::memory_window::GUARD_SIZE as u64);
         // Copy-on-write images need wasmtime's own mmap memories.
         config.memory_init_cow(false);
         let setup = |what: &'static str| {
@@ -165,6 +169,9 @@ impl Runtime {
         let mut seg_config = options.segment;
         seg_config.max_guests = 1;
         let file = match &options.segment_source {
+            SegmentSource::GuestMemory => {
+                SegmentFile::create_in_guest_memory(&seg_config, plugin.initial_pages())?.0
+            }
             SegmentSource::Memfd => SegmentFile::create_memfd(&seg_config)?,
             SegmentSource::Named {
                 path,

@@ -65,9 +65,10 @@ pub(crate) struct SandboxShared {
     pub abandon_at_ns: std::sync::atomic::AtomicU64,
     /// Where the guest runs its code.
     pub execution: Execution,
-    /// A callback guest's call in progress: nanoseconds after `started`
-    /// when it began, 0 between calls.
-    pub call_started_ns: std::sync::atomic::AtomicU64,
+    /// A callback guest's call in progress: 1 + the epoch ticks seen
+    /// during it, 0 between calls (counted by the epoch callback, on the
+    /// thread of the call: no clock read per call).
+    pub call_ticks: std::sync::atomic::AtomicU32,
     /// [`SandboxOptions::callback_slice`].
     pub callback_slice: Option<Duration>,
     /// A fiber guest suspended in the host: who to wake, and when its own
@@ -85,12 +86,16 @@ pub(crate) struct SandboxShared {
 /// send. For an async host task waiting on a thread guest, that task.
 #[derive(Debug, Default)]
 pub(crate) struct WakeSlot {
+    /// A waker is stored: the fast path of [`Self::wake`] reads only this.
+    armed: AtomicBool,
     waker: std::sync::Mutex<Option<std::task::Waker>>,
     wake_at: std::sync::Mutex<Option<Instant>>,
 }
 
 impl WakeSlot {
-    /// Records who to wake, and when at the latest (`None`: only when woken).
+    /// Records who to wake, and when at the latest (`None`: only when
+    /// woken). The caller looks at its condition again afterwards: a wake
+    /// that came before this found nothing to wake.
     pub fn suspend(&self, waker: &std::task::Waker, at: Option<Instant>) {
         let mut w = self.waker.lock().unwrap_or_else(|e| e.into_inner());
         match &*w {
@@ -99,10 +104,25 @@ impl WakeSlot {
         }
         drop(w);
         *self.wake_at.lock().unwrap_or_else(|e| e.into_inner()) = at;
+        // SYNC POINT "wake slot": SeqCst, then the caller's re-check; the
+        // waking side publishes, fences, then reads `armed` (Dekker: one
+        // of the two sees the other).
+        self.armed.store(true, Ordering::SeqCst);
     }
 
-    /// Wakes the suspended guest's poller, if any.
+    /// Wakes the suspended guest's poller, if any, after what the caller
+    /// published: a fence and a load when nobody is suspended.
     pub fn wake(&self) {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        self.wake_fenced();
+    }
+
+    /// [`Self::wake`] for a caller that has just fenced (SeqCst) itself.
+    pub fn wake_fenced(&self) {
+        if !self.armed.load(Ordering::Relaxed) {
+            return;
+        }
+        self.armed.store(false, Ordering::Relaxed);
         let w = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(w) = w {
             w.wake();
@@ -193,14 +213,20 @@ impl SandboxShared {
     /// Past its deadline or a stop by [`ABANDON_AFTER`]: a guest still
     /// running then is blocked in a host call nothing interrupts, and is
     /// left behind rather than waited for.
-    /// Whether a callback call has run past its slice.
+    /// At an epoch tick: whether a callback call has run past its slice
+    /// (counted in ticks, one more than the slice holds: a call may start
+    /// just before a tick).
     pub(crate) fn callback_overran(&self) -> bool {
-        let started = self.call_started_ns.load(Ordering::Relaxed);
-        started != 0
-            && self.callback_slice.is_some_and(|slice| {
-                let now = self.started.elapsed().as_nanos() as u64;
-                now.saturating_sub(started) > slice.as_nanos() as u64
-            })
+        let ticks = self.call_ticks.load(Ordering::Relaxed);
+        if ticks == 0 {
+            return false;
+        }
+        self.call_ticks
+            .store(ticks.saturating_add(1), Ordering::Relaxed);
+        self.callback_slice.is_some_and(|slice| {
+            let allowed = slice.as_nanos() / crate::epoch_ticker::EPOCH_TICK.as_nanos() + 1;
+            u128::from(ticks) > allowed
+        })
     }
 
     pub(crate) fn abandoned(&self) -> bool {
@@ -247,7 +273,7 @@ impl SandboxShared {
             stopped_at: Default::default(),
             abandon_at_ns: std::sync::atomic::AtomicU64::new(u64::MAX),
             execution: Execution::Thread,
-            call_started_ns: std::sync::atomic::AtomicU64::new(0),
+            call_ticks: std::sync::atomic::AtomicU32::new(0),
             callback_slice: None,
             fiber_wake: WakeSlot::default(),
             host_task: WakeSlot::default(),

@@ -213,9 +213,12 @@ fn lock_as_creator(file: &File) -> io::Result<()> {
         .map_err(io::Error::from)
 }
 
-/// A segment file and the host's mapping of it.
+/// A segment and the host's view of it: a file and the host's mapping of
+/// it, or (an in-process sandbox) pages of the guest's own linear memory,
+/// with no file at all.
 pub struct SegmentFile {
-    file: Arc<File>,
+    /// `None` for a segment in the guest's memory.
+    file: Option<Arc<File>>,
     map: Mapping,
     segment: Segment,
     /// Bytes of the file (the mapping may round up within the last page).
@@ -242,10 +245,34 @@ struct Mapping {
     /// Declared before `mmap` so that it drops first: the range is
     /// unregistered before it is unmapped.
     _sigbus: Option<crate::sigbus::Guard>,
-    mmap: MmapMut,
+    mmap: HostView,
     /// A page of the file vanished under a mapping (the file was
     /// truncated); raised from the SIGBUS handler.
     truncated: Arc<AtomicBool>,
+}
+
+/// The memory the host reads the segment through.
+enum HostView {
+    /// Its own shared mapping of the file.
+    File(MmapMut),
+    /// The guest's window, in the reservation both share.
+    Region(Arc<crate::memory_window::GuestRegion>),
+}
+
+impl HostView {
+    fn as_ptr(&self) -> *const u8 {
+        match self {
+            HostView::File(m) => m.as_ptr(),
+            HostView::Region(r) => r.window_ptr(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            HostView::File(m) => m.len(),
+            HostView::Region(r) => r.window_len(),
+        }
+    }
 }
 
 impl Mapping {
@@ -263,7 +290,7 @@ impl Mapping {
             .flatten();
         Ok(Mapping {
             _sigbus: sigbus,
-            mmap,
+            mmap: HostView::File(mmap),
             truncated,
         })
     }
@@ -356,6 +383,45 @@ fn part_name(name: &Path) -> PathBuf {
 }
 
 impl SegmentFile {
+    /// Creates and initializes a segment for `config` in pages of a guest's
+    /// linear memory, reserved before its instantiation: the window of an
+    /// in-process sandbox whose module declares `initial_pages` (64 KiB
+    /// each). No file, no descriptor, no mapping of its own: the host reads
+    /// the segment through the same pages as the guest.
+    pub(crate) fn create_in_guest_memory(
+        config: &SegmentConfig,
+        initial_pages: u64,
+    ) -> Result<(Self, Arc<crate::memory_window::GuestRegion>), SandboxError> {
+        let layout = SegmentLayout::compute(config).map_err(SandboxError::Config)?;
+        let size = layout.window_size();
+        let window_len = usize::try_from(size.div_ceil(WASM_PAGE_SIZE) * WASM_PAGE_SIZE)
+            .map_err(|_| SandboxError::Config(shmrt_primitives::LayoutError::Overflow))?;
+        let window_at =
+            usize::try_from(initial_pages.saturating_mul(WASM_PAGE_SIZE)).unwrap_or(usize::MAX);
+        let region = crate::memory_window::GuestRegion::reserve(window_at, window_len)
+            .map_err(|e| SandboxError::io("reserving the sandbox's memory", e))?;
+        let len = usize::try_from(size)
+            .map_err(|_| SandboxError::Config(shmrt_primitives::LayoutError::Overflow))?;
+        // SAFETY: the window is page-aligned, read-write, zero-filled (fresh
+        // anonymous pages) and not yet seen by any guest.
+        let segment = unsafe { Segment::create(region.window_ptr(), len, config) }
+            .map_err(SandboxError::Config)?;
+        let map = Mapping {
+            _sigbus: None,
+            mmap: HostView::Region(region.clone()),
+            truncated: Arc::new(AtomicBool::new(false)),
+        };
+        let file = SegmentFile {
+            file: None,
+            map,
+            segment,
+            file_len: size,
+            remove: None,
+            path: None,
+        };
+        Ok((file, region))
+    }
+
     /// Creates and initializes a sealed memfd segment for `config`.
     pub fn create_memfd(config: &SegmentConfig) -> Result<Self, SandboxError> {
         let layout = SegmentLayout::compute(config).map_err(SandboxError::Config)?;
@@ -456,7 +522,10 @@ impl SegmentFile {
             .map_err(|e| SandboxError::io("sizing and locking the segment file", e))
             .and_then(|()| Self::init(file, size, config, None, Some(path.to_owned())));
         let placed = built.and_then(|mut seg| {
-            seg.map.mmap[OWNER_RECORD_OFFSET as usize..][..16]
+            let HostView::File(mmap) = &mut seg.map.mmap else {
+                unreachable!("a named segment is a file")
+            };
+            mmap[OWNER_RECORD_OFFSET as usize..][..16]
                 .copy_from_slice(&OwnerRecord::this_process().to_bytes());
             match &stale {
                 // The link fails if `path` appeared meanwhile: never
@@ -475,7 +544,7 @@ impl SegmentFile {
             tracing::warn!("could not remove {}: {e}", dir_path.join(&part).display());
         }
         let mut seg = placed?;
-        if let Ok(meta) = seg.file.metadata() {
+        if let Some(Ok(meta)) = seg.file.as_ref().map(|f| f.metadata()) {
             CREATED
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -506,11 +575,11 @@ impl SegmentFile {
         let len = usize::try_from(size)
             .map_err(|_| SandboxError::Config(shmrt_primitives::LayoutError::Overflow))?;
         // Named files can be truncated by others (memfds are sealed).
-        let mut map = Mapping::new(&file, len, path.is_some())
+        let map = Mapping::new(&file, len, path.is_some())
             .map_err(|e| SandboxError::io("mapping the segment", e))?;
         // SAFETY: the mapping is page-aligned, `len` bytes, zero-filled and
         // not yet used by anyone else.
-        let segment = unsafe { Segment::create(map.mmap.as_mut_ptr(), len, config) }
+        let segment = unsafe { Segment::create(map.mmap.as_ptr().cast_mut(), len, config) }
             .map_err(SandboxError::Config)?;
         if map.was_truncated() {
             return Err(SandboxError::io(
@@ -539,9 +608,9 @@ impl SegmentFile {
         // The other program writes the file concurrently, which is what the
         // validated readers are for, and may truncate it at any moment,
         // validation included: protected before the first read.
-        let mut map = Mapping::new(&file, len, true).map_err(io_err)?;
+        let map = Mapping::new(&file, len, true).map_err(io_err)?;
         // SAFETY: `len` mapped bytes, page-aligned.
-        let validated = unsafe { Segment::open_validated(map.mmap.as_mut_ptr(), len) };
+        let validated = unsafe { Segment::open_validated(map.mmap.as_ptr().cast_mut(), len) };
         // Zero pages read in place of vanished ones are no header error.
         if map.was_truncated() {
             return Err(OpenSegmentError::Truncated {
@@ -571,7 +640,7 @@ impl SegmentFile {
         path: Option<PathBuf>,
     ) -> Self {
         SegmentFile {
-            file: Arc::new(file),
+            file: Some(Arc::new(file)),
             map,
             segment,
             file_len,
@@ -595,9 +664,19 @@ impl SegmentFile {
         &self.segment
     }
 
-    /// The file, for the guest's window.
-    pub(crate) fn file(&self) -> &Arc<File> {
-        &self.file
+    /// The reservation of the guest's memory the segment was laid out in
+    /// (an in-process sandbox), for the memory to adopt.
+    pub(crate) fn region(&self) -> Option<&Arc<crate::memory_window::GuestRegion>> {
+        match &self.map.mmap {
+            HostView::Region(r) => Some(r),
+            HostView::File(_) => None,
+        }
+    }
+
+    /// The file, for the guest's window (`None`: the segment is in the
+    /// guest's memory already).
+    pub(crate) fn file(&self) -> Option<&Arc<File>> {
+        self.file.as_ref()
     }
 
     /// Bytes of the guest's window: the file rounded up to whole 64 KiB
@@ -620,7 +699,7 @@ impl SegmentFile {
 
     /// Never true.
     pub fn is_empty(&self) -> bool {
-        self.map.mmap.is_empty()
+        self.map.mmap.len() == 0
     }
 
     /// The file's path, for named and attached segments.
@@ -636,8 +715,9 @@ impl Drop for SegmentFile {
         // descriptor closes: a child forked meanwhile (until it execs)
         // holds one, and would keep the segment looking live. (A file we
         // did not create holds no lock of ours: a no-op.)
-        let _ = rustix::fs::flock(&*self.file, rustix::fs::FlockOperation::Unlock);
-        let Ok(id) = self.file.metadata().map(|m| file_id(&m)) else {
+        let Some(file) = &self.file else { return };
+        let _ = rustix::fs::flock(&**file, rustix::fs::FlockOperation::Unlock);
+        let Ok(id) = file.metadata().map(|m| file_id(&m)) else {
             return;
         };
         CREATED
