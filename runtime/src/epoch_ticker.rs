@@ -60,6 +60,13 @@ impl TickerState {
         RunningWasm(self.clone())
     }
 
+    /// [`Self::running`] for a borrowed state (no reference count to take:
+    /// a callback call makes one a time).
+    pub fn running_here(&self) -> RunningHere<'_> {
+        self.enter();
+        RunningHere(self)
+    }
+
     /// Counts the current thread's guest as waiting in the host until the
     /// guard drops (then running again).
     pub fn waiting(&self) -> WaitingInHost<'_> {
@@ -73,6 +80,16 @@ impl TickerState {
 pub(crate) struct RunningWasm(Arc<TickerState>);
 
 impl Drop for RunningWasm {
+    fn drop(&mut self) {
+        self.0.leave();
+    }
+}
+
+/// See [`TickerState::running_here`].
+#[derive(Debug)]
+pub(crate) struct RunningHere<'a>(&'a TickerState);
+
+impl Drop for RunningHere<'_> {
     fn drop(&mut self) {
         self.0.leave();
     }

@@ -46,6 +46,12 @@ enum Driven {
     Ended,
 }
 
+/// What a turn came to: a [`Turn`], or the guest's end with its status.
+enum Step {
+    Turn(Turn),
+    End(Result<i32, SandboxError>),
+}
+
 /// How one turn of the guest ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Turn {
@@ -216,56 +222,72 @@ impl GuestDriver {
     }
 
     fn turn_once(&mut self) -> Turn {
-        let shared = self.shared.clone();
-        if self.ended() {
-            return Turn::Ended;
+        match self.step() {
+            Step::Turn(turn) => turn,
+            Step::End(status) => {
+                self.end(status);
+                Turn::Ended
+            }
         }
-        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+    }
+
+    /// One turn; how it ended (the caller ends the guest if it did).
+    fn step(&mut self) -> Step {
+        let GuestDriver {
+            shared,
+            guest,
+            waker,
+            ticker,
+            timeout,
+            deadline,
+            ..
+        } = self;
+        let shared: &SandboxShared = shared;
+        if matches!(guest, Driven::Ended) {
+            return Step::Turn(Turn::Ended);
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
             // Between turns nothing of the guest runs to notice.
-            self.end(Err(SandboxError::Timeout {
+            return Step::End(Err(SandboxError::Timeout {
                 sandbox: shared.name.clone(),
-                after: self.timeout.unwrap_or_default(),
+                after: timeout.unwrap_or_default(),
             }));
-            return Turn::Ended;
         }
-        match &mut self.guest {
-            Driven::Ended => Turn::Ended,
+        match guest {
+            Driven::Ended => Step::Turn(Turn::Ended),
             Driven::Fiber(run) => {
-                self.waker.woken.store(false, Ordering::Relaxed);
-                let waker = Waker::from(self.waker.clone());
-                let mut cx = Context::from_waker(&waker);
+                waker.woken.store(false, Ordering::Relaxed);
+                let task = Waker::from(waker.clone());
+                let mut cx = Context::from_waker(&task);
                 let polled = {
-                    let _running = self.ticker.running();
+                    let _running = ticker.running_here();
                     run.as_mut().poll(&mut cx)
                 };
                 match polled {
                     Poll::Ready((result, dropped)) => {
-                        report_dropped(&shared, dropped);
-                        let status = result.or_else(|e| exit_status(e, &shared, self.timeout));
-                        self.end(status);
-                        Turn::Ended
+                        report_dropped(shared, dropped);
+                        Step::End(result.or_else(|e| exit_status(e, shared, *timeout)))
                     }
                     // An epoch yield wakes its own waker: run again.
-                    Poll::Pending if self.waker.woken.load(Ordering::Acquire) => Turn::Ran,
-                    Poll::Pending => Turn::Idle {
+                    Poll::Pending if waker.woken.load(Ordering::Acquire) => Step::Turn(Turn::Ran),
+                    Poll::Pending => Step::Turn(Turn::Idle {
                         wake_at: shared.fiber_wake.take_wake_at(),
-                    },
+                    }),
                 }
             }
             Driven::Callback { store, handler } => {
                 if shared.stop_requested() {
-                    self.end(Err(SandboxError::Stopped {
+                    return Step::End(Err(SandboxError::Stopped {
                         sandbox: shared.name.clone(),
                     }));
-                    return Turn::Ended;
                 }
                 let goodbye = shared.goodbye_or_stopped();
                 if shared.h2g_pending_write().is_none() && !goodbye {
-                    return Turn::Idle { wake_at: None };
+                    return Step::Turn(Turn::Idle { wake_at: None });
                 }
-                let before = ring_positions(&shared);
+                let before = ring_positions(shared);
                 let called = {
-                    let _running = self.ticker.running();
+                    let _running = ticker.running_here();
                     shared.call_ticks.store(1, Ordering::Relaxed);
                     let called = handler.call(&mut **store, ());
                     shared.call_ticks.store(0, Ordering::Relaxed);
@@ -276,23 +298,17 @@ impl GuestDriver {
                     // queued is the last.
                     Ok(0) if goodbye && shared.h2g_pending_write().is_none() => {
                         let dropped = store.data_mut().log_rate.take_dropped();
-                        report_dropped(&shared, dropped);
-                        self.end(Ok(0));
-                        Turn::Ended
+                        report_dropped(shared, dropped);
+                        Step::End(Ok(0))
                     }
                     // A call that read and wrote nothing (its answers do
                     // not fit, or it ignores its ring) waits for the host.
-                    Ok(0) if ring_positions(&shared) == before => Turn::Idle { wake_at: None },
-                    Ok(0) => Turn::Ran,
-                    Ok(status) => {
-                        self.end(Ok(status));
-                        Turn::Ended
+                    Ok(0) if ring_positions(shared) == before => {
+                        Step::Turn(Turn::Idle { wake_at: None })
                     }
-                    Err(e) => {
-                        let status = exit_status(e, &shared, self.timeout);
-                        self.end(status);
-                        Turn::Ended
-                    }
+                    Ok(0) => Step::Turn(Turn::Ran),
+                    Ok(status) => Step::End(Ok(status)),
+                    Err(e) => Step::End(exit_status(e, shared, *timeout)),
                 }
             }
         }
