@@ -184,11 +184,14 @@ rustflags = ["-C", "target-feature=+atomics,+bulk-memory"]
             r#"//! {name}: a shmrt plugin. Each message from the host is answered with
 //! the same bytes reversed, written in place into the reply.
 //!
+//! Defined by its message handler, it runs in every execution mode of the
+//! host (`shmrt run --exec thread|fiber|callback`; a callback by default).
+//!
 //! Build and run:  printf 'hello\n' | shmrt run $(shmrt build .)
 //! Test:           cargo test
 #![cfg_attr(target_family = "wasm", no_std)]
 
-use shmrt_guest::Channel;
+use shmrt_guest::{{Message, Outbox, SendError}};
 
 /// The handler: fills `reply` (as long as `request`) from `request`.
 pub fn handle(request: &[u8], reply: &mut [u8]) {{
@@ -197,11 +200,13 @@ pub fn handle(request: &[u8], reply: &mut [u8]) {{
     }}
 }}
 
-fn run(channel: Channel) -> i32 {{
-    channel.serve(|request, outbox| outbox.send_with(request.len(), |reply| handle(request, reply)))
+/// Answers each message from the host.
+fn answer(msg: Message<'_>, outbox: &mut Outbox) -> Result<(), SendError> {{
+    let request = msg.as_bytes();
+    outbox.send_with(request.len(), |reply| handle(request, reply))
 }}
 
-shmrt_guest::entry!(run);
+shmrt_guest::handler!(answer);
 
 #[cfg(test)]
 mod tests {{
