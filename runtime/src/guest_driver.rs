@@ -288,9 +288,9 @@ impl GuestDriver {
                 let before = ring_positions(shared);
                 let called = {
                     let _running = ticker.running_here();
-                    shared.call_ticks.store(1, Ordering::Relaxed);
+                    shared.callback_call(true);
                     let called = handler.call(&mut **store, ());
-                    shared.call_ticks.store(0, Ordering::Relaxed);
+                    shared.callback_call(false);
                     called
                 };
                 match called {

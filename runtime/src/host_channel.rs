@@ -163,6 +163,10 @@ fn drive_guest(
 /// gives the thread to the other tasks first.
 const POLL_BATCH: usize = 4;
 
+/// How soon an async host call looks again at a guest another thread is
+/// running (whose driver it could not take).
+const BUSY_DRIVER_RETRY: Duration = Duration::from_millis(1);
+
 /// Stays registered as a waiter on the guest-to-host doorbell while an
 /// async host call waits for a thread guest (so that the guest rings, and
 /// its `ring` wakes the task); unregisters when the call ends or is
@@ -233,8 +237,9 @@ fn poll_guest(
             Ok(d) => d,
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => {
-                // Another task or thread runs the guest now.
-                cx.waker().wake_by_ref();
+                // Another task or thread runs the guest now (it may be
+                // parked there): look again in a moment, not at once.
+                crate::wake_timer::wake_at(Instant::now() + BUSY_DRIVER_RETRY, cx.waker());
                 return Poll::Pending;
             }
         };
@@ -261,7 +266,7 @@ fn poll_guest(
                     }
                 }
                 if let Some(at) = wake_at {
-                    crate::wake_timer::wake_at(at, cx.waker());
+                    shared.wake_task_at(at, cx.waker());
                 }
                 if ready()? {
                     return Poll::Ready(Ok(true));
@@ -709,7 +714,7 @@ impl HostSender {
                 if polled.is_pending()
                     && let Some(at) = slot_deadline
                 {
-                    crate::wake_timer::wake_at(at, cx.waker());
+                    shared.wake_task_at(at, cx.waker());
                 }
                 polled
             })

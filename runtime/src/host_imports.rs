@@ -60,6 +60,7 @@ pub(crate) fn add_to_linker(
     })?;
     linker.func_wrap(MODULE, "ring", |c: Caller<'_, SandboxState>| {
         let shared = &c.data().shared;
+        not_before_placement(shared, "ring")?;
         // Without the doorbell flag the words are not live (a vox segment):
         // its host polls.
         if shared.doorbells {
@@ -67,6 +68,7 @@ pub(crate) fn add_to_linker(
         }
         // An async host task waiting for this guest.
         shared.host_task.wake();
+        Ok(())
     })?;
     if fiber {
         linker.func_wrap_async(
@@ -99,6 +101,21 @@ const MAX_POLL_NAP: Duration = Duration::from_millis(5);
 /// The first sleep of a poll after activity.
 pub(crate) const MIN_POLL_NAP: Duration = Duration::from_micros(20);
 
+/// `ring` and `wait` use the segment: a start function calling them runs
+/// before the window is placed, when there is none to use.
+fn not_before_placement(
+    shared: &crate::sandbox_state::SandboxShared,
+    import: &str,
+) -> wasmtime::Result<()> {
+    if shared.window_base() == crate::memory_window::NOT_PLACED {
+        wasmtime::bail!(
+            "shmrt.{import} was called before the segment window is placed (from the module's \
+             start function): call it from the entry point"
+        );
+    }
+    Ok(())
+}
+
 /// When a `wait` with `timeout_ns` (negative: none) gives up.
 fn wait_until(timeout_ns: i64) -> Option<Instant> {
     u64::try_from(timeout_ns)
@@ -113,6 +130,7 @@ fn wait_step(
     until: Option<Instant>,
 ) -> wasmtime::Result<Option<WaitOutcome>> {
     let shared = &state.shared;
+    not_before_placement(shared, "wait")?;
     if shared.segment_file.was_truncated() {
         return Err(wasmtime::Error::new(SegmentTruncated));
     }
@@ -167,6 +185,7 @@ fn wait(mut c: Caller<'_, SandboxState>, timeout_ns: i64) -> wasmtime::Result<Wa
         let until = wait_until(timeout_ns);
         return Ok(wait_step(c.data_mut(), until)?.unwrap_or(WaitOutcome::Timeout));
     }
+    not_before_placement(&c.data().shared, "wait")?;
     // Waiting in the host: the epoch need not tick for this guest.
     let ticker = c.data().ticker.clone();
     let _waiting = ticker.waiting();

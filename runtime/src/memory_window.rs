@@ -99,6 +99,24 @@ impl GuestRegion {
         Ok(Arc::new(region))
     }
 
+    /// Makes the laid-out window inaccessible again until the memory grows
+    /// into it ([`WindowedMemory::map_window`]): wasmtime relies on
+    /// protected pages past a memory's size to trap (it elides bounds
+    /// checks in a 4 GiB reservation), so a start function must not read
+    /// or write the window before it is placed.
+    pub fn protect_until_placed(&self) -> std::io::Result<()> {
+        // SAFETY: the window is inside the reservation; nothing reads it
+        // until it is placed (the host's view waits for the placement).
+        unsafe {
+            rustix::mm::mprotect(
+                self.window_ptr() as *mut c_void,
+                self.window_len,
+                MprotectFlags::empty(),
+            )
+        }?;
+        Ok(())
+    }
+
     /// The window's first byte.
     pub fn window_ptr(&self) -> *mut u8 {
         // SAFETY: `window_at` is inside the reservation (checked above).
@@ -291,6 +309,15 @@ impl WindowedMemory {
                     "the memory grew before its segment window was placed",
                 ));
             }
+            // SAFETY: the window is inside the reservation, laid out, and
+            // ours to open to the guest now.
+            unsafe {
+                rustix::mm::mprotect(
+                    region.window_ptr() as *mut c_void,
+                    region.window_len,
+                    MprotectFlags::READ | MprotectFlags::WRITE,
+                )
+            }?;
             w.placed_at.store(self.size, Ordering::Release);
             self.size += region.window_len;
             return Ok(());

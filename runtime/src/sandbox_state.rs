@@ -65,10 +65,13 @@ pub(crate) struct SandboxShared {
     pub abandon_at_ns: std::sync::atomic::AtomicU64,
     /// Where the guest runs its code.
     pub execution: Execution,
-    /// A callback guest's call in progress: 1 + the epoch ticks seen
-    /// during it, 0 between calls (counted by the epoch callback, on the
-    /// thread of the call: no clock read per call).
-    pub call_ticks: std::sync::atomic::AtomicU32,
+    /// A callback guest's call in progress: nanoseconds after `started`
+    /// when it began (at least 1), 0 between calls.
+    pub call_started_ns: std::sync::atomic::AtomicU64,
+    /// The earliest wake-up this sandbox has with the wake timer (ns after
+    /// `started`, 0: none), so that an async host polling it again and
+    /// again registers one, not one per poll.
+    pub timer_at_ns: std::sync::atomic::AtomicU64,
     /// [`SandboxOptions::callback_slice`].
     pub callback_slice: Option<Duration>,
     /// A fiber guest suspended in the host: who to wake, and when its own
@@ -159,6 +162,7 @@ impl SandboxShared {
     /// Asks the guest to stop: its next epoch check traps, a `wait`
     /// returns goodbye at once, a WASI sleep ends with the stop.
     pub fn request_stop(&self) {
+        let placed = self.window_base() != NOT_PLACED;
         let now = *self
             .stopped_at
             .lock()
@@ -166,7 +170,10 @@ impl SandboxShared {
             .get_or_insert_with(Instant::now);
         self.abandon_after(now);
         self.stop.store(true, Ordering::Release);
-        doorbell_futex::wake_all(self.peer().h2g_doorbell.futex_word());
+        // An in-process segment is not accessible before it is placed.
+        if placed || self.segment_file.region().is_none() {
+            doorbell_futex::wake_all(self.peer().h2g_doorbell.futex_word());
+        }
         self.fiber_wake.wake();
         if let Some(t) = self
             .guest_thread
@@ -213,20 +220,46 @@ impl SandboxShared {
     /// Past its deadline or a stop by [`ABANDON_AFTER`]: a guest still
     /// running then is blocked in a host call nothing interrupts, and is
     /// left behind rather than waited for.
-    /// At an epoch tick: whether a callback call has run past its slice
-    /// (counted in ticks, one more than the slice holds: a call may start
-    /// just before a tick).
-    pub(crate) fn callback_overran(&self) -> bool {
-        let ticks = self.call_ticks.load(Ordering::Relaxed);
-        if ticks == 0 {
-            return false;
+    /// Marks the start (`true`) or the end of a callback call.
+    pub(crate) fn callback_call(&self, starts: bool) {
+        let at = if starts {
+            (self.started.elapsed().as_nanos() as u64).max(1)
+        } else {
+            0
+        };
+        self.call_started_ns.store(at, Ordering::Relaxed);
+    }
+
+    /// When the callback call in progress runs out of its slice, if one is.
+    pub(crate) fn callback_slice_end(&self) -> Option<Instant> {
+        let started = self.call_started_ns.load(Ordering::Relaxed);
+        if started == 0 {
+            return None;
         }
-        self.call_ticks
-            .store(ticks.saturating_add(1), Ordering::Relaxed);
-        self.callback_slice.is_some_and(|slice| {
-            let allowed = slice.as_nanos() / crate::epoch_ticker::EPOCH_TICK.as_nanos() + 1;
-            u128::from(ticks) > allowed
-        })
+        let slice = self.callback_slice?;
+        self.started
+            .checked_add(Duration::from_nanos(started))?
+            .checked_add(slice)
+    }
+
+    /// Whether a callback call has run past its slice (checked at epoch
+    /// ticks, and by the host calls that can wait: WASI sleeps).
+    pub(crate) fn callback_overran(&self) -> bool {
+        self.callback_slice_end()
+            .is_some_and(|end| Instant::now() >= end)
+    }
+
+    /// Registers `waker` with the wake timer at `at`, unless this sandbox
+    /// has an earlier registration that has not come yet.
+    pub(crate) fn wake_task_at(&self, at: Instant, waker: &std::task::Waker) {
+        let at_ns = (at.saturating_duration_since(self.started).as_nanos() as u64).max(1);
+        let now_ns = self.started.elapsed().as_nanos() as u64;
+        let armed = self.timer_at_ns.load(Ordering::Relaxed);
+        if armed != 0 && armed > now_ns && armed <= at_ns {
+            return;
+        }
+        self.timer_at_ns.store(at_ns, Ordering::Relaxed);
+        crate::wake_timer::wake_at(at, waker);
     }
 
     pub(crate) fn abandoned(&self) -> bool {
@@ -273,7 +306,8 @@ impl SandboxShared {
             stopped_at: Default::default(),
             abandon_at_ns: std::sync::atomic::AtomicU64::new(u64::MAX),
             execution: Execution::Thread,
-            call_ticks: std::sync::atomic::AtomicU32::new(0),
+            call_started_ns: std::sync::atomic::AtomicU64::new(0),
+            timer_at_ns: std::sync::atomic::AtomicU64::new(0),
             callback_slice: None,
             fiber_wake: WakeSlot::default(),
             host_task: WakeSlot::default(),

@@ -406,6 +406,9 @@ impl SegmentFile {
         // anonymous pages) and not yet seen by any guest.
         let segment = unsafe { Segment::create(region.window_ptr(), len, config) }
             .map_err(SandboxError::Config)?;
+        region
+            .protect_until_placed()
+            .map_err(|e| SandboxError::io("protecting the segment until it is placed", e))?;
         let map = Mapping {
             _sigbus: None,
             mmap: HostView::Region(region.clone()),

@@ -328,6 +328,10 @@ pub(crate) fn sleep_until(state: &SandboxState, until: Instant) -> wasmtime::Res
         if let Some(d) = state.deadline {
             nap = nap.min(d - now);
         }
+        // A callback sleeping holds the host's thread: its slice bounds it.
+        if let Some(end) = state.shared.callback_slice_end() {
+            nap = nap.min(end.saturating_duration_since(now));
+        }
         std::thread::park_timeout(nap);
     }
 }
@@ -338,6 +342,11 @@ fn sleep_step(state: &SandboxState, until: Instant) -> Option<wasmtime::Result<(
     let shared: &SandboxShared = &state.shared;
     if shared.stop_requested() {
         return Some(Err(wasmtime::Error::new(Stopped)));
+    }
+    if shared.callback_overran() {
+        return Some(Err(wasmtime::Error::new(
+            crate::guest_thread::CallbackOverran(shared.callback_slice.unwrap_or_default()),
+        )));
     }
     if shared.segment_file.was_truncated() {
         return Some(Err(wasmtime::Error::new(SegmentTruncated)));

@@ -294,3 +294,95 @@ fn a_callback_that_never_returns_is_ended_by_its_slice() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A callback that sleeps (a WASI clock poll) is held to its slice too:
+/// the host's receive returns in about the slice, not the sleep.
+#[test]
+fn a_sleeping_callback_is_ended_by_its_slice() {
+    let wat = r#"(module
+      (import "wasi_snapshot_preview1" "poll_oneoff"
+        (func $poll (param i32 i32 i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (func (export "shmrt_on_messages") (result i32)
+        (drop (i32.atomic.load (i32.const 0)))
+        ;; one relative clock subscription of 60 s at 0, events at 64
+        (i64.store (i32.const 24) (i64.const 60000000000))
+        (i32.store (i32.const 16) (i32.const 1))
+        (drop (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))
+        (i32.const 0)))"#;
+    let runtime = Runtime::new().unwrap();
+    let mut opts = options("sleeper", Execution::Callback);
+    opts.timeout = None;
+    opts.callback_slice = Some(Duration::from_millis(200));
+    let mut sandbox = runtime.spawn(wat.as_bytes(), opts).unwrap();
+    sandbox.sender().send(b"go").unwrap();
+    let started = Instant::now();
+    let got = sandbox
+        .receiver()
+        .recv_timeout(Some(Duration::from_millis(100)))
+        .map(|m| m.map(|m| m.len()));
+    assert!(started.elapsed() < Duration::from_secs(3), "{got:?}");
+    match sandbox.join() {
+        Err(SandboxError::Trap { message, .. }) => {
+            assert!(message.contains("callback ran for more than"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A start function can not read the segment window before it is placed:
+/// past the module's memory is out of bounds, as in any module.
+#[test]
+fn a_start_function_can_not_reach_the_window_before_it_is_placed() {
+    let wat = r#"(module
+      (memory (export "memory") 1)
+      (func $peek (drop (i32.load (i32.const 65536))))
+      (start $peek)
+      (func (export "shmrt_main") (result i32) (i32.const 0)))"#;
+    let runtime = Runtime::new().unwrap();
+    for mode in MODES {
+        let err = runtime
+            .spawn(wat.as_bytes(), options("peek", mode))
+            .unwrap_err();
+        assert!(err.to_string().contains("out of bounds"), "{mode:?}: {err}");
+    }
+}
+
+/// CPU time this thread has used, in clock ticks (utime + stime).
+fn thread_cpu_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// Many async round trips with fiber guests that have a deadline leave no
+/// pile of timers behind: an idle async receive afterwards costs no CPU.
+#[test]
+fn an_idle_async_receive_stays_idle_after_many_round_trips() {
+    let echo = std::fs::read(guest("examples/echo")).unwrap();
+    let runtime = Runtime::new().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut busy = runtime
+            .spawn(&echo, options("busy", Execution::Fiber))
+            .unwrap();
+        let mut idle = runtime
+            .spawn(&echo, options("idle", Execution::Fiber))
+            .unwrap();
+        for i in 0..70_000u32 {
+            busy.sender().send_async(&i.to_le_bytes()).await.unwrap();
+            drop(busy.receiver().recv_async().await.unwrap());
+        }
+        let cpu = thread_cpu_ticks();
+        let waited =
+            tokio::time::timeout(Duration::from_secs(1), idle.receiver().recv_async()).await;
+        assert!(waited.is_err(), "nothing was sent");
+        let used = thread_cpu_ticks() - cpu;
+        // Clock ticks are 10 ms: a spinning wait would use about 100.
+        assert!(used <= 20, "{used} ticks of CPU in a 1 s idle wait");
+    });
+}
