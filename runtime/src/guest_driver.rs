@@ -41,10 +41,19 @@ enum Driven {
     Callback {
         store: Box<Store<SandboxState>>,
         handler: TypedFunc<(), i32>,
+        /// Calls made since the host's goodbye (see
+        /// [`MAX_CALLS_AFTER_GOODBYE`]).
+        calls_after_goodbye: u32,
     },
     /// The guest ended; its store is gone.
     Ended,
 }
+
+/// Calls of a callback guest after the host's goodbye that may leave its
+/// inbox not empty: far more than a ring's worth of messages needs (each
+/// call answers what fits), and what ends a guest that keeps its inbox
+/// looking full while answering nothing.
+const MAX_CALLS_AFTER_GOODBYE: u32 = 100_000;
 
 /// What a turn came to: a [`Turn`], or the guest's end with its status.
 enum Step {
@@ -159,6 +168,7 @@ impl GuestDriver {
         let guest = Driven::Callback {
             store: Box::new(store),
             handler,
+            calls_after_goodbye: 0,
         };
         Self::new(guest, ticker, timeout, shared)
     }
@@ -275,7 +285,11 @@ impl GuestDriver {
                     }),
                 }
             }
-            Driven::Callback { store, handler } => {
+            Driven::Callback {
+                store,
+                handler,
+                calls_after_goodbye,
+            } => {
                 if shared.stop_requested() {
                     return Step::End(Err(SandboxError::Stopped {
                         sandbox: shared.name.clone(),
@@ -284,6 +298,19 @@ impl GuestDriver {
                 let goodbye = shared.goodbye_or_stopped();
                 if shared.h2g_pending_write().is_none() && !goodbye {
                     return Step::Turn(Turn::Idle { wake_at: None });
+                }
+                if goodbye {
+                    *calls_after_goodbye += 1;
+                    if *calls_after_goodbye > MAX_CALLS_AFTER_GOODBYE {
+                        return Step::End(Err(SandboxError::Trap {
+                            sandbox: shared.name.clone(),
+                            message: format!(
+                                "the callback was called {MAX_CALLS_AFTER_GOODBYE} times after the \
+                                 host's goodbye and still left messages queued (it moves its \
+                                 cursors without answering)"
+                            ),
+                        }));
+                    }
                 }
                 let before = ring_positions(shared);
                 let called = {

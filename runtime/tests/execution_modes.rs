@@ -386,3 +386,42 @@ fn an_idle_async_receive_stays_idle_after_many_round_trips() {
         assert!(used <= 20, "{used} ticks of CPU in a 1 s idle wait");
     });
 }
+
+/// A callback that keeps its inbox looking full after the host's goodbye
+/// (it moves its own read cursor and answers nothing) is not called
+/// forever: join ends it, with an error that says what it did.
+#[test]
+fn a_callback_that_never_empties_its_inbox_after_the_goodbye_is_ended() {
+    let layout = shmrt::primitives::SegmentLayout::compute(
+        &shmrt::primitives::SegmentConfig::single_guest(),
+    )
+    .unwrap();
+    let read_cursor = layout.h2g_ring_offset(0) + 64;
+    let wat = format!(
+        r#"(module
+      (import "shmrt" "segment_base" (func $base (result i32)))
+      (memory (export "memory") 1)
+      (global $flip (mut i32) (i32.const 4))
+      (func (export "shmrt_on_messages") (result i32)
+        (global.set $flip (i32.xor (global.get $flip) (i32.const 12)))
+        (i32.atomic.store (i32.add (call $base) (i32.const {read_cursor})) (global.get $flip))
+        (i32.const 0)))"#
+    );
+    let runtime = Runtime::new().unwrap();
+    let mut opts = options("toggler", Execution::Callback);
+    opts.timeout = None;
+    let mut sandbox = runtime.spawn(wat.as_bytes(), opts).unwrap();
+    sandbox.sender().send(b"go").unwrap();
+    sandbox.sender().goodbye();
+    let started = Instant::now();
+    let status = sandbox.join();
+    assert!(started.elapsed() < Duration::from_secs(20));
+    match status {
+        Err(SandboxError::Trap { message, .. }) => {
+            assert!(message.contains("after the host's goodbye"), "{message}")
+        }
+        // Or the host caught the scribbled cursor first.
+        Err(SandboxError::Protocol { .. }) => {}
+        other => panic!("{other:?}"),
+    }
+}
