@@ -602,7 +602,7 @@ impl HostSender {
     /// [`ReadSend::GuestGone`] so that they can go elsewhere (a restarted
     /// sandbox). `read`'s error is returned as is, and nothing is sent.
     /// The bytes are a [`SharedBytesMut`], as in [`Self::send_with`].
-    pub fn send_read(
+    pub fn send_from_reader(
         &mut self,
         max: usize,
         read: impl FnOnce(SharedBytesMut<'_>) -> io::Result<usize>,
@@ -629,7 +629,7 @@ impl HostSender {
                 Room::Reserved(mut r) => {
                     let n = read(r.bytes_mut()).map_err(SendReadError::Read)?.min(max);
                     if n == 0 {
-                        return Ok(ReadSend::Nothing);
+                        return Ok(ReadSend::Eof);
                     }
                     r.truncate(n);
                     if shared.guest_done() {
@@ -745,18 +745,18 @@ impl HostSender {
     }
 }
 
-/// What [`HostSender::send_read`] did.
+/// What [`HostSender::send_from_reader`] did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ReadSend {
     /// A message of this many bytes was sent.
     Sent(usize),
     /// The reader filled nothing (end of input): nothing was sent.
-    Nothing,
+    Eof,
     /// The guest ended while the reader ran: these bytes were not sent.
     GuestGone(Vec<u8>),
 }
 
-/// Why [`HostSender::send_read`] failed.
+/// Why [`HostSender::send_from_reader`] failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SendReadError {
     /// The sandbox could not take the message.

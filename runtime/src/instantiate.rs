@@ -74,13 +74,16 @@ impl Runtime {
             });
         }
 
-        let state =
-            SandboxState::new(options, shared.clone(), self.ticker.state.clone()).map_err(|e| {
-                SandboxError::Instantiate {
-                    sandbox: name.clone(),
-                    message: e,
-                }
-            })?;
+        let state = SandboxState::new(
+            options,
+            shared.clone(),
+            self.ticker.state.clone(),
+            plugin.inner.facts.imports_wasi,
+        )
+        .map_err(|e| SandboxError::Instantiate {
+            sandbox: name.clone(),
+            message: e,
+        })?;
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.memory_limit);
 

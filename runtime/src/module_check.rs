@@ -10,6 +10,8 @@ use crate::memory_limit::{MAX_MEMORIES, MAX_TABLES};
 #[derive(Debug, Default)]
 pub(crate) struct ModuleFacts {
     pub imports_shmrt: bool,
+    /// It imports WASI (preview 1): its sandboxes need a WASI context.
+    pub imports_wasi: bool,
     pub imports_memory: bool,
     /// The first defined memory: (is 64-bit, initial pages, maximum pages).
     pub memory: Option<(bool, u64, Option<u64>)>,
@@ -28,6 +30,9 @@ pub(crate) fn facts(bytes: &[u8]) -> ModuleFacts {
                 for imp in reader.into_imports().flatten() {
                     if imp.module == SHMRT_MODULE {
                         f.imports_shmrt = true;
+                    }
+                    if imp.module.starts_with("wasi_") {
+                        f.imports_wasi = true;
                     }
                     match imp.ty {
                         TypeRef::Memory(_) => {

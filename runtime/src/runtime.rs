@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use shmrt_primitives::{PeerId, PeerState, SegmentConfig};
+use shmrt_primitives::{PeerId, PeerState, SegmentConfig, SegmentLayout};
 use wasmtime::{Config, Engine, Linker, Module, Store};
 
 use crate::doorbell_futex::SpinBudget;
@@ -106,15 +106,13 @@ impl Runtime {
         };
         let engine = Engine::new(&config).map_err(setup("the engine configuration"))?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut SandboxState| &mut s.wasi)
+        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, SandboxState::wasi)
             .map_err(setup("the WASI imports"))?;
         wasi_poll::shadow_poll_oneoff(&mut linker).map_err(setup("the bounded poll_oneoff"))?;
         host_imports::add_to_linker(&mut linker, false).map_err(setup("the shmrt imports"))?;
         let mut fiber_linker = Linker::new(&engine);
-        wasmtime_wasi::p1::add_to_linker_async(&mut fiber_linker, |s: &mut SandboxState| {
-            &mut s.wasi
-        })
-        .map_err(setup("the WASI imports of fibers"))?;
+        wasmtime_wasi::p1::add_to_linker_async(&mut fiber_linker, SandboxState::wasi)
+            .map_err(setup("the WASI imports of fibers"))?;
         wasi_poll::shadow_poll_oneoff_in_fiber(&mut fiber_linker)
             .map_err(setup("the bounded poll_oneoff of fibers"))?;
         host_imports::add_to_linker(&mut fiber_linker, true)
@@ -168,8 +166,20 @@ impl Runtime {
     ) -> Result<Sandbox, SandboxError> {
         let mut seg_config = options.segment;
         seg_config.max_guests = 1;
+        let window_too_large = |window: u64| SandboxError::WindowTooLarge {
+            sandbox: options.name.clone(),
+            window,
+            initial: plugin.initial_pages() << 16,
+        };
         let file = match &options.segment_source {
             SegmentSource::GuestMemory => {
+                let window = SegmentLayout::compute(&seg_config)
+                    .map_err(SandboxError::Config)?
+                    .window_size()
+                    .next_multiple_of(65536);
+                if (plugin.initial_pages() << 16).saturating_add(window) > 1 << 32 {
+                    return Err(window_too_large(window));
+                }
                 SegmentFile::create_in_guest_memory(&seg_config, plugin.initial_pages())?.0
             }
             SegmentSource::Memfd => SegmentFile::create_memfd(&seg_config)?,
@@ -350,6 +360,7 @@ impl Runtime {
             &SandboxOptions::default(),
             shared,
             self.ticker.state.clone(),
+            true,
         )
         .map_err(|e| SandboxError::Instantiate {
             sandbox: "signatures".into(),

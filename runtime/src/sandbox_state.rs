@@ -317,7 +317,9 @@ impl SandboxShared {
 
 /// The store data of a sandbox.
 pub(crate) struct SandboxState {
-    pub wasi: WasiP1Ctx,
+    /// The WASI context, for a module that imports WASI (`None`: none is
+    /// built, and nothing can ask for it).
+    pub wasi: Option<WasiP1Ctx>,
     pub shared: Arc<SandboxShared>,
     pub deadline: Option<Instant>,
     pub memory_limit: MemoryLimit,
@@ -336,14 +338,26 @@ pub(crate) struct SandboxState {
 }
 
 impl SandboxState {
+    /// The WASI context, made empty if the module was thought not to need
+    /// one (the linker asks only when a WASI import is called).
+    pub(crate) fn wasi(&mut self) -> &mut WasiP1Ctx {
+        self.wasi
+            .get_or_insert_with(|| wasmtime_wasi::WasiCtxBuilder::new().build_p1())
+    }
+
     pub(crate) fn new(
         options: &SandboxOptions,
         shared: Arc<SandboxShared>,
         ticker: Arc<crate::epoch_ticker::TickerState>,
+        wasi: bool,
     ) -> Result<Self, String> {
         let clock_origin = Instant::now();
         Ok(SandboxState {
-            wasi: build_wasi(options, clock_origin)?,
+            wasi: if wasi {
+                Some(build_wasi(options, clock_origin)?)
+            } else {
+                None
+            },
             memory_limit: MemoryLimit::new(options.max_memory, shared.clone()),
             shared,
             deadline: None,

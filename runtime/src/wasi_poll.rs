@@ -212,9 +212,10 @@ async fn poll_oneoff_in_fiber(
             let fuel = wasmtime::AsContextMut::as_context_mut(&mut caller).hostcall_fuel();
             let polled = {
                 let (data, state) = memory.data_and_store_mut(&mut caller);
-                state.wasi.set_hostcall_fuel(fuel);
+                let wasi = state.wasi();
+                wasi.set_hostcall_fuel(fuel);
                 let mut guest = wiggle::GuestMemory::Unshared(data);
-                wiggle::run_in_dummy_executor(state.wasi.poll_oneoff(
+                wiggle::run_in_dummy_executor(wasi.poll_oneoff(
                     &mut guest,
                     wiggle::GuestPtr::new(subs),
                     wiggle::GuestPtr::new(events),
@@ -277,9 +278,10 @@ fn delegate(
     // what the call may copy on the host.
     let fuel = wasmtime::AsContextMut::as_context_mut(&mut *caller).hostcall_fuel();
     let (data, state) = memory.data_and_store_mut(&mut *caller);
-    state.wasi.set_hostcall_fuel(fuel);
+    let wasi = state.wasi();
+    wasi.set_hostcall_fuel(fuel);
     let mut guest = wiggle::GuestMemory::Unshared(data);
-    let polled = wasmtime_wasi::runtime::in_tokio(state.wasi.poll_oneoff(
+    let polled = wasmtime_wasi::runtime::in_tokio(wasi.poll_oneoff(
         &mut guest,
         wiggle::GuestPtr::new(subs),
         wiggle::GuestPtr::new(events),

@@ -112,7 +112,7 @@ fn send_read_reads_into_the_segment_and_sends_what_was_read() {
     let data: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
     let mut input = &data[..];
     // A reader that comes up short: 100 000 of 150 000 reserved bytes.
-    let r = sb.sender().send_read(150_000, |mut buf| {
+    let r = sb.sender().send_from_reader(150_000, |mut buf| {
         let n = input.len().min(buf.len());
         buf.write_at(0, &input[..n]);
         input = &input[n..];
@@ -121,12 +121,12 @@ fn send_read_reads_into_the_segment_and_sends_what_was_read() {
     assert_eq!(r.unwrap(), ReadSend::Sent(100_000));
     // A reader with nothing left sends nothing; a failing one neither.
     assert_eq!(
-        sb.sender().send_read(10, |_| Ok(0)).unwrap(),
-        ReadSend::Nothing
+        sb.sender().send_from_reader(10, |_| Ok(0)).unwrap(),
+        ReadSend::Eof
     );
     let failed = sb
         .sender()
-        .send_read(10, |_| Err(std::io::Error::other("disk on fire")));
+        .send_from_reader(10, |_| Err(std::io::Error::other("disk on fire")));
     assert!(matches!(failed, Err(SendReadError::Read(e)) if e.to_string() == "disk on fire"));
     {
         let m = sb.receiver().recv().unwrap();

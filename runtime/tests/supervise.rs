@@ -41,8 +41,11 @@ fn a_crashing_guest_is_restarted_until_it_succeeds_and_nothing_leaks() {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let runtime = Runtime::new().unwrap();
     let wasm = std::fs::read(common::guest("runtime/tests/guests/probe")).unwrap();
+    // A memfd segment, whose mappings show in /proc (an in-process one
+    // is pages of the guest's memory: tests/density.rs counts those).
     let options = SandboxOptions {
         name: "flaky".into(),
+        segment_source: shmrt::SegmentSource::Memfd,
         ..SandboxOptions::default()
     };
     // Warm up (the module cache, the epoch thread), then count.

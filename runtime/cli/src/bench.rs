@@ -1620,7 +1620,7 @@ mod tests {
                 r#"{"name":"rtt_guest_spin","unit":"ns","median":110.0}],"#,
                 r#""ratios":{"guest_rtt_vs_native":1.1,"slot_1mib_vs_copy_call":2.718},"#,
                 r#""targets":{"guest_rtt_vs_native":{"target":"<= 1.2","met":true},"#,
-                r#""slot_1mib_vs_copy_call":{"target":">= 2.0","met":true}},"#,
+                r#""slot_1mib_vs_copy_call":{"target":">= 2","met":true}},"#,
                 r#""notes":["n"]}"#
             )
         );

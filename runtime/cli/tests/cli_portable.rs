@@ -36,6 +36,17 @@ fn install(prefix: &Path) -> PathBuf {
     let bin = prefix.join("bin/shmrt");
     std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
     std::fs::copy(env!("CARGO_BIN_EXE_shmrt"), &bin).unwrap();
+    // Until the copy's descriptor is closed in every child another test
+    // thread forked meanwhile (before its exec), running it fails with
+    // ETXTBSY: wait for that to pass.
+    for _ in 0..100 {
+        match Command::new(&bin).arg("--version").output() {
+            Err(e) if e.raw_os_error() == Some(26) => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            _ => break,
+        }
+    }
     bin
 }
 

@@ -33,8 +33,10 @@ fn log_of_bytes_the_host_rewrites_meanwhile() {
     let read_cursor = layout.g2h_ring_offset(0) + 64;
     let probe = guest("runtime/tests/guests/probe");
     for _ in 0..3 {
+        // On a thread of its own: the host drains while the guest logs
+        // (a callback's 200,000 sends would find the ring full).
         let out = run(
-            &[],
+            &["--exec", "thread"],
             &probe,
             format!("lograce {read_cursor} 1 200000\n").as_bytes(),
         );

@@ -485,12 +485,12 @@ impl Feeder {
     ) -> anyhow::Result<()> {
         loop {
             let mut tx = self.take_current();
-            match tx.send_read(chunk, |buf| read_full_into(&input, buf)) {
+            match tx.send_from_reader(chunk, |buf| read_full_into(&input, buf)) {
                 Ok(ReadSend::Sent(n)) => {
                     self.put_back(tx);
                     progress.add(n);
                 }
-                Ok(ReadSend::Nothing) => {
+                Ok(ReadSend::Eof) => {
                     self.put_back(tx);
                     return Ok(());
                 }
