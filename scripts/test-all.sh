@@ -41,6 +41,7 @@ step "the embedding example"
 # would build wasmtime twice more (the binary alone and the example alone
 # each unify other features).
 target/debug/examples/embed "$(target/debug/shmrt build examples/upper)"
+target/debug/examples/many "$(target/debug/shmrt build examples/echo)" --count 200 --rounds 3
 
 step "no_std builds for wasm32"
 cargo build -p shmrt-primitives --target wasm32-unknown-unknown
