@@ -33,6 +33,9 @@ pub(crate) struct TickerState {
     idle: AtomicBool,
     /// Cleared when the runtime is dropped.
     stopping: AtomicBool,
+    /// Ticks so far: a fiber resumed at tick `t` yields at its first epoch
+    /// check after `t`, not at once (its deadline was set when it last ran).
+    ticks: std::sync::atomic::AtomicU64,
     thread: OnceLock<Thread>,
 }
 
@@ -47,6 +50,11 @@ impl TickerState {
         {
             t.unpark();
         }
+    }
+
+    /// Ticks so far.
+    pub fn ticks(&self) -> u64 {
+        self.ticks.load(Ordering::Relaxed)
     }
 
     /// A guest stops running wasm code (it waits in the host, or ended).
@@ -123,6 +131,7 @@ impl EpochTicker {
                 while !s.stopping.load(Ordering::Relaxed) {
                     std::thread::sleep(EPOCH_TICK);
                     engine.increment_epoch();
+                    s.ticks.fetch_add(1, Ordering::Relaxed);
                     if s.running.load(Ordering::SeqCst) == 0 {
                         // SYNC POINT "ticker idle" (see `enter`).
                         s.idle.store(true, Ordering::SeqCst);

@@ -267,6 +267,9 @@ impl GuestDriver {
             Driven::Ended => Step::Turn(Turn::Ended),
             Driven::Fiber(run) => {
                 waker.woken.store(false, Ordering::Relaxed);
+                shared
+                    .resumed_at_tick
+                    .store(ticker.ticks(), Ordering::Relaxed);
                 let task = Waker::from(waker.clone());
                 let mut cx = Context::from_waker(&task);
                 let polled = {

@@ -165,7 +165,7 @@ pub(crate) fn watch_deadline(
     }
     store.set_epoch_deadline(1);
     let cb_shared = shared.clone();
-    store.epoch_deadline_callback(move |_ctx| {
+    store.epoch_deadline_callback(move |ctx| {
         if cb_shared.stop.load(Ordering::Acquire) {
             return Err(wasmtime::Error::new(Stopped));
         }
@@ -180,7 +180,13 @@ pub(crate) fn watch_deadline(
                 cb_shared.callback_slice.unwrap_or_default(),
             )));
         }
-        Ok(if yield_to_host {
+        // A fiber yields once it has run for a tick since it was resumed:
+        // the epoch may have moved on while it was suspended (other guests
+        // ran), and yielding at its first check then would send every
+        // resumed fiber back through its executor before it answers.
+        let ran_a_tick =
+            || ctx.data().ticker.ticks() > cb_shared.resumed_at_tick.load(Ordering::Relaxed);
+        Ok(if yield_to_host && ran_a_tick() {
             UpdateDeadline::Yield(1)
         } else {
             UpdateDeadline::Continue(1)

@@ -65,6 +65,8 @@ pub(crate) struct SandboxShared {
     pub abandon_at_ns: std::sync::atomic::AtomicU64,
     /// Where the guest runs its code.
     pub execution: Execution,
+    /// The ticker's tick when a fiber guest was last resumed.
+    pub resumed_at_tick: std::sync::atomic::AtomicU64,
     /// A callback guest's call in progress: nanoseconds after `started`
     /// when it began (at least 1), 0 between calls.
     pub call_started_ns: std::sync::atomic::AtomicU64,
@@ -306,6 +308,7 @@ impl SandboxShared {
             stopped_at: Default::default(),
             abandon_at_ns: std::sync::atomic::AtomicU64::new(u64::MAX),
             execution: Execution::Thread,
+            resumed_at_tick: std::sync::atomic::AtomicU64::new(0),
             call_started_ns: std::sync::atomic::AtomicU64::new(0),
             timer_at_ns: std::sync::atomic::AtomicU64::new(0),
             callback_slice: None,

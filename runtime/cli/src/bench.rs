@@ -608,17 +608,10 @@ impl PlainInstances {
         let engine = Engine::new(&config).map_err(baseline_error)?;
         let module = Module::new(&engine, guest).map_err(baseline_error)?;
         let mut linker = Linker::<()>::new(&engine);
-        (|| {
-            linker.func_wrap("shmrt", "segment_base", || 0u32)?;
-            linker.func_wrap("shmrt", "segment_size", || 0u32)?;
-            linker.func_wrap("shmrt", "peer_id", || 1u32)?;
-            linker.func_wrap("shmrt", "ring", || {})?;
-            linker.func_wrap("shmrt", "wait", |_: i64| 1i32)?;
-            linker.func_wrap("shmrt", "log", |_: i32, _: u32, _: u32| {})?;
-            linker.func_wrap("shmrt", "now_ns", || 0u64)?;
-            wasmtime::Result::<()>::Ok(())
-        })()
-        .map_err(baseline_error)?;
+        // Dummy imports, from the module's own import table.
+        linker
+            .define_unknown_imports_as_traps(&module)
+            .map_err(baseline_error)?;
         let pre = linker.instantiate_pre(&module).map_err(baseline_error)?;
         Ok(PlainInstances {
             store_engine: engine,
@@ -1493,18 +1486,11 @@ impl CopyCallGuest {
         let engine = Engine::new(&config).map_err(baseline_error)?;
         let module = Module::new(&engine, guest).map_err(baseline_error)?;
         let mut linker = Linker::<()>::new(&engine);
-        // Plain wasmtime: the shmrt imports exist but are never called.
-        (|| {
-            linker.func_wrap("shmrt", "segment_base", || 0u32)?;
-            linker.func_wrap("shmrt", "segment_size", || 0u32)?;
-            linker.func_wrap("shmrt", "peer_id", || 1u32)?;
-            linker.func_wrap("shmrt", "ring", || {})?;
-            linker.func_wrap("shmrt", "wait", |_: i64| 1i32)?;
-            linker.func_wrap("shmrt", "log", |_: i32, _: u32, _: u32| {})?;
-            linker.func_wrap("shmrt", "now_ns", || 0u64)?;
-            wasmtime::Result::<()>::Ok(())
-        })()
-        .map_err(baseline_error)?;
+        // Plain wasmtime: the module's imports (read from its own import
+        // table) exist but are never called.
+        linker
+            .define_unknown_imports_as_traps(&module)
+            .map_err(baseline_error)?;
         let mut store = Store::new(&engine, ());
         // Nothing advances this engine's epoch: the checks never fire.
         store.set_epoch_deadline(u64::MAX / 2);
