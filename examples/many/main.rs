@@ -153,6 +153,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         args.execution.name()
     );
 
+    let limits = Limits::now();
     let before = Usage::now();
     let mut sandboxes = Vec::with_capacity(args.count);
     let mut spawn_times = Vec::with_capacity(args.count);
@@ -170,7 +171,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
             Ok(sandbox) => sandboxes.push(sandbox),
             Err(e) => {
                 eprintln!();
-                return Err(spawn_failed(e, i, args.count, &args.plugin));
+                return Err(spawn_failed(e, i, args.count, &args.plugin, &limits));
             }
         }
         spawn_times.push(took);
@@ -341,21 +342,49 @@ async fn goodbye(mut sandbox: Sandbox) -> Result<i32, SandboxError> {
 
 /// A spawn that failed, with the process's counts that usually explain
 /// it (memory mappings, file descriptors) next to their limits.
-fn spawn_failed(e: SandboxError, live: usize, count: usize, plugin: &Path) -> anyhow::Error {
+fn spawn_failed(
+    e: SandboxError,
+    live: usize,
+    count: usize,
+    plugin: &Path,
+    limits: &Limits,
+) -> anyhow::Error {
     let now = Usage::now();
     let limit = |value: Option<u64>| value.map_or("unknown".into(), |v| v.to_string());
-    let count_of = |value: Option<usize>| value.map_or("?".into(), |v| v.to_string());
+    let (max_maps, max_fds) = (limit(limits.max_map_count), limit(limits.open_files));
+    let held = match (now.maps, now.fds) {
+        (Some(maps), Some(fds)) => format!(
+            "the process holds {maps} memory mappings (vm.max_map_count {max_maps}) and {fds} \
+             open fds (soft limit {max_fds})"
+        ),
+        _ => format!(
+            "/proc could not be read (no file descriptor left?); vm.max_map_count is {max_maps}, \
+             the soft limit on open fds {max_fds}"
+        ),
+    };
     anyhow::Error::new(e).context(format!(
-        "spawning sandbox {} of {count} of {} failed with {live} live; the process holds {} memory \
-         mappings (vm.max_map_count {}) and {} open fds (soft limit {}): give a smaller --count, \
-         or raise the limit that was reached",
+        "spawning sandbox {} of {count} of {} failed with {live} live; {held}: give a smaller \
+         --count, or raise the limit that was reached",
         live + 1,
         plugin.display(),
-        count_of(now.maps),
-        limit(read_number("/proc/sys/vm/max_map_count")),
-        count_of(now.fds),
-        limit(open_files_soft_limit()),
     ))
+}
+
+/// The limits a spawn runs into first, read before spawning (a process
+/// out of file descriptors can not open /proc to read them).
+#[derive(Debug)]
+struct Limits {
+    max_map_count: Option<u64>,
+    open_files: Option<u64>,
+}
+
+impl Limits {
+    fn now() -> Limits {
+        Limits {
+            max_map_count: read_number("/proc/sys/vm/max_map_count"),
+            open_files: open_files_soft_limit(),
+        }
+    }
 }
 
 /// The process's resident memory, memory mappings and open file
