@@ -710,6 +710,10 @@ impl HostSender {
             let slot_deadline = stall.deadline(shared);
             let mut ready = || tx.could_send(len).map_err(|e| protocol(shared, e));
             was_ready = std::future::poll_fn(|cx| {
+                // Past the slot wait: back to the loop, which says so.
+                if slot_deadline.is_some_and(|d| Instant::now() >= d) {
+                    return std::task::Poll::Ready(Ok(false));
+                }
                 let polled = poll_guest(shared, driver, &mut waiter, cx, &mut ready);
                 if polled.is_pending()
                     && let Some(at) = slot_deadline

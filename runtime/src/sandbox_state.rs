@@ -73,7 +73,7 @@ pub(crate) struct SandboxShared {
     /// The earliest wake-up this sandbox has with the wake timer (ns after
     /// `started`, 0: none), so that an async host polling it again and
     /// again registers one, not one per poll.
-    pub timer_at_ns: std::sync::atomic::AtomicU64,
+    pub timer_at: std::sync::Mutex<Option<(Instant, std::task::Waker)>>,
     /// [`SandboxOptions::callback_slice`].
     pub callback_slice: Option<Duration>,
     /// A fiber guest suspended in the host: who to wake, and when its own
@@ -251,16 +251,19 @@ impl SandboxShared {
             .is_some_and(|end| Instant::now() >= end)
     }
 
-    /// Registers `waker` with the wake timer at `at`, unless this sandbox
-    /// has an earlier registration that has not come yet.
+    /// Registers `waker` with the wake timer at `at`, unless the same
+    /// task has a registration at or before `at` that has not come yet.
     pub(crate) fn wake_task_at(&self, at: Instant, waker: &std::task::Waker) {
-        let at_ns = (at.saturating_duration_since(self.started).as_nanos() as u64).max(1);
-        let now_ns = self.started.elapsed().as_nanos() as u64;
-        let armed = self.timer_at_ns.load(Ordering::Relaxed);
-        if armed != 0 && armed > now_ns && armed <= at_ns {
+        let mut armed = self.timer_at.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((when, w)) = &*armed
+            && *when > Instant::now()
+            && *when <= at
+            && w.will_wake(waker)
+        {
             return;
         }
-        self.timer_at_ns.store(at_ns, Ordering::Relaxed);
+        *armed = Some((at, waker.clone()));
+        drop(armed);
         crate::wake_timer::wake_at(at, waker);
     }
 
@@ -310,7 +313,7 @@ impl SandboxShared {
             execution: Execution::Thread,
             resumed_at_tick: std::sync::atomic::AtomicU64::new(0),
             call_started_ns: std::sync::atomic::AtomicU64::new(0),
-            timer_at_ns: std::sync::atomic::AtomicU64::new(0),
+            timer_at: std::sync::Mutex::new(None),
             callback_slice: None,
             fiber_wake: WakeSlot::default(),
             host_task: WakeSlot::default(),

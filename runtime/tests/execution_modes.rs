@@ -425,3 +425,85 @@ fn a_callback_that_never_empties_its_inbox_after_the_goodbye_is_ended() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A task whose async receive was cancelled leaves no registration that
+/// keeps the next task from being woken at the guest's deadline.
+#[test]
+fn a_cancelled_async_receive_does_not_take_the_next_ones_wake_up() {
+    let wat = r#"(module
+      (import "shmrt" "wait" (func $wait (param i64) (result i32)))
+      (memory (export "memory") 1)
+      (func (export "shmrt_main") (result i32)
+        (drop (i32.atomic.load (i32.const 0)))
+        (loop $l (drop (call $wait (i64.const -1))) (br $l)) (i32.const 0)))"#;
+    let runtime = Runtime::new().unwrap();
+    let mut opts = options("waiter", Execution::Fiber);
+    opts.timeout = Some(Duration::from_secs(1));
+    let sandbox = runtime.spawn(wat.as_bytes(), opts).unwrap();
+    let (_tx, mut rx, _handle) = sandbox.split();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let local = tokio::task::LocalSet::new();
+    let started = Instant::now();
+    let got = local.block_on(&rt, async move {
+        // Registers the deadline with this task's waker, then is dropped.
+        let cancelled = {
+            let first = tokio::time::timeout(Duration::from_millis(100), rx.recv_async()).await;
+            first.is_err()
+        };
+        assert!(cancelled);
+        tokio::task::spawn_local(async move { rx.recv_async().await.map(|m| m.len()) })
+            .await
+            .unwrap()
+    });
+    assert!(matches!(got, Err(SandboxError::Closed { .. })), "{got:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// An async send that finds no slot ends at the slot wait, as the
+/// blocking one does, without spinning meanwhile.
+#[test]
+fn an_async_send_ends_at_the_slot_wait() {
+    let wat = r#"(module
+      (import "shmrt" "wait" (func $wait (param i64) (result i32)))
+      (memory (export "memory") 1)
+      (func (export "shmrt_main") (result i32)
+        (drop (i32.atomic.load (i32.const 0)))
+        (loop $l (drop (call $wait (i64.const -1))) (br $l)) (i32.const 0)))"#;
+    let runtime = Runtime::new().unwrap();
+    for mode in [Execution::Fiber, Execution::Thread] {
+        let mut opts = options("hoarder", mode);
+        opts.slot_wait = Some(Duration::from_millis(300));
+        let mut sandbox = runtime.spawn(wat.as_bytes(), opts).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let started = Instant::now();
+        let cpu = thread_cpu_ticks();
+        let result = rt.block_on(async {
+            let big = vec![1u8; 70_000];
+            loop {
+                if let Err(e) = sandbox.sender().send_async(&big).await {
+                    return e;
+                }
+            }
+        });
+        assert!(
+            matches!(result, SandboxError::SlotsExhausted { .. }),
+            "{mode:?}: {result}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5), "{mode:?}");
+        let used = thread_cpu_ticks() - cpu;
+        assert!(
+            used <= 20,
+            "{mode:?}: {used} ticks of CPU waiting for a slot"
+        );
+    }
+}
