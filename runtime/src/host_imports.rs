@@ -192,10 +192,7 @@ fn wait(mut c: Caller<'_, SandboxState>, timeout_ns: i64) -> wasmtime::Result<Wa
     let state = c.data_mut();
     let shared = state.shared.clone();
     let bell = &shared.peer().h2g_doorbell;
-    let now = Instant::now();
-    let until = u64::try_from(timeout_ns)
-        .ok()
-        .map(|ns| now + Duration::from_nanos(ns));
+    let until = wait_until(timeout_ns);
     loop {
         // Register, then check, then sleep on the sequence seen at
         // registration (the eventcount protocol of the doorbell module).
@@ -209,32 +206,18 @@ fn wait(mut c: Caller<'_, SandboxState>, timeout_ns: i64) -> wasmtime::Result<Wa
                 bell.finish_wait();
             }
         };
-        if shared.segment_file.was_truncated() {
-            finish();
-            return Err(wasmtime::Error::new(SegmentTruncated));
-        }
-        if shared.goodbye_or_stopped() {
-            finish();
-            return Ok(WaitOutcome::Goodbye);
-        }
-        // Data the guest has not been told of yet ends the wait; data it
-        // was told of and left queued does not (it waits for room).
-        let pending = shared.h2g_pending_write();
-        if pending.is_some() && pending != state.wait_seen_write {
-            state.wait_seen_write = pending;
-            state.poll_backoff = MIN_POLL_NAP;
-            finish();
-            return Ok(WaitOutcome::Rang);
+        // The checks of every `wait`, once registered.
+        match wait_step(state, until) {
+            Ok(None) => {}
+            done => {
+                finish();
+                if matches!(done, Ok(Some(WaitOutcome::Rang))) {
+                    state.poll_backoff = MIN_POLL_NAP;
+                }
+                return done.map(|outcome| outcome.expect("a wait that ended says how"));
+            }
         }
         let now = Instant::now();
-        if state.deadline.is_some_and(|d| now >= d) {
-            finish();
-            return Err(wasmtime::Error::new(DeadlineExceeded));
-        }
-        if until.is_some_and(|u| now >= u) {
-            finish();
-            return Ok(WaitOutcome::Timeout);
-        }
         let mut nap = MAX_PARK;
         for limit in [until, state.deadline].into_iter().flatten() {
             nap = nap.min(limit.saturating_duration_since(now));
