@@ -254,6 +254,19 @@ impl Producer {
         })
     }
 
+    /// Takes the producing end of a ring its caller has just laid out
+    /// (both cursors at zero) without reading its header, so that a fresh
+    /// segment's pages are not touched before the ring is used. A ring
+    /// whose cursors moved since is caught at the first use: every later
+    /// load of the consumer's cursor is checked as [`Self::new`] checks it.
+    pub fn fresh(ring: RingRef) -> Self {
+        Producer {
+            ring,
+            write: 0,
+            cached_read: 0,
+        }
+    }
+
     /// The ring.
     pub fn ring(&self) -> &RingRef {
         &self.ring
@@ -470,6 +483,20 @@ impl Consumer {
             cached_write: read,
             wrap_end: 0,
         })
+    }
+
+    /// Takes the consuming end of a ring its caller has just laid out
+    /// (`read` at zero) without reading its header; see
+    /// [`Producer::fresh`].
+    pub fn fresh(ring: RingRef) -> Self {
+        Consumer {
+            ring,
+            read: 0,
+            published: 0,
+            lazy: false,
+            cached_write: 0,
+            wrap_end: 0,
+        }
     }
 
     /// The ring.

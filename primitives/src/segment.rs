@@ -406,6 +406,17 @@ impl Segment {
         Ok((tx, rx))
     }
 
+    /// [`Self::host_channel`] of a segment its caller has just laid out
+    /// (or mapped from a freshly laid-out template), before anyone used
+    /// its rings: the cursors are taken as zero, not read, so that no page
+    /// of the segment is touched until the first message.
+    pub fn fresh_host_channel(&self, index: u32) -> (Sender, Receiver) {
+        let (h2g, g2h) = self.rings(index);
+        let tx = Sender::new(Producer::fresh(h2g), self.pool(), 0, &self.layout);
+        let rx = Receiver::new(Consumer::fresh(g2h), self.pool());
+        (tx, rx)
+    }
+
     /// Guest `index`'s ends: a sender on G2H, a receiver on H2G. Slots are
     /// allocated as the guest's [`PeerId`].
     pub fn guest_channel(&self, index: u32) -> Result<(Sender, Receiver), ProtocolError> {

@@ -36,6 +36,10 @@ pub(crate) enum Claim {
     Reserved,
     /// A walk-in guest on the first Empty entry.
     Empty,
+    /// We created the segment from a template whose entry is taken for a
+    /// guest on the host's thread (see `SegmentTemplate::new`): nothing to
+    /// write.
+    Taken,
 }
 
 impl Runtime {
@@ -181,10 +185,14 @@ impl Runtime {
         store.data_mut().memory_limit.window_growth = false;
         grown.map_err(instantiate_err)?;
         let base = shared.window_base();
-        if base == NOT_PLACED
-            || memory.data(&store).get(base..base + 8)
-                != Some(&shmrt_primitives::segment_header::MAGIC[..])
-        {
+        // A window mapped from a file another party may have written must
+        // hold a segment; one mapped from the runtime's template does, and
+        // is not read here (each page read is a fault, paid at first use).
+        let placed = base != NOT_PLACED
+            && (shared.segment_file.region().is_some()
+                || memory.data(&store).get(base..base + 8)
+                    == Some(&shmrt_primitives::segment_header::MAGIC[..]));
+        if !placed {
             return Err(SandboxError::Instantiate {
                 sandbox: name,
                 message: "the segment window could not be placed in linear memory".into(),
@@ -205,7 +213,7 @@ impl Runtime {
             .ok();
 
         let peer = shared.peer();
-        if options.execution != Execution::Thread {
+        if options.execution != Execution::Thread && !matches!(claim, Claim::Taken) {
             // Before the guest opens its channel (in its entry point).
             peer.host_flags.fetch_or(
                 shmrt_primitives::peer_entry::HOST_RUNS_GUEST,
@@ -216,6 +224,7 @@ impl Runtime {
             Claim::Own => peer.try_reserve().map(|_| ()),
             Claim::Reserved => peer.try_claim_reserved(),
             Claim::Empty => peer.try_attach().map(|_| ()),
+            Claim::Taken => Ok(()),
         };
         taken.map_err(|e| SandboxError::Peer {
             path: shared

@@ -37,6 +37,7 @@ mod runtime;
 pub mod sandbox;
 mod sandbox_state;
 pub mod segment_file;
+mod segment_template;
 mod sigbus;
 pub mod supervise;
 mod wake_timer;

@@ -21,6 +21,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use rustix::mm::{MapFlags, MprotectFlags, ProtFlags};
 use wasmtime::{LinearMemory, MemoryCreator, MemoryType};
 
+use crate::segment_template::SegmentTemplate;
+
 /// 4 GiB: every 32-bit memory reserves its whole address range.
 pub(crate) const RESERVATION_32: usize = 1 << 32;
 
@@ -31,17 +33,19 @@ pub(crate) const RESERVATION_32: usize = 1 << 32;
 pub(crate) const GUARD_SIZE: usize = 32 << 20;
 
 /// The address range of an in-process sandbox's linear memory, reserved
-/// before its instantiation so that its segment can be laid out in it
-/// first: the segment window is pages of the guest's own memory (no file,
-/// no descriptor, no mapping of its own), and the host reaches it through
-/// the same pages. Shared by the linear memory and the host's view of the
-/// segment; unmapped when both are gone.
+/// before its instantiation: its segment window is pages of the guest's
+/// own memory, mapped copy-on-write from the runtime's laid-out template
+/// of the segment ([`SegmentTemplate`]) when the memory grows into it (no
+/// descriptor of its own), and the host reaches it through the same
+/// pages. Shared by the linear memory and the host's view of the segment;
+/// unmapped when both are gone.
 pub(crate) struct GuestRegion {
     base: *mut u8,
     total: usize,
     /// Where the window starts: after the module's initial pages.
     window_at: usize,
-    window_len: usize,
+    /// The segment laid out, mapped at the window when it is placed.
+    template: Arc<SegmentTemplate>,
 }
 
 // SAFETY: plain address space owned by this value; what is in it is read
@@ -54,19 +58,22 @@ impl std::fmt::Debug for GuestRegion {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GuestRegion")
             .field("window_at", &self.window_at)
-            .field("window_len", &self.window_len)
+            .field("window_len", &self.template.window_len)
             .finish_non_exhaustive()
     }
 }
 
 impl GuestRegion {
-    /// Reserves a 32-bit memory's range plus its guard, `PROT_NONE`, and
-    /// makes the window `[window_at, window_at + window_len)` read-write
-    /// (fresh zero pages, for the segment to be laid out in).
-    pub fn reserve(window_at: usize, window_len: usize) -> std::io::Result<Arc<Self>> {
+    /// Reserves a 32-bit memory's range plus its guard, all `PROT_NONE`:
+    /// the window at `window_at` is mapped from `template` when the memory
+    /// grows into it ([`WindowedMemory::map_window`]). Until then nothing
+    /// there is accessible: wasmtime relies on protected pages past a
+    /// memory's size to trap (it elides bounds checks in a 4 GiB
+    /// reservation), so a start function can neither read nor write it.
+    pub fn reserve(window_at: usize, template: Arc<SegmentTemplate>) -> std::io::Result<Arc<Self>> {
         let total = RESERVATION_32 + GUARD_SIZE;
         if window_at
-            .checked_add(window_len)
+            .checked_add(template.window_len)
             .is_none_or(|end| end > RESERVATION_32)
         {
             return Err(std::io::Error::other(
@@ -82,36 +89,29 @@ impl GuestRegion {
                 MapFlags::PRIVATE | MapFlags::NORESERVE,
             )
         }? as *mut u8;
-        let region = GuestRegion {
+        Ok(Arc::new(GuestRegion {
             base,
             total,
             window_at,
-            window_len,
-        };
-        // SAFETY: inside the reservation just made.
-        unsafe {
-            rustix::mm::mprotect(
-                base.add(window_at) as *mut c_void,
-                window_len,
-                MprotectFlags::READ | MprotectFlags::WRITE,
-            )
-        }?;
-        Ok(Arc::new(region))
+            template,
+        }))
     }
 
-    /// Makes the laid-out window inaccessible again until the memory grows
-    /// into it ([`WindowedMemory::map_window`]): wasmtime relies on
-    /// protected pages past a memory's size to trap (it elides bounds
-    /// checks in a 4 GiB reservation), so a start function must not read
-    /// or write the window before it is placed.
-    pub fn protect_until_placed(&self) -> std::io::Result<()> {
-        // SAFETY: the window is inside the reservation; nothing reads it
-        // until it is placed (the host's view waits for the placement).
+    /// Maps the template at the window, read-write and private: the
+    /// segment laid out, each page copied for this sandbox at its first
+    /// write.
+    fn map_template(&self) -> std::io::Result<()> {
+        // SAFETY: the window is inside our reservation and not yet in use
+        // (the memory grows into it now); MAP_FIXED replaces its PROT_NONE
+        // pages. The file is sealed: its pages can not go away.
         unsafe {
-            rustix::mm::mprotect(
+            rustix::mm::mmap(
                 self.window_ptr() as *mut c_void,
-                self.window_len,
-                MprotectFlags::empty(),
+                self.template.window_len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::PRIVATE | MapFlags::FIXED,
+                &self.template.file,
+                0,
             )
         }?;
         Ok(())
@@ -125,7 +125,7 @@ impl GuestRegion {
 
     /// The window's length.
     pub fn window_len(&self) -> usize {
-        self.window_len
+        self.template.window_len
     }
 }
 
@@ -309,17 +309,9 @@ impl WindowedMemory {
                     "the memory grew before its segment window was placed",
                 ));
             }
-            // SAFETY: the window is inside the reservation, laid out, and
-            // ours to open to the guest now.
-            unsafe {
-                rustix::mm::mprotect(
-                    region.window_ptr() as *mut c_void,
-                    region.window_len,
-                    MprotectFlags::READ | MprotectFlags::WRITE,
-                )
-            }?;
+            region.map_template()?;
             w.placed_at.store(self.size, Ordering::Release);
-            self.size += region.window_len;
+            self.size += region.window_len();
             return Ok(());
         }
         let Some(file) = &w.file else {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use shmrt_primitives::{PeerId, PeerState, SegmentConfig, SegmentLayout};
+use shmrt_primitives::{PeerId, PeerState, SegmentConfig};
 use wasmtime::{Config, Engine, Linker, Module, Store};
 
 use crate::doorbell_futex::SpinBudget;
@@ -23,6 +23,7 @@ use crate::plugin::Plugin;
 use crate::sandbox::Sandbox;
 use crate::sandbox_state::{SandboxShared, SandboxState};
 use crate::segment_file::SegmentFile;
+use crate::segment_template::SegmentTemplate;
 use crate::{host_imports, wasi_poll};
 
 /// Prepared plugins keyed by (hash, length) of their bytes, with the bytes
@@ -66,6 +67,9 @@ pub struct Runtime {
 
     /// Advances the epoch while some guest runs wasm (deadlines, stops).
     pub(crate) ticker: EpochTicker,
+    /// Segments laid out once per configuration, mapped copy-on-write by
+    /// in-process sandboxes (one descriptor each, none per sandbox).
+    segment_templates: std::sync::Mutex<Vec<Arc<SegmentTemplate>>>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -127,7 +131,30 @@ impl Runtime {
             linker: Arc::new(linker),
             fiber_linker: Arc::new(fiber_linker),
             ticker,
+            segment_templates: Default::default(),
         })
+    }
+
+    /// The laid-out segment of `config` (its entry taken or not, see
+    /// [`SegmentTemplate::new`]), made at its first use.
+    fn segment_template(
+        &self,
+        config: &SegmentConfig,
+        taken_for_host_thread: bool,
+    ) -> Result<Arc<SegmentTemplate>, SandboxError> {
+        let mut templates = self
+            .segment_templates
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = templates
+            .iter()
+            .find(|t| t.config == *config && t.taken_for_host_thread == taken_for_host_thread)
+        {
+            return Ok(t.clone());
+        }
+        let template = Arc::new(SegmentTemplate::new(config, taken_for_host_thread)?);
+        templates.push(template.clone());
+        Ok(template)
     }
 
     /// Reads `path` and spawns it.
@@ -171,16 +198,19 @@ impl Runtime {
             window,
             initial: plugin.initial_pages() << 16,
         };
+        // A guest on the host's thread whose segment is pages of its own
+        // memory finds its entry taken at birth (nothing to write at spawn).
+        let born_taken = options.segment_source == SegmentSource::GuestMemory
+            && options.execution != crate::Execution::Thread;
         let file = match &options.segment_source {
             SegmentSource::GuestMemory => {
-                let window = SegmentLayout::compute(&seg_config)
-                    .map_err(SandboxError::Config)?
-                    .window_size()
-                    .next_multiple_of(65536);
-                if (plugin.initial_pages() << 16).saturating_add(window) > 1 << 32 {
-                    return Err(window_too_large(window));
+                let template = self.segment_template(&seg_config, born_taken)?;
+                if (plugin.initial_pages() << 16).saturating_add(template.window_len as u64)
+                    > 1 << 32
+                {
+                    return Err(window_too_large(template.window_len as u64));
                 }
-                SegmentFile::create_in_guest_memory(&seg_config, plugin.initial_pages())?.0
+                SegmentFile::create_in_guest_memory(template, plugin.initial_pages())?.0
             }
             SegmentSource::Memfd => SegmentFile::create_memfd(&seg_config)?,
             SegmentSource::Named {
@@ -195,16 +225,14 @@ impl Runtime {
         shared.execution = options.execution;
         shared.callback_slice = options.callback_slice;
         let shared = Arc::new(shared);
-        let handle = self.start(plugin, &options, shared.clone(), Claim::Own)?;
+        let claim = if born_taken { Claim::Taken } else { Claim::Own };
+        let handle = self.start(plugin, &options, shared.clone(), claim)?;
         let driver = handle.run.driver();
         let segment = *shared.segment_file.segment();
-        let (tx, rx) =
-            segment
-                .host_channel(shared.guest_index)
-                .map_err(|error| SandboxError::Protocol {
-                    sandbox: shared.name.clone(),
-                    error,
-                })?;
+        // We laid the segment out, and only we move the cursors the host's
+        // ends start from (its H2G write, its G2H read): zero, not read
+        // (each page read at a spawn is a fault).
+        let (tx, rx) = segment.fresh_host_channel(shared.guest_index);
         Ok(Sandbox {
             sender: HostSender::new(tx, shared.clone(), driver.clone()),
             receiver: HostReceiver::new(rx, shared, driver),

@@ -383,32 +383,24 @@ fn part_name(name: &Path) -> PathBuf {
 }
 
 impl SegmentFile {
-    /// Creates and initializes a segment for `config` in pages of a guest's
-    /// linear memory, reserved before its instantiation: the window of an
-    /// in-process sandbox whose module declares `initial_pages` (64 KiB
-    /// each). No file, no descriptor, no mapping of its own: the host reads
-    /// the segment through the same pages as the guest.
+    /// The segment of an in-process sandbox: a reservation for the guest's
+    /// linear memory whose window, after the module's `initial_pages`, is
+    /// `template` mapped copy-on-write when the memory grows into it (see
+    /// [`crate::segment_template`]). Nothing is read or written here: the
+    /// host's view waits for the placement.
     pub(crate) fn create_in_guest_memory(
-        config: &SegmentConfig,
+        template: Arc<crate::segment_template::SegmentTemplate>,
         initial_pages: u64,
     ) -> Result<(Self, Arc<crate::memory_window::GuestRegion>), SandboxError> {
-        let layout = SegmentLayout::compute(config).map_err(SandboxError::Config)?;
-        let size = layout.window_size();
-        let window_len = usize::try_from(size.div_ceil(WASM_PAGE_SIZE) * WASM_PAGE_SIZE)
-            .map_err(|_| SandboxError::Config(shmrt_primitives::LayoutError::Overflow))?;
+        let (layout, size) = (template.layout, template.size);
         let window_at =
             usize::try_from(initial_pages.saturating_mul(WASM_PAGE_SIZE)).unwrap_or(usize::MAX);
-        let region = crate::memory_window::GuestRegion::reserve(window_at, window_len)
+        let region = crate::memory_window::GuestRegion::reserve(window_at, template)
             .map_err(|e| SandboxError::io("reserving the sandbox's memory", e))?;
-        let len = usize::try_from(size)
-            .map_err(|_| SandboxError::Config(shmrt_primitives::LayoutError::Overflow))?;
-        // SAFETY: the window is page-aligned, read-write, zero-filled (fresh
-        // anonymous pages) and not yet seen by any guest.
-        let segment = unsafe { Segment::create(region.window_ptr(), len, config) }
+        // SAFETY: the window is page-aligned and `size` bytes of it are the
+        // template's segment once placed; `from_layout` touches nothing.
+        let segment = unsafe { Segment::from_layout(region.window_ptr(), size, layout) }
             .map_err(SandboxError::Config)?;
-        region
-            .protect_until_placed()
-            .map_err(|e| SandboxError::io("protecting the segment until it is placed", e))?;
         let map = Mapping {
             _sigbus: None,
             mmap: HostView::Region(region.clone()),
@@ -418,7 +410,7 @@ impl SegmentFile {
             file: None,
             map,
             segment,
-            file_len: size,
+            file_len: size as u64,
             remove: None,
             path: None,
         };

@@ -454,7 +454,7 @@ pub fn run(
         }
     }
     step(&format!("density: {} sandboxes", plan.sandboxes));
-    let (density, notes) = density_workloads(&runtime, guest, plan)?;
+    let (density, notes) = density_workloads(&runtime, guest, plan, &mut paired)?;
     w.extend(density);
     Ok(BenchReport {
         machine,
@@ -464,10 +464,15 @@ pub fn run(
     })
 }
 
-/// Reads a `/proc/self/status` field, in KiB.
-fn status_kib(field: &str) -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with(field))?;
+/// The process's proportional set size (`Pss` of
+/// `/proc/self/smaps_rollup`), in KiB: its resident pages, each shared one
+/// divided among its mappings. A page of a segment template that a
+/// thousand windows map counts once, where `VmRSS` counts it a thousand
+/// times (a window's first read maps up to 16 of the template's pages at
+/// once: the kernel's fault-around).
+fn proportional_set_kib() -> Option<f64> {
+    let rollup = std::fs::read_to_string("/proc/self/smaps_rollup").ok()?;
+    let line = rollup.lines().find(|l| l.starts_with("Pss:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
@@ -483,42 +488,77 @@ fn mappings() -> Option<f64> {
 /// module (same engine settings where they matter: threads, epochs, a
 /// 4 GiB reservation and a 32 MiB guard per memory; dummy imports). Also
 /// what each costs in memory and mappings, and a first reply after idling.
+/// Phases of the spawn workloads (see `density_workloads`).
+const SPAWN_PHASES: usize = 20;
+
+/// The density workloads; the spawn ratio (a median over phases) goes to
+/// `paired`.
 fn density_workloads(
     runtime: &Runtime,
     guest: &[u8],
     plan: BenchPlan,
+    paired: &mut Vec<(&'static str, f64)>,
 ) -> Result<(Vec<Workload>, Vec<String>), SandboxError> {
     let n = plan.sandboxes;
     let mut w = Vec::new();
-    // Plain wasmtime first, all kept alive, then dropped.
-    let plain_us = {
-        let mut baseline = PlainInstances::new(guest)?;
-        let t = Instant::now();
-        for _ in 0..n {
-            baseline.instantiate()?;
-        }
-        t.elapsed().as_secs_f64() * 1e6 / n as f64
-    };
     let plugin = runtime.prepare(guest)?;
-    let (rss0, maps0) = (status_kib("VmRSS:"), mappings());
-    let mut live = Vec::with_capacity(n);
-    let t = Instant::now();
-    let mut spawn_error = None;
-    for i in 0..n {
+    let spawn = |i: usize| {
         let options = SandboxOptions {
             name: format!("density-{i}"),
             execution: Execution::Callback,
             ..SandboxOptions::default()
         };
-        match runtime.spawn_plugin(&plugin, options) {
+        runtime.spawn_plugin(&plugin, options)
+    };
+    // The spawn cost first, in phases: a batch of plain instantiations
+    // (dropped at the phase's end) and then a batch of sandboxes (kept
+    // until all are spawned), so that both sides see the same process, as
+    // full of reservations as the sandboxes make it, and the same moment
+    // of a noisy machine. Per phase, us each and their ratio.
+    let mut baseline = PlainInstances::new(guest)?;
+    let phases = SPAWN_PHASES.min(n.max(1));
+    let (mut spawn_us, mut plain_us, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
+    let mut spawn_error = None;
+    {
+        let mut kept = Vec::with_capacity(n);
+        'phases: for phase in 0..phases {
+            let k = n / phases + usize::from(phase < n % phases);
+            let t = Instant::now();
+            for _ in 0..k {
+                baseline.instantiate()?;
+            }
+            let plain = t.elapsed().as_secs_f64() * 1e6 / k.max(1) as f64;
+            baseline.kept.clear();
+            let t = Instant::now();
+            for _ in 0..k {
+                match spawn(kept.len()) {
+                    Ok(sb) => kept.push(sb),
+                    Err(e) => {
+                        spawn_error = Some(e);
+                        break 'phases;
+                    }
+                }
+            }
+            let spawned = t.elapsed().as_secs_f64() * 1e6 / k.max(1) as f64;
+            spawn_us.push(spawned);
+            plain_us.push(plain);
+            ratio.push(spawned / plain);
+        }
+    }
+    drop(baseline);
+    // Then density: n sandboxes alive, each answering, with what they
+    // cost the process.
+    let (rss0, maps0) = (proportional_set_kib(), mappings());
+    let mut live = Vec::with_capacity(n);
+    for i in 0..n {
+        match spawn(i) {
             Ok(sb) => live.push(sb),
             Err(e) => {
-                spawn_error = Some(e);
+                spawn_error.get_or_insert(e);
                 break;
             }
         }
     }
-    let spawn_us = t.elapsed().as_secs_f64() * 1e6 / live.len().max(1) as f64;
     // Each answers one message (the bench guest's callback echoes).
     let mut answering = 0usize;
     for sb in &mut live {
@@ -532,7 +572,7 @@ fn density_workloads(
         }
     }
     let count = live.len().max(1) as f64;
-    let rss = status_kib("VmRSS:")
+    let rss = proportional_set_kib()
         .zip(rss0)
         .map(|(after, before)| (after - before) / count);
     let maps = mappings()
@@ -559,8 +599,15 @@ fn density_workloads(
         median,
         p99: None,
     };
-    w.push(single("spawn_sandbox", "us", spawn_us));
-    w.push(single("spawn_plain_wasmtime", "us", plain_us));
+    if !ratio.is_empty() {
+        w.push(single("spawn_sandbox", "us", phase_median(&spawn_us)));
+        w.push(single(
+            "spawn_plain_wasmtime",
+            "us",
+            phase_median(&plain_us),
+        ));
+        paired.push(("spawn_vs_plain_wasmtime", phase_median(&ratio)));
+    }
     w.push(single("density_live", "sandboxes", answering as f64));
     if let Some(rss) = rss {
         w.push(single("idle_rss_per_sandbox", "KiB", rss));
