@@ -208,10 +208,16 @@ impl GuestDriver {
     /// Runs the guest for one turn on this thread, which a wake-up of the
     /// guest unparks.
     pub fn turn(&mut self) -> Turn {
-        let me = std::thread::current();
-        if self.waker_thread != Some(me.id()) {
-            self.waker_thread = Some(me.id());
-            *self.waker.target.lock().unwrap_or_else(|e| e.into_inner()) = WakeTarget::Thread(me);
+        thread_local! {
+            // This thread's id, without `thread::current()`'s reference
+            // count per turn.
+            static THIS_THREAD: std::thread::ThreadId = std::thread::current().id();
+        }
+        let me = THIS_THREAD.with(|id| *id);
+        if self.waker_thread != Some(me) {
+            self.waker_thread = Some(me);
+            *self.waker.target.lock().unwrap_or_else(|e| e.into_inner()) =
+                WakeTarget::Thread(std::thread::current());
             self.shared.runs_on_this_thread();
         }
         self.turn_once()

@@ -71,7 +71,10 @@ pub struct SandboxOptions {
     /// In [`Execution::Callback`], the longest one call of the guest's
     /// callback may run before it is ended as a failure: a callback runs
     /// on the host's thread, which it holds until it returns (a fiber
-    /// yields instead). Default 1 s; `None`: as long as the timeout.
+    /// yields instead). Default 1 s; `None`: as long as the timeout. A
+    /// call's slice is counted from the first epoch tick (every 10 ms) or
+    /// WASI sleep inside it, so a call may run up to one tick longer: no
+    /// clock is read for a call that returns within a tick.
     pub callback_slice: Option<Duration>,
 }
 

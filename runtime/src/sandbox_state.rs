@@ -19,6 +19,10 @@ use crate::memory_window::NOT_PLACED;
 use crate::options::{DEFAULT_SLOT_WAIT, Execution, SandboxOptions};
 use crate::segment_file::SegmentFile;
 
+/// [`SandboxShared::call_started_ns`] of a callback call whose slice has
+/// not started yet.
+pub(crate) const CALL_NOT_TIMED: u64 = u64::MAX;
+
 /// State shared by the guest thread, the host ends and the imports.
 pub(crate) struct SandboxShared {
     pub name: String,
@@ -68,7 +72,8 @@ pub(crate) struct SandboxShared {
     /// The ticker's tick when a fiber guest was last resumed.
     pub resumed_at_tick: std::sync::atomic::AtomicU64,
     /// A callback guest's call in progress: nanoseconds after `started`
-    /// when it began (at least 1), 0 between calls.
+    /// when its slice began (at least 1), [`CALL_NOT_TIMED`] while the call
+    /// has not been looked at yet, 0 between calls.
     pub call_started_ns: std::sync::atomic::AtomicU64,
     /// The earliest wake-up this sandbox has with the wake timer (ns after
     /// `started`, 0: none), so that an async host polling it again and
@@ -224,21 +229,25 @@ impl SandboxShared {
     /// left behind rather than waited for.
     /// Marks the start (`true`) or the end of a callback call.
     pub(crate) fn callback_call(&self, starts: bool) {
-        let at = if starts {
-            (self.started.elapsed().as_nanos() as u64).max(1)
-        } else {
-            0
-        };
+        // No clock read per call: most calls return within a tick, and the
+        // slice is counted from the first look inside the call.
+        let at = if starts { CALL_NOT_TIMED } else { 0 };
         self.call_started_ns.store(at, Ordering::Relaxed);
     }
 
-    /// When the callback call in progress runs out of its slice, if one is.
+    /// When the callback call in progress runs out of its slice, if one
+    /// is. The first look inside a call starts its slice (an epoch tick or
+    /// a WASI sleep, both on the guest's thread).
     pub(crate) fn callback_slice_end(&self) -> Option<Instant> {
-        let started = self.call_started_ns.load(Ordering::Relaxed);
+        let mut started = self.call_started_ns.load(Ordering::Relaxed);
         if started == 0 {
             return None;
         }
         let slice = self.callback_slice?;
+        if started == CALL_NOT_TIMED {
+            started = (self.started.elapsed().as_nanos() as u64).clamp(1, CALL_NOT_TIMED - 1);
+            self.call_started_ns.store(started, Ordering::Relaxed);
+        }
         self.started
             .checked_add(Duration::from_nanos(started))?
             .checked_add(slice)

@@ -476,6 +476,14 @@ fn proportional_set_kib() -> Option<f64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// The process's `VmRSS` (`/proc/self/status`), in KiB: every page mapped,
+/// a shared one once per mapping.
+fn vm_rss_kib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// Memory mappings of this process now.
 fn mappings() -> Option<f64> {
     let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
@@ -549,6 +557,7 @@ fn density_workloads(
     // Then density: n sandboxes alive, each answering, with what they
     // cost the process.
     let (rss0, maps0) = (proportional_set_kib(), mappings());
+    let vmrss0 = vm_rss_kib();
     let mut live = Vec::with_capacity(n);
     for i in 0..n {
         match spawn(i) {
@@ -574,6 +583,9 @@ fn density_workloads(
     let count = live.len().max(1) as f64;
     let rss = proportional_set_kib()
         .zip(rss0)
+        .map(|(after, before)| (after - before) / count);
+    let vmrss = vm_rss_kib()
+        .zip(vmrss0)
         .map(|(after, before)| (after - before) / count);
     let maps = mappings()
         .zip(maps0)
@@ -611,6 +623,9 @@ fn density_workloads(
     w.push(single("density_live", "sandboxes", answering as f64));
     if let Some(rss) = rss {
         w.push(single("idle_rss_per_sandbox", "KiB", rss));
+    }
+    if let Some(vmrss) = vmrss {
+        w.push(single("idle_vmrss_per_sandbox", "KiB", vmrss));
     }
     if let Some(maps) = maps {
         w.push(single("maps_per_sandbox", "maps", maps));

@@ -44,6 +44,12 @@ fn bench_quick_json_reports_every_workload_and_ratio() {
         ("cat_lines", "ms"),
         ("cli_raw", "ms"),
         ("cat_raw", "ms"),
+        ("spawn_sandbox", "us"),
+        ("spawn_plain_wasmtime", "us"),
+        ("density_live", "sandboxes"),
+        ("idle_rss_per_sandbox", "KiB"),
+        ("idle_vmrss_per_sandbox", "KiB"),
+        ("maps_per_sandbox", "maps"),
     ] {
         assert!(
             names.contains(&(name, unit)),
@@ -57,6 +63,7 @@ fn bench_quick_json_reports_every_workload_and_ratio() {
         "parked_rtt_vs_native_futex",
         "cli_lines_vs_cat",
         "cli_raw_vs_cat",
+        "spawn_vs_plain_wasmtime",
     ] {
         assert!(
             v["ratios"][key].as_f64().is_some_and(|r| r > 0.0),
