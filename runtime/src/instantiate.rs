@@ -181,7 +181,7 @@ impl Runtime {
                     reason: "module does not export its linear memory as `memory`".into(),
                 })?;
         store.data_mut().memory_limit.window_growth = true;
-        let grown = memory.grow(&mut store, window_pages);
+        let grown = memory_window::placing_window(|| memory.grow(&mut store, window_pages));
         store.data_mut().memory_limit.window_growth = false;
         grown.map_err(instantiate_err)?;
         let base = shared.window_base();

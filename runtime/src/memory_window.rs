@@ -163,6 +163,23 @@ pub(crate) struct PendingWindow {
 
 thread_local! {
     static PENDING: RefCell<Option<PendingWindow>> = const { RefCell::new(None) };
+    /// Raised by the runtime around its own growth that places a window.
+    static PLACING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` (the runtime's growth of a memory by its window) as the one
+/// growth that may place the window: a start function's growth never
+/// does, whatever its size.
+pub(crate) fn placing_window<R>(f: impl FnOnce() -> R) -> R {
+    struct Lower;
+    impl Drop for Lower {
+        fn drop(&mut self) {
+            PLACING.with(|p| p.set(false));
+        }
+    }
+    PLACING.with(|p| p.set(true));
+    let _lower = Lower;
+    f()
 }
 
 /// Makes `window` the window of the next linear memory created on this
@@ -368,7 +385,10 @@ unsafe impl LinearMemory for WindowedMemory {
             .window
             .as_ref()
             .is_some_and(|w| w.placed_at.load(Ordering::Acquire) == NOT_PLACED);
-        if unplaced && new_size >= self.size + self.window.as_ref().map_or(0, |w| w.len) {
+        if unplaced
+            && PLACING.with(|p| p.get())
+            && new_size >= self.size + self.window.as_ref().map_or(0, |w| w.len)
+        {
             self.map_window()?;
         } else if unplaced
             && let Some(region) = &self.region

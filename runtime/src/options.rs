@@ -161,10 +161,12 @@ impl Default for SandboxOptions {
 pub enum SegmentSource {
     /// Pages of the guest's own linear memory (the default): host and
     /// guest share the address space, so the host reads the segment
-    /// through the guest memory's window. No file, no descriptor, no
-    /// mapping of its own: what lets a process hold thousands of
-    /// sandboxes. The module's start function (if any) may not grow its
-    /// memory, which the window follows.
+    /// through the guest memory's window, which maps a segment the runtime
+    /// laid out once per configuration (a sealed memfd, one descriptor per
+    /// runtime and configuration in use) copy-on-write. No descriptor of
+    /// its own: what lets a process hold thousands of sandboxes. The
+    /// module's start function (if any) may not grow its memory, which
+    /// the window follows.
     #[default]
     GuestMemory,
     /// An anonymous sealed memfd, mapped into the guest's window and by

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use shmrt_primitives::{PeerId, PeerState, SegmentConfig};
+use shmrt_primitives::{PeerId, PeerState, SegmentConfig, SegmentLayout};
 use wasmtime::{Config, Engine, Linker, Module, Store};
 
 use crate::doorbell_futex::SpinBudget;
@@ -23,7 +23,7 @@ use crate::plugin::Plugin;
 use crate::sandbox::Sandbox;
 use crate::sandbox_state::{SandboxShared, SandboxState};
 use crate::segment_file::SegmentFile;
-use crate::segment_template::SegmentTemplate;
+use crate::segment_template::{SegmentTemplate, SegmentTemplates};
 use crate::{host_imports, wasi_poll};
 
 /// Prepared plugins keyed by (hash, length) of their bytes, with the bytes
@@ -69,7 +69,7 @@ pub struct Runtime {
     pub(crate) ticker: EpochTicker,
     /// Segments laid out once per configuration, mapped copy-on-write by
     /// in-process sandboxes (one descriptor each, none per sandbox).
-    segment_templates: std::sync::Mutex<Vec<Arc<SegmentTemplate>>>,
+    segment_templates: std::sync::Mutex<SegmentTemplates>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -142,19 +142,18 @@ impl Runtime {
         config: &SegmentConfig,
         taken_for_host_thread: bool,
     ) -> Result<Arc<SegmentTemplate>, SandboxError> {
-        let mut templates = self
-            .segment_templates
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(t) = templates
-            .iter()
-            .find(|t| t.config == *config && t.taken_for_host_thread == taken_for_host_thread)
-        {
-            return Ok(t.clone());
+        let templates = || {
+            self.segment_templates
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+        };
+        if let Some(t) = templates().find(config, taken_for_host_thread) {
+            return Ok(t);
         }
+        // Laid out without the lock: a large configuration takes a while,
+        // and other spawns need not wait for it.
         let template = Arc::new(SegmentTemplate::new(config, taken_for_host_thread)?);
-        templates.push(template.clone());
-        Ok(template)
+        Ok(templates().keep(template))
     }
 
     /// Reads `path` and spawns it.
@@ -204,12 +203,15 @@ impl Runtime {
             && options.execution != crate::Execution::Thread;
         let file = match &options.segment_source {
             SegmentSource::GuestMemory => {
-                let template = self.segment_template(&seg_config, born_taken)?;
-                if (plugin.initial_pages() << 16).saturating_add(template.window_len as u64)
-                    > 1 << 32
-                {
-                    return Err(window_too_large(template.window_len as u64));
+                // Refused from the layout, before anything is laid out.
+                let window = SegmentLayout::compute(&seg_config)
+                    .map_err(SandboxError::Config)?
+                    .window_size()
+                    .next_multiple_of(65536);
+                if (plugin.initial_pages() << 16).saturating_add(window) > 1 << 32 {
+                    return Err(window_too_large(window));
                 }
+                let template = self.segment_template(&seg_config, born_taken)?;
                 SegmentFile::create_in_guest_memory(template, plugin.initial_pages())?.0
             }
             SegmentSource::Memfd => SegmentFile::create_memfd(&seg_config)?,

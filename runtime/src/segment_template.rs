@@ -16,6 +16,7 @@
 
 use std::fs::File;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 
 use rustix::fs::{MemfdFlags, SealFlags};
 use shmrt_primitives::layout::WASM_PAGE_SIZE;
@@ -108,6 +109,50 @@ impl SegmentTemplate {
             size,
             window_len,
         })
+    }
+}
+
+/// Templates kept idle: the ones used last, so that spawning, ending and
+/// spawning again does not lay the segment out again each time.
+const KEPT_IDLE: usize = 2;
+
+/// A runtime's templates: each found while a sandbox maps it (held
+/// weakly), and the [`KEPT_IDLE`] used last held even when none does. A
+/// runtime spawning sandboxes of ever new configurations holds at most
+/// that many descriptors beyond those its live sandboxes use.
+#[derive(Debug, Default)]
+pub(crate) struct SegmentTemplates {
+    all: Vec<Weak<SegmentTemplate>>,
+    recent: Vec<Arc<SegmentTemplate>>,
+}
+
+impl SegmentTemplates {
+    /// The template of `config` (entry taken or not), if one is alive.
+    pub fn find(&mut self, config: &SegmentConfig, taken: bool) -> Option<Arc<SegmentTemplate>> {
+        self.all.retain(|t| t.strong_count() > 0);
+        let found = self
+            .all
+            .iter()
+            .filter_map(Weak::upgrade)
+            .find(|t| t.config == *config && t.taken_for_host_thread == taken)?;
+        self.used(&found);
+        Some(found)
+    }
+
+    /// Keeps `template`, or the equal one another spawn made meanwhile.
+    pub fn keep(&mut self, template: Arc<SegmentTemplate>) -> Arc<SegmentTemplate> {
+        if let Some(t) = self.find(&template.config, template.taken_for_host_thread) {
+            return t;
+        }
+        self.all.push(Arc::downgrade(&template));
+        self.used(&template);
+        template
+    }
+
+    fn used(&mut self, template: &Arc<SegmentTemplate>) {
+        self.recent.retain(|t| !Arc::ptr_eq(t, template));
+        self.recent.insert(0, template.clone());
+        self.recent.truncate(KEPT_IDLE);
     }
 }
 
