@@ -503,7 +503,31 @@ impl SlotPool {
     /// then take every slot and leave the other unable to answer (a
     /// deadlock when each holds what it received while waiting to send).
     fn within_fair_share(&self, c: &ClassView, owner: u8) -> bool {
-        self.owned_in(c, owner) < (c.slot_count / 2).max(1)
+        let limit = (c.slot_count / 2).max(1);
+        // Decided as soon as the scan settles it: `limit` slots held by
+        // `owner` (no), or so many slots that are not its own that it holds
+        // fewer than `limit` (yes): about half the metas, not all.
+        let Some(enough_others) = (c.slot_count + 1).checked_sub(limit) else {
+            return true;
+        };
+        let (mut mine, mut others) = (0, 0);
+        for s in 0..c.slot_count {
+            let m = c.meta(s);
+            let owned = m.state.load(Ordering::Relaxed) == SLOT_ALLOCATED
+                && m.owner_peer.load(Ordering::Relaxed) == owner as u32;
+            if owned {
+                mine += 1;
+                if mine >= limit {
+                    return false;
+                }
+            } else {
+                others += 1;
+                if others >= enough_others {
+                    return true;
+                }
+            }
+        }
+        mine < limit
     }
 
     /// Like [`Self::allocate`], but only from classes where `owner` is
@@ -521,7 +545,9 @@ impl SlotPool {
         self.could_allocate_where(payload_len, |c| self.within_fair_share(c, owner))
     }
 
-    /// Allocated slots of class `c` owned by `owner` (a scan of its metas).
+    /// Allocated slots of class `c` owned by `owner` (a scan of its metas):
+    /// what `within_fair_share` decides by, counted in full.
+    #[cfg(test)]
     fn owned_in(&self, c: &ClassView, owner: u8) -> u32 {
         (0..c.slot_count)
             .filter(|&s| {
@@ -814,6 +840,43 @@ mod tests {
             slot_count: 2,
         },
     ];
+
+    /// The fair-share check stops scanning once it is settled; it must
+    /// say what the full count says, for every mix of states and owners a
+    /// class can hold (a guest writes them at will), at every class size.
+    #[test]
+    fn the_fair_share_scan_agrees_with_the_full_count() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for count in [1u32, 2, 3, 4, 5, 16, 64] {
+            let (_r, p, _) = pool(&[SizeClass {
+                slot_size: 64,
+                slot_count: count,
+            }]);
+            let c = p.class(0).unwrap();
+            for _ in 0..2000 {
+                for s in 0..count {
+                    let r = next();
+                    let m = c.meta(s);
+                    m.state.store((r % 3) as u32, Ordering::Relaxed);
+                    m.owner_peer.store(((r >> 8) % 3) as u32, Ordering::Relaxed);
+                }
+                for owner in 0..3u8 {
+                    let limit = (count / 2).max(1);
+                    assert_eq!(
+                        p.within_fair_share(c, owner),
+                        p.owned_in(c, owner) < limit,
+                        "{count} slots, owner {owner}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn smallest_fit_first_then_larger() {
