@@ -859,7 +859,7 @@ mod tests {
                 slot_count: count,
             }]);
             let c = p.class(0).unwrap();
-            for _ in 0..2000 {
+            for _ in 0..if cfg!(miri) { 40 } else { 2000 } {
                 for s in 0..count {
                     let r = next();
                     let m = c.meta(s);
