@@ -388,10 +388,14 @@ impl Limits {
 }
 
 /// The process's resident memory, memory mappings and open file
-/// descriptors, from /proc (`None` where it cannot be read).
+/// descriptors, from /proc (`None` where it cannot be read). `VmRSS`
+/// counts a page shared by many mappings once per mapping (the segment
+/// template's pages, mapped by every window); the proportional set size
+/// (`Pss`) counts it once.
 #[derive(Debug)]
 struct Usage {
     rss_kib: Option<u64>,
+    pss_kib: Option<u64>,
     maps: Option<usize>,
     fds: Option<usize>,
 }
@@ -405,6 +409,13 @@ impl Usage {
                     .find_map(|l| l.strip_prefix("VmRSS:"))
                     .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             }),
+            pss_kib: std::fs::read_to_string("/proc/self/smaps_rollup")
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("Pss:"))
+                        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                }),
             maps: std::fs::read_to_string("/proc/self/maps")
                 .ok()
                 .map(|m| m.lines().count()),
@@ -425,8 +436,9 @@ impl Usage {
         };
         let wide = |v: Option<usize>| v.map(|v| v as u64);
         println!(
-            "{when}: RSS {}, memory mappings {}, open fds {}",
+            "{when}: RSS {}, PSS {}, memory mappings {}, open fds {}",
             per(self.rss_kib, before.rss_kib, " KiB"),
+            per(self.pss_kib, before.pss_kib, " KiB"),
             per(wide(self.maps), wide(before.maps), ""),
             per(wide(self.fds), wide(before.fds), ""),
         );
