@@ -180,10 +180,26 @@ impl Runtime {
                     sandbox: name.clone(),
                     reason: "module does not export its linear memory as `memory`".into(),
                 })?;
+        let pages_before = memory.size(&store);
         store.data_mut().memory_limit.window_growth = true;
         let grown = memory_window::placing_window(|| memory.grow(&mut store, window_pages));
         store.data_mut().memory_limit.window_growth = false;
-        grown.map_err(instantiate_err)?;
+        if let Err(e) = grown {
+            let maximum = memory.ty(&store).maximum();
+            if maximum.is_some_and(|max| pages_before + window_pages > max) {
+                return Err(SandboxError::Refused {
+                    sandbox: name,
+                    reason: format!(
+                        "its memory `memory` has {pages_before} pages after instantiation and a \
+                         declared maximum of {} pages: the segment window's {window_pages} pages do \
+                         not fit after them (declare a larger maximum, or do not grow memory in a \
+                         start function)",
+                        maximum.unwrap_or_default()
+                    ),
+                });
+            }
+            return Err(instantiate_err(e));
+        }
         let base = shared.window_base();
         // A window mapped from a file another party may have written must
         // hold a segment; one mapped from the runtime's template does, and
@@ -195,7 +211,11 @@ impl Runtime {
         if !placed {
             return Err(SandboxError::Instantiate {
                 sandbox: name,
-                message: "the segment window could not be placed in linear memory".into(),
+                message:
+                    "the segment window could not be placed in linear memory: it is placed in \
+                          the module's first memory (memory 0), which must be the one exported as \
+                          `memory`"
+                        .into(),
             });
         }
         // A callback guest needs no entry point of its own.

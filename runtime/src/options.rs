@@ -162,8 +162,9 @@ pub enum SegmentSource {
     /// Pages of the guest's own linear memory (the default): host and
     /// guest share the address space, so the host reads the segment
     /// through the guest memory's window, which maps a segment the runtime
-    /// laid out once per configuration (a sealed memfd, one descriptor per
-    /// runtime and configuration in use) copy-on-write. No descriptor of
+    /// laid out once per configuration (a sealed memfd: one descriptor per
+    /// runtime, configuration in use and kind of guest, thread or on the
+    /// host's thread, plus the two used last) copy-on-write. No descriptor of
     /// its own: what lets a process hold thousands of sandboxes. The
     /// module's start function (if any) may not grow its memory, which
     /// the window follows.

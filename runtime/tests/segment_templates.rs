@@ -294,3 +294,41 @@ fn templates_no_sandbox_uses_are_let_go() {
     assert!(template_fds().len() - before <= 3);
     drop(live);
 }
+
+/// A module whose declared maximum leaves room for exactly the window, and
+/// whose start function (with a file-backed window, where a start function
+/// may grow) takes some of that room: refused with a message that names
+/// the pages, the maximum and what to do.
+#[test]
+fn a_start_function_taking_the_windows_room_is_refused_clearly() {
+    let runtime = Runtime::new().unwrap();
+    let max = 1 + window_pages();
+    let wat = format!(
+        r#"(module
+          (memory (export "memory") 1 {max})
+          (func $grow (drop (memory.grow (i32.const 2))))
+          (start $grow)
+          (func (export "shmrt_on_messages") (result i32) (i32.const 0)))"#
+    );
+    for mode in [Execution::Callback, Execution::Thread] {
+        let err = runtime
+            .spawn(
+                wat.as_bytes(),
+                SandboxOptions {
+                    segment_source: shmrt::SegmentSource::Memfd,
+                    ..options("roomless", mode)
+                },
+            )
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(err, SandboxError::Refused { .. }),
+            "{mode:?}: {text}"
+        );
+        assert!(
+            text.contains(&format!("declared maximum of {max} pages"))
+                && text.contains("3 pages after instantiation"),
+            "{mode:?}: {text}"
+        );
+    }
+}
