@@ -253,7 +253,7 @@ fn an_infinite_loop_under_fuel_and_a_memory_bomb_under_a_limit() {
     let spin = wat_file(
         "spin.wat",
         r#"(module (import "shmrt" "ring" (func)) (memory (export "memory") 1)
-             (func (export "shmrt_main") (result i32)
+             (func (export "shmrt_main") (export "shmrt_on_messages") (result i32)
                (loop $l (drop (i32.atomic.load (i32.const 0))) (br $l)) (i32.const 0)))"#,
     );
     let out = run(&["--fuel", "5000000"], &spin, b"");
@@ -265,7 +265,7 @@ fn an_infinite_loop_under_fuel_and_a_memory_bomb_under_a_limit() {
     let bomb = wat_file(
         "bomb.wat",
         r#"(module (import "shmrt" "ring" (func)) (memory (export "memory") 1)
-             (func (export "shmrt_main") (result i32)
+             (func (export "shmrt_main") (export "shmrt_on_messages") (result i32)
                (drop (i32.atomic.load (i32.const 0)))
                (block $done (loop $l
                  (br_if $done (i32.eq (memory.grow (i32.const 16)) (i32.const -1)))
@@ -292,7 +292,7 @@ fn initial_memory_and_start_functions_are_held_to_the_limits() {
     let big = wat_file(
         "big-initial.wat",
         r#"(module (import "shmrt" "ring" (func)) (memory (export "memory") 4096)
-             (func (export "shmrt_main") (result i32)
+             (func (export "shmrt_main") (export "shmrt_on_messages") (result i32)
                (drop (i32.atomic.load (i32.const 0)))
                (i32.store (i32.const 200000000) (i32.const 1))
                (i32.const 0)))"#,
@@ -322,7 +322,7 @@ fn initial_memory_and_start_functions_are_held_to_the_limits() {
         r#"(module (import "shmrt" "ring" (func)) (memory (export "memory") 1)
              (func $grow (drop (memory.grow (i32.const 4000))))
              (start $grow)
-             (func (export "shmrt_main") (result i32)
+             (func (export "shmrt_main") (export "shmrt_on_messages") (result i32)
                (drop (i32.atomic.load (i32.const 0)))
                (i32.store (i32.const 200000000) (i32.const 1))
                (i32.const 0)))"#,
@@ -348,7 +348,7 @@ fn initial_memory_and_start_functions_are_held_to_the_limits() {
         r#"(module (import "shmrt" "ring" (func)) (memory (export "memory") 1)
              (func $spin (loop $l (drop (i32.atomic.load (i32.const 0))) (br $l)))
              (start $spin)
-             (func (export "shmrt_main") (result i32) (i32.const 0)))"#,
+             (func (export "shmrt_main") (export "shmrt_on_messages") (result i32) (i32.const 0)))"#,
     );
     let out = run(&["--fuel", "5000000"], &spin, b"");
     assert_eq!(out.status.code(), Some(71), "{}", stderr(&out));
@@ -358,7 +358,7 @@ fn initial_memory_and_start_functions_are_held_to_the_limits() {
         "start-traps.wat",
         r#"(module (import "shmrt" "ring" (func)) (memory (export "memory") 1)
              (func $boom unreachable) (start $boom)
-             (func (export "shmrt_main") (result i32) (drop (i32.atomic.load (i32.const 0))) (i32.const 0)))"#,
+             (func (export "shmrt_main") (export "shmrt_on_messages") (result i32) (drop (i32.atomic.load (i32.const 0))) (i32.const 0)))"#,
     );
     let out = run(&[], &trap, b"");
     assert_eq!(out.status.code(), Some(70), "{}", stderr(&out));
@@ -367,7 +367,7 @@ fn initial_memory_and_start_functions_are_held_to_the_limits() {
         "data-past-memory.wat",
         r#"(module (import "shmrt" "ring" (func)) (memory (export "memory") 1)
              (data (i32.const 65530) "0123456789")
-             (func (export "shmrt_main") (result i32) (drop (i32.atomic.load (i32.const 0))) (i32.const 0)))"#,
+             (func (export "shmrt_main") (export "shmrt_on_messages") (result i32) (drop (i32.atomic.load (i32.const 0))) (i32.const 0)))"#,
     );
     let out = run(&[], &data, b"");
     assert_eq!(out.status.code(), Some(65), "{}", stderr(&out));
@@ -442,6 +442,18 @@ fn probe_cases() {
     an_import_called_with_an_out_of_range_pointer();
 }
 
+/// The hand-made modules of the limit cases export one function as both
+/// entries: run as they are (`shmrt run` makes a plugin with a callback
+/// one), they are callbacks; here they run on a thread of their own, with
+/// the same statuses.
+#[test]
+fn the_limits_hold_for_thread_guests() {
+    common::in_exec_mode("thread", || {
+        an_infinite_loop_under_fuel_and_a_memory_bomb_under_a_limit();
+        initial_memory_and_start_functions_are_held_to_the_limits();
+    });
+}
+
 /// The whole gallery with the guest as a fiber on shmrt's thread: the
 /// same errors, statuses and limits.
 #[test]
@@ -453,8 +465,8 @@ fn the_gallery_holds_for_fiber_guests() {
     });
 }
 
-/// The probe's cases with the guest as a callback (the hand-made modules
-/// of the other cases have no callback entry, and are refused as one).
+/// The probe's cases with the guest as a callback (the limit cases run as
+/// callbacks when run as they are: their modules export the callback).
 #[test]
 fn the_gallery_holds_for_callback_guests() {
     common::in_exec_mode("callback", probe_cases);
