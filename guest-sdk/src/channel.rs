@@ -32,20 +32,63 @@ static SPIN_MAX: AtomicU32 = AtomicU32::new(u32::MAX);
 
 /// The plugin runs as a callback now (inside `shmrt_on_messages`): a send
 /// that would wait for room fails instead.
-static IN_CALLBACK: AtomicBool = AtomicBool::new(false);
+static IN_CALLBACK: CallbackFlag = CallbackFlag::new();
+
+/// A flag of the plugin instance. In wasm a plain byte: an instance runs
+/// one call at a time on one thread, and every wasm atomic store or swap
+/// is a locked instruction (four per callback call, for this flag alone).
+/// Elsewhere (the SDK's own tests) an atomic.
+struct CallbackFlag {
+    #[cfg(target_family = "wasm")]
+    set: core::cell::Cell<bool>,
+    #[cfg(not(target_family = "wasm"))]
+    set: AtomicBool,
+}
+
+// SAFETY: in wasm, a plugin instance is one thread (shmrt gives guests no
+// threads, and calls an instance from one thread at a time); elsewhere the
+// flag is an atomic.
+unsafe impl Sync for CallbackFlag {}
+
+impl CallbackFlag {
+    const fn new() -> Self {
+        CallbackFlag {
+            #[cfg(target_family = "wasm")]
+            set: core::cell::Cell::new(false),
+            #[cfg(not(target_family = "wasm"))]
+            set: AtomicBool::new(false),
+        }
+    }
+
+    #[inline(always)]
+    fn get(&self) -> bool {
+        #[cfg(target_family = "wasm")]
+        return self.set.get();
+        #[cfg(not(target_family = "wasm"))]
+        return self.set.load(Ordering::Relaxed);
+    }
+
+    #[inline(always)]
+    fn replace(&self, value: bool) -> bool {
+        #[cfg(target_family = "wasm")]
+        return self.set.replace(value);
+        #[cfg(not(target_family = "wasm"))]
+        return self.set.swap(value, Ordering::Relaxed);
+    }
+}
 
 /// Marks a callback call ([`IN_CALLBACK`]) until dropped; nests.
 pub(crate) struct Answering(bool);
 
 impl Answering {
     pub(crate) fn start() -> Self {
-        Answering(IN_CALLBACK.swap(true, Ordering::Relaxed))
+        Answering(IN_CALLBACK.replace(true))
     }
 }
 
 impl Drop for Answering {
     fn drop(&mut self) {
-        IN_CALLBACK.store(self.0, Ordering::Relaxed);
+        IN_CALLBACK.replace(self.0);
     }
 }
 
@@ -704,7 +747,7 @@ impl Outbox {
     /// may send without coming back to its inbox.
     #[inline(always)]
     fn sent(&mut self, answer: bool) {
-        if IN_CALLBACK.load(Ordering::Relaxed) {
+        if IN_CALLBACK.get() {
             // The host reads when the callback returns, which tells it
             // once (`Channel::answer_queued`).
             return;
@@ -755,7 +798,7 @@ impl RoomWait {
     /// frees room until it returns).
     #[inline(always)]
     fn once(&mut self) -> Result<(), ()> {
-        if IN_CALLBACK.load(Ordering::Relaxed) {
+        if IN_CALLBACK.get() {
             return Err(());
         }
         if self.spins < SPIN_ROUNDS.load(Ordering::Relaxed) {
