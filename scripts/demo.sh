@@ -7,7 +7,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 rustup target add wasm32-unknown-unknown wasm32-wasip1
-cargo build --release -p shmrt-cli -p shmrt --example embed
+# One cargo invocation builds everything the demo runs: separate invocations
+# unify features differently and would compile wasmtime once each. A target
+# selection flag limits the build to the targets it names, so the binary is
+# named too.
+cargo build --release --locked -p shmrt-cli -p shmrt \
+    --bin shmrt --example embed --example attach-host
 shmrt=target/release/shmrt
 
 echo "== upper: printf 'hello\nworld\n' | shmrt run \$(shmrt build examples/upper)"
@@ -27,5 +32,4 @@ echo "== embed: a native program that embeds the runtime"
 target/release/examples/embed "$("$shmrt" build examples/upper)"
 
 echo "== attach: a native host process and the plugin sandboxed in another, one segment file"
-cargo build --release -p shmrt --example attach-host
 target/release/examples/attach-host "$shmrt" "$("$shmrt" build examples/checksum)"

@@ -6,7 +6,7 @@
 //! Run (with the checksum plugin, which answers `<len> <checksum>` lines):
 //!
 //! ```sh
-//! cargo build --release -p shmrt-cli -p shmrt --example attach-host
+//! cargo build --release --locked -p shmrt-cli -p shmrt --bin shmrt --examples
 //! target/release/examples/attach-host target/release/shmrt $(target/release/shmrt build examples/checksum)
 //! ```
 

@@ -6,7 +6,8 @@
 //! Run:
 //!
 //! ```sh
-//! cargo run --release -p shmrt --example embed -- $(cargo run -q --release -p shmrt-cli -- build examples/upper)
+//! cargo build --release --locked -p shmrt-cli -p shmrt --bin shmrt --examples
+//! target/release/examples/embed $(target/release/shmrt build examples/upper)
 //! ```
 
 use std::time::Instant;

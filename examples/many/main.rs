@@ -9,7 +9,8 @@
 //! Run (with the echo plugin, which answers every message with itself):
 //!
 //! ```sh
-//! cargo run --release -p shmrt --example many -- $(cargo run -q --release -p shmrt-cli -- build examples/echo) --count 10000
+//! cargo build --release --locked -p shmrt-cli -p shmrt --bin shmrt --examples
+//! target/release/examples/many $(target/release/shmrt build examples/echo) --count 10000
 //! ```
 //!
 //! Options: `--count N` sandboxes (default 1000), `--rounds R` requests
@@ -135,8 +136,8 @@ fn whole_number(flag: &str, text: &str, max: usize) -> Result<usize, String> {
 fn run(args: &Args) -> anyhow::Result<()> {
     let wasm = shmrt::sandbox::read_module_file(&args.plugin).map_err(|e| {
         anyhow::anyhow!(
-            "{:#}; give the path of a built plugin: `cargo run -q --release -p shmrt-cli -- build \
-             examples/echo` builds the echo plugin and prints its path",
+            "{:#}; give the path of a built plugin: `target/release/shmrt build examples/echo` \
+             builds the echo plugin and prints its path",
             anyhow::Error::new(e)
         )
     })?;

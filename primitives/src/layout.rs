@@ -91,6 +91,29 @@ pub struct SizeClass {
 }
 
 impl SizeClass {
+    /// A class of `slot_count` slots that each carry up to `max_payload`
+    /// bytes, the size `shmrt run --slot-classes PAYLOAD:COUNT` takes: the
+    /// slot is 4 bytes larger (its length prefix). `max_payload` must be a
+    /// multiple of 4, so that each prefix stays aligned; checked as
+    /// [`Self::check`] does.
+    pub const fn for_payload(max_payload: u32, slot_count: u32) -> Result<Self, LayoutError> {
+        let Some(slot_size) = max_payload.checked_add(SLOT_LEN_PREFIX) else {
+            return Err(LayoutError::SizeClass {
+                index: 0,
+                slot_size: max_payload,
+                slot_count,
+            });
+        };
+        let class = SizeClass {
+            slot_size,
+            slot_count,
+        };
+        match class.check(0) {
+            Ok(()) => Ok(class),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Checks what every slot needs: room beyond the length prefix, a
     /// size that keeps each prefix aligned ([`SLOT_ALIGN`]), and a count
     /// in 1..u32::MAX. `index` is the class's place in the pool.
@@ -213,6 +236,20 @@ impl SegmentConfig {
             },
             features: crate::segment_header::FEATURE_DOORBELLS,
         }
+    }
+}
+
+impl SegmentConfig {
+    /// Sets the slot pool's classes, smallest first, and the header's
+    /// advisory largest payload from them.
+    pub fn set_size_classes(&mut self, classes: SizeClasses) {
+        self.size_classes = classes;
+        self.max_payload_size = classes
+            .as_slice()
+            .iter()
+            .map(SizeClass::max_payload)
+            .max()
+            .unwrap_or(0);
     }
 }
 
@@ -464,6 +501,26 @@ mod tests {
             size_classes: SizeClasses::new(classes).unwrap(),
             features: 0,
         }
+    }
+
+    /// Sizes are given as payloads, as `--slot-classes` takes them: a
+    /// class for 2 MiB payloads carries exactly 2 MiB.
+    #[test]
+    fn a_class_for_a_payload_carries_that_payload() {
+        let class = SizeClass::for_payload(2 << 20, 3).unwrap();
+        assert_eq!(class.max_payload(), 2 << 20);
+        assert_eq!(class.slot_size, (2 << 20) + SLOT_LEN_PREFIX);
+        let mut c = SegmentConfig::single_guest();
+        c.set_size_classes(SizeClasses::new(&[class]).unwrap());
+        assert_eq!(c.max_payload_size, 2 << 20);
+        let layout = SegmentLayout::compute(&c).unwrap();
+        assert_eq!(layout.max_slot_payload(), 2 << 20);
+        assert!(matches!(
+            SizeClass::for_payload(1001, 1),
+            Err(LayoutError::SlotSizeAlignment { .. })
+        ));
+        assert!(SizeClass::for_payload(u32::MAX, 1).is_err());
+        assert!(SizeClass::for_payload(64, 0).is_err());
     }
 
     #[test]

@@ -325,6 +325,11 @@ impl SandboxHandle {
         (status, unread_messages(&shared))
     }
 
+    /// Where the guest runs ([`crate::Execution::Auto`] resolved).
+    pub fn execution(&self) -> crate::Execution {
+        self.shared.execution
+    }
+
     /// Whether the guest's entry point has returned.
     pub fn is_finished(&self) -> bool {
         self.shared.guest_done()

@@ -890,7 +890,8 @@ fn notify(shared: &SandboxShared, bell: &shmrt_primitives::Doorbell) {
     match shared.execution {
         // A fiber guest suspended in `wait` is resumed by its poller.
         Execution::Fiber => shared.fiber_wake.wake(),
-        Execution::Thread => {
+        // Auto is resolved by the spawn (`Plugin::execution`).
+        Execution::Thread | Execution::Auto => {
             if shared.doorbells && bell.should_ring() {
                 doorbell_futex::ring(bell);
             }

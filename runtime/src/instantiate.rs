@@ -22,7 +22,7 @@ use crate::guest_thread::{
 };
 use crate::host_channel::deadline_after;
 use crate::memory_window::{self, NOT_PLACED, PendingWindow};
-use crate::options::{Execution, GuestStdout, SandboxOptions};
+use crate::options::{Execution, GuestStdin, GuestStdout, SandboxOptions};
 use crate::plugin::Plugin;
 use crate::runtime::Runtime;
 use crate::sandbox_state::{SandboxShared, SandboxState};
@@ -116,7 +116,11 @@ impl Runtime {
             let in_guest_code = e
                 .downcast_ref::<wasmtime::WasmBacktrace>()
                 .is_some_and(|b| !b.frames().is_empty());
+            // Fuel is only burnt by guest code, whatever the backtrace says.
+            let out_of_fuel =
+                e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::OutOfFuel);
             let guest_ran = (e.downcast_ref::<wasmtime::Trap>().is_some() && in_guest_code)
+                || out_of_fuel
                 || e.downcast_ref::<DeadlineExceeded>().is_some()
                 || e.downcast_ref::<Stopped>().is_some();
             if guest_ran {
@@ -256,7 +260,8 @@ impl Runtime {
         })?;
         let timeout = options.timeout;
         let run = match options.execution {
-            Execution::Thread => {
+            // Auto is resolved by the spawn (`Plugin::execution`).
+            Execution::Thread | Execution::Auto => {
                 let entry = entry.ok_or_else(no_entry)?;
                 let claim_in_thread = matches!(claim, Claim::Own);
                 let thread_shared = shared.clone();
@@ -361,6 +366,9 @@ pub(crate) fn build_wasi(
             b.inherit_stdout();
         }
         GuestStdout::Null => {}
+    }
+    if options.stdin == GuestStdin::Inherit {
+        b.inherit_stdin();
     }
     for (host, guest) in &options.dirs {
         b.preopened_dir(host, guest, FsPerms::ReadWrite)

@@ -47,7 +47,7 @@ pub use error::SandboxError;
 pub use host_segment::HostSegment;
 pub use plugin::Plugin;
 pub use sandbox::{
-    Execution, GuestStdout, HostMessage, HostReceiver, HostSender, ReadSend, Runtime,
+    Execution, GuestStdin, GuestStdout, HostMessage, HostReceiver, HostSender, ReadSend, Runtime,
     RuntimeConfig, Sandbox, SandboxHandle, SandboxOptions, SegmentSource, SendReadError,
     StopHandle,
 };

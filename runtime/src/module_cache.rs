@@ -94,9 +94,10 @@ impl ModuleCache {
             }
         };
         if usable && let Some(module) = load(engine, &path, &module_hash) {
+            tracing::debug!("compiled module taken from the cache: {}", path.display());
             return Ok(module);
         }
-        let module = Module::from_binary(engine, binary)?;
+        let module = compile_and_log(engine, binary, usable)?;
         if usable && let Err(e) = store(&path, &module_hash, &module) {
             tracing::warn!(
                 "could not keep the compiled module in {}: {e}; pass --no-cache to skip the cache",
@@ -127,6 +128,28 @@ impl ModuleCache {
         }
         Ok(())
     }
+}
+
+/// Compiles `binary`, saying so at info level (`shmrt run -v`): a
+/// compilation is the slow part of a first run.
+pub(crate) fn compile_and_log(
+    engine: &Engine,
+    binary: &[u8],
+    kept: bool,
+) -> wasmtime::Result<Module> {
+    let started = std::time::Instant::now();
+    let module = Module::from_binary(engine, binary)?;
+    tracing::info!(
+        "compiled the module ({} KiB) in {:.0?}{}",
+        binary.len().div_ceil(1024),
+        started.elapsed(),
+        if kept {
+            "; kept in the module cache"
+        } else {
+            ""
+        }
+    );
+    Ok(module)
 }
 
 /// The entry at `path` if it is whole and is `module_hash`'s.

@@ -56,6 +56,26 @@ impl Plugin {
         )
     }
 
+    /// Whether the module imports the shmrt interface (module `shmrt`):
+    /// a plugin. A module that does not is a plain wasm program (a WASI
+    /// command, say), which has no channel to the host.
+    pub fn imports_shmrt(&self) -> bool {
+        self.inner
+            .module
+            .imports()
+            .any(|i| i.module() == crate::host_imports::MODULE)
+    }
+
+    /// Where [`crate::Execution::Auto`] runs this plugin: as a callback
+    /// when it exports one, else on a thread; any other mode as given.
+    pub fn execution(&self, asked: crate::Execution) -> crate::Execution {
+        match asked {
+            crate::Execution::Auto if self.has_callback() => crate::Execution::Callback,
+            crate::Execution::Auto => crate::Execution::Thread,
+            other => other,
+        }
+    }
+
     /// The compiled module.
     pub fn module(&self) -> &Module {
         &self.inner.module

@@ -188,8 +188,9 @@ impl Runtime {
     pub fn spawn_plugin(
         &self,
         plugin: &Plugin,
-        options: SandboxOptions,
+        mut options: SandboxOptions,
     ) -> Result<Sandbox, SandboxError> {
+        options.execution = plugin.execution(options.execution);
         let mut seg_config = options.segment;
         seg_config.max_guests = 1;
         let window_too_large = |window: u64| SandboxError::WindowTooLarge {
@@ -252,8 +253,11 @@ impl Runtime {
         wasm: &[u8],
         segment: &Path,
         peer: Option<u32>,
-        options: SandboxOptions,
+        mut options: SandboxOptions,
     ) -> Result<(SandboxHandle, u32), SandboxError> {
+        if options.execution == crate::Execution::Auto {
+            options.execution = crate::Execution::Thread;
+        }
         if options.execution != crate::Execution::Thread {
             return Err(SandboxError::Refused {
                 sandbox: options.name.clone(),
@@ -333,7 +337,7 @@ impl Runtime {
     pub(crate) fn compile(&self, binary: &[u8]) -> wasmtime::Result<Module> {
         match &self.disk_cache {
             Some(disk) => disk.get_or_compile(&self.engine, binary),
-            None => Module::from_binary(&self.engine, binary),
+            None => crate::module_cache::compile_and_log(&self.engine, binary, false),
         }
     }
 

@@ -12,7 +12,7 @@ pub use crate::guest_thread::{ABANDON_AFTER, SandboxHandle, StopHandle};
 pub use crate::host_channel::{HostMessage, HostReceiver, HostSender, ReadSend, SendReadError};
 pub use crate::instantiate::{MAX_MODULE_BYTES, read_module_file};
 pub use crate::options::{
-    DEFAULT_CALLBACK_SLICE, DEFAULT_SLOT_WAIT, Execution, GuestStdout, SandboxOptions,
+    DEFAULT_CALLBACK_SLICE, DEFAULT_SLOT_WAIT, Execution, GuestStdin, GuestStdout, SandboxOptions,
     SegmentSource,
 };
 pub use crate::runtime::{Runtime, RuntimeConfig, monotonic_ns};

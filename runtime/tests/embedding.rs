@@ -5,13 +5,47 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::guest;
-use shmrt::{ReadSend, Runtime, SandboxError, SandboxOptions, SendReadError};
+use shmrt::{Execution, ReadSend, Runtime, SandboxError, SandboxOptions, SendReadError};
 
+/// A guest on a thread of its own: these tests hold that mode's behaviour
+/// (a guest that runs while the host does something else);
+/// execution_modes.rs runs plugins through every mode.
 fn options(name: &str) -> SandboxOptions {
     SandboxOptions {
         name: name.into(),
+        execution: Execution::Thread,
         ..SandboxOptions::default()
     }
+}
+
+/// By default (`Execution::Auto`) a plugin that exports a callback runs as
+/// one (no hand-off between cores), and one with only a blocking loop on a
+/// thread of its own.
+#[test]
+fn the_default_mode_is_a_callback_for_a_plugin_that_has_one() {
+    let runtime = Runtime::new().unwrap();
+    let sandbox = runtime
+        .spawn_file(&guest("examples/upper"), SandboxOptions::default())
+        .unwrap();
+    let (mut tx, mut rx, handle) = sandbox.split();
+    assert_eq!(handle.execution(), Execution::Callback);
+    tx.send(b"auto").unwrap();
+    assert_eq!(rx.recv().unwrap().to_vec(), b"AUTO");
+    tx.goodbye();
+    assert_eq!(handle.join().unwrap(), 0);
+
+    let sandbox = runtime
+        .spawn_file(
+            &guest("runtime/tests/guests/std-echo"),
+            SandboxOptions::default(),
+        )
+        .unwrap();
+    let (mut tx, mut rx, handle) = sandbox.split();
+    assert_eq!(handle.execution(), Execution::Thread);
+    tx.send(b"loop").unwrap();
+    assert_eq!(rx.recv().unwrap().to_vec(), b"std:loop");
+    tx.goodbye();
+    assert_eq!(handle.join().unwrap(), 1, "std-echo exits with its count");
 }
 
 /// The window is the segment: a word the guest stores through its linear

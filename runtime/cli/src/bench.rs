@@ -102,6 +102,9 @@ pub struct BenchReport {
     pub paired: Vec<(&'static str, f64)>,
     /// What the reader needs to know of a run (input sizes, a quick run).
     pub notes: Vec<String>,
+    /// Targets this run can not judge by construction (a quick run spawns
+    /// fewer sandboxes than the density target counts), with the reason.
+    pub not_measured: Vec<(&'static str, String)>,
 }
 
 /// Ratio keys, their definitions and targets.
@@ -208,7 +211,9 @@ impl BenchReport {
     }
 
     /// (key, value, target, met) for each ratio.
-    pub fn ratios(&self) -> Vec<(&'static str, f64, String, bool)> {
+    /// Each ratio with its target and whether it was met (`None`: not
+    /// measured by this run, see [`Self::not_measured`]).
+    pub fn ratios(&self) -> Vec<(&'static str, f64, String, Option<bool>)> {
         RATIOS
             .iter()
             .filter_map(|&(key, a, b, at_least, target)| {
@@ -216,7 +221,13 @@ impl BenchReport {
                     Some(&(_, v)) => v,
                     None => self.median(a)? / self.median(b)?,
                 };
-                let met = if at_least { v >= target } else { v <= target };
+                let met = if self.not_measured.iter().any(|(k, _)| *k == key) {
+                    None
+                } else if at_least {
+                    Some(v >= target)
+                } else {
+                    Some(v <= target)
+                };
                 Some((
                     key,
                     v,
@@ -252,7 +263,21 @@ impl BenchReport {
             targets: InOrder(
                 ratios
                     .into_iter()
-                    .map(|(k, _, target, met)| (k, JsonTarget { target, met }))
+                    .map(|(k, _, target, met)| {
+                        let not_measured = self
+                            .not_measured
+                            .iter()
+                            .find(|(n, _)| *n == k)
+                            .map(|(_, why)| why.clone());
+                        (
+                            k,
+                            JsonTarget {
+                                target,
+                                met,
+                                not_measured,
+                            },
+                        )
+                    })
                     .collect(),
             ),
             notes: &self.notes,
@@ -279,11 +304,15 @@ impl BenchReport {
         }
         let _ = writeln!(s, "\n{:<28} {:>8} {:>10}  met", "ratio", "value", "target");
         for (k, v, t, met) in self.ratios() {
-            let _ = writeln!(
-                s,
-                "{k:<28} {v:>8.3} {t:>10}  {}",
-                if met { "yes" } else { "NO" }
-            );
+            let met = match met {
+                Some(true) => "yes".to_string(),
+                Some(false) => "NO".to_string(),
+                None => {
+                    let why = self.not_measured.iter().find(|(n, _)| *n == k);
+                    format!("not measured: {}", why.map_or("", |(_, w)| w.as_str()))
+                }
+            };
+            let _ = writeln!(s, "{k:<28} {v:>8.3} {t:>10}  {met}");
         }
         s
     }
@@ -313,7 +342,10 @@ struct JsonWorkload {
 struct JsonTarget {
     /// `>= 2.5` or `<= 1.2`.
     target: String,
-    met: bool,
+    /// `null` when the run can not judge it (`not_measured` says why).
+    met: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    not_measured: Option<String>,
 }
 
 /// A JSON object whose keys keep this order.
@@ -456,11 +488,22 @@ pub fn run(
     step(&format!("density: {} sandboxes", plan.sandboxes));
     let (density, notes) = density_workloads(&runtime, guest, plan, &mut paired)?;
     w.extend(density);
+    let mut not_measured = Vec::new();
+    if plan.sandboxes < 10_000 {
+        not_measured.push((
+            "density_live",
+            format!(
+                "this run spawns {}; the target counts the full run's 10,000",
+                plan.sandboxes
+            ),
+        ));
+    }
     Ok(BenchReport {
         machine,
         workloads: w,
         paired,
         notes,
+        not_measured,
     })
 }
 
@@ -988,6 +1031,8 @@ fn spawn_bench(
     let options = SandboxOptions {
         name: format!("bench-{mode}"),
         spin,
+        // A guest on a core of its own (the bench guest exports a callback).
+        execution: Execution::Thread,
         ..SandboxOptions::default()
     };
     let mut sb = cpus.on_peer(|| runtime.spawn(guest, options))?;
@@ -1658,6 +1703,7 @@ mod tests {
             ],
             paired: vec![("slot_1mib_vs_copy_call", 2.7184)],
             notes: vec!["n".into()],
+            not_measured: vec![("slot_1mib_vs_copy_call", "why".into())],
         };
         let json = serde_json::to_string(&report.json()).unwrap();
         assert_eq!(
@@ -1668,7 +1714,7 @@ mod tests {
                 r#"{"name":"rtt_guest_spin","unit":"ns","median":110.0}],"#,
                 r#""ratios":{"guest_rtt_vs_native":1.1,"slot_1mib_vs_copy_call":2.718},"#,
                 r#""targets":{"guest_rtt_vs_native":{"target":"<= 1.2","met":true},"#,
-                r#""slot_1mib_vs_copy_call":{"target":">= 2","met":true}},"#,
+                r#""slot_1mib_vs_copy_call":{"target":">= 2","met":null,"not_measured":"why"}},"#,
                 r#""notes":["n"]}"#
             )
         );

@@ -71,6 +71,17 @@ fn bench_quick_json_reports_every_workload_and_ratio() {
             v["ratios"]
         );
     }
+    // A quick run spawns 1,000 sandboxes: it can not meet the density
+    // target of 10,000, so it does not judge it.
+    let density = &v["targets"]["density_live"];
+    assert!(density["met"].is_null(), "{density}");
+    assert!(
+        density["not_measured"]
+            .as_str()
+            .is_some_and(|why| why.contains("10,000")),
+        "{density}"
+    );
+    assert!(v["targets"]["guest_rtt_vs_native"]["met"].is_boolean());
 }
 
 /// The bench guest's `checksum` mode reads payloads in place with SIMD

@@ -87,3 +87,57 @@ fn a_new_plugin_builds_runs_and_passes_its_test() {
         "no path printed for a failed build"
     );
 }
+
+/// `shmrt new --std` gives a std plugin (wasm32-wasip1, a `cdylib` with
+/// `handler!`: no `main` to guess) that tests on the host, builds with
+/// `shmrt build` and answers in every execution mode; out of fuel in its
+/// WASI `_initialize` it ends with 71, as anywhere else.
+#[test]
+fn a_new_std_plugin_builds_runs_in_every_mode_and_passes_its_test() {
+    let dir = std::env::temp_dir().join(format!("shmrt-new-std-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = common::shmrt()
+        .current_dir(&dir)
+        .args(["new", "--std", "hello-std"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let crate_dir = dir.join("hello-std");
+
+    let test = Command::new(env!("CARGO"))
+        .arg("test")
+        .current_dir(&crate_dir)
+        .output()
+        .unwrap();
+    assert!(
+        test.status.success(),
+        "cargo test in the new std plugin: {}",
+        String::from_utf8_lossy(&test.stderr)
+    );
+
+    let build = common::shmrt()
+        .arg("build")
+        .arg(&crate_dir)
+        .output()
+        .unwrap();
+    assert!(build.status.success(), "{}", common::stderr(&build));
+    let wasm = std::path::PathBuf::from(String::from_utf8(build.stdout).unwrap().trim_end());
+    assert!(
+        wasm.to_string_lossy().contains("wasm32-wasip1"),
+        "built for WASI: {}",
+        wasm.display()
+    );
+    for mode in ["callback", "thread", "fiber"] {
+        let out = common::run(&["--exec", mode], &wasm, "héllo\nshmrt\n".as_bytes());
+        assert!(out.status.success(), "{mode}: {}", common::stderr(&out));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "olléh (1)\ntrmhs (2)\n",
+            "{mode}"
+        );
+    }
+    let out = common::run(&["--fuel", "10000"], &wasm, b"hello\n");
+    assert_eq!(out.status.code(), Some(71), "{}", common::stderr(&out));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -358,3 +358,101 @@ fn restart_on_failure_starts_the_plugin_again_within_its_budget() {
     );
     assert_eq!(out.status.code(), Some(70), "{}", stderr(&out));
 }
+
+/// A WASI command that is not a plugin (it imports nothing from `shmrt`):
+/// counts the lines of its stdin, prints `lines: N` on stdout, exits 3.
+const LINE_COUNT_WAT: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 700) "lines: ")
+  (func (export "_start")
+    (local $n i32) (local $i i32) (local $lines i32) (local $p i32)
+    (i32.store (i32.const 0) (i32.const 1024))
+    (i32.store (i32.const 4) (i32.const 4096))
+    (block $eof
+      (loop $read
+        (br_if $eof (call $fd_read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 16)))
+        (local.set $n (i32.load (i32.const 16)))
+        (br_if $eof (i32.eqz (local.get $n)))
+        (local.set $i (i32.const 0))
+        (block $scanned (loop $scan
+          (br_if $scanned (i32.ge_u (local.get $i) (local.get $n)))
+          (if (i32.eq (i32.load8_u (i32.add (i32.const 1024) (local.get $i))) (i32.const 10))
+            (then (local.set $lines (i32.add (local.get $lines) (i32.const 1)))))
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br $scan)))
+        (br $read)))
+    (i32.store8 (i32.const 600) (i32.const 10))
+    (local.set $p (i32.const 600))
+    (loop $digit
+      (local.set $p (i32.sub (local.get $p) (i32.const 1)))
+      (i32.store8 (local.get $p) (i32.add (i32.const 48) (i32.rem_u (local.get $lines) (i32.const 10))))
+      (local.set $lines (i32.div_u (local.get $lines) (i32.const 10)))
+      (br_if $digit (local.get $lines)))
+    (local.set $p (i32.sub (local.get $p) (i32.const 7)))
+    (memory.copy (local.get $p) (i32.const 700) (i32.const 7))
+    (i32.store (i32.const 32) (local.get $p))
+    (i32.store (i32.const 36) (i32.sub (i32.const 601) (local.get $p)))
+    (drop (call $fd_write (i32.const 1) (i32.const 32) (i32.const 1) (i32.const 48)))
+    (call $proc_exit (i32.const 3))))"#;
+
+/// A plain WASI program runs as `wasmtime run` would run it: it reads the
+/// host's stdin (before: consumed as messages, it saw none), writes the
+/// host's stdout (before: stderr), and its exit status passes through;
+/// `-v` says how it was run, and plugin-only options are refused.
+#[test]
+fn a_plain_wasi_command_runs_with_stdin_stdout_and_its_exit_status() {
+    let program = common::write_wat("plain-command", "line-count.wat", LINE_COUNT_WAT);
+    let out = run_without_rust_log(&["-v"], &program, b"one\ntwo\nthree\n");
+    let err = stderr(&out);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "lines: 3\n", "{err}");
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("plain WASI command"), "{err}");
+    // 1,000 lines: more than one read of stdin.
+    let input = "x\n".repeat(1000);
+    let out = run(&[], &program, input.as_bytes());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "lines: 1000\n");
+    assert!(!stderr(&out).contains("plain WASI"), "quiet without -v");
+    let out = run(&["--restart", "on-failure"], &program, b"");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not a plugin"), "{}", stderr(&out));
+}
+
+/// `-v` tells what shmrt did on a normal run (before: nothing at all):
+/// how the module was compiled, where its guest ran, how it ended.
+#[test]
+fn verbose_runs_say_what_shmrt_did() {
+    let upper = guest("examples/upper");
+    let out = run_without_rust_log(&["-v", "--no-cache"], &upper, b"hello\n");
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "HELLO\n");
+    assert!(err.contains("compiled the module"), "{err}");
+    assert!(err.contains("callback guest, segment of"), "{err}");
+    assert!(err.contains("the guest returned 0 after"), "{err}");
+}
+
+/// `shmrt run ARGS PLUGIN` with `input` on stdin and the log levels of
+/// `-v`/`-q` (no `RUST_LOG`, which overrides them).
+fn run_without_rust_log(
+    args: &[&str],
+    plugin: &std::path::Path,
+    input: &[u8],
+) -> std::process::Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = shmrt()
+        .arg("run")
+        .args(args)
+        .arg(plugin)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn shmrt run");
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().expect("wait for shmrt run")
+}

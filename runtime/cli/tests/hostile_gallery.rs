@@ -352,6 +352,18 @@ fn initial_memory_and_start_functions_are_held_to_the_limits() {
     );
     let out = run(&["--fuel", "5000000"], &spin, b"");
     assert_eq!(out.status.code(), Some(71), "{}", stderr(&out));
+    // So does a WASI reactor's `_initialize`, run before the entry point
+    // or the first callback, in every mode.
+    let init = wat_file(
+        "initialize-spins.wat",
+        r#"(module (import "shmrt" "ring" (func)) (memory (export "memory") 1)
+             (func (export "_initialize") (loop $l (drop (i32.atomic.load (i32.const 0))) (br $l)))
+             (func (export "shmrt_main") (export "shmrt_on_messages") (result i32) (i32.const 0)))"#,
+    );
+    for mode in ["callback", "thread", "fiber"] {
+        let out = run(&["--fuel", "5000000", "--exec", mode], &init, b"");
+        assert_eq!(out.status.code(), Some(71), "{mode}: {}", stderr(&out));
+    }
     // A start function that traps is the guest trapping (70); a data
     // segment past the memory is the module's fault (65).
     let trap = wat_file(

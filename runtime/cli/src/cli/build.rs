@@ -25,6 +25,8 @@ pub struct BuildCommand {
     #[arg(long)]
     debug: bool,
     /// wasm32 target; default: `build.target` of DIR/.cargo/config.toml,
+    /// else `package.metadata.shmrt.target` of DIR/Cargo.toml (what
+    /// `shmrt new --std` writes: `cargo test` keeps the host's target),
     /// else wasm32-unknown-unknown.
     #[arg(long)]
     target: Option<String>,
@@ -49,7 +51,10 @@ pub fn build(dir: &Path, target: Option<&str>, release: bool) -> anyhow::Result<
     }
     let target = match target {
         Some(t) => t.to_string(),
-        None => configured_target(dir)?.unwrap_or_else(|| DEFAULT_TARGET.to_string()),
+        None => match configured_target(dir)? {
+            Some(t) => t,
+            None => manifest_target(&manifest)?.unwrap_or_else(|| DEFAULT_TARGET.to_string()),
+        },
     };
     if !TARGETS.contains(&target.as_str()) {
         bail!(
@@ -113,7 +118,7 @@ pub fn build(dir: &Path, target: Option<&str>, release: bool) -> anyhow::Result<
     }
     wasm.with_context(|| {
         format!(
-            "cargo built {} but produced no .wasm: make the crate a `cdylib` (no_std plugin) or a binary (WASI command)",
+            "cargo built {} but produced no .wasm: make the crate a `cdylib` (a plugin, no_std or std, as `shmrt new` writes) or a binary (a WASI command)",
             dir.display()
         )
     })
@@ -167,6 +172,28 @@ fn configured_target(dir: &Path) -> anyhow::Result<Option<String>> {
         .and_then(|b| b.get("target"))
         .and_then(|t| t.as_str())
         .map(str::to_string))
+}
+
+/// `package.metadata.shmrt.target` from the crate's Cargo.toml, if set.
+fn manifest_target(manifest: &Path) -> anyhow::Result<Option<String>> {
+    let text = std::fs::read_to_string(manifest)
+        .with_context(|| format!("reading {}", manifest.display()))?;
+    let value: toml::Table = text
+        .parse()
+        .with_context(|| format!("parsing {}", manifest.display()))?;
+    let target = value
+        .get("package")
+        .and_then(|p| p.get("metadata"))
+        .and_then(|m| m.get("shmrt"))
+        .and_then(|s| s.get("target"));
+    match target {
+        None => Ok(None),
+        Some(toml::Value::String(t)) => Ok(Some(t.clone())),
+        Some(other) => bail!(
+            "{}: package.metadata.shmrt.target must be a string such as \"wasm32-wasip1\", not {other}",
+            manifest.display()
+        ),
+    }
 }
 
 /// Installs `target` with rustup when it is missing.

@@ -21,6 +21,11 @@ pub struct NewCommand {
     /// PREFIX/bin/shmrt), else the source tree this shmrt was built from.
     #[arg(long, value_name = "PATH")]
     sdk: Option<PathBuf>,
+    /// A std plugin: built for wasm32-wasip1, with the standard library
+    /// (String, Vec, HashMap, format!) and WASI (env, clocks, `--dir`
+    /// files). Still a `cdylib` whose handler the SDK exports: no `main`.
+    #[arg(long)]
+    std: bool,
 }
 
 /// Where an installed SDK lives, relative to the directory of the binary.
@@ -35,7 +40,8 @@ impl NewCommand {
                 &Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."),
             )?,
         };
-        scaffold(&self.name, &sdk)?;
+        let kind = if self.std { Kind::Std } else { Kind::NoStd };
+        scaffold(&self.name, &sdk, kind)?;
         let dir = self.name.display();
         println!("created plugin {dir} (guest SDK: {})", sdk.display());
         println!("next:");
@@ -111,7 +117,16 @@ fn package_name(dir: &Path) -> Option<String> {
     Some(manifest.get("package")?.get("name")?.as_str()?.to_string())
 }
 
-fn scaffold(dir: &Path, sdk: &Path) -> anyhow::Result<()> {
+/// What a new plugin is built as.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    /// `no_std`, for wasm32-unknown-unknown: the smallest plugin.
+    NoStd,
+    /// With the standard library, for wasm32-wasip1.
+    Std,
+}
+
+fn scaffold(dir: &Path, sdk: &Path, kind: Kind) -> anyhow::Result<()> {
     let name = dir
         .file_name()
         .and_then(|n| n.to_str())
@@ -140,6 +155,15 @@ fn scaffold(dir: &Path, sdk: &Path) -> anyhow::Result<()> {
         sdk.to_str()
             .with_context(|| format!("the SDK's path {} is not UTF-8", sdk.display()))?,
     );
+    let (sdk_features, metadata) = match kind {
+        // A no_std plugin has no panic handler of its own.
+        Kind::NoStd => (", features = [\"panic-handler\"]", ""),
+        Kind::Std => (
+            "",
+            "\n# `shmrt build` builds for this target; `cargo test` stays on the host.\n\
+             [package.metadata.shmrt]\ntarget = \"wasm32-wasip1\"\n",
+        ),
+    };
     write(
         &dir.join("Cargo.toml"),
         &format!(
@@ -148,14 +172,14 @@ name = "{name}"
 version = "0.1.0"
 edition = "2024"
 publish = false
-
+{metadata}
 [lib]
 # cdylib: the plugin; rlib: so that `cargo test` can test the handler on the host.
 crate-type = ["cdylib", "rlib"]
 
 [dependencies]
 # The shmrt guest SDK, by path (`shmrt new --sdk PATH` chooses another).
-shmrt-guest = {{ path = {sdk}, features = ["panic-handler"] }}
+shmrt-guest = {{ path = {sdk}{sdk_features} }}
 
 [profile.dev]
 panic = "abort"
@@ -178,10 +202,19 @@ rustflags = ["-C", "target-feature=+atomics,+bulk-memory"]
 rustflags = ["-C", "target-feature=+atomics,+bulk-memory"]
 "#,
     )?;
-    write(
-        &dir.join("src/lib.rs"),
-        &format!(
-            r#"//! {name}: a shmrt plugin. Each message from the host is answered with
+    let source = match kind {
+        Kind::NoStd => no_std_source(name),
+        Kind::Std => std_source(name),
+    };
+    write(&dir.join("src/lib.rs"), &source)?;
+    write(&dir.join(".gitignore"), "/target\nCargo.lock\n")?;
+    Ok(())
+}
+
+/// The handler of a new no_std plugin: writes its reply in place.
+fn no_std_source(name: &str) -> String {
+    format!(
+        r#"//! {name}: a shmrt plugin. Each message from the host is answered with
 //! the same bytes reversed, written in place into the reply.
 //!
 //! Defined by its message handler, it runs in every execution mode of the
@@ -218,10 +251,60 @@ mod tests {{
     }}
 }}
 "#
-        ),
-    )?;
-    write(&dir.join(".gitignore"), "/target\nCargo.lock\n")?;
-    Ok(())
+    )
+}
+
+/// The handler of a new std plugin: the standard library is there, and
+/// `shmrt_guest::handler!` exports the entry points (no `main`: a std
+/// plugin is a `cdylib` too, a WASI reactor whose `_initialize` shmrt
+/// runs first).
+fn std_source(name: &str) -> String {
+    format!(
+        r#"//! {name}: a shmrt plugin with the standard library (wasm32-wasip1).
+//! Each message from the host is answered with its text reversed
+//! character by character, followed by a count of the messages so far.
+//!
+//! Defined by its message handler, it runs in every execution mode of the
+//! host (`shmrt run --exec thread|fiber|callback`; a callback by default).
+//! WASI is there: `std::env::var` reads `shmrt run --env K=V`, files under
+//! `--dir` open with `std::fs`; `println!` goes to shmrt's stderr (stdout
+//! carries the messages).
+//!
+//! Build and run:  printf 'hello\n' | shmrt run $(shmrt build .)
+//! Test:           cargo test
+
+use std::sync::atomic::{{AtomicU64, Ordering}};
+
+use shmrt_guest::{{Message, Outbox, SendError}};
+
+/// Messages answered so far.
+static ANSWERED: AtomicU64 = AtomicU64::new(0);
+
+/// The handler: the reply to `request`, the `n`th message.
+pub fn handle(request: &[u8], n: u64) -> String {{
+    let text = String::from_utf8_lossy(request);
+    let reversed: String = text.chars().rev().collect();
+    format!("{{reversed}} ({{n}})")
+}}
+
+/// Answers each message from the host.
+fn answer(msg: Message<'_>, outbox: &mut Outbox) -> Result<(), SendError> {{
+    let n = ANSWERED.fetch_add(1, Ordering::Relaxed) + 1;
+    let reply = handle(msg.as_bytes(), n);
+    outbox.send(reply.as_bytes())
+}}
+
+shmrt_guest::handler!(answer);
+
+#[cfg(test)]
+mod tests {{
+    #[test]
+    fn reverses_the_request_and_counts() {{
+        assert_eq!(super::handle("héllo".as_bytes(), 1), "olléh (1)");
+    }}
+}}
+"#
+    )
 }
 
 fn write(path: &Path, text: &str) -> anyhow::Result<()> {
@@ -302,7 +385,7 @@ mod tests {
         let root = tempdir("quote");
         let sdk = root.join("a \"quoted\" \\ dir");
         let plugin = root.join("plugin");
-        scaffold(&plugin, &sdk).unwrap();
+        scaffold(&plugin, &sdk, Kind::NoStd).unwrap();
         let manifest: toml::Table = std::fs::read_to_string(plugin.join("Cargo.toml"))
             .unwrap()
             .parse()

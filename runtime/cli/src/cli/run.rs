@@ -57,8 +57,10 @@ pub struct RunCommand {
     /// out of fuel ends the run with status 71.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     fuel: Option<u64>,
-    /// Largest size of the guest's own linear memory (e.g. 64MiB; the
-    /// segment window not counted); a refused memory.grow returns -1.
+    /// What the guest may make the host allocate (e.g. 64MiB): one budget
+    /// across all of its linear memories and tables (8 bytes a table
+    /// element; the segment window not counted). A refused memory.grow or
+    /// table.grow returns -1; a module that declares more is refused.
     #[arg(long, value_parser = parse_size)]
     max_memory: Option<u64>,
     /// Rounds the host spins on an empty or full ring before it parks on
@@ -114,9 +116,10 @@ pub struct RunCommand {
     /// Where the guest runs: `thread` (a thread of its own: shmrt and the
     /// guest work at once, on two cores), `fiber` (on shmrt's threads,
     /// resumed when a message is there) or `callback` (plugins made with
-    /// `shmrt_guest::handler!`, called with the messages queued). An
-    /// --attach guest always runs on a thread. Default: $SHMRT_EXEC if
-    /// set, else `callback` for a plugin that exports one, else `thread`.
+    /// `shmrt_guest::handler!`, called with the messages queued) or `auto`.
+    /// An --attach guest always runs on a thread. Default: $SHMRT_EXEC if
+    /// set, else `auto`: `callback` for a plugin that exports one, else
+    /// `thread`.
     #[arg(long = "exec", value_name = "MODE", value_parser = parse_execution)]
     execution: Option<Execution>,
     /// Compile the plugin afresh and keep nothing: by default compiled
@@ -144,7 +147,7 @@ impl RunCommand {
             }
         }
         let execution = match (self.execution, &self.attach) {
-            (Some(mode), Some(_)) if mode != Execution::Thread => {
+            (Some(mode), Some(_)) if !matches!(mode, Execution::Thread | Execution::Auto) => {
                 return Err(Failure::usage(anyhow::anyhow!(
                     "--exec {} can not be used with --attach: an attached guest's host is another \
                      process, so the guest runs on a thread of its own (--exec thread)",
@@ -152,7 +155,7 @@ impl RunCommand {
                 )));
             }
             (Some(mode), _) => mode,
-            (None, _) => Execution::Thread,
+            (None, _) => Execution::Auto,
         };
         let mut options = SandboxOptions {
             name: self.plugin.display().to_string(),
@@ -170,16 +173,10 @@ impl RunCommand {
         })?;
         options.segment.inline_threshold = self.inline_threshold;
         if let Some(classes) = self.slot_classes {
-            options.segment.size_classes = classes;
-            options.segment.max_payload_size = classes
-                .as_slice()
-                .iter()
-                .map(|c| c.max_payload())
-                .max()
-                .unwrap_or(0);
+            options.segment.set_size_classes(classes);
         }
         options.args = std::iter::once(self.plugin.display().to_string())
-            .chain(self.args)
+            .chain(self.args.iter().cloned())
             .collect();
         for e in &self.env {
             let (k, v) = e
@@ -266,20 +263,13 @@ impl RunCommand {
             return Ok(super::exit_codes::guest_status(status?));
         }
         let wasm = shmrt::sandbox::read_module_file(&self.plugin)?;
-        if self.execution.is_none() {
-            // By measurement (README, "Execution modes"): a plugin that
-            // can answer as a callback does so fastest, from single
-            // requests (no hand-off between cores) to a stream of lines
-            // (10,000,000 echoed lines in 1.4 s against 3.2 s on a thread
-            // of its own); one with only a blocking loop keeps its thread,
-            // which streams faster than a fiber. The plugin prepared here
-            // is kept by the runtime: the spawn below does not compile or
-            // check it again. An invalid one is reported by the spawn.
-            if let Ok(plugin) = runtime.prepare(&wasm)
-                && plugin.has_callback()
-            {
-                options.execution = Execution::Callback;
-            }
+        // The plugin prepared here is kept by the runtime: the spawn below
+        // does not compile or check it again. An invalid one is reported
+        // by the spawn.
+        if let Ok(plugin) = runtime.prepare(&wasm)
+            && !plugin.imports_shmrt()
+        {
+            return self.run_plain_command(&runtime, &plugin, options, &interrupts);
         }
         let policy = match self.restart {
             Restart::Never => RestartPolicy::Never,
@@ -310,10 +300,25 @@ impl RunCommand {
         let lost = std::cell::Cell::new(0usize);
         let lost_unknown = std::cell::Cell::new(false);
         let restarts = std::cell::Cell::new(0u32);
+        let plugin_name = self.plugin.display();
+        let segment_kib =
+            SegmentLayout::compute(&options.segment).map_or(0, |l| l.window_size() >> 10);
+        let started = std::time::Instant::now();
         let code = runtime.supervise(&wasm, &options, policy, |sandbox, attempt| {
             segment_made.store(true, std::sync::atomic::Ordering::Release);
             restarts.set(attempt);
             let (mut tx, mut rx, handle) = sandbox.split();
+            tracing::info!(
+                "{}: {} guest{}, segment of {} KiB in its memory",
+                plugin_name,
+                handle.execution().name(),
+                if attempt > 0 {
+                    format!(" (restart {attempt})")
+                } else {
+                    String::new()
+                },
+                segment_kib
+            );
             // stdin is fed in bulk, far faster than a guest answers: a full
             // ring parks the feeder at once, leaving the cores to the guest
             // and the drain (spinning there made a million lines 10x slower
@@ -334,7 +339,12 @@ impl RunCommand {
                 lost.set(lost.get() + unread.unwrap_or(0));
                 lost_unknown.set(lost_unknown.get() || unread.is_none());
                 if let Some(n) = unread.filter(|&n| n > 0) {
-                    tracing::warn!("{n} messages sent to the failed sandbox were never read by it");
+                    // A guest gives ring room back lazily: some of them
+                    // may have been read, even answered.
+                    tracing::warn!(
+                        "up to {n} messages sent to the failed sandbox may not have been handled: \
+                         they were still in its ring (unread, or read and not yet released)"
+                    );
                 }
             }
             match (drained, status) {
@@ -378,10 +388,16 @@ impl RunCommand {
             ));
         }
         let code = code?;
+        tracing::info!(
+            "{plugin_name}: the guest returned {code} after {:.1?}",
+            started.elapsed()
+        );
         if restarts.get() > 0 {
             let lost = match (lost.get(), lost_unknown.get()) {
-                (n, false) => format!("{n} messages were lost"),
-                (n, true) => format!("at least {n} messages were lost"),
+                (n, false) => format!("up to {n} messages may have been lost"),
+                (n, true) => format!(
+                    "an unknown number of messages (at least {n} counted) may have been lost"
+                ),
             };
             eprintln!(
                 "shmrt: the plugin was restarted {} times; {lost} (sent to a failed sandbox and never read)",
@@ -392,6 +408,47 @@ impl RunCommand {
             }
         }
         Ok(super::exit_codes::guest_status(code))
+    }
+}
+
+impl RunCommand {
+    /// Runs a module that does not import the shmrt interface as
+    /// `wasmtime run` would: a WASI command with the host's stdin and
+    /// stdout, whose exit status passes through. It has no channel, so
+    /// there are no messages to frame or restart for.
+    fn run_plain_command(
+        &self,
+        runtime: &Runtime,
+        plugin: &shmrt::Plugin,
+        mut options: SandboxOptions,
+        interrupts: &Interrupts,
+    ) -> Result<ExitCode, Failure> {
+        if self.restart != Restart::Never || self.segment.is_some() {
+            return Err(Failure::usage(anyhow::anyhow!(
+                "{} imports nothing from `shmrt`: it is a plain WASI program, not a plugin, and \
+                 runs as a command (its stdin, stdout and exit status passed through); --restart \
+                 and --segment apply to plugins only",
+                self.plugin.display()
+            )));
+        }
+        tracing::info!(
+            "{} imports nothing from `shmrt`: running it as a plain WASI command (stdin, stdout \
+             and exit status passed through)",
+            self.plugin.display()
+        );
+        options.stdin = shmrt::GuestStdin::Inherit;
+        options.stdout = shmrt::GuestStdout::Stdout;
+        options.execution = Execution::Thread;
+        let sandbox = runtime.spawn_plugin(plugin, options)?;
+        let (mut tx, _rx, handle) = sandbox.split();
+        // Nothing will come through the channel: the program ends on its own.
+        tx.goodbye();
+        interrupts.watch(handle.stop_handle());
+        let status = handle.join();
+        if let Some(code) = interrupts.exit_code() {
+            return Ok(code);
+        }
+        Ok(super::exit_codes::guest_status(status?))
     }
 }
 
