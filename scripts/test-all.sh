@@ -95,5 +95,11 @@ command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
     done
 )
 
+step "packaging: the publishable crates package and build from their packages"
+# shmrt-cli is installed from the source tree (`publish = false`: its build
+# embeds the bench guest from examples/). Verification builds each package
+# alone, from what it ships.
+cargo package --workspace --exclude shmrt-cli --locked
+
 step "rustdoc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
