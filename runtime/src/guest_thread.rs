@@ -263,6 +263,63 @@ impl std::fmt::Debug for StopHandle {
 pub struct SandboxHandle {
     pub(crate) shared: Arc<SandboxShared>,
     pub(crate) run: GuestRun,
+    /// An attached guest's heartbeat, ended (and joined) with the handle.
+    pub(crate) heartbeat: Option<Heartbeat>,
+}
+
+/// The heartbeat of an attached guest: its peer entry's `last_heartbeat`
+/// stamped every half interval of the segment's header, from a thread of
+/// its own, until the guest ends or its handle goes.
+pub(crate) struct Heartbeat {
+    stop: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Heartbeat {
+    /// The longest nap between two beats, whatever interval the (foreign)
+    /// header asks for: also how late a heartbeat notices a guest that
+    /// ended without its handle being dropped.
+    pub(crate) const MAX_PERIOD: Duration = Duration::from_millis(500);
+
+    pub(crate) fn start(
+        shared: Arc<SandboxShared>,
+        interval_ns: u64,
+        now_ns: fn() -> u64,
+    ) -> std::io::Result<Self> {
+        let period = Duration::from_nanos(interval_ns / 2)
+            .clamp(Duration::from_millis(1), Self::MAX_PERIOD);
+        let stop = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        let thread_stop = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("shmrt-heartbeat".into())
+            .stack_size(64 << 10)
+            .spawn(move || {
+                let (stopped, wake) = &*thread_stop;
+                let mut stopped = stopped.lock().unwrap_or_else(|e| e.into_inner());
+                while !*stopped && !shared.guest_done() {
+                    shared.peer().heartbeat(now_ns());
+                    stopped = wake
+                        .wait_timeout(stopped, period)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            })?;
+        Ok(Heartbeat {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        let (stopped, wake) = &*self.stop;
+        *stopped.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        wake.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Where a guest's code runs.

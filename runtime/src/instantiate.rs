@@ -304,7 +304,11 @@ impl Runtime {
                 GuestRun::Driven(Arc::new(std::sync::Mutex::new(driver)))
             }
         };
-        Ok(SandboxHandle { shared, run })
+        Ok(SandboxHandle {
+            shared,
+            run,
+            heartbeat: None,
+        })
     }
 }
 
