@@ -22,7 +22,7 @@ use crate::guest_thread::{
 };
 use crate::host_channel::deadline_after;
 use crate::memory_window::{self, NOT_PLACED, PendingWindow};
-use crate::options::{Execution, GuestStdout, SandboxOptions};
+use crate::options::{Execution, SandboxOptions};
 use crate::plugin::Plugin;
 use crate::runtime::Runtime;
 use crate::sandbox_state::{SandboxShared, SandboxState};
@@ -350,22 +350,15 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
 
 pub(crate) fn build_wasi(
     options: &SandboxOptions,
+    log_rate: &crate::host_imports::LogRate,
     clock_origin: Instant,
 ) -> Result<WasiP1Ctx, String> {
     let mut b = WasiCtxBuilder::new();
-    b.args(&options.args).envs(&options.env).inherit_stderr();
+    b.args(&options.args).envs(&options.env);
     b.monotonic_clock(wasi_poll::GuestMonotonicClock {
         origin: clock_origin,
     });
-    match options.stdout {
-        GuestStdout::Stderr => {
-            b.stdout(std::io::stderr());
-        }
-        GuestStdout::Stdout => {
-            b.inherit_stdout();
-        }
-        GuestStdout::Null => {}
-    }
+    crate::guest_output::route(&mut b, options, log_rate);
     for (host, guest) in &options.dirs {
         b.preopened_dir(host, guest, FsPerms::ReadWrite)
             .map_err(|e| format!("cannot give the guest directory {}: {e}", host.display()))?;

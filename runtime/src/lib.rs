@@ -21,6 +21,7 @@ pub mod doorbell_futex;
 mod epoch_ticker;
 pub mod error;
 mod guest_driver;
+mod guest_output;
 mod guest_thread;
 mod host_channel;
 pub mod host_imports;

@@ -367,9 +367,10 @@ impl SandboxState {
         wasi: bool,
     ) -> Result<Self, String> {
         let clock_origin = Instant::now();
+        let log_rate = host_imports::LogRate::new(clock_origin);
         Ok(SandboxState {
             wasi: if wasi {
-                Some(build_wasi(options, clock_origin)?)
+                Some(build_wasi(options, &log_rate, clock_origin)?)
             } else {
                 None
             },
@@ -377,7 +378,7 @@ impl SandboxState {
             shared,
             deadline: None,
             clock_origin,
-            log_rate: host_imports::LogRate::new(clock_origin),
+            log_rate,
             wait_seen_write: None,
             poll_backoff: host_imports::MIN_POLL_NAP,
             ticker,
