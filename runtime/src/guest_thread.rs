@@ -286,8 +286,8 @@ impl Heartbeat {
         interval_ns: u64,
         now_ns: fn() -> u64,
     ) -> std::io::Result<Self> {
-        let period = Duration::from_nanos(interval_ns / 2)
-            .clamp(Duration::from_millis(1), Self::MAX_PERIOD);
+        let period =
+            Duration::from_nanos(interval_ns / 2).clamp(Duration::from_millis(1), Self::MAX_PERIOD);
         let stop = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
         let thread_stop = stop.clone();
         let thread = std::thread::Builder::new()
@@ -379,7 +379,12 @@ impl SandboxHandle {
     pub fn join_counting_unread(self) -> (Result<i32, SandboxError>, Option<usize>) {
         let shared = self.shared.clone();
         let status = self.join();
-        (status, unread_messages(&shared))
+        // A callback ended after the goodbye has had its unread taken.
+        let taken = match &status {
+            Err(SandboxError::Unanswered { unread, .. }) => *unread,
+            _ => 0,
+        };
+        (status, unread_messages(&shared).map(|n| n + taken))
     }
 
     /// Whether the guest's entry point has returned.
@@ -503,7 +508,7 @@ fn abandoned(shared: &SandboxShared) -> SandboxError {
 /// Messages left in the host-to-guest ring of a guest that has ended,
 /// taken as the guest would take them (slots freed): bounded by the
 /// ring's size.
-fn unread_messages(shared: &SandboxShared) -> Option<usize> {
+pub(crate) fn unread_messages(shared: &SandboxShared) -> Option<usize> {
     let segment = shared.segment_file.segment();
     let (_, mut rx) = segment.guest_channel(shared.guest_index).ok()?;
     let most = segment.layout().ring_capacity as usize / 8 + 1;

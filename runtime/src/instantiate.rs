@@ -15,10 +15,10 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use crate::error::SandboxError;
-use crate::guest_driver::{CALLBACK_EXPORT, GuestDriver};
+use crate::guest_driver::{CALLBACK_EXPORT, GuestDriver, off_async_runtime};
 use crate::guest_thread::{
-    DeadlineExceeded, Entry, GuestRun, SandboxHandle, Stopped, exit_status, run_guest,
-    watch_deadline,
+    CallbackOverran, DeadlineExceeded, Entry, GuestRun, SandboxHandle, Stopped, exit_status,
+    run_guest, watch_deadline,
 };
 use crate::host_channel::deadline_after;
 use crate::memory_window::{self, NOT_PLACED, PendingWindow};
@@ -118,7 +118,8 @@ impl Runtime {
                 .is_some_and(|b| !b.frames().is_empty());
             let guest_ran = (e.downcast_ref::<wasmtime::Trap>().is_some() && in_guest_code)
                 || e.downcast_ref::<DeadlineExceeded>().is_some()
-                || e.downcast_ref::<Stopped>().is_some();
+                || e.downcast_ref::<Stopped>().is_some()
+                || e.downcast_ref::<CallbackOverran>().is_some();
             if guest_ran {
                 return match exit_status(e, &shared, options.timeout) {
                     Err(error) => error,
@@ -296,7 +297,12 @@ impl Runtime {
                 claim_now(&shared, &claim)?;
                 if let Some(init) = initialize {
                     let running = self.ticker.state.running();
-                    let initialized = init.call(&mut store, ());
+                    // Bounded as each call of the callback is: its slice.
+                    shared.callback_call(true);
+                    let wasi = store.data().wasi.is_some();
+                    let initialized =
+                        off_async_runtime(&shared, wasi, || init.call(&mut store, ()));
+                    shared.callback_call(false);
                     drop(running);
                     initialized.map_err(instantiate_err)?;
                 }
