@@ -342,6 +342,9 @@ impl GuestDriver {
                         }));
                     }
                 }
+                if let Err(e) = crate::guest_stack::check_room(&shared.name) {
+                    return Step::End(Err(e));
+                }
                 let before = ring_positions(shared);
                 let called = {
                     let _running = ticker.running_here();

@@ -62,6 +62,11 @@ impl Runtime {
             }
         })?;
         let fiber = options.execution == Execution::Fiber;
+        // Guest code on this thread: a start function, a callback's
+        // `_initialize` (a fiber's run on its own stack).
+        if !fiber && (plugin.inner.facts.has_start || options.execution == Execution::Callback) {
+            crate::guest_stack::check_room(&name)?;
+        }
         let pre =
             plugin
                 .instance_pre(self, fiber)
@@ -263,6 +268,7 @@ impl Runtime {
                 let thread_shared = shared.clone();
                 let thread = std::thread::Builder::new()
                     .name(format!("shmrt-guest {name}"))
+                    .stack_size(crate::guest_stack::GUEST_THREAD_STACK)
                     .spawn(move || {
                         run_guest(
                             store,

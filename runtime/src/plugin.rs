@@ -94,6 +94,24 @@ impl Runtime {
 
     /// [`Self::prepare`], naming `sandbox` in its errors.
     pub(crate) fn prepare_as(&self, sandbox: &str, wasm: &[u8]) -> Result<Plugin, SandboxError> {
+        use crate::guest_stack::{GUEST_ENTRY_STACK, GUEST_THREAD_STACK, stack_left};
+        // Parsing and compiling take stack of their own (Cranelift's): on
+        // a thread with little left, they run on one with room.
+        if stack_left().is_some_and(|left| left < GUEST_ENTRY_STACK) {
+            return std::thread::scope(|scope| {
+                std::thread::Builder::new()
+                    .name("shmrt-compile".into())
+                    .stack_size(GUEST_THREAD_STACK)
+                    .spawn_scoped(scope, || self.prepare_here(sandbox, wasm))
+                    .map_err(|e| SandboxError::io("starting a thread to compile on", e))?
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            });
+        }
+        self.prepare_here(sandbox, wasm)
+    }
+
+    fn prepare_here(&self, sandbox: &str, wasm: &[u8]) -> Result<Plugin, SandboxError> {
         let binary =
             crate::instantiate::module_bytes(wasm).map_err(|message| SandboxError::Compile {
                 sandbox: sandbox.into(),

@@ -93,6 +93,9 @@ impl Runtime {
         config.consume_fuel(rc.fuel);
         config.wasm_threads(true);
         config.epoch_interruption(true);
+        // Set against the stacks shmrt makes and checks (`guest_stack`).
+        config.max_wasm_stack(crate::guest_stack::MAX_WASM_STACK);
+        config.async_stack_size(crate::guest_stack::FIBER_STACK);
         config.with_host_memory(Arc::new(WindowMemoryCreator));
         // Said explicitly: an in-process sandbox's memory is reserved
         // before its instantiation, with these sizes (`GuestRegion`).

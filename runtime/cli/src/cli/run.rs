@@ -304,6 +304,8 @@ impl RunCommand {
         let (framing, chunk) = (self.framing, chunk);
         std::thread::Builder::new()
             .name("shmrt-stdin".into())
+            // It may run a callback guest (a send calls it for room).
+            .stack_size(shmrt::GUEST_THREAD_STACK)
             .spawn(move || f.run(io::stdin().lock(), framing, chunk))
             .context("starting the stdin thread")?;
         // Messages sent to sandboxes that failed and never read by them.
