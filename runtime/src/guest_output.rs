@@ -133,8 +133,12 @@ impl LineBuffer {
         }
         let text = escape_line(&String::from_utf8_lossy(&line));
         match self.stream {
-            Stream::Stdout => tracing::info!(target: "shmrt::guest", sandbox, stream = "stdout", "{text}{cut}"),
-            Stream::Stderr => tracing::warn!(target: "shmrt::guest", sandbox, stream = "stderr", "{text}{cut}"),
+            Stream::Stdout => {
+                tracing::info!(target: "shmrt::guest", sandbox, stream = "stdout", "{text}{cut}")
+            }
+            Stream::Stderr => {
+                tracing::warn!(target: "shmrt::guest", sandbox, stream = "stderr", "{text}{cut}")
+            }
         }
     }
 }

@@ -108,7 +108,9 @@ impl OwnerRecord {
         let n = match rustix::fs::fgetxattr(file, OWNER_XATTR, &mut b) {
             Ok(n) => n,
             // None, one too long to be ours, or a file system without them.
-            Err(rustix::io::Errno::NODATA | rustix::io::Errno::RANGE | rustix::io::Errno::NOTSUP) => {
+            Err(
+                rustix::io::Errno::NODATA | rustix::io::Errno::RANGE | rustix::io::Errno::NOTSUP,
+            ) => {
                 return Ok(None);
             }
             Err(e) => return Err(e.into()),
@@ -858,7 +860,10 @@ mod tests {
         std::fs::write(&path, [0u8; 128]).unwrap();
         let file = File::open(&path).unwrap();
         assert_eq!(OwnerRecord::read(&file).unwrap(), None);
-        assert!(OwnerRecord::record_creator(&file).unwrap(), "ext4 and tmpfs keep them");
+        assert!(
+            OwnerRecord::record_creator(&file).unwrap(),
+            "ext4 and tmpfs keep them"
+        );
         assert_eq!(OwnerRecord::read(&file).unwrap(), Some(me));
         // The same record on another file (copied with its attributes)
         // names the first one's inode: not a record of this file.
@@ -867,8 +872,13 @@ mod tests {
         let copy = File::open(&copy).unwrap();
         let mut value = [0u8; 64];
         let n = rustix::fs::fgetxattr(&file, OWNER_XATTR, &mut value).unwrap();
-        rustix::fs::fsetxattr(&copy, OWNER_XATTR, &value[..n], rustix::fs::XattrFlags::empty())
-            .unwrap();
+        rustix::fs::fsetxattr(
+            &copy,
+            OWNER_XATTR,
+            &value[..n],
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
         assert_eq!(OwnerRecord::read(&copy).unwrap(), None);
         let gone = OwnerRecord {
             start_time: me.start_time + 1,

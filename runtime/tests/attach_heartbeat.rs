@@ -23,7 +23,10 @@ fn heartbeat_threads() -> usize {
 fn wait_for(done: impl Fn() -> bool, what: &str) {
     let t = Instant::now();
     while !done() {
-        assert!(t.elapsed() < Duration::from_secs(10), "waited 10 s for {what}");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "waited 10 s for {what}"
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
 }
@@ -59,7 +62,10 @@ fn an_absurd_heartbeat_interval_leaks_no_thread() {
             assert!(handle.is_finished());
         }
         handle.stop();
-        assert!(matches!(handle.join(), Err(SandboxError::Stopped { .. }) | Ok(_)));
+        assert!(matches!(
+            handle.join(),
+            Err(SandboxError::Stopped { .. }) | Ok(_)
+        ));
         assert_eq!(
             heartbeat_threads(),
             0,

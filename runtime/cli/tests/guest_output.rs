@@ -51,7 +51,10 @@ fn wasi_output_is_escaped_and_rate_limited_in_every_mode() {
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(status), "{mode}: {err}");
         assert!(!common::host_panicked(&err), "{mode}: {err}");
-        assert!(out.stdout.is_empty(), "{mode}: stdout carries messages only");
+        assert!(
+            out.stdout.is_empty(),
+            "{mode}: stdout carries messages only"
+        );
         assert!(
             !out.stderr.iter().any(|&b| b == 0x1b || b == 0x07),
             "{mode}: a raw escape sequence reached the terminal"

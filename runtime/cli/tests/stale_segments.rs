@@ -205,7 +205,11 @@ fn the_owner_record_keeps_the_format_and_its_absence_is_not_stale() {
     // SAFETY: 128 bytes of plain integers.
     let bytes = unsafe { std::slice::from_raw_parts_mut(header.as_mut_ptr().cast::<u8>(), 128) };
     file.read_exact_at(bytes, 0).unwrap();
-    assert_eq!(&bytes[84..128], &[0; 44], "nothing of shmrt's in the guest's bytes");
+    assert_eq!(
+        &bytes[84..128],
+        &[0; 44],
+        "nothing of shmrt's in the guest's bytes"
+    );
     // SAFETY: the reference crate's header is 128 bytes, 8-aligned, of
     // integers and atomics, all valid for any bits.
     let theirs = unsafe { &*header.as_ptr().cast::<shm_primitives::SegmentHeader>() };
@@ -317,6 +321,10 @@ fn a_forged_owner_record_does_not_make_a_file_replaceable() {
     assert!(!out.status.success(), "replaced another program's file");
     let err = common::stderr(&out);
     assert!(err.contains("no owner record"), "{err}");
-    assert_eq!(std::fs::read(&path).unwrap(), forged_file, "the file was touched");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        forged_file,
+        "the file was touched"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
