@@ -135,10 +135,19 @@ impl Runtime {
         if let Some(plugin) = self.cached_plugin(binary) {
             return Ok(plugin);
         }
+        // The cheap checks first: a refused module is not compiled (nor
+        // kept in the disk cache). One that does not even validate is
+        // reported as such, not as what its facts looked like.
+        let facts =
+            module_check::check_module(binary).map_err(
+                |refused| match wasmtime::Module::validate(&self.engine, binary) {
+                    Ok(()) => PrepareError::Refused(refused),
+                    Err(e) => PrepareError::Compile(format!("{e:#}")),
+                },
+            )?;
         let module = self
             .compile(binary)
             .map_err(|e| PrepareError::Compile(format!("{e:#}")))?;
-        let facts = module_check::check_module(binary).map_err(PrepareError::Refused)?;
         let plugin = Plugin {
             inner: Arc::new(PluginInner {
                 module,
