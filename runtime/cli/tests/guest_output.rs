@@ -18,7 +18,7 @@ fn wat_bytes(data: &[u8]) -> String {
 }
 
 /// A guest whose `_start` (and callback, which then ends with status 5)
-/// writes [`NASTY`] 20,000 times to stdout and 10 to stderr.
+/// writes [`NASTY`] 5,000 times to stdout and 10 to stderr.
 fn printer() -> std::path::PathBuf {
     let text = r#"(module
           (import "shmrt" "ring" (func))
@@ -34,7 +34,7 @@ fn printer() -> std::path::PathBuf {
               (br_if $l (i32.gt_s (local.get $n) (i32.const 0)))))
           (func $both
             (drop (i32.atomic.load (i32.const 0)))
-            (call $print (i32.const 1) (i32.const 20000))
+            (call $print (i32.const 1) (i32.const 5000))
             (call $print (i32.const 2) (i32.const 10)))
           (func (export "_start") (call $both))
           (func (export "shmrt_on_messages") (result i32) (call $both) (i32.const 5)))"#
@@ -47,7 +47,10 @@ fn printer() -> std::path::PathBuf {
 fn wasi_output_is_escaped_and_rate_limited_in_every_mode() {
     let printer = printer();
     for (mode, status) in [("thread", 0), ("fiber", 0), ("callback", 5)] {
+        let started = std::time::Instant::now();
         let out = run(&["--exec", mode], &printer, b"go\n");
+        // A burst of 1000 lines, then 200 a second.
+        let allowed = 1000 + 200 * (started.elapsed().as_secs() as usize + 1);
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(status), "{mode}: {err}");
         assert!(!common::host_panicked(&err), "{mode}: {err}");
@@ -61,8 +64,8 @@ fn wasi_output_is_escaped_and_rate_limited_in_every_mode() {
         );
         let printed: Vec<&str> = err.lines().filter(|l| l.contains("FORGED")).collect();
         assert!(
-            (100..=2000).contains(&printed.len()),
-            "{mode}: {} of 20,010 lines printed, not a burst's worth",
+            (100..=allowed).contains(&printed.len()),
+            "{mode}: {} of 5,010 lines printed, not at most {allowed}",
             printed.len()
         );
         for line in &printed {
