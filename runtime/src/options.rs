@@ -21,7 +21,8 @@ pub enum GuestStdout {
     /// sandbox's name), a line an event: stdout at info, stderr at warn;
     /// control characters and line breaks escaped, and under the rate
     /// limit of the guest's `shmrt.log` lines (one budget for both). The
-    /// embedder's subscriber is the sink.
+    /// embedder's subscriber is the sink: with none installed, the lines
+    /// go nowhere, as shmrt's own events do.
     #[default]
     Log,
     /// Stdout discarded; stderr into the host's log as with `Log`.
