@@ -440,3 +440,108 @@ fn a_callback_initialize_that_never_returns_is_ended_by_its_slice() {
         other => panic!("{other:?}"),
     }
 }
+
+/// One async poll runs at most one callback call that takes a while:
+/// a callback that computes 150 ms a call (and moves its ring each time)
+/// does not hold its executor's thread for four calls in a row.
+#[test]
+fn one_async_poll_runs_one_long_callback_call() {
+    let layout = shmrt::primitives::SegmentLayout::compute(
+        &shmrt::primitives::SegmentConfig::single_guest(),
+    )
+    .unwrap();
+    let read_cursor = layout.h2g_ring_offset(0) + 64;
+    let wat = format!(
+        r#"(module
+      (import "shmrt" "segment_base" (func $base (result i32)))
+      (import "shmrt" "now_ns" (func $now (result i64)))
+      (memory (export "memory") 1)
+      (global $flip (mut i32) (i32.const 4))
+      (func (export "shmrt_on_messages") (result i32)
+        (local $until i64)
+        (local.set $until (i64.add (call $now) (i64.const 150000000)))
+        (loop $l (br_if $l (i64.lt_u (call $now) (local.get $until))))
+        (global.set $flip (i32.xor (global.get $flip) (i32.const 12)))
+        (i32.atomic.store (i32.add (call $base) (i32.const {read_cursor})) (global.get $flip))
+        (i32.const 0)))"#
+    );
+    let runtime = Runtime::new().unwrap();
+    let mut opts = options("busy", Execution::Callback);
+    opts.timeout = None;
+    let mut sandbox = runtime.spawn(wat.as_bytes(), opts).unwrap();
+    sandbox.sender().send(b"go").unwrap();
+    let mut longest = Duration::ZERO;
+    let mut polls = 0;
+    current_thread().block_on(async {
+        let mut recv = std::pin::pin!(sandbox.receiver().recv_async());
+        let timed = std::future::poll_fn(|cx| {
+            let started = Instant::now();
+            let polled = recv.as_mut().poll(cx).map(|m| m.map(|m| m.len()));
+            longest = longest.max(started.elapsed());
+            polls += 1;
+            polled
+        });
+        let _ = tokio::time::timeout(Duration::from_millis(1500), timed).await;
+    });
+    assert!(
+        longest < Duration::from_millis(400),
+        "one poll ran for {longest:?} (a call takes 150 ms)"
+    );
+    assert!(polls >= 3, "{polls} polls");
+}
+
+/// A fiber suspended in a WASI call that does not return (opening a FIFO
+/// nobody writes) is ended soon after a stop, not at its deadline.
+#[test]
+fn a_fiber_blocked_in_a_fifo_is_ended_by_a_stop() {
+    let dir = std::env::temp_dir().join(format!("shmrt-fifo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("fifo");
+    let _ = std::fs::remove_file(&fifo);
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    // Opens "fifo" in its first preopened directory (fd 3) and reads it.
+    let wat = r#"(module
+      (import "wasi_snapshot_preview1" "path_open"
+        (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+      (import "wasi_snapshot_preview1" "fd_read"
+        (func $read (param i32 i32 i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (data (i32.const 64) "fifo")
+      (func (export "shmrt_main") (result i32)
+        (drop (i32.atomic.load (i32.const 0)))
+        ;; rights: fd_read
+        (drop (call $open (i32.const 3) (i32.const 0) (i32.const 64) (i32.const 4)
+          (i32.const 0) (i64.const 2) (i64.const 0) (i32.const 0) (i32.const 128)))
+        (i32.store (i32.const 16) (i32.const 256))
+        (i32.store (i32.const 20) (i32.const 16))
+        (drop (call $read (i32.load (i32.const 128)) (i32.const 16) (i32.const 1) (i32.const 24)))
+        (i32.const 0)))"#;
+    let runtime = Runtime::new().unwrap();
+    let mut opts = options("fifo", Execution::Fiber);
+    opts.dirs = vec![(dir.clone(), "/d".into())];
+    let sandbox = runtime.spawn(wat.as_bytes(), opts).unwrap();
+    let (_tx, mut rx, handle) = sandbox.split();
+    // Runs the guest into the blocking open.
+    assert!(
+        rx.recv_timeout(Some(Duration::from_millis(300)))
+            .unwrap()
+            .is_none()
+    );
+    handle.stop();
+    let status = within(Duration::from_secs(10), move || handle.join());
+    // Lets the blocked open (on a thread of wasmtime-wasi's) return.
+    let writer = std::fs::OpenOptions::new().write(true).open(&fifo);
+    drop(writer);
+    let _ = std::fs::remove_dir_all(&dir);
+    let status = status.expect("join waited past the stop");
+    assert!(
+        matches!(status, Err(SandboxError::Stopped { .. })),
+        "{status:?}"
+    );
+}
