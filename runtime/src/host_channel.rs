@@ -767,6 +767,7 @@ impl HostSender {
         let index = self.shared.guest_index;
         doorbell_futex::say_goodbye(self.shared.segment_file.segment(), index..index + 1);
         // A guest on the host's thread runs once more (it may end).
+        self.shared.host_moved();
         self.shared.fiber_wake.wake();
         self.shared.host_task.wake();
     }
@@ -906,6 +907,7 @@ fn room_freed(shared: &SandboxShared) {
         // A guest on the host's thread that waits for room runs again
         // when a host end runs it: a fiber's poller, or a task waiting.
         Execution::Fiber | Execution::Callback => {
+            shared.host_moved();
             std::sync::atomic::fence(Ordering::SeqCst);
             shared.fiber_wake.wake_fenced();
             shared.host_task.wake_fenced();
@@ -931,6 +933,7 @@ fn notify(shared: &SandboxShared, bell: &shmrt_primitives::Doorbell) {
             // waiting (the other end's, maybe), or a host thread parked
             // on this bell. One fence for all (the eventcount's and the
             // wake slots').
+            shared.host_moved();
             std::sync::atomic::fence(Ordering::SeqCst);
             shared.fiber_wake.wake_fenced();
             shared.host_task.wake_fenced();

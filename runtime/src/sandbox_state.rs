@@ -94,6 +94,8 @@ pub(crate) struct SandboxShared {
     /// host's thread, when it moved (another end ran it) or the host
     /// sent, read, said goodbye or stopped it.
     pub host_task: WakeSlot,
+    /// See [`Self::host_moved`].
+    pub host_moves: std::sync::atomic::AtomicU64,
 }
 
 /// Who to wake, and when at the latest. For a fiber guest suspended in a
@@ -199,6 +201,7 @@ impl SandboxShared {
         if placed || self.segment_file.region().is_none() {
             doorbell_futex::wake_all(self.peer().h2g_doorbell.futex_word());
         }
+        self.host_moved();
         self.fiber_wake.wake();
         self.host_task.wake();
         if let Some(t) = self
@@ -303,16 +306,17 @@ impl SandboxShared {
         *armed = Some((when, waker.clone()));
     }
 
-    /// What the host has done that lets a guest on its thread run again:
-    /// its sends and reads (the cursors it moves) and the goodbye or a
-    /// stop. A hint (the guest can scribble the cursors), compared only.
-    pub(crate) fn host_moves(&self) -> (Option<(u32, u32)>, bool) {
-        let segment = self.segment_file.segment();
-        let cursors = segment
-            .h2g_ring(self.guest_index)
-            .zip(segment.g2h_ring(self.guest_index))
-            .map(|(h2g, g2h)| (h2g.cursors().write, g2h.cursors().read));
-        (cursors, self.goodbye_or_stopped())
+    /// Counts what the host did that lets a guest on its thread run
+    /// again (a send, a drain, the goodbye, a stop): host memory, which the
+    /// guest can not move, compared by an async task around its turn.
+    pub(crate) fn host_moved(&self) {
+        self.host_moves.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// See [`Self::host_moved`]. SeqCst: read after the task's
+    /// suspension, as the wake slot's re-check is.
+    pub(crate) fn host_moves(&self) -> u64 {
+        self.host_moves.load(Ordering::SeqCst)
     }
 
     pub(crate) fn abandoned(&self) -> bool {
@@ -367,6 +371,7 @@ impl SandboxShared {
             callback_slice: None,
             fiber_wake: WakeSlot::default(),
             host_task: WakeSlot::default(),
+            host_moves: std::sync::atomic::AtomicU64::new(0),
         }
     }
 }
