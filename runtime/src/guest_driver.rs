@@ -487,7 +487,8 @@ pub(crate) fn off_async_runtime<R: Send>(
     let done = std::thread::scope(|scope| {
         let spawned = std::thread::Builder::new()
             .name("shmrt-wasi-call".into())
-            .stack_size(CALL_THREAD_STACK)
+            // As a guest thread's: `max_wasm_stack` and the host's frames.
+            .stack_size(crate::guest_stack::GUEST_THREAD_STACK)
             .spawn_scoped(scope, move || {
                 // A stop unparks the thread running the guest.
                 shared.runs_on_this_thread();
@@ -503,11 +504,6 @@ pub(crate) fn off_async_runtime<R: Send>(
     // No thread to be had: called here, as before (a WASI call panics).
     done.unwrap_or_else(|| (call.take().expect("not called"))())
 }
-
-/// The stack of a thread [`off_async_runtime`] runs a call on: room for
-/// wasmtime's `max_wasm_stack` and the host's frames (only touched pages
-/// cost memory).
-const CALL_THREAD_STACK: usize = 8 << 20;
 
 /// Where the guest's reading of its inbox and writing of its outbox
 /// stand: a callback that moved neither did nothing.
