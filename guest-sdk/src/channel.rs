@@ -669,6 +669,7 @@ impl Outbox {
             match refused {
                 channel::SendError::Full => {
                     exhausted_since = None;
+                    self.tell_untold();
                     room.once().map_err(|()| SendError::WouldBlock { len })?;
                 }
                 channel::SendError::Exhausted => {
@@ -678,6 +679,7 @@ impl Outbox {
                     if u64::try_from(self.slot_wait_ns).is_ok_and(|bound| waited > bound) {
                         return Err(self.exhausted(len, waited));
                     }
+                    self.tell_untold();
                     room.once().map_err(|()| SendError::WouldBlock { len })?;
                 }
                 channel::SendError::TooLarge { len, max } => {
@@ -720,6 +722,7 @@ impl Outbox {
                     return Ok(());
                 }
                 Err((channel::SendError::Full, back)) => {
+                    self.tell_untold();
                     if room.once().is_err() {
                         let _ = self.tx.free_held_slot(back);
                         return Err(SendError::WouldBlock { len: len as usize });
@@ -763,6 +766,16 @@ impl Outbox {
             c.write != c.read || c.watermark != 0
         });
         if !more_queued || self.untold >= TELL_EVERY {
+            self.untold = 0;
+            notify_host(&self.segment, self.index);
+        }
+    }
+
+    /// Before waiting for room: the answers left untold (see
+    /// [`Self::sent`]) may be what the host waits for before it reads,
+    /// which is what frees the room.
+    fn tell_untold(&mut self) {
+        if self.untold > 0 {
             self.untold = 0;
             notify_host(&self.segment, self.index);
         }

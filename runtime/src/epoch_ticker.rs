@@ -31,7 +31,9 @@ pub(crate) struct TickerState {
     running: AtomicUsize,
     /// The ticker is asleep (or about to be) for want of running guests.
     idle: AtomicBool,
-    /// Cleared when the runtime is dropped.
+    /// Set when the runtime is dropped: the ticker ends once no sandbox
+    /// holds this state either (a sandbox that outlives its runtime keeps
+    /// its deadline, slice and stop).
     stopping: AtomicBool,
     /// Ticks so far: a fiber resumed at tick `t` yields at its first epoch
     /// check after `t`, not at once (its deadline was set when it last ran).
@@ -128,7 +130,7 @@ impl EpochTicker {
             .name("shmrt-epoch".into())
             .spawn(move || {
                 let _ = s.thread.set(std::thread::current());
-                while !s.stopping.load(Ordering::Relaxed) {
+                while !(s.stopping.load(Ordering::Relaxed) && Arc::strong_count(&s) == 1) {
                     std::thread::sleep(EPOCH_TICK);
                     engine.increment_epoch();
                     s.ticks.fetch_add(1, Ordering::Relaxed);
@@ -154,9 +156,17 @@ impl EpochTicker {
 impl Drop for EpochTicker {
     fn drop(&mut self) {
         self.state.stopping.store(true, Ordering::Relaxed);
+        // Our reference goes first: the ticker counts the others.
+        let state = std::mem::take(&mut self.state);
+        let others = Arc::downgrade(&state);
+        drop(state);
         if let Some(t) = self.thread.take() {
             t.thread().unpark();
-            let _ = t.join();
+            // With sandboxes left it ends after the last (no new one can
+            // be made without the runtime); else now.
+            if others.strong_count() <= 1 {
+                let _ = t.join();
+            }
         }
     }
 }

@@ -94,6 +94,15 @@ pub enum SandboxError {
     /// The guest has ended and everything it sent has been read.
     #[error("sandbox {sandbox}: the guest has ended")]
     Closed { sandbox: String },
+    /// A callback guest was ended after the host's goodbye with requests
+    /// it never took: a call moved nothing (it ignores its inbox, or its
+    /// answers fill a ring nobody reads; those stay readable).
+    #[error(
+        "sandbox {sandbox}: ended after the host's goodbye with {unread} requests it never took \
+         (a call read and answered nothing: read its answers before the goodbye, or let it read \
+         its inbox)"
+    )]
+    Unanswered { sandbox: String, unread: usize },
     /// A message larger than any slot.
     #[error(
         "sandbox {sandbox}: message of {len} bytes exceeds the largest slot payload of {max} bytes; \

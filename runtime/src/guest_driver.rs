@@ -22,7 +22,7 @@ use wasmtime::{Store, TypedFunc};
 use crate::doorbell_futex;
 use crate::epoch_ticker::TickerState;
 use crate::error::SandboxError;
-use crate::guest_thread::{Entry, exit_status};
+use crate::guest_thread::{Entry, exit_status, unread_messages};
 use crate::host_imports;
 use crate::options::Execution;
 use crate::sandbox_state::{SandboxShared, SandboxState};
@@ -195,6 +195,11 @@ impl GuestDriver {
         }
     }
 
+    /// Epoch ticks so far (they advance while guests run wasm).
+    pub fn ticks(&self) -> u64 {
+        self.ticker.ticks()
+    }
+
     /// Whether the guest has ended.
     pub fn ended(&self) -> bool {
         matches!(self.guest, Driven::Ended)
@@ -238,8 +243,15 @@ impl GuestDriver {
     }
 
     fn turn_once(&mut self) -> Turn {
+        let before = ring_positions(&self.shared);
         match self.step() {
-            Step::Turn(turn) => turn,
+            Step::Turn(turn) => {
+                // The other host end may wait for what the guest did.
+                if ring_positions(&self.shared) != before {
+                    self.shared.host_task.wake();
+                }
+                turn
+            }
             Step::End(status) => {
                 self.end(status);
                 Turn::Ended
@@ -271,6 +283,15 @@ impl GuestDriver {
         }
         match guest {
             Driven::Ended => Step::Turn(Turn::Ended),
+            // A stop reaches a fiber in wasm at its next epoch check and
+            // one in `wait` at once; one suspended in a WASI call that
+            // does not end (a FIFO read) is dropped after the stop, as a
+            // thread guest is left behind.
+            Driven::Fiber(_) if shared.stop_requested() && shared.abandoned() => {
+                Step::End(Err(SandboxError::Stopped {
+                    sandbox: shared.name.clone(),
+                }))
+            }
             Driven::Fiber(run) => {
                 waker.woken.store(false, Ordering::Relaxed);
                 shared
@@ -321,11 +342,16 @@ impl GuestDriver {
                         }));
                     }
                 }
+                if let Err(e) = crate::guest_stack::check_room(&shared.name) {
+                    return Step::End(Err(e));
+                }
                 let before = ring_positions(shared);
                 let called = {
                     let _running = ticker.running_here();
                     shared.callback_call(true);
-                    let called = handler.call(&mut **store, ());
+                    let called = off_async_runtime(shared, store.data().wasi.is_some(), || {
+                        handler.call(&mut **store, ())
+                    });
                     shared.callback_call(false);
                     called
                 };
@@ -338,9 +364,23 @@ impl GuestDriver {
                         Step::End(Ok(0))
                     }
                     // A call that read and wrote nothing (its answers do
-                    // not fit, or it ignores its ring) waits for the host.
+                    // not fit, or it ignores its ring) waits for the host;
+                    // after the goodbye it can do no more, and ends with
+                    // what it left counted (the one rule of `join`, `recv`
+                    // and `recv_async`).
                     Ok(0) if ring_positions(shared) == before => {
-                        Step::Turn(Turn::Idle { wake_at: None })
+                        if !goodbye {
+                            return Step::Turn(Turn::Idle { wake_at: None });
+                        }
+                        let dropped = store.data_mut().log_rate.take_dropped();
+                        report_dropped(shared, dropped);
+                        match unread_messages(shared) {
+                            Some(0) => Step::End(Ok(0)),
+                            unread => Step::End(Err(SandboxError::Unanswered {
+                                sandbox: shared.name.clone(),
+                                unread: unread.unwrap_or(0),
+                            })),
+                        }
                     }
                     Ok(0) => Step::Turn(Turn::Ran),
                     Ok(status) => Step::End(Ok(status)),
@@ -390,10 +430,8 @@ impl GuestDriver {
             match self.turn() {
                 Turn::Ran | Turn::Ended => {}
                 Turn::Idle { wake_at } => match self.shared.execution {
-                    // Given the goodbye and still idle: its answers fill
-                    // the ring and nobody reads them (they stay readable);
-                    // it can do no more.
-                    Execution::Callback if self.shared.goodbye_or_stopped() => self.end(Ok(0)),
+                    // Idle with nothing queued: the goodbye makes it end
+                    // (after the goodbye a call that moves nothing ends it).
                     Execution::Callback => {
                         let index = self.shared.guest_index;
                         doorbell_futex::say_goodbye(
@@ -430,6 +468,41 @@ impl GuestDriver {
             std::thread::park_timeout(nap);
         }
     }
+}
+
+/// Runs one call of a guest on the host's thread. A WASI guest called
+/// from inside a tokio runtime is run on a thread of its own for the
+/// call: wasmtime-wasi's synchronous imports (and `wasi_poll`'s) run
+/// their futures with tokio's `block_on`, which panics inside a runtime.
+pub(crate) fn off_async_runtime<R: Send>(
+    shared: &SandboxShared,
+    wasi: bool,
+    call: impl FnOnce() -> R + Send,
+) -> R {
+    if !wasi || tokio::runtime::Handle::try_current().is_err() {
+        return call();
+    }
+    let mut call = Some(call);
+    let slot = &mut call;
+    let done = std::thread::scope(|scope| {
+        let spawned = std::thread::Builder::new()
+            .name("shmrt-wasi-call".into())
+            // As a guest thread's: `max_wasm_stack` and the host's frames.
+            .stack_size(crate::guest_stack::GUEST_THREAD_STACK)
+            .spawn_scoped(scope, move || {
+                // A stop unparks the thread running the guest.
+                shared.runs_on_this_thread();
+                (slot.take().expect("called once"))()
+            });
+        let result = spawned
+            .ok()?
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        shared.runs_on_this_thread();
+        Some(result)
+    });
+    // No thread to be had: called here, as before (a WASI call panics).
+    done.unwrap_or_else(|| (call.take().expect("not called"))())
 }
 
 /// Where the guest's reading of its inbox and writing of its outbox

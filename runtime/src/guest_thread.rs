@@ -263,6 +263,63 @@ impl std::fmt::Debug for StopHandle {
 pub struct SandboxHandle {
     pub(crate) shared: Arc<SandboxShared>,
     pub(crate) run: GuestRun,
+    /// An attached guest's heartbeat, ended (and joined) with the handle.
+    pub(crate) heartbeat: Option<Heartbeat>,
+}
+
+/// The heartbeat of an attached guest: its peer entry's `last_heartbeat`
+/// stamped every half interval of the segment's header, from a thread of
+/// its own, until the guest ends or its handle goes.
+pub(crate) struct Heartbeat {
+    stop: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Heartbeat {
+    /// The longest nap between two beats, whatever interval the (foreign)
+    /// header asks for: also how late a heartbeat notices a guest that
+    /// ended without its handle being dropped.
+    pub(crate) const MAX_PERIOD: Duration = Duration::from_millis(500);
+
+    pub(crate) fn start(
+        shared: Arc<SandboxShared>,
+        interval_ns: u64,
+        now_ns: fn() -> u64,
+    ) -> std::io::Result<Self> {
+        let period =
+            Duration::from_nanos(interval_ns / 2).clamp(Duration::from_millis(1), Self::MAX_PERIOD);
+        let stop = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        let thread_stop = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("shmrt-heartbeat".into())
+            .stack_size(64 << 10)
+            .spawn(move || {
+                let (stopped, wake) = &*thread_stop;
+                let mut stopped = stopped.lock().unwrap_or_else(|e| e.into_inner());
+                while !*stopped && !shared.guest_done() {
+                    shared.peer().heartbeat(now_ns());
+                    stopped = wake
+                        .wait_timeout(stopped, period)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            })?;
+        Ok(Heartbeat {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        let (stopped, wake) = &*self.stop;
+        *stopped.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        wake.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Where a guest's code runs.
@@ -322,7 +379,12 @@ impl SandboxHandle {
     pub fn join_counting_unread(self) -> (Result<i32, SandboxError>, Option<usize>) {
         let shared = self.shared.clone();
         let status = self.join();
-        (status, unread_messages(&shared))
+        // A callback ended after the goodbye has had its unread taken.
+        let taken = match &status {
+            Err(SandboxError::Unanswered { unread, .. }) => *unread,
+            _ => 0,
+        };
+        (status, unread_messages(&shared).map(|n| n + taken))
     }
 
     /// Where the guest runs ([`crate::Execution::Auto`] resolved).
@@ -451,7 +513,7 @@ fn abandoned(shared: &SandboxShared) -> SandboxError {
 /// Messages left in the host-to-guest ring of a guest that has ended,
 /// taken as the guest would take them (slots freed): bounded by the
 /// ring's size.
-fn unread_messages(shared: &SandboxShared) -> Option<usize> {
+pub(crate) fn unread_messages(shared: &SandboxShared) -> Option<usize> {
     let segment = shared.segment_file.segment();
     let (_, mut rx) = segment.guest_channel(shared.guest_index).ok()?;
     let most = segment.layout().ring_capacity as usize / 8 + 1;

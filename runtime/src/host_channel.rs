@@ -17,6 +17,7 @@ use crate::error::SandboxError;
 use crate::guest_driver::{GuestDriver, Turn};
 use crate::options::Execution;
 use crate::sandbox_state::SandboxShared;
+use crate::wake_timer::Side;
 use std::sync::Mutex;
 
 fn protocol(shared: &SandboxShared, error: ProtocolError) -> SandboxError {
@@ -159,9 +160,14 @@ fn drive_guest(
 
 /// Turns a guest runs in one poll of an async host call before the task
 /// yields to its executor: a callback that answered may be called again
-/// at once, but a fiber back from an epoch yield (10 ms of computing)
-/// gives the thread to the other tasks first.
+/// at once, unless a call ran past an epoch tick (one long call a poll,
+/// not four slices), and a fiber back from an epoch yield (10 ms of
+/// computing) gives the thread to the other tasks first.
 const POLL_BATCH: usize = 4;
+
+/// The longest an async host call waits for a thread guest without
+/// looking again (the nap of [`block_on_guest`]).
+const THREAD_GUEST_NAP: Duration = Duration::from_millis(100);
 
 /// How soon an async host call looks again at a guest another thread is
 /// running (whose driver it could not take).
@@ -203,16 +209,20 @@ impl Drop for AsyncWaiter<'_> {
 /// One poll of an async host call: `Ready(Ok(true))` once `ready` holds,
 /// `Ready(Ok(false))` once the guest has ended and it does not. A guest on
 /// the host's thread runs here, at most [`POLL_BATCH`] turns (one for a
-/// fiber that computes); a thread
-/// guest wakes the task when it rings or ends.
+/// fiber that computes); a thread guest wakes the task when it rings or
+/// ends. A task that waits is one of the sandbox's `host_task` waiters
+/// (the other end's task may wait at once), and arms the wake timer as
+/// `side`.
 fn poll_guest(
     shared: &SandboxShared,
     driver: Option<&Mutex<GuestDriver>>,
-    waiter: &mut AsyncWaiter<'_>,
+    (waiter, side): (&mut AsyncWaiter<'_>, Side),
     cx: &mut std::task::Context<'_>,
     ready: &mut impl FnMut() -> Result<bool, SandboxError>,
 ) -> std::task::Poll<Result<bool, SandboxError>> {
     use std::task::Poll;
+    // The epoch tick when this poll first ran the guest.
+    let mut first_tick = None;
     for _ in 0..POLL_BATCH {
         if ready()? {
             return Poll::Ready(Ok(true));
@@ -222,9 +232,12 @@ fn poll_guest(
         }
         let Some(driver) = driver else {
             // Registered, then looked at again: a ring in between found
-            // the waker stored.
+            // the waker stored. Looked at again after a nap too, as a
+            // blocking call does: a guest need not ring (a foreign one,
+            // or one that zeroes the waiter count).
             waiter.register();
             shared.host_task.suspend(cx.waker(), None);
+            shared.wake_task_at(side, Instant::now() + THREAD_GUEST_NAP, cx.waker());
             if ready()? {
                 return Poll::Ready(Ok(true));
             }
@@ -233,19 +246,30 @@ fn poll_guest(
             }
             return Poll::Pending;
         };
+        // A change from here to the suspension below means the guest has
+        // something to do that the turn did not see.
+        let seen = shared.host_moves();
         let mut d = match driver.try_lock() {
             Ok(d) => d,
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => {
                 // Another task or thread runs the guest now (it may be
-                // parked there): look again in a moment, not at once.
-                crate::wake_timer::wake_at(Instant::now() + BUSY_DRIVER_RETRY, cx.waker());
-                return Poll::Pending;
+                // parked there): its turns wake us when the guest moves;
+                // look again in a moment too, not at once.
+                shared.host_task.suspend(cx.waker(), None);
+                shared.wake_task_at(side, Instant::now() + BUSY_DRIVER_RETRY, cx.waker());
+                return if ready()? {
+                    Poll::Ready(Ok(true))
+                } else {
+                    Poll::Pending
+                };
             }
         };
+        let tick = *first_tick.get_or_insert_with(|| d.ticks());
         match d.turn_for_task(cx.waker()) {
             Turn::Ended => continue,
-            Turn::Ran if shared.execution == Execution::Callback => continue,
+            Turn::Ran if shared.execution == Execution::Callback && d.ticks() == tick => continue,
+            Turn::Ran if shared.execution == Execution::Callback => break,
             Turn::Ran => {
                 // The epoch yield woke the task: others go first.
                 drop(d);
@@ -257,16 +281,12 @@ fn poll_guest(
             }
             Turn::Idle { wake_at } => {
                 drop(d);
-                if shared.execution == Execution::Callback {
-                    // Runs again when the host sends (another task).
-                    let before = shared.h2g_pending_write();
-                    shared.fiber_wake.suspend(cx.waker(), None);
-                    if shared.h2g_pending_write() != before {
-                        continue;
-                    }
+                shared.host_task.suspend(cx.waker(), None);
+                if shared.host_moves() != seen {
+                    continue;
                 }
                 if let Some(at) = wake_at {
-                    shared.wake_task_at(at, cx.waker());
+                    shared.wake_task_at(side, at, cx.waker());
                 }
                 if ready()? {
                     return Poll::Ready(Ok(true));
@@ -714,11 +734,11 @@ impl HostSender {
                 if slot_deadline.is_some_and(|d| Instant::now() >= d) {
                     return std::task::Poll::Ready(Ok(false));
                 }
-                let polled = poll_guest(shared, driver, &mut waiter, cx, &mut ready);
+                let polled = poll_guest(shared, driver, (&mut waiter, Side::Send), cx, &mut ready);
                 if polled.is_pending()
                     && let Some(at) = slot_deadline
                 {
-                    shared.wake_task_at(at, cx.waker());
+                    shared.wake_task_at(Side::Send, at, cx.waker());
                 }
                 polled
             })
@@ -746,6 +766,10 @@ impl HostSender {
     pub fn goodbye(&mut self) {
         let index = self.shared.guest_index;
         doorbell_futex::say_goodbye(self.shared.segment_file.segment(), index..index + 1);
+        // A guest on the host's thread runs once more (it may end).
+        self.shared.host_moved();
+        self.shared.fiber_wake.wake();
+        self.shared.host_task.wake();
     }
 }
 
@@ -873,14 +897,26 @@ impl HostMessage<'_> {
 /// After draining the guest's ring: wakes a guest parked for room, with
 /// no fence (the guest's waits for room are bounded and re-check).
 fn room_freed(shared: &SandboxShared) {
-    if shared.execution == Execution::Fiber {
-        // A fiber suspended for room is resumed by its poller.
-        shared.fiber_wake.wake();
-        return;
-    }
-    let bell = &shared.peer().h2g_doorbell;
-    if shared.doorbells && bell.has_waiters() {
-        doorbell_futex::ring(bell);
+    match shared.execution {
+        // Auto is resolved by the spawn (`Plugin::execution`).
+        Execution::Thread | Execution::Auto => {
+            let bell = &shared.peer().h2g_doorbell;
+            if shared.doorbells && bell.has_waiters() {
+                doorbell_futex::ring(bell);
+            }
+        }
+        // A guest on the host's thread that waits for room runs again
+        // when a host end runs it: a fiber's poller, or a task waiting.
+        Execution::Fiber | Execution::Callback => {
+            shared.host_moved();
+            std::sync::atomic::fence(Ordering::SeqCst);
+            shared.fiber_wake.wake_fenced();
+            shared.host_task.wake_fenced();
+            let bell = &shared.peer().h2g_doorbell;
+            if shared.execution == Execution::Callback && shared.doorbells && bell.has_waiters() {
+                doorbell_futex::ring(bell);
+            }
+        }
     }
 }
 
@@ -888,21 +924,22 @@ fn room_freed(shared: &SandboxShared) {
 /// (the eventcount's publisher path), no syscall.
 fn notify(shared: &SandboxShared, bell: &shmrt_primitives::Doorbell) {
     match shared.execution {
-        // A fiber guest suspended in `wait` is resumed by its poller.
-        Execution::Fiber => shared.fiber_wake.wake(),
         // Auto is resolved by the spawn (`Plugin::execution`).
         Execution::Thread | Execution::Auto => {
             if shared.doorbells && bell.should_ring() {
                 doorbell_futex::ring(bell);
             }
         }
-        Execution::Callback => {
-            // Whoever waits for the guest to have something queued: an
-            // async task, or a host thread parked on this bell. One fence
-            // for both (the eventcount's and the wake slot's).
+        Execution::Fiber | Execution::Callback => {
+            // Whoever runs the guest next: a fiber's poller, a task
+            // waiting (the other end's, maybe), or a host thread parked
+            // on this bell. One fence for all (the eventcount's and the
+            // wake slots').
+            shared.host_moved();
             std::sync::atomic::fence(Ordering::SeqCst);
             shared.fiber_wake.wake_fenced();
-            if shared.doorbells && bell.has_waiters() {
+            shared.host_task.wake_fenced();
+            if shared.execution == Execution::Callback && shared.doorbells && bell.has_waiters() {
                 doorbell_futex::ring(bell);
             }
         }
@@ -1010,9 +1047,20 @@ impl HostReceiver {
             let shared: &SandboxShared = shared;
             let driver = driver.as_deref();
             let mut waiter = AsyncWaiter::new(shared);
-            let mut ready = || rx.is_empty().map(|e| !e).map_err(|e| protocol(shared, e));
-            std::future::poll_fn(|cx| poll_guest(shared, driver, &mut waiter, cx, &mut ready))
-                .await?
+            let mut ready = || {
+                let empty = rx.is_empty().map_err(|e| protocol(shared, e))?;
+                // As `is_empty`, a thread guest waiting for room is told
+                // (a guest on this thread is run by this poll; waking
+                // the waiting tasks would wake this one).
+                if empty && shared.execution == Execution::Thread {
+                    room_freed(shared);
+                }
+                Ok(!empty)
+            };
+            std::future::poll_fn(|cx| {
+                poll_guest(shared, driver, (&mut waiter, Side::Recv), cx, &mut ready)
+            })
+            .await?
         };
         let Self { rx, shared, .. } = self;
         match rx.try_recv() {

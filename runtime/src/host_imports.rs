@@ -2,6 +2,7 @@
 //! This mirrors `wit/shmrt.wit`; a test parses the WIT and checks that the
 //! linker defines exactly these names with the matching core signatures.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use shmrt_primitives::WaitOutcome;
@@ -254,7 +255,7 @@ fn log(mut c: Caller<'_, SandboxState>, level: i32, ptr: u32, len: u32) -> wasmt
             "shmrt.log called with ptr {ptr} and len {len}, outside linear memory ({size} bytes)"
         );
     }
-    if !c.data_mut().log_rate.admit(Instant::now()) {
+    if !c.data().log_rate.admit(Instant::now()) {
         return Ok(());
     }
     // Copied out before it is decoded: the guest (or, in its window, the
@@ -263,7 +264,9 @@ fn log(mut c: Caller<'_, SandboxState>, level: i32, ptr: u32, len: u32) -> wasmt
     // that changed under it.
     let mut copy = vec![0u8; n.min(MAX_LOG_BYTES)];
     memory.read(&c, start, &mut copy)?;
-    let text = String::from_utf8_lossy(&copy);
+    // One line, plain: a guest's text can not forge a log line of the
+    // host's, nor drive the terminal.
+    let text = crate::guest_output::escape_line(&String::from_utf8_lossy(&copy));
     let truncated = if n > MAX_LOG_BYTES {
         " [truncated]"
     } else {
@@ -290,19 +293,23 @@ fn log(mut c: Caller<'_, SandboxState>, level: i32, ptr: u32, len: u32) -> wasmt
         _ => {
             tracing::error!(target: "shmrt::guest", sandbox, peer, "{text}{truncated}");
             if let Ok(mut last) = shared.last_error_log.lock() {
-                *last = Some(text.into_owned());
+                *last = Some(text);
             }
         }
     }
     Ok(())
 }
 
-/// A token bucket over a guest's log lines, so that a guest cannot flood
-/// the host's stderr: a burst of [`Self::BURST`] lines, then
-/// [`Self::PER_SECOND`] a second. What it drops is counted and said with
-/// the next line let through (or when the sandbox ends).
+/// A token bucket over a guest's log lines and WASI output lines (one
+/// bucket for both, shared by the copies of a sandbox's rate), so that a
+/// guest cannot flood the host's stderr: a burst of [`Self::BURST`]
+/// lines, then [`Self::PER_SECOND`] a second. What it drops is counted
+/// and said with the next line let through (or when the sandbox ends).
+#[derive(Clone, Debug)]
+pub(crate) struct LogRate(Arc<Mutex<Bucket>>);
+
 #[derive(Debug)]
-pub(crate) struct LogRate {
+struct Bucket {
     tokens: f64,
     refilled: Instant,
     dropped: u64,
@@ -315,31 +322,36 @@ impl LogRate {
     pub const BURST: u32 = 1000;
 
     pub fn new(now: Instant) -> Self {
-        LogRate {
+        LogRate(Arc::new(Mutex::new(Bucket {
             tokens: f64::from(Self::BURST),
             refilled: now,
             dropped: 0,
-        }
+        })))
+    }
+
+    fn bucket(&self) -> std::sync::MutexGuard<'_, Bucket> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Whether a line may go out now; counts it as dropped if not.
-    pub fn admit(&mut self, now: Instant) -> bool {
-        let earned = now.saturating_duration_since(self.refilled).as_secs_f64()
-            * f64::from(Self::PER_SECOND);
-        self.tokens = (self.tokens + earned).min(f64::from(Self::BURST));
-        self.refilled = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+    pub fn admit(&self, now: Instant) -> bool {
+        let mut b = self.bucket();
+        let earned =
+            now.saturating_duration_since(b.refilled).as_secs_f64() * f64::from(Self::PER_SECOND);
+        b.tokens = (b.tokens + earned).min(f64::from(Self::BURST));
+        b.refilled = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
             true
         } else {
-            self.dropped += 1;
+            b.dropped += 1;
             false
         }
     }
 
     /// Lines dropped since the last call.
-    pub fn take_dropped(&mut self) -> u64 {
-        std::mem::take(&mut self.dropped)
+    pub fn take_dropped(&self) -> u64 {
+        std::mem::take(&mut self.bucket().dropped)
     }
 }
 
@@ -350,7 +362,7 @@ mod tests {
     #[test]
     fn log_rate_lets_a_burst_through_then_the_sustained_rate() {
         let t0 = Instant::now();
-        let mut rate = LogRate::new(t0);
+        let rate = LogRate::new(t0);
         let burst = (0..LogRate::BURST * 2).filter(|_| rate.admit(t0)).count();
         assert_eq!(burst, LogRate::BURST as usize);
         assert_eq!(rate.take_dropped(), u64::from(LogRate::BURST));

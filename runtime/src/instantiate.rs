@@ -15,14 +15,14 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use crate::error::SandboxError;
-use crate::guest_driver::{CALLBACK_EXPORT, GuestDriver};
+use crate::guest_driver::{CALLBACK_EXPORT, GuestDriver, off_async_runtime};
 use crate::guest_thread::{
-    DeadlineExceeded, Entry, GuestRun, SandboxHandle, Stopped, exit_status, run_guest,
-    watch_deadline,
+    CallbackOverran, DeadlineExceeded, Entry, GuestRun, SandboxHandle, Stopped, exit_status,
+    run_guest, watch_deadline,
 };
 use crate::host_channel::deadline_after;
 use crate::memory_window::{self, NOT_PLACED, PendingWindow};
-use crate::options::{Execution, GuestStdin, GuestStdout, SandboxOptions};
+use crate::options::{Execution, GuestStdin, SandboxOptions};
 use crate::plugin::Plugin;
 use crate::runtime::Runtime;
 use crate::sandbox_state::{SandboxShared, SandboxState};
@@ -62,6 +62,11 @@ impl Runtime {
             }
         })?;
         let fiber = options.execution == Execution::Fiber;
+        // Guest code on this thread: a start function, a callback's
+        // `_initialize` (a fiber's run on its own stack).
+        if !fiber && (plugin.inner.facts.has_start || options.execution == Execution::Callback) {
+            crate::guest_stack::check_room(&name)?;
+        }
         let pre =
             plugin
                 .instance_pre(self, fiber)
@@ -122,7 +127,8 @@ impl Runtime {
             let guest_ran = (e.downcast_ref::<wasmtime::Trap>().is_some() && in_guest_code)
                 || out_of_fuel
                 || e.downcast_ref::<DeadlineExceeded>().is_some()
-                || e.downcast_ref::<Stopped>().is_some();
+                || e.downcast_ref::<Stopped>().is_some()
+                || e.downcast_ref::<CallbackOverran>().is_some();
             if guest_ran {
                 return match exit_status(e, &shared, options.timeout) {
                     Err(error) => error,
@@ -267,6 +273,7 @@ impl Runtime {
                 let thread_shared = shared.clone();
                 let thread = std::thread::Builder::new()
                     .name(format!("shmrt-guest {name}"))
+                    .stack_size(crate::guest_stack::GUEST_THREAD_STACK)
                     .spawn(move || {
                         run_guest(
                             store,
@@ -301,7 +308,12 @@ impl Runtime {
                 claim_now(&shared, &claim)?;
                 if let Some(init) = initialize {
                     let running = self.ticker.state.running();
-                    let initialized = init.call(&mut store, ());
+                    // Bounded as each call of the callback is: its slice.
+                    shared.callback_call(true);
+                    let wasi = store.data().wasi.is_some();
+                    let initialized =
+                        off_async_runtime(&shared, wasi, || init.call(&mut store, ()));
+                    shared.callback_call(false);
                     drop(running);
                     initialized.map_err(instantiate_err)?;
                 }
@@ -309,7 +321,11 @@ impl Runtime {
                 GuestRun::Driven(Arc::new(std::sync::Mutex::new(driver)))
             }
         };
-        Ok(SandboxHandle { shared, run })
+        Ok(SandboxHandle {
+            shared,
+            run,
+            heartbeat: None,
+        })
     }
 }
 
@@ -351,22 +367,15 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
 
 pub(crate) fn build_wasi(
     options: &SandboxOptions,
+    log_rate: &crate::host_imports::LogRate,
     clock_origin: Instant,
 ) -> Result<WasiP1Ctx, String> {
     let mut b = WasiCtxBuilder::new();
-    b.args(&options.args).envs(&options.env).inherit_stderr();
+    b.args(&options.args).envs(&options.env);
     b.monotonic_clock(wasi_poll::GuestMonotonicClock {
         origin: clock_origin,
     });
-    match options.stdout {
-        GuestStdout::Stderr => {
-            b.stdout(std::io::stderr());
-        }
-        GuestStdout::Stdout => {
-            b.inherit_stdout();
-        }
-        GuestStdout::Null => {}
-    }
+    crate::guest_output::route(&mut b, options, log_rate);
     if options.stdin == GuestStdin::Inherit {
         b.inherit_stdin();
     }

@@ -21,6 +21,8 @@ pub mod doorbell_futex;
 mod epoch_ticker;
 pub mod error;
 mod guest_driver;
+mod guest_output;
+mod guest_stack;
 mod guest_thread;
 mod host_channel;
 pub mod host_imports;
@@ -44,6 +46,7 @@ mod wake_timer;
 mod wasi_poll;
 
 pub use error::SandboxError;
+pub use guest_stack::{GUEST_ENTRY_STACK, GUEST_THREAD_STACK, MAX_WASM_STACK};
 pub use host_segment::HostSegment;
 pub use plugin::Plugin;
 pub use sandbox::{

@@ -14,7 +14,8 @@
 //!
 //! Loading an entry runs the machine code in it, so the cache must be the
 //! user's own: a directory that is not owned by this user or that others
-//! may write is not used (a warning says so). Entries are written under a
+//! may write, or that lies under such a directory, is not used (a warning
+//! says so). Entries are written under a
 //! fresh temporary name (created exclusively, mode 0600) and renamed into
 //! place, so that a reader never sees half an entry and a planted link is
 //! never written through. Someone who can write as this user can forge an
@@ -122,6 +123,25 @@ impl ModuleCache {
             if !meta.is_dir() || meta.uid() != me || meta.mode() & 0o022 != 0 {
                 return Err(std::io::Error::other(format!(
                     "{} must be a directory of this user's that only they may write (mode 0700)",
+                    dir.display()
+                )));
+            }
+        }
+        // Whoever may write a directory above the cache may swap it (or a
+        // link on the way) for their own after this check. Each one, on
+        // the path as given and with links resolved, is this user's or
+        // root's and nobody else may write it, unless it is sticky (then
+        // others can not rename what they do not own: its child is
+        // checked in turn).
+        let given = std::path::absolute(&self.dir)?;
+        let resolved = fs::canonicalize(&self.dir)?;
+        for dir in given.ancestors().chain(resolved.ancestors()).skip(1) {
+            let meta = fs::metadata(dir)?;
+            let others_write = meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0;
+            if (meta.uid() != me && meta.uid() != 0) || others_write {
+                return Err(std::io::Error::other(format!(
+                    "{} is above it and is not this user's, or others may write it: anyone who \
+                     can write it can swap the cache for their own",
                     dir.display()
                 )));
             }

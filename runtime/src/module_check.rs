@@ -18,6 +18,8 @@ pub(crate) struct ModuleFacts {
     /// Memories and tables, imported or defined.
     pub memories: usize,
     pub tables: usize,
+    /// It has a start function (guest code run by the instantiation).
+    pub has_start: bool,
 }
 
 /// Reads the facts; a parse error is left for wasmtime to report.
@@ -51,6 +53,7 @@ pub(crate) fn facts(bytes: &[u8]) -> ModuleFacts {
                 }
             }
             Payload::TableSection(reader) => f.tables += reader.count() as usize,
+            Payload::StartSection { .. } => f.has_start = true,
             _ => {}
         }
     }

@@ -1,5 +1,5 @@
 //! What a sandbox is spawned with: [`SandboxOptions`], where its segment
-//! lives ([`SegmentSource`]) and where a WASI guest's stdout goes.
+//! lives ([`SegmentSource`]) and where a WASI guest's output goes.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,17 +12,27 @@ use crate::error::SandboxError;
 #[cfg(doc)]
 use crate::runtime::RuntimeConfig;
 
-/// Where a WASI guest's standard output goes. shmrt's own stdout carries
-/// messages in `shmrt run`, so the default is stderr.
+/// Where a WASI guest's standard output and error go. shmrt's own stdout
+/// carries messages in `shmrt run`, and a guest's bytes are not to be
+/// trusted with a terminal, so by default they go to the host's log.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum GuestStdout {
-    /// To the host's stderr.
+    /// Into the host's log (`tracing`, target `shmrt::guest`, with the
+    /// sandbox's name), a line an event: stdout at info, stderr at warn;
+    /// control characters and line breaks escaped, and under the rate
+    /// limit of the guest's `shmrt.log` lines (one budget for both). The
+    /// embedder's subscriber is the sink: with none installed, the lines
+    /// go nowhere, as shmrt's own events do.
     #[default]
-    Stderr,
-    /// To the host's stdout.
-    Stdout,
-    /// Discarded.
+    Log,
+    /// Stdout discarded; stderr into the host's log as with `Log`.
     Null,
+    /// Both, byte for byte and unlimited, to the host's stderr: for a
+    /// guest you trust with your terminal.
+    RawStderr,
+    /// Stdout byte for byte to the host's stdout, stderr to its stderr,
+    /// unlimited: for a guest you trust with both.
+    RawStdout,
 }
 
 /// What a WASI guest's standard input reads.
@@ -52,7 +62,7 @@ pub struct SandboxOptions {
     pub env: Vec<(String, String)>,
     /// Host directories the guest may open: (host path, guest path).
     pub dirs: Vec<(PathBuf, String)>,
-    /// WASI stdout.
+    /// WASI stdout and stderr.
     pub stdout: GuestStdout,
     /// Spin rounds before the host parks in a blocking call.
     pub spin: SpinBudget,

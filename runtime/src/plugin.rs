@@ -114,6 +114,24 @@ impl Runtime {
 
     /// [`Self::prepare`], naming `sandbox` in its errors.
     pub(crate) fn prepare_as(&self, sandbox: &str, wasm: &[u8]) -> Result<Plugin, SandboxError> {
+        use crate::guest_stack::{GUEST_ENTRY_STACK, GUEST_THREAD_STACK, stack_left};
+        // Parsing and compiling take stack of their own (Cranelift's): on
+        // a thread with little left, they run on one with room.
+        if stack_left().is_some_and(|left| left < GUEST_ENTRY_STACK) {
+            return std::thread::scope(|scope| {
+                std::thread::Builder::new()
+                    .name("shmrt-compile".into())
+                    .stack_size(GUEST_THREAD_STACK)
+                    .spawn_scoped(scope, || self.prepare_here(sandbox, wasm))
+                    .map_err(|e| SandboxError::io("starting a thread to compile on", e))?
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            });
+        }
+        self.prepare_here(sandbox, wasm)
+    }
+
+    fn prepare_here(&self, sandbox: &str, wasm: &[u8]) -> Result<Plugin, SandboxError> {
         let binary =
             crate::instantiate::module_bytes(wasm).map_err(|message| SandboxError::Compile {
                 sandbox: sandbox.into(),
@@ -137,10 +155,19 @@ impl Runtime {
         if let Some(plugin) = self.cached_plugin(binary) {
             return Ok(plugin);
         }
+        // The cheap checks first: a refused module is not compiled (nor
+        // kept in the disk cache). One that does not even validate is
+        // reported as such, not as what its facts looked like.
+        let facts =
+            module_check::check_module(binary).map_err(
+                |refused| match wasmtime::Module::validate(&self.engine, binary) {
+                    Ok(()) => PrepareError::Refused(refused),
+                    Err(e) => PrepareError::Compile(format!("{e:#}")),
+                },
+            )?;
         let module = self
             .compile(binary)
             .map_err(|e| PrepareError::Compile(format!("{e:#}")))?;
-        let facts = module_check::check_module(binary).map_err(PrepareError::Refused)?;
         let plugin = Plugin {
             inner: Arc::new(PluginInner {
                 module,

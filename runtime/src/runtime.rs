@@ -6,15 +6,13 @@
 use crate::epoch_ticker::EpochTicker;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use shmrt_primitives::{PeerId, PeerState, SegmentConfig, SegmentLayout};
 use wasmtime::{Config, Engine, Linker, Module, Store};
 
 use crate::doorbell_futex::SpinBudget;
 use crate::error::SandboxError;
-use crate::guest_thread::SandboxHandle;
+use crate::guest_thread::{Heartbeat, SandboxHandle};
 use crate::host_channel::{HostReceiver, HostSender};
 use crate::instantiate::{Claim, read_module_file};
 use crate::memory_window::WindowMemoryCreator;
@@ -95,6 +93,9 @@ impl Runtime {
         config.consume_fuel(rc.fuel);
         config.wasm_threads(true);
         config.epoch_interruption(true);
+        // Set against the stacks shmrt makes and checks (`guest_stack`).
+        config.max_wasm_stack(crate::guest_stack::MAX_WASM_STACK);
+        config.async_stack_size(crate::guest_stack::FIBER_STACK);
         config.with_host_memory(Arc::new(WindowMemoryCreator));
         // Said explicitly: an in-process sandbox's memory is reserved
         // before its instantiation, with these sizes (`GuestRegion`).
@@ -315,20 +316,12 @@ impl Runtime {
         shared.timeout = options.timeout;
         let shared = Arc::new(shared);
         let plugin = self.prepare_as(&options.name, wasm)?;
-        let handle = self.start(&plugin, &options, shared.clone(), claim)?;
+        let mut handle = self.start(&plugin, &options, shared.clone(), claim)?;
         if layout.heartbeat_interval_ns != 0 {
-            let beat = Duration::from_nanos(layout.heartbeat_interval_ns / 2)
-                .max(Duration::from_millis(1));
-            let s = shared.clone();
-            std::thread::Builder::new()
-                .name("shmrt-heartbeat".into())
-                .spawn(move || {
-                    while !s.guest_done.load(Ordering::Acquire) {
-                        s.peer().heartbeat(monotonic_ns());
-                        std::thread::sleep(beat);
-                    }
-                })
-                .map_err(|e| SandboxError::io("starting the heartbeat thread", e))?;
+            handle.heartbeat = Some(
+                Heartbeat::start(shared.clone(), layout.heartbeat_interval_ns, monotonic_ns)
+                    .map_err(|e| SandboxError::io("starting the heartbeat thread", e))?,
+            );
         }
         Ok((handle, shared.peer_id().get()))
     }

@@ -18,6 +18,7 @@ use crate::memory_limit::MemoryLimit;
 use crate::memory_window::NOT_PLACED;
 use crate::options::{DEFAULT_SLOT_WAIT, Execution, SandboxOptions};
 use crate::segment_file::SegmentFile;
+use crate::wake_timer::{Side, TimerKey};
 
 /// [`SandboxShared::call_started_ns`] of a callback call whose slice has
 /// not started yet.
@@ -75,42 +76,58 @@ pub(crate) struct SandboxShared {
     /// when its slice began (at least 1), [`CALL_NOT_TIMED`] while the call
     /// has not been looked at yet, 0 between calls.
     pub call_started_ns: std::sync::atomic::AtomicU64,
-    /// The earliest wake-up this sandbox has with the wake timer (ns after
-    /// `started`, 0: none), so that an async host polling it again and
-    /// again registers one, not one per poll.
-    pub timer_at: std::sync::Mutex<Option<(Instant, std::task::Waker)>>,
+    /// This sandbox's key with the wake timer.
+    pub timer_id: u64,
+    /// What each side has armed with the wake timer, so that an async
+    /// host polling again and again takes the timer's lock once, not once
+    /// per poll ([`Side`] is the index).
+    pub timer_at: [std::sync::Mutex<Option<(Instant, std::task::Waker)>>; 2],
+    /// Something was armed with the wake timer (to forget at the drop).
+    pub timer_used: AtomicBool,
     /// [`SandboxOptions::callback_slice`].
     pub callback_slice: Option<Duration>,
     /// A fiber guest suspended in the host: who to wake, and when its own
     /// timer (a `wait` timeout, a WASI sleep) or deadline runs out.
     pub fiber_wake: WakeSlot,
-    /// An async host task waiting for a thread guest: woken when the
-    /// guest rings or ends.
+    /// The async host tasks waiting for the guest (one per host end):
+    /// woken when a thread guest rings or ends, and, for a guest on the
+    /// host's thread, when it moved (another end ran it) or the host
+    /// sent, read, said goodbye or stopped it.
     pub host_task: WakeSlot,
+    /// See [`Self::host_moved`].
+    pub host_moves: std::sync::atomic::AtomicU64,
 }
 
 /// Who to wake, and when at the latest. For a fiber guest suspended in a
 /// host import: the waker of the poll that suspended it (woken when the
 /// host sends, says goodbye or stops it) and the instant its own timer
-/// runs out. For a callback guest, an async task waiting for the host to
-/// send. For an async host task waiting on a thread guest, that task.
+/// runs out. For the host's async tasks: each task waiting (the sender's
+/// and the receiver's of a split sandbox wait at once), all woken.
 #[derive(Debug, Default)]
 pub(crate) struct WakeSlot {
     /// A waker is stored: the fast path of [`Self::wake`] reads only this.
     armed: AtomicBool,
-    waker: std::sync::Mutex<Option<std::task::Waker>>,
+    wakers: std::sync::Mutex<Vec<std::task::Waker>>,
     wake_at: std::sync::Mutex<Option<Instant>>,
 }
+
+/// Wakers a [`WakeSlot`] keeps: one per host end and the fiber, with room
+/// for tasks that were dropped while registered (the oldest is woken, a
+/// spurious wake-up, to make room).
+const MAX_WAKERS: usize = 4;
 
 impl WakeSlot {
     /// Records who to wake, and when at the latest (`None`: only when
     /// woken). The caller looks at its condition again afterwards: a wake
     /// that came before this found nothing to wake.
     pub fn suspend(&self, waker: &std::task::Waker, at: Option<Instant>) {
-        let mut w = self.waker.lock().unwrap_or_else(|e| e.into_inner());
-        match &*w {
-            Some(old) if old.will_wake(waker) => {}
-            _ => *w = Some(waker.clone()),
+        let mut w = self.wakers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut evicted = None;
+        if !w.iter().any(|old| old.will_wake(waker)) {
+            if w.len() >= MAX_WAKERS {
+                evicted = Some(w.remove(0));
+            }
+            w.push(waker.clone());
         }
         drop(w);
         *self.wake_at.lock().unwrap_or_else(|e| e.into_inner()) = at;
@@ -118,9 +135,12 @@ impl WakeSlot {
         // waking side publishes, fences, then reads `armed` (Dekker: one
         // of the two sees the other).
         self.armed.store(true, Ordering::SeqCst);
+        if let Some(w) = evicted {
+            w.wake();
+        }
     }
 
-    /// Wakes the suspended guest's poller, if any, after what the caller
+    /// Wakes every suspended waiter, if any, after what the caller
     /// published: a fence and a load when nobody is suspended.
     pub fn wake(&self) {
         std::sync::atomic::fence(Ordering::SeqCst);
@@ -128,15 +148,15 @@ impl WakeSlot {
     }
 
     /// [`Self::wake`] for a caller that has just fenced (SeqCst) itself.
+    /// The wakers are woken outside the lock (one may poll its task at
+    /// once, and suspend again).
     pub fn wake_fenced(&self) {
         if !self.armed.load(Ordering::Relaxed) {
             return;
         }
         self.armed.store(false, Ordering::Relaxed);
-        let w = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(w) = w {
-            w.wake();
-        }
+        let woken = std::mem::take(&mut *self.wakers.lock().unwrap_or_else(|e| e.into_inner()));
+        woken.into_iter().for_each(std::task::Waker::wake);
     }
 
     /// When the suspended guest's timer runs out (taken: each suspension
@@ -181,7 +201,9 @@ impl SandboxShared {
         if placed || self.segment_file.region().is_none() {
             doorbell_futex::wake_all(self.peer().h2g_doorbell.futex_word());
         }
+        self.host_moved();
         self.fiber_wake.wake();
+        self.host_task.wake();
         if let Some(t) = self
             .guest_thread
             .lock()
@@ -260,10 +282,13 @@ impl SandboxShared {
             .is_some_and(|end| Instant::now() >= end)
     }
 
-    /// Registers `waker` with the wake timer at `at`, unless the same
-    /// task has a registration at or before `at` that has not come yet.
-    pub(crate) fn wake_task_at(&self, at: Instant, waker: &std::task::Waker) {
-        let mut armed = self.timer_at.lock().unwrap_or_else(|e| e.into_inner());
+    /// Registers `waker` of the host end `side` with the wake timer at
+    /// `at`, unless it has a registration at or before `at` that has not
+    /// come yet.
+    pub(crate) fn wake_task_at(&self, side: Side, at: Instant, waker: &std::task::Waker) {
+        let mut armed = self.timer_at[side as usize]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if let Some((when, w)) = &*armed
             && *when > Instant::now()
             && *when <= at
@@ -271,9 +296,27 @@ impl SandboxShared {
         {
             return;
         }
-        *armed = Some((at, waker.clone()));
-        drop(armed);
-        crate::wake_timer::wake_at(at, waker);
+        self.timer_used.store(true, Ordering::Relaxed);
+        let key = TimerKey {
+            sandbox: self.timer_id,
+            side,
+        };
+        // What the timer holds for the key, which may be earlier.
+        let when = crate::wake_timer::wake_at(key, at, waker);
+        *armed = Some((when, waker.clone()));
+    }
+
+    /// Counts what the host did that lets a guest on its thread run
+    /// again (a send, a drain, the goodbye, a stop): host memory, which the
+    /// guest can not move, compared by an async task around its turn.
+    pub(crate) fn host_moved(&self) {
+        self.host_moves.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// See [`Self::host_moved`]. SeqCst: read after the task's
+    /// suspension, as the wake slot's re-check is.
+    pub(crate) fn host_moves(&self) -> u64 {
+        self.host_moves.load(Ordering::SeqCst)
     }
 
     pub(crate) fn abandoned(&self) -> bool {
@@ -322,10 +365,24 @@ impl SandboxShared {
             execution: Execution::Thread,
             resumed_at_tick: std::sync::atomic::AtomicU64::new(0),
             call_started_ns: std::sync::atomic::AtomicU64::new(0),
-            timer_at: std::sync::Mutex::new(None),
+            timer_id: NEXT_TIMER_ID.fetch_add(1, Ordering::Relaxed),
+            timer_at: Default::default(),
+            timer_used: AtomicBool::new(false),
             callback_slice: None,
             fiber_wake: WakeSlot::default(),
             host_task: WakeSlot::default(),
+            host_moves: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+/// Keys of sandboxes with the wake timer (unique: a counter).
+static NEXT_TIMER_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+impl Drop for SandboxShared {
+    fn drop(&mut self) {
+        if self.timer_used.load(Ordering::Relaxed) {
+            crate::wake_timer::forget(self.timer_id);
         }
     }
 }
@@ -367,9 +424,10 @@ impl SandboxState {
         wasi: bool,
     ) -> Result<Self, String> {
         let clock_origin = Instant::now();
+        let log_rate = host_imports::LogRate::new(clock_origin);
         Ok(SandboxState {
             wasi: if wasi {
-                Some(build_wasi(options, clock_origin)?)
+                Some(build_wasi(options, &log_rate, clock_origin)?)
             } else {
                 None
             },
@@ -377,7 +435,7 @@ impl SandboxState {
             shared,
             deadline: None,
             clock_origin,
-            log_rate: host_imports::LogRate::new(clock_origin),
+            log_rate,
             wait_seen_write: None,
             poll_backoff: host_imports::MIN_POLL_NAP,
             ticker,

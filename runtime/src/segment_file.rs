@@ -10,7 +10,8 @@
 //!
 //! A named file records who serves it (see [`OwnerRecord`]): its creator
 //! holds an exclusive `flock` on it for as long as the segment lives, and
-//! writes its pid and start time into bytes the format reserves. A file
+//! writes its pid and start time into an extended attribute of the file,
+//! out of the guest's reach (the header is in its window). A file
 //! whose lock nobody holds was left behind by a process that is gone
 //! (SIGKILL, a crash): `shmrt inspect` calls it stale, and
 //! [`SegmentFile::create_named_with`] can replace it.
@@ -38,21 +39,25 @@ use crate::error::SandboxError;
 /// Random temporary names tried before `create_named` gives up.
 const PART_ATTEMPTS: usize = 8;
 
-/// Header offset of the owner record, in the bytes the format reserves
-/// ([80..128); shmrt's feature word is at 80, [84..96) stays free):
-/// tag u32 [96..100), pid u32 [100..104), start time u64 [104..112), all
-/// little-endian. Readers of the format ignore these bytes; vox-shm writes
-/// them as zeros, which reads as "no record".
-pub const OWNER_RECORD_OFFSET: u64 = 96;
-/// The tag that says an owner record follows, "OWNR". It also says that
-/// the creator holds an exclusive `flock` on the file while it serves the
+/// The extended attribute that holds the owner record of a named segment
+/// file shmrt created. It lives in the file's inode, outside the mapped
+/// bytes, so no guest can write it (a guest's window is the file's data);
+/// setting it takes write access to the file, which only the creator and
+/// those who could remove the file anyway have.
+pub const OWNER_XATTR: &str = "user.shmrt.owner";
+/// The tag that opens an owner record, "OWNR". It also says that the
+/// creator holds an exclusive `flock` on the file while it serves the
 /// segment, so that a free lock means the creator is gone.
 pub const OWNER_TAG: u32 = u32::from_le_bytes(*b"OWNR");
+/// Bytes of the record: tag u32, pid u32, start time u64, inode u64, all
+/// little-endian.
+const OWNER_RECORD_LEN: usize = 24;
 
-/// Who created a named segment file, as recorded in its header. The
-/// guest can rewrite these bytes, so they only inform: whether the
-/// segment is served is told by its lock ([`lock_held`]), which lives in
-/// the kernel.
+/// Who created a named segment file, as recorded in its extended
+/// attribute [`OWNER_XATTR`]: proof that a shmrt made this very file (the
+/// record names its inode, so a copy carries none). Whether the segment
+/// is served is told by its lock ([`lock_held`]), which lives in the
+/// kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OwnerRecord {
     /// The creator's process id (in its PID namespace).
@@ -72,30 +77,52 @@ impl OwnerRecord {
         }
     }
 
-    /// The 16 bytes at [`OWNER_RECORD_OFFSET`].
-    fn to_bytes(self) -> [u8; 16] {
-        let mut b = [0u8; 16];
+    /// The attribute's value for the file whose inode is `ino`.
+    fn to_bytes(self, ino: u64) -> [u8; OWNER_RECORD_LEN] {
+        let mut b = [0u8; OWNER_RECORD_LEN];
         b[0..4].copy_from_slice(&OWNER_TAG.to_le_bytes());
         b[4..8].copy_from_slice(&self.pid.to_le_bytes());
         b[8..16].copy_from_slice(&self.start_time.to_le_bytes());
+        b[16..24].copy_from_slice(&ino.to_le_bytes());
         b
     }
 
-    /// The record in `file`'s header, `None` without the tag. Read with
-    /// `pread`: a copy, whatever the guest writes meanwhile.
+    /// Records this process as the creator of `file`. `Ok(false)` when
+    /// its file system keeps no extended attributes of users.
+    fn record_creator(file: &File) -> io::Result<bool> {
+        use std::os::unix::fs::MetadataExt;
+        let ino = file.metadata()?.ino();
+        let value = Self::this_process().to_bytes(ino);
+        match rustix::fs::fsetxattr(file, OWNER_XATTR, &value, rustix::fs::XattrFlags::CREATE) {
+            Ok(()) => Ok(true),
+            Err(rustix::io::Errno::NOTSUP) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The record of `file`, `None` when it has none, or one that is not
+    /// shmrt's or names another inode (the file is a copy).
     pub fn read(file: &File) -> io::Result<Option<Self>> {
-        use std::os::unix::fs::FileExt;
-        let mut b = [0u8; 16];
-        file.read_exact_at(&mut b, OWNER_RECORD_OFFSET)?;
-        let [tag @ .., _, _, _, _, _, _, _, _, _, _, _, _] = b;
-        if u32::from_le_bytes(tag) != OWNER_TAG {
+        use std::os::unix::fs::MetadataExt;
+        let mut b = [0u8; OWNER_RECORD_LEN];
+        let n = match rustix::fs::fgetxattr(file, OWNER_XATTR, &mut b) {
+            Ok(n) => n,
+            // None, one too long to be ours, or a file system without them.
+            Err(
+                rustix::io::Errno::NODATA | rustix::io::Errno::RANGE | rustix::io::Errno::NOTSUP,
+            ) => {
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let word = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
+        let half = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"));
+        if n != OWNER_RECORD_LEN || half(0) != OWNER_TAG || word(16) != file.metadata()?.ino() {
             return Ok(None);
         }
-        let pid: [u8; 4] = b[4..8].try_into().expect("4 bytes");
-        let start: [u8; 8] = b[8..16].try_into().expect("8 bytes");
         Ok(Some(OwnerRecord {
-            pid: u32::from_le_bytes(pid),
-            start_time: u64::from_le_bytes(start),
+            pid: half(4),
+            start_time: word(8),
         }))
     }
 
@@ -140,11 +167,11 @@ pub fn lock_held(file: &File) -> io::Result<bool> {
 pub enum Owner {
     /// Its creator's lock is held: the segment is being served.
     Live(Option<OwnerRecord>),
-    /// Made by a shmrt (it has a record) and nobody holds the lock: the
+    /// Made by a shmrt (it has a record of this file) and nobody holds the lock: the
     /// creator is gone, or has let the file go (`--keep-segment`).
     Stale(OwnerRecord),
     /// No record and no lock: made by another program (vox-shm, an older
-    /// shmrt), which says nothing about whether it is served.
+    /// shmrt, a copy), which says nothing about whether it is served.
     Unknown,
 }
 
@@ -516,12 +543,19 @@ impl SegmentFile {
             .and_then(|()| file.set_len(size))
             .map_err(|e| SandboxError::io("sizing and locking the segment file", e))
             .and_then(|()| Self::init(file, size, config, None, Some(path.to_owned())));
-        let placed = built.and_then(|mut seg| {
-            let HostView::File(mmap) = &mut seg.map.mmap else {
-                unreachable!("a named segment is a file")
-            };
-            mmap[OWNER_RECORD_OFFSET as usize..][..16]
-                .copy_from_slice(&OwnerRecord::this_process().to_bytes());
+        let placed = built.and_then(|seg| {
+            let recorded = seg
+                .file
+                .as_deref()
+                .map_or(Ok(false), OwnerRecord::record_creator)
+                .map_err(|e| SandboxError::io("recording the segment file's owner", e))?;
+            if !recorded {
+                tracing::warn!(
+                    "the file system of {} keeps no extended attributes: the segment carries no \
+                     owner record, so if it is left behind `--replace-stale` can not reclaim it",
+                    path.display()
+                );
+            }
             match &stale {
                 // The link fails if `path` appeared meanwhile: never
                 // overwritten.
@@ -823,13 +857,29 @@ mod tests {
         assert_eq!(me.process_running(), Some(true));
         let dir = tempdir("record");
         let path = dir.join("seg");
-        std::fs::write(
-            &path,
-            [[0u8; 96].as_slice(), &me.to_bytes(), &[0; 16]].concat(),
+        std::fs::write(&path, [0u8; 128]).unwrap();
+        let file = File::open(&path).unwrap();
+        assert_eq!(OwnerRecord::read(&file).unwrap(), None);
+        assert!(
+            OwnerRecord::record_creator(&file).unwrap(),
+            "ext4 and tmpfs keep them"
+        );
+        assert_eq!(OwnerRecord::read(&file).unwrap(), Some(me));
+        // The same record on another file (copied with its attributes)
+        // names the first one's inode: not a record of this file.
+        let copy = dir.join("copy");
+        std::fs::write(&copy, [0u8; 128]).unwrap();
+        let copy = File::open(&copy).unwrap();
+        let mut value = [0u8; 64];
+        let n = rustix::fs::fgetxattr(&file, OWNER_XATTR, &mut value).unwrap();
+        rustix::fs::fsetxattr(
+            &copy,
+            OWNER_XATTR,
+            &value[..n],
+            rustix::fs::XattrFlags::empty(),
         )
         .unwrap();
-        let file = File::open(&path).unwrap();
-        assert_eq!(OwnerRecord::read(&file).unwrap(), Some(me));
+        assert_eq!(OwnerRecord::read(&copy).unwrap(), None);
         let gone = OwnerRecord {
             start_time: me.start_time + 1,
             ..me

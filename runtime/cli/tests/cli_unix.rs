@@ -430,6 +430,73 @@ fn a_cache_directory_others_may_write_is_not_used() {
     let _ = std::fs::remove_dir_all(&cache);
 }
 
+/// The same for a cache directory of this user's under a directory others
+/// may write (not sticky): they could swap the cache for their own between
+/// the check and the load. Every directory above the cache is checked.
+#[test]
+fn a_cache_under_a_directory_others_may_write_is_not_used() {
+    use std::os::unix::fs::PermissionsExt;
+    let open = std::env::temp_dir().join(format!("shmrt-open-parent-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&open);
+    let cache = open.join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut child = shmrt()
+        .arg("run")
+        .arg(echo())
+        .env("XDG_CACHE_HOME", &cache)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"open\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(out.stdout, b"open\n");
+    assert!(
+        err.contains("not using the compiled-module cache") && err.contains("shmrt-open-parent"),
+        "{err}"
+    );
+    let entries = std::fs::read_dir(cache.join("shmrt").join("modules"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(entries, 0, "nothing written there");
+    let _ = std::fs::remove_dir_all(&open);
+}
+
+/// A module refused by the cheap checks (it imports `shmrt` without an
+/// atomic instruction) is refused before it is compiled: no entry of it
+/// is written to the cache.
+#[test]
+fn a_refused_module_is_not_compiled_into_the_cache() {
+    let cache = std::env::temp_dir().join(format!("shmrt-refused-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&cache);
+    let plain = common::write_wat(
+        "refused-cache",
+        "no-atomics.wat",
+        r#"(module (import "shmrt" "ring" (func)) (memory (export "memory") 1)
+             (func (export "shmrt_main") (result i32) (i32.const 0)))"#,
+    );
+    let out = shmrt()
+        .arg("run")
+        .arg(&plain)
+        .env("XDG_CACHE_HOME", &cache)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("atomic"), "{err}");
+    let entries = std::fs::read_dir(cache.join("shmrt").join("modules"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(entries, 0, "a refused module was compiled and kept");
+    let _ = std::fs::remove_dir_all(&cache);
+}
+
 /// `--segment` on a path that is someone else's file fails and leaves the
 /// file alone (before: the file was removed at exit).
 #[test]

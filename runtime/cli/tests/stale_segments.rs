@@ -1,7 +1,9 @@
 //! Named segments left behind by a shmrt that died (SIGKILL): `inspect`
 //! calls them stale, `shmrt run --segment PATH --replace-stale` reclaims
 //! them, and a live segment is never replaced. The owner record lives in
-//! bytes the format reserves, so the reference crate still reads the file.
+//! an extended attribute of the file, where no guest reaches: a guest can
+//! neither hide a stale segment nor make another program's file look like
+//! one.
 
 mod common;
 
@@ -13,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::{guest, shmrt};
 use shmrt::primitives::SegmentConfig;
-use shmrt::segment_file::{OWNER_RECORD_OFFSET, Owner, SegmentFile};
+use shmrt::segment_file::{Owner, SegmentFile};
 
 fn tempdir(what: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("shmrt-stale-{what}-{}", std::process::id()));
@@ -189,10 +191,10 @@ fn racing_replacers_take_a_stale_segment_once() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// The owner record sits in bytes the format reserves: the reference crate
-/// validates the header, our attach path opens it, and a segment without
-/// a record (as vox-shm makes them) is "unknown", healthy, and never
-/// replaced.
+/// The owner record is no part of the format: the header's reserved
+/// bytes stay zero (the reference crate validates it, our attach path
+/// opens it), and a segment without a record (as vox-shm makes them, or a
+/// copy of ours) is "unknown", healthy, and never replaced.
 #[test]
 fn the_owner_record_keeps_the_format_and_its_absence_is_not_stale() {
     let dir = tempdir("compat");
@@ -203,10 +205,10 @@ fn the_owner_record_keeps_the_format_and_its_absence_is_not_stale() {
     // SAFETY: 128 bytes of plain integers.
     let bytes = unsafe { std::slice::from_raw_parts_mut(header.as_mut_ptr().cast::<u8>(), 128) };
     file.read_exact_at(bytes, 0).unwrap();
-    assert_eq!(&bytes[96..100], b"OWNR");
     assert_eq!(
-        u32::from_le_bytes(bytes[100..104].try_into().unwrap()),
-        std::process::id()
+        &bytes[84..128],
+        &[0; 44],
+        "nothing of shmrt's in the guest's bytes"
     );
     // SAFETY: the reference crate's header is 128 bytes, 8-aligned, of
     // integers and atomics, all valid for any bits.
@@ -214,21 +216,115 @@ fn the_owner_record_keeps_the_format_and_its_absence_is_not_stale() {
     theirs.validate().unwrap();
     drop(seg);
     SegmentFile::open_existing(&path).expect("our attach path opens it");
+    assert!(matches!(Owner::of(&file).unwrap(), Owner::Stale(_)));
 
-    // As vox-shm leaves them: zeros where our record was.
+    // Another program's file: the same bytes, no record.
+    let foreign = dir.join("foreign");
+    std::fs::copy(&path, &foreign).unwrap();
+    let (code, v, err) = inspect_json(&foreign);
+    assert_eq!(code, Some(0), "{v:#}{err}");
+    assert_eq!(v["owner"]["state"], "unknown");
+    let e = SegmentFile::create_named_with(&foreign, &SegmentConfig::single_guest(), false, true)
+        .expect_err("a file without a record is not replaced");
+    let e = format!("{:#}", anyhow::Error::from(e));
+    assert!(e.contains("no owner record"), "{e}");
+    assert!(foreign.exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The `poke` lines of the probe guest that write `words` at `offset` of
+/// its window, then a line it echoes once they are done.
+fn pokes(offset: u64, words: &[u32]) -> String {
+    let mut lines: String = (0..)
+        .zip(words)
+        .map(|(i, w)| format!("poke {} {w}\n", offset + 4 * i))
+        .collect();
+    lines += "done\n";
+    lines
+}
+
+/// A `--segment` guest overwrites the header bytes where shmrt once kept
+/// its owner record, then its host is killed: the file is still shmrt's
+/// stale segment for `inspect` and `--replace-stale`.
+#[test]
+fn a_guest_can_not_erase_the_owner_record() {
+    let dir = tempdir("erased");
+    let path = dir.join("seg");
+    let mut live = shmrt()
+        .args(["run", "--segment"])
+        .arg(&path)
+        .arg(guest("runtime/tests/guests/probe"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = live.stdin.take().unwrap();
+    // The header's reserved bytes after shmrt's feature word, zeroed.
+    stdin.write_all(pokes(84, &[0; 11]).as_bytes()).unwrap();
+    let mut done = [0u8; 5];
+    live.stdout.as_mut().unwrap().read_exact(&mut done).unwrap();
+    assert_eq!(&done, b"done\n");
+    live.kill().unwrap();
+    live.wait().unwrap();
+    drop(stdin);
+
+    let (code, v, err) = inspect_json(&path);
+    assert_eq!(v["owner"]["state"], "stale", "{v:#}{err}");
+    assert_eq!(v["owner"]["pid"], live.id(), "{v:#}");
+    assert_eq!(code, Some(4), "{v:#}{err}");
+    let echo = guest("examples/echo");
+    let path_arg = path.to_str().unwrap();
+    let out = common::run(&["--segment", path_arg, "--replace-stale"], &echo, b"a\n");
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert_eq!(out.stdout, b"a\n");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Another program's segment, whose attached guest wrote a shmrt owner
+/// record of a dead process into the header (its window is the whole
+/// file): still another program's file, which `--replace-stale` leaves
+/// alone.
+#[test]
+fn a_forged_owner_record_does_not_make_a_file_replaceable() {
+    let dir = tempdir("forged");
+    let made = dir.join("made");
+    drop(SegmentFile::create_named(&made, &SegmentConfig::single_guest(), true).unwrap());
+    let path = dir.join("theirs");
+    std::fs::copy(&made, &path).unwrap();
+    let before = std::fs::read(&path).unwrap();
+    // A pid that is gone: a child that was reaped.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let mut forged = [0u8; 16];
+    forged[0..4].copy_from_slice(b"OWNR");
+    forged[4..8].copy_from_slice(&dead.to_le_bytes());
+    forged[8..16].copy_from_slice(&12345u64.to_le_bytes());
     std::fs::OpenOptions::new()
         .write(true)
         .open(&path)
         .unwrap()
-        .write_all_at(&[0; 16], OWNER_RECORD_OFFSET)
+        .write_all_at(&forged, 96)
         .unwrap();
-    let (code, v, err) = inspect_json(&path);
-    assert_eq!(code, Some(0), "{v:#}{err}");
-    assert_eq!(v["owner"]["state"], "unknown");
-    let e = SegmentFile::create_named_with(&path, &SegmentConfig::single_guest(), false, true)
-        .expect_err("a file without a record is not replaced");
-    let e = format!("{:#}", anyhow::Error::from(e));
-    assert!(e.contains("no owner record"), "{e}");
-    assert!(path.exists());
+    let forged_file = std::fs::read(&path).unwrap();
+    assert_ne!(before, forged_file);
+
+    let (_, v, err) = inspect_json(&path);
+    assert_eq!(v["owner"]["state"], "unknown", "{v:#}{err}");
+    let echo = guest("examples/echo");
+    let out = common::run(
+        &["--segment", path.to_str().unwrap(), "--replace-stale"],
+        &echo,
+        b"a\n",
+    );
+    assert!(!out.status.success(), "replaced another program's file");
+    let err = common::stderr(&out);
+    assert!(err.contains("no owner record"), "{err}");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        forged_file,
+        "the file was touched"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -294,6 +294,8 @@ impl RunCommand {
         let (framing, chunk) = (self.framing, chunk);
         std::thread::Builder::new()
             .name("shmrt-stdin".into())
+            // It may run a callback guest (a send calls it for room).
+            .stack_size(shmrt::GUEST_THREAD_STACK)
             .spawn(move || f.run(io::stdin().lock(), framing, chunk))
             .context("starting the stdin thread")?;
         // Messages sent to sandboxes that failed and never read by them.
@@ -437,7 +439,7 @@ impl RunCommand {
             self.plugin.display()
         );
         options.stdin = shmrt::GuestStdin::Inherit;
-        options.stdout = shmrt::GuestStdout::Stdout;
+        options.stdout = shmrt::GuestStdout::RawStdout;
         options.execution = Execution::Thread;
         let sandbox = runtime.spawn_plugin(plugin, options)?;
         let (mut tx, _rx, handle) = sandbox.split();

@@ -1,0 +1,219 @@
+//! What a guest writes for people to read: its `shmrt.log` lines and its
+//! WASI stdout and stderr ([`crate::GuestStdout::Log`]). Both reach the
+//! host's log the same way: one event a line (target `shmrt::guest`, with
+//! the sandbox's name), control characters and line breaks escaped (a
+//! guest can not move the cursor, retitle the terminal, or start a line
+//! that looks like one of shmrt's), under one rate limit per sandbox
+//! ([`crate::host_imports::LogRate`]).
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+
+use crate::host_imports::{LogRate, MAX_LOG_BYTES};
+use crate::options::{GuestStdout, SandboxOptions};
+
+/// `text` with every control character escaped (`\n`, `\r`, `\t` as such,
+/// the others as `\u{..}`), so that it prints as one line of plain text.
+pub(crate) fn escape_line(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Gives the WASI context being built the guest's stdout and stderr, as
+/// [`SandboxOptions::stdout`] says.
+pub(crate) fn route(b: &mut WasiCtxBuilder, options: &SandboxOptions, rate: &LogRate) {
+    let to_log = |stream| LogStream::new(stream, &options.name, rate.clone());
+    match options.stdout {
+        GuestStdout::Log => {
+            b.stdout(to_log(Stream::Stdout));
+            b.stderr(to_log(Stream::Stderr));
+        }
+        GuestStdout::Null => {
+            b.stderr(to_log(Stream::Stderr));
+        }
+        GuestStdout::RawStderr => {
+            b.stdout(std::io::stderr());
+            b.inherit_stderr();
+        }
+        GuestStdout::RawStdout => {
+            b.inherit_stdout();
+            b.inherit_stderr();
+        }
+    }
+}
+
+/// Which of the guest's WASI output streams.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// A WASI output stream of a guest that goes to the host's log, a line at
+/// a time. Its copies (wasmtime-wasi makes one per descriptor) share the
+/// unfinished line, which is said when the last copy goes.
+#[derive(Clone)]
+pub(crate) struct LogStream(Arc<Mutex<LineBuffer>>);
+
+struct LineBuffer {
+    stream: Stream,
+    sandbox: String,
+    rate: LogRate,
+    /// The unfinished line, at most [`MAX_LOG_BYTES`].
+    line: Vec<u8>,
+    /// The unfinished line was cut: the rest of it is not kept.
+    cut: bool,
+}
+
+impl LogStream {
+    pub(crate) fn new(stream: Stream, sandbox: &str, rate: LogRate) -> Self {
+        LogStream(Arc::new(Mutex::new(LineBuffer {
+            stream,
+            sandbox: sandbox.to_owned(),
+            rate,
+            line: Vec::new(),
+            cut: false,
+        })))
+    }
+
+    fn write(&self, bytes: &[u8]) {
+        let mut b = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut rest = bytes;
+        while let Some(end) = rest.iter().position(|&c| c == b'\n') {
+            b.take(&rest[..end]);
+            b.say();
+            rest = &rest[end + 1..];
+        }
+        b.take(rest);
+    }
+}
+
+impl LineBuffer {
+    /// Keeps what fits of `bytes` in the unfinished line.
+    fn take(&mut self, bytes: &[u8]) {
+        let room = MAX_LOG_BYTES - self.line.len();
+        self.line.extend_from_slice(&bytes[..bytes.len().min(room)]);
+        self.cut |= bytes.len() > room;
+    }
+
+    /// Logs the unfinished line, if the rate allows.
+    fn say(&mut self) {
+        let line = std::mem::take(&mut self.line);
+        let cut = if std::mem::take(&mut self.cut) {
+            " [truncated]"
+        } else {
+            ""
+        };
+        if !self.rate.admit(Instant::now()) {
+            return;
+        }
+        let dropped = self.rate.take_dropped();
+        let sandbox = self.sandbox.as_str();
+        if dropped > 0 {
+            tracing::warn!(
+                target: "shmrt::guest",
+                sandbox,
+                "{dropped} log and output lines of this guest were dropped (more than {} a second)",
+                LogRate::PER_SECOND
+            );
+        }
+        let text = escape_line(&String::from_utf8_lossy(&line));
+        match self.stream {
+            Stream::Stdout => {
+                tracing::info!(target: "shmrt::guest", sandbox, stream = "stdout", "{text}{cut}")
+            }
+            Stream::Stderr => {
+                tracing::warn!(target: "shmrt::guest", sandbox, stream = "stderr", "{text}{cut}")
+            }
+        }
+    }
+}
+
+impl Drop for LineBuffer {
+    fn drop(&mut self) {
+        if !self.line.is_empty() || self.cut {
+            self.say();
+        }
+    }
+}
+
+impl IsTerminal for LogStream {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for LogStream {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+impl OutputStream for LogStream {
+    fn write(&mut self, bytes: bytes::Bytes) -> StreamResult<()> {
+        LogStream::write(self, &bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(64 << 10)
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for LogStream {
+    async fn ready(&mut self) {}
+}
+
+impl tokio::io::AsyncWrite for LogStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.write(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaped_text_is_one_line_without_control_characters() {
+        let e = escape_line("a\nb\r\x1b[2J\x07\u{9b}c\u{2028}é");
+        assert_eq!(e, "a\\nb\\r\\u{1b}[2J\\u{7}\\u{9b}c\u{2028}é");
+        assert!(!e.chars().any(char::is_control));
+    }
+}
