@@ -9,7 +9,12 @@
 //! and checked once, then the guest thread naps in bounded steps, checking
 //! the stop flag and the deadline at each, and is unparked by a stop. A
 //! set with file descriptors goes to wasmtime-wasi's own implementation
-//! (through its WASI trait, on the guest's memory): the descriptors a
+//! (through its WASI trait), run on a scratch copy of the subscriptions as
+//! they were checked, never on the guest's memory: a guest (or a host
+//! writing the window the subscriptions may lie in) could otherwise turn a
+//! checked descriptor into an unbounded clock between the check and
+//! wasmtime-wasi's second read. The events come back through the copy. The
+//! descriptors a
 //! sandbox has are ready at once (stdin is empty, stdout and stderr are
 //! the host's, preopened directories hold files). A FIFO or a device an
 //! operator put in a `--dir` can still block there; `join` then gives up
@@ -67,8 +72,9 @@ struct ClockWait {
 enum PollRequest {
     /// Answered at once with this errno.
     Errno(i32),
-    /// A set with file descriptors: wasmtime-wasi's implementation.
-    Descriptors(wasmtime::Memory, usize),
+    /// A set with file descriptors: wasmtime-wasi's implementation, on a
+    /// copy of these subscriptions (as read and checked, `count` of them).
+    Descriptors(wasmtime::Memory, Scratch),
     /// Clock subscriptions only: served here.
     Clocks(wasmtime::Memory, Vec<ClockWait>),
 }
@@ -109,13 +115,16 @@ fn read_request(
     // Copied out once: the guest's memory is read nowhere else below.
     let mut raw = vec![0u8; subs_len];
     memory.read(&*caller, subs as usize, &mut raw)?;
+    if raw
+        .chunks_exact(SUBSCRIPTION_SIZE)
+        .any(|sub| sub[8] != TAG_CLOCK)
+    {
+        // A file descriptor: wasmtime-wasi's implementation, whose
+        // descriptors here never block, on the bytes checked here.
+        return Ok(PollRequest::Descriptors(memory, Scratch::new(&raw, count)));
+    }
     let mut clocks = Vec::with_capacity(count);
     for sub in raw.chunks_exact(SUBSCRIPTION_SIZE) {
-        if sub[8] != TAG_CLOCK {
-            // A file descriptor: wasmtime-wasi's implementation, whose
-            // descriptors here never block.
-            return Ok(PollRequest::Descriptors(memory, count));
-        }
         let word = |at: usize| u64::from_le_bytes(sub[at..at + 8].try_into().expect("8 bytes"));
         let id = u32::from_le_bytes(sub[16..20].try_into().expect("4 bytes"));
         let timeout = word(24);
@@ -162,8 +171,8 @@ fn poll_oneoff(
 ) -> wasmtime::Result<i32> {
     match read_request(&mut caller, subs, events, count, result)? {
         PollRequest::Errno(errno) => Ok(errno),
-        PollRequest::Descriptors(memory, count) => {
-            delegate(&mut caller, memory, subs, events, count, result)
+        PollRequest::Descriptors(memory, scratch) => {
+            delegate(&mut caller, memory, scratch, events, result)
         }
         PollRequest::Clocks(memory, clocks) => {
             let first = clocks.iter().map(|c| c.until).min().expect("count > 0");
@@ -202,7 +211,7 @@ async fn poll_oneoff_in_fiber(
 ) -> wasmtime::Result<i32> {
     match read_request(&mut caller, subs, events, count, result)? {
         PollRequest::Errno(errno) => Ok(errno),
-        PollRequest::Descriptors(memory, count) => {
+        PollRequest::Descriptors(memory, mut scratch) => {
             // wasmtime-wasi's poll borrows its context across awaits in a
             // way that is not `Send`; the descriptors a sandbox has are
             // ready at once (see the module's docs), so it is run to
@@ -211,18 +220,15 @@ async fn poll_oneoff_in_fiber(
             use wasmtime_wasi::p1::wasi_snapshot_preview1::WasiSnapshotPreview1;
             let fuel = wasmtime::AsContextMut::as_context_mut(&mut caller).hostcall_fuel();
             let polled = {
-                let (data, state) = memory.data_and_store_mut(&mut caller);
-                let wasi = state.wasi();
+                let wasi = caller.data_mut().wasi();
                 wasi.set_hostcall_fuel(fuel);
-                let mut guest = wiggle::GuestMemory::Unshared(data);
-                wiggle::run_in_dummy_executor(wasi.poll_oneoff(
-                    &mut guest,
-                    wiggle::GuestPtr::new(subs),
-                    wiggle::GuestPtr::new(events),
-                    count as u32,
-                ))?
+                let (subs_at, events_at, count) = scratch.pointers();
+                let mut copy = wiggle::GuestMemory::Unshared(scratch.bytes_mut());
+                wiggle::run_in_dummy_executor(
+                    wasi.poll_oneoff(&mut copy, subs_at, events_at, count),
+                )?
             };
-            finish_delegated(&mut caller, memory, result, polled)
+            finish_delegated(&mut caller, memory, &scratch, events, result, polled)
         }
         PollRequest::Clocks(memory, clocks) => {
             let first = clocks.iter().map(|c| c.until).min().expect("count > 0");
@@ -246,15 +252,85 @@ async fn poll_oneoff_in_fiber(
     }
 }
 
-/// What wasmtime-wasi's `poll_oneoff` returned, as the import's result.
+/// The subscriptions of a `poll_oneoff` with descriptors, as they were
+/// read and checked, followed by room for their events: the memory
+/// wasmtime-wasi's implementation runs on. In 8-byte words, so that its
+/// structures are as aligned on the host as the guest's were.
+pub(crate) struct Scratch {
+    words: Vec<u64>,
+    count: usize,
+}
+
+impl Scratch {
+    fn new(subscriptions: &[u8], count: usize) -> Self {
+        let len = subscriptions.len() + count * EVENT_SIZE;
+        let mut scratch = Scratch {
+            words: vec![0; len.div_ceil(8)],
+            count,
+        };
+        scratch.bytes_mut()[..subscriptions.len()].copy_from_slice(subscriptions);
+        scratch
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `words` owns `len() * 8` initialized bytes, a u64 has no
+        // padding, and the shared borrow of `self` covers the slice's life.
+        unsafe {
+            std::slice::from_raw_parts(self.words.as_ptr().cast::<u8>(), self.words.len() * 8)
+        }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `bytes`, with the exclusive borrow of `self`; any
+        // byte pattern is a valid u64.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.words.as_mut_ptr().cast::<u8>(),
+                self.words.len() * 8,
+            )
+        }
+    }
+
+    /// Where the subscriptions and the events lie in the copy, and how
+    /// many there are.
+    fn pointers<S, E>(&self) -> (wiggle::GuestPtr<S>, wiggle::GuestPtr<E>, u32) {
+        let events_at = self.count * SUBSCRIPTION_SIZE;
+        // At most MAX_SUBSCRIPTIONS * 80 bytes: well within u32.
+        (
+            wiggle::GuestPtr::new(0),
+            wiggle::GuestPtr::new(events_at as u32),
+            self.count as u32,
+        )
+    }
+
+    /// The first `fired` events written into the copy, if there are that
+    /// many.
+    fn events(&self, fired: u32) -> Option<&[u8]> {
+        let fired = usize::try_from(fired).ok().filter(|&f| f <= self.count)?;
+        let at = self.count * SUBSCRIPTION_SIZE;
+        self.bytes().get(at..at + fired * EVENT_SIZE)
+    }
+}
+
+/// What wasmtime-wasi's `poll_oneoff` returned, as the import's result:
+/// the events it wrote into `scratch` copied to the guest's `events`.
 fn finish_delegated(
     caller: &mut Caller<'_, SandboxState>,
     memory: wasmtime::Memory,
+    scratch: &Scratch,
+    events: u32,
     result: u32,
     polled: Result<u32, wasmtime_wasi::p1::types::Error>,
 ) -> wasmtime::Result<i32> {
     match polled {
         Ok(fired) => {
+            let Some(fired_events) = scratch.events(fired) else {
+                wasmtime::bail!(
+                    "wasmtime-wasi's poll_oneoff reported {fired} events for {} subscriptions",
+                    scratch.count
+                );
+            };
+            memory.write(&mut *caller, events as usize, fired_events)?;
             memory.write(caller, result as usize, &fired.to_le_bytes())?;
             Ok(ERRNO_SUCCESS)
         }
@@ -268,26 +344,21 @@ fn finish_delegated(
 fn delegate(
     caller: &mut Caller<'_, SandboxState>,
     memory: wasmtime::Memory,
-    subs: u32,
+    mut scratch: Scratch,
     events: u32,
-    count: usize,
     result: u32,
 ) -> wasmtime::Result<i32> {
     use wasmtime_wasi::p1::wasi_snapshot_preview1::WasiSnapshotPreview1;
     // What wasmtime-wasi's own glue does before each call: the bound on
     // what the call may copy on the host.
     let fuel = wasmtime::AsContextMut::as_context_mut(&mut *caller).hostcall_fuel();
-    let (data, state) = memory.data_and_store_mut(&mut *caller);
-    let wasi = state.wasi();
+    let wasi = caller.data_mut().wasi();
     wasi.set_hostcall_fuel(fuel);
-    let mut guest = wiggle::GuestMemory::Unshared(data);
-    let polled = wasmtime_wasi::runtime::in_tokio(wasi.poll_oneoff(
-        &mut guest,
-        wiggle::GuestPtr::new(subs),
-        wiggle::GuestPtr::new(events),
-        count as u32,
-    ));
-    finish_delegated(caller, memory, result, polled)
+    let (subs_at, events_at, count) = scratch.pointers();
+    let mut copy = wiggle::GuestMemory::Unshared(scratch.bytes_mut());
+    let polled =
+        wasmtime_wasi::runtime::in_tokio(wasi.poll_oneoff(&mut copy, subs_at, events_at, count));
+    finish_delegated(caller, memory, &scratch, events, result, polled)
 }
 
 /// When a clock subscription fires, as an `Instant`; `None` for a clock
@@ -374,5 +445,37 @@ impl wasmtime_wasi::HostMonotonicClock for GuestMonotonicClock {
 
     fn now(&self) -> u64 {
         u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// wasmtime-wasi runs on the copy: the subscriptions as checked, then
+    /// the events; what it reports is copied back only if it fits the
+    /// events the guest made room for.
+    #[test]
+    fn the_scratch_copy_holds_the_checked_subscriptions_then_the_events() {
+        let mut subscriptions = vec![0u8; 2 * SUBSCRIPTION_SIZE];
+        subscriptions[8] = 1;
+        subscriptions[SUBSCRIPTION_SIZE + 8] = TAG_CLOCK;
+        let mut scratch = Scratch::new(&subscriptions, 2);
+        assert_eq!(scratch.words.as_ptr() as usize % 8, 0);
+        assert_eq!(&scratch.bytes()[..subscriptions.len()], &subscriptions[..]);
+        let (subs_at, events_at, count): (wiggle::GuestPtr<u8>, wiggle::GuestPtr<u8>, u32) =
+            scratch.pointers();
+        assert_eq!((subs_at.offset(), events_at.offset(), count), (0, 96, 2));
+        scratch.bytes_mut()[96] = 0xAB;
+        assert_eq!(
+            scratch.events(1).map(|e| (e.len(), e[0])),
+            Some((EVENT_SIZE, 0xAB))
+        );
+        assert_eq!(scratch.events(2).map(<[u8]>::len), Some(2 * EVENT_SIZE));
+        assert!(
+            scratch.events(3).is_none(),
+            "more events than subscriptions"
+        );
+        assert!(scratch.events(u32::MAX).is_none());
     }
 }
