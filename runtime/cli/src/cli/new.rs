@@ -267,8 +267,8 @@ fn std_source(name: &str) -> String {
 //! Defined by its message handler, it runs in every execution mode of the
 //! host (`shmrt run --exec thread|fiber|callback`; a callback by default).
 //! WASI is there: `std::env::var` reads `shmrt run --env K=V`, files under
-//! `--dir` open with `std::fs`; `println!` goes to shmrt's stderr (stdout
-//! carries the messages).
+//! `--dir` open with `std::fs`; `println!` lines go to shmrt's log on
+//! stderr (stdout carries the messages).
 //!
 //! Build and run:  printf 'hello\n' | shmrt run $(shmrt build .)
 //! Test:           cargo test
