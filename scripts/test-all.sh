@@ -15,6 +15,9 @@ df -h . | tail -1 | awk '{print "disk: " $4 " free of " $2}'
 # Incremental caches only help edit-compile loops; here they would take space.
 export CARGO_INCREMENTAL=0
 
+step "doc links (README, CHANGELOG, docs/)"
+./scripts/check-doc-links.sh
+
 step "format"
 cargo fmt --all -- --check
 # The guest crates, examples and fuzz targets are crates of their own.
