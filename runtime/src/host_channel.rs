@@ -15,6 +15,7 @@ use shmrt_primitives::{SharedBytes, SharedBytesMut};
 use crate::doorbell_futex;
 use crate::error::SandboxError;
 use crate::guest_driver::{GuestDriver, Turn};
+use crate::interrupts::deadline_after;
 use crate::options::Execution;
 use crate::sandbox_state::SandboxShared;
 use crate::wake_timer::Side;
@@ -308,12 +309,6 @@ const IDLE_NAP: Duration = Duration::from_millis(50);
 /// already without a ring; long enough that a guest making the two
 /// disagree on purpose costs the host next to no CPU.
 const DISTRUST_NAP: Duration = Duration::from_millis(1);
-
-/// `now + after`, or `None` (no deadline) when that is past what an
-/// `Instant` can hold: `Duration::MAX` is a common way to say "forever".
-pub(crate) fn deadline_after(after: Duration) -> Option<Instant> {
-    Instant::now().checked_add(after)
-}
 
 /// The earlier of two optional deadlines.
 fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {

@@ -9,7 +9,7 @@ use shmrt_primitives::WaitOutcome;
 use wasmtime::{Caller, Linker};
 
 use crate::doorbell_futex;
-use crate::guest_thread::{DeadlineExceeded, SegmentTruncated};
+use crate::interrupts::{DeadlineExceeded, SegmentTruncated};
 use crate::sandbox_state::SandboxState;
 
 /// The core import module name.

@@ -16,11 +16,8 @@ use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use crate::error::SandboxError;
 use crate::guest_driver::{CALLBACK_EXPORT, GuestDriver, off_async_runtime};
-use crate::guest_thread::{
-    CallbackOverran, DeadlineExceeded, Entry, GuestRun, SandboxHandle, Stopped, exit_status,
-    run_guest, watch_deadline,
-};
-use crate::host_channel::deadline_after;
+use crate::guest_thread::{Entry, GuestRun, SandboxHandle, exit_status, run_guest, watch_deadline};
+use crate::interrupts::{CallbackOverran, DeadlineExceeded, Stopped, deadline_after};
 use crate::memory_window::{self, NOT_PLACED, PendingWindow};
 use crate::options::{Execution, GuestStdin, SandboxOptions};
 use crate::plugin::Plugin;

@@ -29,6 +29,7 @@ pub mod host_imports;
 pub mod host_segment;
 pub mod inspect;
 mod instantiate;
+mod interrupts;
 mod memory_limit;
 mod memory_window;
 mod module_cache;

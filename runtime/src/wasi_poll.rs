@@ -31,7 +31,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use wasmtime::{Caller, Linker};
 
-use crate::guest_thread::{DeadlineExceeded, SegmentTruncated, Stopped};
+use crate::interrupts::{DeadlineExceeded, SegmentTruncated, Stopped};
 use crate::sandbox_state::{SandboxShared, SandboxState};
 
 const SUBSCRIPTION_SIZE: usize = 48;
@@ -418,7 +418,7 @@ fn sleep_step(state: &SandboxState, until: Instant) -> Option<wasmtime::Result<(
     }
     if shared.callback_overran() {
         return Some(Err(wasmtime::Error::new(
-            crate::guest_thread::CallbackOverran(shared.callback_slice.unwrap_or_default()),
+            crate::interrupts::CallbackOverran(shared.callback_slice.unwrap_or_default()),
         )));
     }
     if shared.segment_file.was_truncated() {
