@@ -406,7 +406,8 @@ impl Channel {
     /// The request/response shape: calls `handler` with each message's
     /// payload (in place) and the outbox to answer with, until the host
     /// says goodbye and everything is read. Returns the exit status: 0, or
-    /// 1 after logging the first send error.
+    /// that of the first send error, logged ([`SendError::exit_status`]:
+    /// 75 when no slot came free).
     ///
     /// ```no_run
     /// fn run(channel: shmrt_guest::Channel) -> i32 {

@@ -9,13 +9,15 @@ use std::time::Duration;
 use shmrt::{Execution, Runtime, SandboxOptions};
 
 /// A plugin (imports `shmrt`, has an atomic) whose start function calls
-/// `wasi_snapshot_preview1.clock_time_get` (any WASI call would do).
+/// `wasi_snapshot_preview1.fd_write` ("hi\\n" to stdout).
 const START_CALLS_WASI: &str = r#"(module
-  (import "wasi_snapshot_preview1" "clock_time_get"
-    (func $clock (param i32 i64 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write"
+    (func $fd_write (param i32 i32 i32 i32) (result i32)))
   (import "shmrt" "wait" (func $wait (param i64) (result i32)))
   (memory (export "memory") 1)
-  (func $start (drop (call $clock (i32.const 1) (i64.const 1) (i32.const 16))))
+  (data (i32.const 0) "\10\00\00\00\03\00\00\00")
+  (data (i32.const 16) "hi\0a")
+  (func $start (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8))))
   (start $start)
   (func (export "shmrt_main") (result i32)
     (drop (i32.atomic.load (i32.const 0))) (i32.const 0))
