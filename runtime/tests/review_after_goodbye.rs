@@ -60,3 +60,34 @@ fn a_callback_faking_progress_after_goodbye_keeps_join_running() {
         ),
     }
 }
+
+/// The bound that does exist: with calls that return at once, `join`
+/// ends after 100,000 calls; and one call of the spinning guest above
+/// takes this long (so the 30 s above is ~1/N of what join takes).
+#[test]
+fn how_long_the_bound_is() {
+    let options = SandboxOptions {
+        execution: Execution::Callback,
+        timeout: None,
+        ..SandboxOptions::default()
+    };
+    let layout = SegmentLayout::compute(&options.segment).unwrap();
+    let watermark_at = 65536 + layout.g2h_ring_offset(0) + 4;
+    let runtime = Runtime::new().unwrap();
+    // One call of the 30M-iteration guest.
+    let text = wat(watermark_at, 30_000_000);
+    let mut sandbox = runtime.spawn(text.as_bytes(), options.clone()).unwrap();
+    sandbox.sender().send(b"request never read").unwrap();
+    let t = Instant::now();
+    let r = sandbox.receiver().recv_timeout(Some(Duration::from_millis(1))).map(|m| m.is_some());
+    eprintln!("one call of the spinning guest: {:?} ({r:?})", t.elapsed());
+    drop(sandbox);
+    // Calls that return at once.
+    let text = wat(watermark_at, 1);
+    let mut sandbox = runtime.spawn(text.as_bytes(), options).unwrap();
+    sandbox.sender().send(b"request never read").unwrap();
+    sandbox.sender().goodbye();
+    let t = Instant::now();
+    let status = sandbox.join();
+    eprintln!("fast calls: join = {status:?} after {:?}", t.elapsed());
+}

@@ -142,3 +142,13 @@ fn callback_start_function_loop_is_not_bounded_by_the_slice() {
         "start-function loop: spawn (callback, 1 s slice, no timeout) did not return in 10 s"
     );
 }
+
+/// The start-function loop in the other modes (no slice there; no handle
+/// to stop it either, since `spawn` has not returned).
+#[test]
+fn start_function_loop_thread_and_fiber() {
+    for mode in [Execution::Thread, Execution::Fiber] {
+        let r = spawn_within(START_LOOPS, mode, Duration::from_secs(5));
+        eprintln!("start loop, {mode:?}: {r:?}");
+    }
+}
