@@ -169,15 +169,27 @@ impl Runtime {
                 .map(|_| shared.segment_file.truncated_flag().clone()),
         };
         // A start function runs guest code: the epoch must tick for it.
+        // It runs on the caller's thread, inside `spawn`, which it holds as
+        // a callback holds the host's thread: bounded by the same slice,
+        // in every mode (there is no handle yet to stop it with).
         let running = self.ticker.state.running();
-        let instance = memory_window::with_pending_window(window, || {
-            if fiber {
-                // A start function runs on a fiber too.
+        let wasi = store.data().wasi.is_some();
+        shared.callback_call(true);
+        let instance = if fiber {
+            // A start function runs on a fiber too, which polls nothing of
+            // tokio's from here.
+            memory_window::with_pending_window(window, || {
                 block_on(pre.instantiate_async(&mut store))
-            } else {
-                pre.instantiate(&mut store)
-            }
-        });
+            })
+        } else {
+            // A start function calling WASI inside a tokio runtime needs a
+            // thread of its own, as a callback call does; the pending
+            // window is that thread's to place.
+            off_async_runtime(&shared, wasi, || {
+                memory_window::with_pending_window(window, || pre.instantiate(&mut store))
+            })
+        };
+        shared.callback_call(false);
         drop(running);
         let instance = instance.map_err(instantiate_err)?;
         let memory =

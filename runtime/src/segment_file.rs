@@ -786,6 +786,17 @@ fn lock_stale(path: &Path, replace: bool) -> io::Result<(File, OwnerRecord)> {
         Owner::Unknown
     };
     match owner {
+        // The record follows the inode, through every hard link and every
+        // later writer of it: only a file that still holds the segment
+        // shmrt laid out is ours to replace (a guest with `--dir` access
+        // can link the segment under another name, which another program
+        // may then fill with its own data).
+        Owner::Stale(_) if replace && !still_a_segment(&file, len) => Err(exists(format!(
+            "it has the owner record of a segment a shmrt made and left, but no longer holds \
+             that segment (no segment header of its length: another program wrote it, or it is \
+             a link made to the segment); `--replace-stale` replaces only the segment itself; \
+             remove the file yourself if nothing uses it"
+        ))),
         Owner::Stale(record) if replace => match lock_as_creator(&file) {
             Ok(()) => Ok((file, record)),
             // Someone took it since: replacing it too, or serving it.
@@ -808,6 +819,21 @@ fn lock_stale(path: &Path, replace: bool) -> io::Result<(File, OwnerRecord)> {
         ))),
         Owner::Unknown => Err(exists("it exists".into())),
     }
+}
+
+/// Whether `file` (of `len` bytes) still starts with a segment header
+/// whose total size, rounded up to the window's 64 KiB, is its length (as
+/// a named segment is made).
+fn still_a_segment(file: &File, len: u64) -> bool {
+    use std::os::unix::fs::FileExt;
+    let mut head = [0u8; 24];
+    if file.read_exact_at(&mut head, 0).is_err() {
+        return false;
+    }
+    let total = u64::from_le_bytes(head[16..24].try_into().expect("8 bytes"));
+    head[..8] == shmrt_primitives::segment_header::MAGIC[..]
+        && total != 0
+        && total.checked_next_multiple_of(65536) == Some(len)
 }
 
 /// Checks that `name` in `dir` is still the file `old` (a regular file,

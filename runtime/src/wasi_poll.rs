@@ -30,6 +30,7 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use wasmtime::{Caller, Linker};
+use wasmtime_wasi::p1::wasi_snapshot_preview1::WasiSnapshotPreview1;
 
 use crate::interrupts::{DeadlineExceeded, SegmentTruncated, Stopped};
 use crate::sandbox_state::{SandboxShared, SandboxState};
@@ -217,16 +218,17 @@ async fn poll_oneoff_in_fiber(
             // ready at once (see the module's docs), so it is run to
             // completion here, and one that would block fails the call
             // rather than the host's thread.
-            use wasmtime_wasi::p1::wasi_snapshot_preview1::WasiSnapshotPreview1;
+            // Its clocks are tokio timers: run as the thread path's is, on
+            // a thread of its own when the fiber runs inside a tokio
+            // runtime (whose `block_on` panics there).
             let fuel = wasmtime::AsContextMut::as_context_mut(&mut caller).hostcall_fuel();
+            let shared = caller.data().shared.clone();
             let polled = {
                 let wasi = caller.data_mut().wasi();
                 wasi.set_hostcall_fuel(fuel);
-                let (subs_at, events_at, count) = scratch.pointers();
-                let mut copy = wiggle::GuestMemory::Unshared(scratch.bytes_mut());
-                wiggle::run_in_dummy_executor(
-                    wasi.poll_oneoff(&mut copy, subs_at, events_at, count),
-                )?
+                crate::guest_driver::off_async_runtime(&shared, true, || {
+                    poll_on_copy(wasi, &mut scratch)
+                })
             };
             finish_delegated(&mut caller, memory, &scratch, events, result, polled)
         }
@@ -348,17 +350,24 @@ fn delegate(
     events: u32,
     result: u32,
 ) -> wasmtime::Result<i32> {
-    use wasmtime_wasi::p1::wasi_snapshot_preview1::WasiSnapshotPreview1;
     // What wasmtime-wasi's own glue does before each call: the bound on
     // what the call may copy on the host.
     let fuel = wasmtime::AsContextMut::as_context_mut(&mut *caller).hostcall_fuel();
     let wasi = caller.data_mut().wasi();
     wasi.set_hostcall_fuel(fuel);
+    let polled = poll_on_copy(wasi, &mut scratch);
+    finish_delegated(caller, memory, &scratch, events, result, polled)
+}
+
+/// wasmtime-wasi's `poll_oneoff` on the scratch copy, run to its end (its
+/// clocks are tokio timers: on wasmtime-wasi's own runtime outside one).
+fn poll_on_copy(
+    wasi: &mut wasmtime_wasi::p1::WasiP1Ctx,
+    scratch: &mut Scratch,
+) -> Result<u32, wasmtime_wasi::p1::types::Error> {
     let (subs_at, events_at, count) = scratch.pointers();
     let mut copy = wiggle::GuestMemory::Unshared(scratch.bytes_mut());
-    let polled =
-        wasmtime_wasi::runtime::in_tokio(wasi.poll_oneoff(&mut copy, subs_at, events_at, count));
-    finish_delegated(caller, memory, &scratch, events, result, polled)
+    wasmtime_wasi::runtime::in_tokio(wasi.poll_oneoff(&mut copy, subs_at, events_at, count))
 }
 
 /// When a clock subscription fires, as an `Instant`; `None` for a clock

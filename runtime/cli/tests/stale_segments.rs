@@ -328,3 +328,64 @@ fn a_forged_owner_record_does_not_make_a_file_replaceable() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A guest given `--dir` access to its segment's directory links the
+/// segment under another name; the link outlives the run (shmrt removes
+/// the name it made), and another program then writes its own data into
+/// that file (the same inode, so the owner record follows). Before, `shmrt
+/// run --segment LINK --replace-stale` replaced that program's file; now
+/// only a file that still holds the segment shmrt laid out is replaced.
+#[test]
+fn a_link_to_a_segment_that_another_program_filled_is_not_replaced() {
+    let dir = tempdir("link");
+    let linker = dir.join("link.wat");
+    std::fs::write(
+        &linker,
+        r#"(module
+  (import "shmrt" "ring" (func))
+  (import "wasi_snapshot_preview1" "path_link"
+    (func $link (param i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 100) "seg.shm")
+  (data (i32.const 120) "victim.dat")
+  (func (export "_start")
+    (drop (i32.atomic.load (i32.const 0)))
+    (call $exit (call $link (i32.const 3) (i32.const 0) (i32.const 100) (i32.const 7)
+                            (i32.const 3) (i32.const 120) (i32.const 10)))))"#,
+    )
+    .unwrap();
+    let segments = dir.join("d");
+    std::fs::create_dir_all(&segments).unwrap();
+    let out = shmrt()
+        .args(["run", "--segment"])
+        .arg(segments.join("seg.shm"))
+        .arg("--dir")
+        .arg(&segments)
+        .arg(&linker)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    let victim = segments.join("victim.dat");
+    assert!(victim.exists(), "the guest's link outlived the run");
+    // Another program writes its own data into the file (O_TRUNC keeps the
+    // inode, and with it the extended attribute).
+    std::fs::write(&victim, b"IMPORTANT DATA ".repeat(100)).unwrap();
+    let out = shmrt()
+        .args(["run", "--replace-stale", "--segment"])
+        .arg(&victim)
+        .arg(guest("examples/echo"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = common::stderr(&out);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("no longer holds that segment"), "{err}");
+    assert_eq!(
+        std::fs::read(&victim).unwrap(),
+        b"IMPORTANT DATA ".repeat(100),
+        "the other program's data is intact"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
