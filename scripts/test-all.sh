@@ -31,7 +31,7 @@ cargo clippy --workspace --all-targets -- -D warnings
 # .cargo/config.toml (their libraries only: no_std crates have no test
 # harness there).
 for dir in examples/bench-guest examples/checksum examples/echo examples/upper \
-    runtime/tests/guests/probe runtime/tests/guests/std-echo; do
+    runtime/tests/guests/probe runtime/tests/guests/slow-handler runtime/tests/guests/std-echo; do
     (cd "$dir" && CARGO_TARGET_DIR="$OLDPWD/target/guests-clippy" cargo clippy -- -D warnings)
 done
 cargo clippy --manifest-path fuzz/Cargo.toml --all-targets --target-dir target/fuzz-clippy -- -D warnings

@@ -215,6 +215,9 @@ impl SendError {
 pub struct Channel {
     inbox: Inbox,
     outbox: Outbox,
+    /// The last callback call answered more than one message: the next
+    /// one times its batch ([`Channel::answer_queued`]).
+    batching: bool,
 }
 
 /// Receives what the host sends.
@@ -336,6 +339,64 @@ fn notify_host(segment: &Segment, index: u32) {
     }
 }
 
+/// How long one callback call handles queued messages while more are
+/// there, before it returns so that the host reads the answers and calls
+/// again (a fresh slice): well under the host's default slice of 1 s.
+pub const BATCH_BUDGET_NS: u64 = 20_000_000;
+
+/// The clock of one callback call's batch ([`Channel::answer_queued`]).
+struct BatchBudget {
+    /// When timing started (`now_ns`), 0 until it has.
+    started: u64,
+    handled: u32,
+    /// The message count at which the clock is read next.
+    next_check: u32,
+    /// Messages between two reads, doubled while messages are fast.
+    interval: u32,
+}
+
+impl BatchBudget {
+    /// Timed from the start when the last call saw a batch; else from the
+    /// second message (a lone request never reads the clock).
+    fn new(timed: bool) -> Self {
+        BatchBudget {
+            started: if timed { host::now_ns().max(1) } else { 0 },
+            handled: 0,
+            next_check: 1,
+            interval: 1,
+        }
+    }
+
+    /// Counts a handled message; whether the batch has had its time.
+    fn spent_after_one_more(&mut self) -> bool {
+        self.handled += 1;
+        if self.started == 0 {
+            if self.handled == 1 {
+                // Timing starts once a second message is there to handle.
+                self.next_check = 2;
+                return false;
+            }
+            if self.handled == 2 {
+                self.started = host::now_ns().max(1);
+                self.next_check = 3;
+                return false;
+            }
+        }
+        if self.handled < self.next_check {
+            return false;
+        }
+        let elapsed = host::now_ns().saturating_sub(self.started);
+        if elapsed >= BATCH_BUDGET_NS {
+            return true;
+        }
+        if elapsed < BATCH_BUDGET_NS / 4 {
+            self.interval = (self.interval * 2).min(64);
+        }
+        self.next_check = self.handled + self.interval;
+        false
+    }
+}
+
 impl Channel {
     /// Opens the channel to the host. Once per plugin.
     pub fn open() -> Result<Channel, OpenError> {
@@ -375,6 +436,7 @@ impl Channel {
                 slot_wait_ns: DEFAULT_SLOT_WAIT_NS,
                 untold: 0,
             },
+            batching: false,
         })
     }
 
@@ -458,14 +520,21 @@ impl Channel {
     /// `shmrt_on_messages`): calls `handle` with the messages queued now,
     /// while the outbox has room for an answer as long as the message
     /// (the host reads answers once this returns, and calls again for
-    /// what is left). Returns 0, or the exit status of the first error
-    /// (logged).
+    /// what is left), for at most [`BATCH_BUDGET_NS`] of handling. Returns
+    /// 0, or the exit status of the first error (logged).
+    ///
+    /// The host bounds each call by its slice (1 s by default): the budget
+    /// makes that a bound on one message's handling, not on a whole batch
+    /// of them. The clock is read only by calls that follow a batch (a
+    /// call answering one message at a time pays nothing), and less often
+    /// while messages are fast.
     pub fn answer_queued(
         &mut self,
         mut handle: impl FnMut(Message<'_>, &mut Outbox) -> Result<(), SendError>,
     ) -> i32 {
         let _answering = Answering::start();
-        let (inbox, outbox) = self.split();
+        let mut budget = BatchBudget::new(self.batching);
+        let (inbox, outbox) = (&mut self.inbox, &mut self.outbox);
         // The ring room of what is read is given back once, at the end
         // (in wasm each give-back is an atomic store with a full fence).
         inbox.rx.set_lazy_release(true);
@@ -484,7 +553,12 @@ impl Channel {
                 crate::error!("could not answer a {}-byte message: {}", len, e);
                 break e.exit_status();
             }
+            if budget.spent_after_one_more() {
+                break 0;
+            }
         };
+        self.batching = budget.handled > 1;
+        let inbox = &mut self.inbox;
         inbox.rx.set_lazy_release(false);
         // Answers left untold (`Outbox::sent`) are read by the host when
         // the call returns; a host on another thread is rung.

@@ -45,7 +45,7 @@ impl std::fmt::Display for CallbackOverran {
             f,
             "the callback ran for more than {:?} without returning: a callback must answer its \
              queued messages and return, since it holds the host's thread (run a long computation \
-             in fiber or thread mode, or raise SandboxOptions::callback_slice)",
+             in fiber or thread mode, or raise SandboxOptions::callback_slice, `shmrt run --callback-slice`)",
             self.0
         )
     }

@@ -106,3 +106,39 @@ fn exec_is_checked_against_attach_and_spelled_out() {
         stderr(&out)
     );
 }
+
+/// A handler that takes 1 ms a message, fed 2,500 of them at once: a
+/// callback (the default for such a plugin) answers them all. Before, the
+/// callback's 1 s slice bounded a whole batch of queued messages, and the
+/// run ended with "the callback ran for more than 1s" after about 900
+/// answers; the SDK now returns from a call after 20 ms of a batch, so the
+/// slice bounds one message's handling.
+#[test]
+fn a_callback_with_slow_messages_answers_a_long_batch() {
+    let plugin = common::guest("runtime/tests/guests/slow-handler");
+    let input = "1000\n".repeat(2500);
+    let out = common::run(&[], &plugin, input.as_bytes());
+    let err = common::stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert_eq!(
+        out.stdout.len(),
+        input.len(),
+        "every message answered: {err}"
+    );
+}
+
+/// `--callback-slice` sets how long one call may hold shmrt's thread.
+#[test]
+fn the_callback_slice_is_set_from_the_command_line() {
+    let probe = common::guest("runtime/tests/guests/probe");
+    let started = Instant::now();
+    let out = common::run(
+        &["--exec", "callback", "--callback-slice", "200ms"],
+        &probe,
+        b"spin\n",
+    );
+    let err = common::stderr(&out);
+    assert_eq!(out.status.code(), Some(70), "{err}");
+    assert!(err.contains("more than 200ms"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+}

@@ -53,6 +53,12 @@ pub struct RunCommand {
     /// Wall-clock limit for the guest (e.g. 500ms, 2s, 1m; more than 0).
     #[arg(long, value_parser = parse_timeout)]
     timeout: Option<Duration>,
+    /// How long guest code may hold shmrt's thread at once (a callback's
+    /// call, which the SDK ends after 20 ms of a batch, so in effect one
+    /// message's handling; a start function): e.g. 5s; default 1s. Past
+    /// it the guest fails (70).
+    #[arg(long, value_parser = parse_timeout, value_name = "DURATION")]
+    callback_slice: Option<Duration>,
     /// Fuel (roughly, wasm instructions) the guest may use, at least 1;
     /// out of fuel ends the run with status 71.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
@@ -160,6 +166,10 @@ impl RunCommand {
         let mut options = SandboxOptions {
             name: self.plugin.display().to_string(),
             timeout: self.timeout,
+            callback_slice: Some(
+                self.callback_slice
+                    .unwrap_or(shmrt::sandbox::DEFAULT_CALLBACK_SLICE),
+            ),
             execution,
             spin: shmrt::doorbell_futex::SpinBudget(self.spin),
             ..SandboxOptions::default()
