@@ -10,9 +10,9 @@ rustup target add wasm32-unknown-unknown wasm32-wasip1
 # One cargo invocation builds everything the demo runs: separate invocations
 # unify features differently and would compile wasmtime once each. A target
 # selection flag limits the build to the targets it names, so the binary is
-# named too.
-cargo build --release --locked -p shmrt-cli -p shmrt \
-    --bin shmrt --example embed --example attach-host
+# named too. The README's build command is this one, so that a user who ran
+# the demo compiles nothing again.
+cargo build --release --locked -p shmrt-cli -p shmrt --bin shmrt --examples
 shmrt=target/release/shmrt
 
 echo "== upper: printf 'hello\nworld\n' | shmrt run \$(shmrt build examples/upper)"

@@ -161,7 +161,9 @@ pub(crate) fn exit_status(
             sandbox: sandbox.into(),
         });
     }
-    tracing::debug!(sandbox, "guest failed: {e:?}");
+    // The backtrace names functions from the module's name section.
+    let failure = crate::guest_output::escape_line(&format!("{e:?}"));
+    tracing::debug!(sandbox, "guest failed: {failure}");
     if let Some(wasmtime::Trap::OutOfFuel) = e.downcast_ref::<wasmtime::Trap>() {
         return Err(SandboxError::OutOfFuel {
             sandbox: sandbox.into(),

@@ -402,7 +402,7 @@ fn owner_report(
     };
     if let Owner::Stale(_) = owner {
         problems.push(format!(
-            "owner: {}; `shmrt run --segment {} --replace-stale ...` reclaims it, or remove the file",
+            "owner: stale: {}; `shmrt run --segment {} --replace-stale ...` reclaims it, or remove the file",
             owner.describe(),
             path.display()
         ));

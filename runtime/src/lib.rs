@@ -47,6 +47,7 @@ mod wake_timer;
 mod wasi_poll;
 
 pub use error::SandboxError;
+pub use guest_output::escape_line;
 pub use guest_stack::{GUEST_ENTRY_STACK, GUEST_THREAD_STACK, MAX_WASM_STACK};
 pub use host_segment::HostSegment;
 pub use plugin::Plugin;

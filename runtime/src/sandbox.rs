@@ -26,6 +26,11 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
+    /// Where the guest runs ([`Execution::Auto`] resolved).
+    pub fn execution(&self) -> Execution {
+        self.handle.execution()
+    }
+
     /// The sandbox's name.
     pub fn name(&self) -> &str {
         &self.handle.shared.name

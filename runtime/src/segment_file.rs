@@ -197,7 +197,7 @@ impl Owner {
             Owner::Live(Some(r)) => format!("in use by a live process (created by {})", pid(r)),
             Owner::Live(None) => "in use by a live process".into(),
             Owner::Stale(r) => format!(
-                "stale: created by a shmrt that no longer serves it ({}), nobody holds its lock",
+                "created by a shmrt that no longer serves it ({}), nobody holds its lock",
                 pid(r)
             ),
             Owner::Unknown => "made by another program or an older shmrt (no owner record)".into(),
@@ -805,7 +805,7 @@ fn lock_stale(path: &Path, replace: bool) -> io::Result<(File, OwnerRecord)> {
             )),
         },
         Owner::Stale(_) => Err(exists(format!(
-            "it exists, {}; `--replace-stale` replaces it",
+            "it exists, a stale segment: {}; `--replace-stale` replaces it",
             owner.describe()
         ))),
         Owner::Live(_) => Err(exists(format!(

@@ -27,6 +27,7 @@ fn the_default_mode_is_a_callback_for_a_plugin_that_has_one() {
     let sandbox = runtime
         .spawn_file(&guest("examples/upper"), SandboxOptions::default())
         .unwrap();
+    assert_eq!(sandbox.execution(), Execution::Callback);
     let (mut tx, mut rx, handle) = sandbox.split();
     assert_eq!(handle.execution(), Execution::Callback);
     tx.send(b"auto").unwrap();

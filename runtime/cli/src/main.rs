@@ -13,7 +13,12 @@ fn main() -> ExitCode {
     match args.command.execute() {
         Ok(code) => code,
         Err(failure) => {
-            eprintln!("shmrt: {:#}", failure.error);
+            // Errors quote what a module holds (import names, say): one
+            // line of plain text, whatever the module put there.
+            eprintln!(
+                "shmrt: {}",
+                shmrt::escape_line(&format!("{:#}", failure.error))
+            );
             ExitCode::from(failure.code)
         }
     }

@@ -483,3 +483,32 @@ fn the_gallery_holds_for_fiber_guests() {
 fn the_gallery_holds_for_callback_guests() {
     common::in_exec_mode("callback", probe_cases);
 }
+
+/// Names in a module reach shmrt's error messages (an import it does not
+/// define): they are printed as one line of plain text, with no escape
+/// sequence for the terminal and no line break that could start a forged
+/// log line (before, both went out raw).
+#[test]
+fn names_in_a_module_can_not_drive_the_terminal_or_forge_a_line() {
+    let module = wat_file(
+        "bad-import-name.wat",
+        r#"(module
+             (import "shmrt" "ring\1b]0;pwned\07\1b[2J\0a2026-12-07T16:00:00Z  INFO shmrt: plugin ended\e2\80\a8x" (func))
+             (memory (export "memory") 1)
+             (func (export "shmrt_main") (result i32) (drop (i32.atomic.load (i32.const 0))) (i32.const 0)))"#,
+    );
+    let out = run(&[], &module, b"");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(65), "{err}");
+    assert!(!err.contains('\x1b') && !err.contains('\x07'), "{err:?}");
+    assert!(!err.contains('\u{2028}'), "{err:?}");
+    assert!(
+        !err.lines()
+            .any(|l| l.contains("INFO shmrt: plugin ended") && !l.starts_with("shmrt: ")),
+        "{err:?}"
+    );
+    assert!(
+        err.contains("\\u{1b}"),
+        "the escape is shown escaped: {err:?}"
+    );
+}

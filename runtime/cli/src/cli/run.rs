@@ -412,7 +412,7 @@ impl RunCommand {
                 ),
             };
             eprintln!(
-                "shmrt: the plugin was restarted {} times; {lost} (sent to a failed sandbox and never read)",
+                "shmrt: the plugin was restarted {} times; {lost} (still in the rings of the sandboxes that failed: unread, or read and not yet released)",
                 restarts.get()
             );
             if code == 0 {
