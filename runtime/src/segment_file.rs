@@ -791,12 +791,13 @@ fn lock_stale(path: &Path, replace: bool) -> io::Result<(File, OwnerRecord)> {
         // shmrt laid out is ours to replace (a guest with `--dir` access
         // can link the segment under another name, which another program
         // may then fill with its own data).
-        Owner::Stale(_) if replace && !still_a_segment(&file, len) => Err(exists(format!(
+        Owner::Stale(_) if replace && !still_a_segment(&file, len) => Err(exists(
             "it has the owner record of a segment a shmrt made and left, but no longer holds \
              that segment (no segment header of its length: another program wrote it, or it is \
              a link made to the segment); `--replace-stale` replaces only the segment itself; \
              remove the file yourself if nothing uses it"
-        ))),
+                .into(),
+        )),
         Owner::Stale(record) if replace => match lock_as_creator(&file) {
             Ok(()) => Ok((file, record)),
             // Someone took it since: replacing it too, or serving it.
