@@ -18,6 +18,7 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
 use crate::host_imports::{LogRate, MAX_LOG_BYTES};
 use crate::options::{GuestStdout, SandboxOptions};
+use crate::sandbox_state::SandboxShared;
 
 /// `text` with every control character escaped (`\n`, `\r`, `\t` as such,
 /// the others as `\u{..}`), and the Unicode line and paragraph separators
@@ -50,8 +51,13 @@ fn breaks_or_reorders(c: char) -> bool {
 
 /// Gives the WASI context being built the guest's stdout and stderr, as
 /// [`SandboxOptions::stdout`] says.
-pub(crate) fn route(b: &mut WasiCtxBuilder, options: &SandboxOptions, rate: &LogRate) {
-    let to_log = |stream| LogStream::new(stream, &options.name, rate.clone());
+pub(crate) fn route(
+    b: &mut WasiCtxBuilder,
+    options: &SandboxOptions,
+    rate: &LogRate,
+    shared: &Arc<SandboxShared>,
+) {
+    let to_log = |stream| LogStream::new(stream, &options.name, rate.clone(), shared.clone());
     match options.stdout {
         GuestStdout::Log => {
             b.stdout(to_log(Stream::Stdout));
@@ -92,16 +98,27 @@ struct LineBuffer {
     line: Vec<u8>,
     /// The unfinished line was cut: the rest of it is not kept.
     cut: bool,
+    /// Where a panic said on stderr is kept for the sandbox's failure.
+    shared: Arc<SandboxShared>,
+    /// The last stderr line said a panic: the next one is its message.
+    after_panic: bool,
 }
 
 impl LogStream {
-    pub(crate) fn new(stream: Stream, sandbox: &str, rate: LogRate) -> Self {
+    pub(crate) fn new(
+        stream: Stream,
+        sandbox: &str,
+        rate: LogRate,
+        shared: Arc<SandboxShared>,
+    ) -> Self {
         LogStream(Arc::new(Mutex::new(LineBuffer {
             stream,
             sandbox: sandbox.to_owned(),
             rate,
             line: Vec::new(),
             cut: false,
+            shared,
+            after_panic: false,
         })))
     }
 
@@ -133,6 +150,9 @@ impl LineBuffer {
         } else {
             ""
         };
+        if let Stream::Stderr = self.stream {
+            self.note_panic(&line);
+        }
         if !self.rate.admit(Instant::now()) {
             return;
         }
@@ -154,6 +174,32 @@ impl LineBuffer {
             Stream::Stderr => {
                 tracing::warn!(target: "shmrt::guest", sandbox, stream = "stderr", "{text}{cut}")
             }
+        }
+    }
+}
+
+impl LineBuffer {
+    /// Keeps a panic the guest's standard library said on stderr (`thread
+    /// '…' panicked at FILE:LINE:COL:`, then its message) as the reason of
+    /// the sandbox's failure, as a `no_std` plugin's `shmrt.log` error is
+    /// kept: the trap that follows says only "unreachable". Whatever the
+    /// rate limit lets through.
+    fn note_panic(&mut self, line: &[u8]) {
+        let text = escape_line(&String::from_utf8_lossy(line));
+        let mut last = self
+            .shared
+            .last_error_log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(at) = text.find("panicked at ") {
+            *last = Some(text[at..].trim_end_matches(':').to_owned());
+            self.after_panic = true;
+        } else if std::mem::take(&mut self.after_panic)
+            && !text.starts_with("note:")
+            && let Some(panic) = last.as_mut()
+        {
+            panic.push_str(": ");
+            panic.push_str(&text);
         }
     }
 }

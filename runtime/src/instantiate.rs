@@ -377,6 +377,7 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
 pub(crate) fn build_wasi(
     options: &SandboxOptions,
     log_rate: &crate::host_imports::LogRate,
+    shared: &Arc<SandboxShared>,
     clock_origin: Instant,
 ) -> Result<WasiP1Ctx, String> {
     let mut b = WasiCtxBuilder::new();
@@ -384,7 +385,7 @@ pub(crate) fn build_wasi(
     b.monotonic_clock(wasi_poll::GuestMonotonicClock {
         origin: clock_origin,
     });
-    crate::guest_output::route(&mut b, options, log_rate);
+    crate::guest_output::route(&mut b, options, log_rate, shared);
     if options.stdin == GuestStdin::Inherit {
         b.inherit_stdin();
     }

@@ -427,7 +427,7 @@ impl SandboxState {
         let log_rate = host_imports::LogRate::new(clock_origin);
         Ok(SandboxState {
             wasi: if wasi {
-                Some(build_wasi(options, &log_rate, clock_origin)?)
+                Some(build_wasi(options, &log_rate, &shared, clock_origin)?)
             } else {
                 None
             },

@@ -139,5 +139,39 @@ fn a_new_std_plugin_builds_runs_in_every_mode_and_passes_its_test() {
     }
     let out = common::run(&["--fuel", "10000"], &wasm, b"hello\n");
     assert_eq!(out.status.code(), Some(71), "{}", common::stderr(&out));
+
+    // A panic of the std plugin is the reason its run failed, in shmrt's
+    // own last line (before: "wasm `unreachable` instruction executed"
+    // alone; the panic was only in the guest's stderr lines).
+    let lib = crate_dir.join("src/lib.rs");
+    let source = std::fs::read_to_string(&lib).unwrap();
+    std::fs::write(
+        &lib,
+        source.replace(
+            "    let reply = handle(msg.as_bytes(), n);",
+            "    if msg.as_bytes() == b\"boom\" {\n        panic!(\"boom requested\");\n    }\n    let reply = handle(msg.as_bytes(), n);",
+        ),
+    )
+    .unwrap();
+    let build = common::shmrt()
+        .arg("build")
+        .arg(&crate_dir)
+        .output()
+        .unwrap();
+    assert!(build.status.success(), "{}", common::stderr(&build));
+    let wasm = std::path::PathBuf::from(String::from_utf8(build.stdout).unwrap().trim_end());
+    for mode in ["callback", "thread", "fiber"] {
+        let out = common::run(&["-q", "--exec", mode], &wasm, b"boom\n");
+        let err = common::stderr(&out);
+        assert_eq!(out.status.code(), Some(70), "{mode}: {err}");
+        let last = err
+            .lines()
+            .rfind(|l| l.starts_with("shmrt: "))
+            .unwrap_or_default();
+        assert!(
+            last.contains("panicked at src/lib.rs") && last.contains("boom requested"),
+            "{mode}: {err}"
+        );
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
