@@ -302,8 +302,14 @@ impl BenchReport {
         for note in &self.notes {
             let _ = writeln!(s, "note: {note}");
         }
-        let _ = writeln!(s, "\n{:<28} {:>8} {:>10}  met", "ratio", "value", "target");
-        for (k, v, t, met) in self.ratios() {
+        let ratios = self.ratios();
+        let width = ratios.iter().map(|r| r.0.len()).max().unwrap_or(0).max(5);
+        let _ = writeln!(
+            s,
+            "\n{:<width$} {:>8} {:>10}  met",
+            "ratio", "value", "target"
+        );
+        for (k, v, t, met) in ratios {
             let met = match met {
                 Some(true) => "yes".to_string(),
                 Some(false) => "NO".to_string(),
@@ -312,7 +318,7 @@ impl BenchReport {
                     format!("not measured: {}", why.map_or("", |(_, w)| w.as_str()))
                 }
             };
-            let _ = writeln!(s, "{k:<28} {v:>8.3} {t:>10}  {met}");
+            let _ = writeln!(s, "{k:<width$} {v:>8.3} {t:>10}  {met}");
         }
         s
     }
