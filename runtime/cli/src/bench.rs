@@ -107,96 +107,143 @@ pub struct BenchReport {
     pub not_measured: Vec<(&'static str, String)>,
 }
 
+/// One ratio of the report: `numerator`'s median over `denominator`'s
+/// (or the pair's phase-by-phase median, [`BenchReport::paired`]), and
+/// its target.
+#[derive(Clone, Copy, Debug)]
+pub struct Ratio {
+    pub key: &'static str,
+    pub numerator: &'static str,
+    /// A workload's name, or "one" for a count.
+    pub denominator: &'static str,
+    /// Met when the ratio is at least the target (else at most).
+    pub at_least: bool,
+    pub target: f64,
+}
+
+impl Ratio {
+    const fn at_least(
+        key: &'static str,
+        numerator: &'static str,
+        denominator: &'static str,
+        target: f64,
+    ) -> Self {
+        Ratio {
+            key,
+            numerator,
+            denominator,
+            at_least: true,
+            target,
+        }
+    }
+
+    const fn at_most(
+        key: &'static str,
+        numerator: &'static str,
+        denominator: &'static str,
+        target: f64,
+    ) -> Self {
+        Ratio {
+            key,
+            numerator,
+            denominator,
+            at_least: false,
+            target,
+        }
+    }
+
+    /// `>= 2.5` or `<= 1.2`.
+    fn target_text(&self) -> String {
+        format!(
+            "{} {}",
+            if self.at_least { ">=" } else { "<=" },
+            self.target
+        )
+    }
+
+    fn met_by(&self, value: f64) -> bool {
+        if self.at_least {
+            value >= self.target
+        } else {
+            value <= self.target
+        }
+    }
+}
+
+/// A ratio as one run measured it.
+#[derive(Clone, Debug)]
+pub struct MeasuredRatio {
+    pub key: &'static str,
+    pub value: f64,
+    /// `>= 2.5` or `<= 1.2`.
+    pub target: String,
+    /// `None`: this run can not judge it ([`BenchReport::not_measured`]).
+    pub met: Option<bool>,
+}
+
 /// Ratio keys, their definitions and targets.
-pub const RATIOS: [(&str, &str, &str, bool, f64); 15] = [
-    (
-        "guest_rtt_vs_native",
-        "rtt_guest_spin",
-        "rtt_native",
-        false,
-        1.2,
-    ),
-    (
+pub const RATIOS: [Ratio; 15] = [
+    Ratio::at_most("guest_rtt_vs_native", "rtt_guest_spin", "rtt_native", 1.2),
+    Ratio::at_least(
         "guest_stream_vs_native",
         "stream_guest",
         "stream_native",
-        true,
         0.8,
     ),
-    (
-        "slot_1mib_vs_copy_call",
-        "copy_call_1mib",
-        "slot_1mib",
-        true,
-        2.0,
-    ),
-    (
+    Ratio::at_least("slot_1mib_vs_copy_call", "copy_call_1mib", "slot_1mib", 2.0),
+    Ratio::at_least(
         "slot_stream_1mib_vs_copy_call",
         "copy_call_1mib",
         "slot_stream_1mib",
-        true,
         2.5,
     ),
-    (
+    Ratio::at_most(
         "parked_rtt_vs_native_futex",
         "rtt_guest_parked",
         "rtt_native_futex",
-        false,
         1.5,
     ),
-    (
+    Ratio::at_most(
         "callback_rtt_vs_copy_call",
         "rtt_guest_callback",
         "copy_call_64b",
-        false,
         1.2,
     ),
-    (
+    Ratio::at_most(
         "fiber_rtt_vs_thread_parked",
         "rtt_guest_fiber",
         "rtt_guest_parked",
-        false,
         0.1,
     ),
-    (
+    Ratio::at_least(
         "slot_4kib_callback_vs_copy_call",
         "copy_call_4kib",
         "slot_4kib_callback",
-        true,
         1.0,
     ),
-    (
+    Ratio::at_least(
         "slot_64kib_callback_vs_copy_call",
         "copy_call_64kib",
         "slot_64kib_callback",
-        true,
         1.5,
     ),
-    (
+    Ratio::at_least(
         "slot_1mib_callback_vs_copy_call",
         "copy_call_1mib",
         "slot_1mib_callback",
-        true,
         2.5,
     ),
-    (
+    Ratio::at_most(
         "spawn_vs_plain_wasmtime",
         "spawn_sandbox",
         "spawn_plain_wasmtime",
-        false,
         3.0,
     ),
     // Not ratios: absolute targets, against a workload of value 1.
-    ("density_live", "density_live", "one", true, 10_000.0),
-    (
-        "idle_rss_per_sandbox",
-        "idle_rss_per_sandbox",
-        "one",
-        false,
-        100.0,
-    ),
-    ("cli_lines_vs_cat", "cli_lines", "cat_lines", false, 15.0),
-    ("cli_raw_vs_cat", "cli_raw", "cat_raw", false, 2.0),
+    Ratio::at_least("density_live", "density_live", "one", 10_000.0),
+    Ratio::at_most("idle_rss_per_sandbox", "idle_rss_per_sandbox", "one", 100.0),
+    Ratio::at_most("cli_lines_vs_cat", "cli_lines", "cat_lines", 15.0),
+    Ratio::at_most("cli_raw_vs_cat", "cli_raw", "cat_raw", 2.0),
 ];
 
 impl BenchReport {
@@ -211,29 +258,35 @@ impl BenchReport {
     }
 
     /// (key, value, target, met) for each ratio.
+    /// Why this run does not judge the target of ratio `key`, if it does not.
+    fn why_not_measured(&self, key: &str) -> Option<&str> {
+        self.not_measured
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, why)| why.as_str())
+    }
+
     /// Each ratio with its target and whether it was met (`None`: not
     /// measured by this run, see [`Self::not_measured`]).
-    pub fn ratios(&self) -> Vec<(&'static str, f64, String, Option<bool>)> {
+    pub fn ratios(&self) -> Vec<MeasuredRatio> {
         RATIOS
             .iter()
-            .filter_map(|&(key, a, b, at_least, target)| {
-                let v = match self.paired.iter().find(|(k, _)| *k == key) {
+            .filter_map(|r| {
+                let value = match self.paired.iter().find(|(k, _)| *k == r.key) {
                     Some(&(_, v)) => v,
-                    None => self.median(a)? / self.median(b)?,
+                    None => self.median(r.numerator)? / self.median(r.denominator)?,
                 };
-                let met = if self.not_measured.iter().any(|(k, _)| *k == key) {
+                let met = if self.why_not_measured(r.key).is_some() {
                     None
-                } else if at_least {
-                    Some(v >= target)
                 } else {
-                    Some(v <= target)
+                    Some(r.met_by(value))
                 };
-                Some((
-                    key,
-                    v,
-                    format!("{} {target}", if at_least { ">=" } else { "<=" }),
+                Some(MeasuredRatio {
+                    key: r.key,
+                    value,
+                    target: r.target_text(),
                     met,
-                ))
+                })
             })
             .collect()
     }
@@ -257,23 +310,19 @@ impl BenchReport {
             ratios: InOrder(
                 ratios
                     .iter()
-                    .map(|&(k, v, _, _)| (k, (v * 1000.0).round() / 1000.0))
+                    .map(|r| (r.key, (r.value * 1000.0).round() / 1000.0))
                     .collect(),
             ),
             targets: InOrder(
                 ratios
                     .into_iter()
-                    .map(|(k, _, target, met)| {
-                        let not_measured = self
-                            .not_measured
-                            .iter()
-                            .find(|(n, _)| *n == k)
-                            .map(|(_, why)| why.clone());
+                    .map(|r| {
+                        let not_measured = self.why_not_measured(r.key).map(str::to_owned);
                         (
-                            k,
+                            r.key,
                             JsonTarget {
-                                target,
-                                met,
+                                target: r.target,
+                                met: r.met,
                                 not_measured,
                             },
                         )
@@ -303,21 +352,22 @@ impl BenchReport {
             let _ = writeln!(s, "note: {note}");
         }
         let ratios = self.ratios();
-        let width = ratios.iter().map(|r| r.0.len()).max().unwrap_or(0).max(5);
+        let width = ratios.iter().map(|r| r.key.len()).max().unwrap_or(0).max(5);
         let _ = writeln!(
             s,
             "\n{:<width$} {:>8} {:>10}  met",
             "ratio", "value", "target"
         );
-        for (k, v, t, met) in ratios {
-            let met = match met {
+        for r in ratios {
+            let met = match r.met {
                 Some(true) => "yes".to_string(),
                 Some(false) => "NO".to_string(),
-                None => {
-                    let why = self.not_measured.iter().find(|(n, _)| *n == k);
-                    format!("not measured: {}", why.map_or("", |(_, w)| w.as_str()))
-                }
+                None => format!(
+                    "not measured: {}",
+                    self.why_not_measured(r.key).unwrap_or_default()
+                ),
             };
+            let (k, v, t) = (r.key, r.value, &r.target);
             let _ = writeln!(s, "{k:<width$} {v:>8.3} {t:>10}  {met}");
         }
         s
