@@ -477,12 +477,11 @@ pub fn run(
             |phase| phase[0],
         ),
     ));
-    for (name, mut runs) in [("stream_native", native), ("stream_guest", in_guest)] {
-        runs.sort_by(f64::total_cmp);
+    for (name, runs) in [("stream_native", native), ("stream_guest", in_guest)] {
         w.push(Workload {
             name,
             unit: "msg/s",
-            median: runs[runs.len() / 2],
+            median: median(&runs),
             p99: None,
         });
     }
@@ -711,13 +710,9 @@ fn density_workloads(
         p99: None,
     };
     if !ratio.is_empty() {
-        w.push(single("spawn_sandbox", "us", phase_median(&spawn_us)));
-        w.push(single(
-            "spawn_plain_wasmtime",
-            "us",
-            phase_median(&plain_us),
-        ));
-        paired.push(("spawn_vs_plain_wasmtime", phase_median(&ratio)));
+        w.push(single("spawn_sandbox", "us", median(&spawn_us)));
+        w.push(single("spawn_plain_wasmtime", "us", median(&plain_us)));
+        paired.push(("spawn_vs_plain_wasmtime", median(&ratio)));
     }
     w.push(single("density_live", "sandboxes", answering as f64));
     if let Some(rss) = rss {
@@ -800,28 +795,28 @@ fn record_latency_pair(
     (other_name, other): (&'static str, Vec<Vec<f64>>),
 ) {
     if let Some(key) = key {
-        paired.push((key, median_ratio(&other, &base, phase_median)));
+        paired.push((key, median_ratio(&other, &base, median)));
     }
     w.push(Workload::latency(base_name, base.concat()));
     w.push(Workload::latency(other_name, other.concat()));
 }
 
-/// The median of one phase's samples.
-fn phase_median(phase: &[f64]) -> f64 {
-    let mut v = phase.to_vec();
+/// The median of `samples` (the upper one of an even count); NaN for
+/// none. The one median of the bench and its CLI workloads.
+pub(crate) fn median(samples: &[f64]) -> f64 {
+    let mut v = samples.to_vec();
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// The median over phases of `summary(a[i]) / summary(b[i])`.
 fn median_ratio(a: &[Vec<f64>], b: &[Vec<f64>], summary: impl Fn(&[f64]) -> f64) -> f64 {
-    let mut r: Vec<f64> = a
+    let r: Vec<f64> = a
         .iter()
         .zip(b)
         .map(|(a, b)| summary(a) / summary(b))
         .collect();
-    r.sort_by(f64::total_cmp);
-    r[r.len() / 2]
+    median(&r)
 }
 
 /// Times `plan.batches` batches of `plan.batch` calls of `op`, after a

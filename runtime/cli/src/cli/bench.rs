@@ -175,11 +175,7 @@ fn cli_workloads(quick: bool, mut progress: impl FnMut(&str)) -> anyhow::Result<
             cats.push(time(Command::new(&cat).arg(input), input)?);
             ours.push(time(&mut shmrt_run(raw), input)?);
         }
-        let median = |v: &mut Vec<f64>| {
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
-        };
-        let (ours, cats) = (median(&mut ours), median(&mut cats));
+        let (ours, cats) = (bench::median(&ours), bench::median(&cats));
         workloads.push(bench::Workload {
             name,
             unit: "ms",
