@@ -8,7 +8,7 @@ mod common;
 mod vox_restated;
 
 use std::fs::{File, OpenOptions};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -22,16 +22,8 @@ use shmrt::primitives::layout::{SizeClass, SizeClasses};
 use shmrt::primitives::{PeerState, SegmentConfig};
 use vox_restated::{VoxFrame, VoxLayout, vox_read_frame, vox_write_inline, vox_write_slot_ref};
 
-fn tempdir() -> PathBuf {
-    use std::sync::atomic::AtomicU64;
-    static N: AtomicU64 = AtomicU64::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "shmrt-attach-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn tempdir() -> common::TempDir {
+    common::TempDir::new("attach")
 }
 
 fn attach(segment: &Path, peer: Option<u32>, plugin: &Path) -> Child {

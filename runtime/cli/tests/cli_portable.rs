@@ -8,11 +8,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-fn tempdir(what: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("shmrt-portable-{what}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn tempdir(what: &str) -> common::TempDir {
+    common::TempDir::new(&format!("portable-{what}"))
 }
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -11,7 +11,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -20,15 +20,8 @@ use shmrt::HostSegment;
 use shmrt::primitives::SegmentConfig;
 use shmrt::primitives::layout::{SizeClass, SizeClasses};
 
-fn tempdir() -> PathBuf {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "shmrt-hostile-files-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn tempdir() -> common::TempDir {
+    common::TempDir::new("hostile-files")
 }
 
 /// A small segment file laid out for `max_guests` guests, kept on disk.

@@ -9,7 +9,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
@@ -17,11 +17,8 @@ use common::{guest, shmrt};
 use shmrt::primitives::SegmentConfig;
 use shmrt::segment_file::{Owner, SegmentFile};
 
-fn tempdir(what: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("shmrt-stale-{what}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn tempdir(what: &str) -> common::TempDir {
+    common::TempDir::new(&format!("stale-{what}"))
 }
 
 fn inspect_json(path: &Path) -> (Option<i32>, serde_json::Value, String) {
