@@ -33,7 +33,7 @@ fn wait_for(done: impl Fn() -> bool, what: &str) {
 
 #[test]
 fn an_absurd_heartbeat_interval_leaks_no_thread() {
-    let dir = std::env::temp_dir().join(format!("shmrt-heartbeat-{}", std::process::id()));
+    let dir = common::TempDir::new("heartbeat");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let wasm = std::fs::read(common::guest("examples/echo")).unwrap();

@@ -494,7 +494,7 @@ fn one_async_poll_runs_one_long_callback_call() {
 /// nobody writes) is ended soon after a stop, not at its deadline.
 #[test]
 fn a_fiber_blocked_in_a_fifo_is_ended_by_a_stop() {
-    let dir = std::env::temp_dir().join(format!("shmrt-fifo-{}", std::process::id()));
+    let dir = common::TempDir::new("fifo");
     std::fs::create_dir_all(&dir).unwrap();
     let fifo = dir.join("fifo");
     let _ = std::fs::remove_file(&fifo);
@@ -524,7 +524,7 @@ fn a_fiber_blocked_in_a_fifo_is_ended_by_a_stop() {
         (i32.const 0)))"#;
     let runtime = Runtime::new().unwrap();
     let mut opts = options("fifo", Execution::Fiber);
-    opts.dirs = vec![(dir.clone(), "/d".into())];
+    opts.dirs = vec![(dir.to_path_buf(), "/d".into())];
     let sandbox = runtime.spawn(wat.as_bytes(), opts).unwrap();
     let (_tx, mut rx, handle) = sandbox.split();
     // Runs the guest into the blocking open.

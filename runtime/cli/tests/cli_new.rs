@@ -7,7 +7,7 @@ use std::process::Command;
 
 #[test]
 fn a_new_plugin_builds_runs_and_passes_its_test() {
-    let dir = std::env::temp_dir().join(format!("shmrt-new-{}", std::process::id()));
+    let dir = common::TempDir::new("new");
     std::fs::create_dir_all(&dir).unwrap();
     let out = common::shmrt()
         .current_dir(&dir)
@@ -94,7 +94,7 @@ fn a_new_plugin_builds_runs_and_passes_its_test() {
 /// WASI `_initialize` it ends with 71, as anywhere else.
 #[test]
 fn a_new_std_plugin_builds_runs_in_every_mode_and_passes_its_test() {
-    let dir = std::env::temp_dir().join(format!("shmrt-new-std-{}", std::process::id()));
+    let dir = common::TempDir::new("new-std");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let out = common::shmrt()

@@ -97,7 +97,7 @@ fn a_full_disk_ends_the_run_with_a_message() {
 /// second run on the path failed).
 #[test]
 fn signals_stop_the_run_and_remove_the_named_segment() {
-    let dir = std::env::temp_dir().join(format!("shmrt-signals-{}", std::process::id()));
+    let dir = common::TempDir::new("signals");
     std::fs::create_dir_all(&dir).unwrap();
     for (signal, status) in [
         (libc::SIGINT, 130),
@@ -146,7 +146,7 @@ fn echo_running_on(segment: &std::path::Path, extra: &[&str]) -> (Child, std::pr
 /// `--keep-segment` keeps the file through a signal.
 #[test]
 fn keep_segment_keeps_it_through_a_signal() {
-    let dir = std::env::temp_dir().join(format!("shmrt-keep-{}", std::process::id()));
+    let dir = common::TempDir::new("keep");
     std::fs::create_dir_all(&dir).unwrap();
     let segment = dir.join("kept.seg");
     let (mut child, stdin) = echo_running_on(&segment, &["--keep-segment"]);
@@ -205,7 +205,7 @@ fn bad_option_values_are_usage_errors_naming_the_option() {
 /// "input bytes aren't valid utf-8").
 #[test]
 fn files_that_are_not_modules_say_so() {
-    let dir = std::env::temp_dir().join(format!("shmrt-notwasm-{}", std::process::id()));
+    let dir = common::TempDir::new("notwasm");
     std::fs::create_dir_all(&dir).unwrap();
     let text = dir.join("notes.txt");
     std::fs::write(&text, "just some notes\n").unwrap();
@@ -312,7 +312,7 @@ fn a_restart_says_what_was_lost_and_the_status_says_it_happened() {
 /// again, not trusted.
 #[test]
 fn compiled_modules_are_cached_between_runs() {
-    let cache = std::env::temp_dir().join(format!("shmrt-cache-{}", std::process::id()));
+    let cache = common::TempDir::new("cache");
     let _ = std::fs::remove_dir_all(&cache);
     let run_with_cache = |extra: &[&str]| {
         let mut child = shmrt()
@@ -398,7 +398,7 @@ fn compiled_modules_are_cached_between_runs() {
 #[test]
 fn a_cache_directory_others_may_write_is_not_used() {
     use std::os::unix::fs::PermissionsExt;
-    let cache = std::env::temp_dir().join(format!("shmrt-open-cache-{}", std::process::id()));
+    let cache = common::TempDir::new("open-cache");
     let modules = cache.join("shmrt").join("modules");
     std::fs::create_dir_all(&modules).unwrap();
     for dir in [cache.join("shmrt"), modules.clone()] {
@@ -436,7 +436,7 @@ fn a_cache_directory_others_may_write_is_not_used() {
 #[test]
 fn a_cache_under_a_directory_others_may_write_is_not_used() {
     use std::os::unix::fs::PermissionsExt;
-    let open = std::env::temp_dir().join(format!("shmrt-open-parent-{}", std::process::id()));
+    let open = common::TempDir::new("open-parent");
     let _ = std::fs::remove_dir_all(&open);
     let cache = open.join("cache");
     std::fs::create_dir_all(&cache).unwrap();
@@ -472,7 +472,7 @@ fn a_cache_under_a_directory_others_may_write_is_not_used() {
 /// is written to the cache.
 #[test]
 fn a_refused_module_is_not_compiled_into_the_cache() {
-    let cache = std::env::temp_dir().join(format!("shmrt-refused-cache-{}", std::process::id()));
+    let cache = common::TempDir::new("refused-cache");
     let _ = std::fs::remove_dir_all(&cache);
     let plain = common::write_wat(
         "refused-cache",
@@ -501,7 +501,7 @@ fn a_refused_module_is_not_compiled_into_the_cache() {
 /// file alone (before: the file was removed at exit).
 #[test]
 fn a_segment_path_that_exists_is_left_alone() {
-    let dir = std::env::temp_dir().join(format!("shmrt-precious-{}", std::process::id()));
+    let dir = common::TempDir::new("precious");
     std::fs::create_dir_all(&dir).unwrap();
     let precious = dir.join("precious.txt");
     std::fs::write(&precious, b"keep me").unwrap();

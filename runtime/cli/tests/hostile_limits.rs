@@ -231,7 +231,7 @@ fn a_log_flood_is_rate_limited_and_counted() {
 /// guest's thread is left behind), instead of never.
 #[test]
 fn a_fifo_in_a_dir_does_not_hold_the_run_past_its_timeout() {
-    let dir = std::env::temp_dir().join(format!("shmrt-fifo-dir-{}", std::process::id()));
+    let dir = common::TempDir::new("fifo-dir");
     std::fs::create_dir_all(&dir).unwrap();
     let fifo = dir.join("fifo");
     let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
