@@ -41,8 +41,8 @@ pub mod log;
 mod channel;
 
 pub use channel::{
-    Channel, DEFAULT_SLOT_WAIT_NS, EXIT_SLOTS_EXHAUSTED, Inbox, Message, OpenError, Outbox,
-    SendError,
+    BATCH_BUDGET_NS, Channel, DEFAULT_SLOT_WAIT_NS, EXIT_SLOTS_EXHAUSTED, Inbox, Message,
+    OpenError, Outbox, SendError,
 };
 pub use shmrt_primitives as primitives;
 
