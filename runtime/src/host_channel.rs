@@ -903,14 +903,7 @@ fn room_freed(shared: &SandboxShared) {
         // A guest on the host's thread that waits for room runs again
         // when a host end runs it: a fiber's poller, or a task waiting.
         Execution::Fiber | Execution::Callback => {
-            shared.host_moved();
-            std::sync::atomic::fence(Ordering::SeqCst);
-            shared.fiber_wake.wake_fenced();
-            shared.host_task.wake_fenced();
-            let bell = &shared.peer().h2g_doorbell;
-            if shared.execution == Execution::Callback && shared.doorbells && bell.has_waiters() {
-                doorbell_futex::ring(bell);
-            }
+            wake_who_runs_the_guest(shared, &shared.peer().h2g_doorbell)
         }
     }
 }
@@ -925,19 +918,21 @@ fn notify(shared: &SandboxShared, bell: &shmrt_primitives::Doorbell) {
                 doorbell_futex::ring(bell);
             }
         }
-        Execution::Fiber | Execution::Callback => {
-            // Whoever runs the guest next: a fiber's poller, a task
-            // waiting (the other end's, maybe), or a host thread parked
-            // on this bell. One fence for all (the eventcount's and the
-            // wake slots').
-            shared.host_moved();
-            std::sync::atomic::fence(Ordering::SeqCst);
-            shared.fiber_wake.wake_fenced();
-            shared.host_task.wake_fenced();
-            if shared.execution == Execution::Callback && shared.doorbells && bell.has_waiters() {
-                doorbell_futex::ring(bell);
-            }
-        }
+        Execution::Fiber | Execution::Callback => wake_who_runs_the_guest(shared, bell),
+    }
+}
+
+/// A guest on the host's thread: wakes whoever runs it next, a fiber's
+/// poller, a task waiting (the other end's, maybe), or a host thread
+/// parked on `bell`. One fence for all (the eventcount's and the wake
+/// slots').
+fn wake_who_runs_the_guest(shared: &SandboxShared, bell: &shmrt_primitives::Doorbell) {
+    shared.host_moved();
+    std::sync::atomic::fence(Ordering::SeqCst);
+    shared.fiber_wake.wake_fenced();
+    shared.host_task.wake_fenced();
+    if shared.execution == Execution::Callback && shared.doorbells && bell.has_waiters() {
+        doorbell_futex::ring(bell);
     }
 }
 

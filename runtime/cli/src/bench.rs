@@ -122,32 +122,26 @@ pub struct Ratio {
 }
 
 impl Ratio {
-    const fn at_least(
-        key: &'static str,
-        numerator: &'static str,
-        denominator: &'static str,
-        target: f64,
-    ) -> Self {
-        Ratio {
-            key,
-            numerator,
-            denominator,
-            at_least: true,
-            target,
-        }
+    const fn at_least(key: &'static str, num: &'static str, den: &'static str, t: f64) -> Self {
+        Ratio::new(key, num, den, true, t)
     }
 
-    const fn at_most(
+    const fn at_most(key: &'static str, num: &'static str, den: &'static str, t: f64) -> Self {
+        Ratio::new(key, num, den, false, t)
+    }
+
+    const fn new(
         key: &'static str,
         numerator: &'static str,
         denominator: &'static str,
+        at_least: bool,
         target: f64,
     ) -> Self {
         Ratio {
             key,
             numerator,
             denominator,
-            at_least: false,
+            at_least,
             target,
         }
     }
