@@ -30,7 +30,7 @@ cargo clippy --workspace --all-targets -- -D warnings
 # The guest crates build for wasm32 with the flags in their own
 # .cargo/config.toml (their libraries only: no_std crates have no test
 # harness there).
-for dir in examples/bench-guest examples/checksum examples/echo examples/upper \
+for dir in examples/bench-guest examples/checksum examples/echo examples/text-tools examples/upper \
     runtime/tests/guests/probe runtime/tests/guests/slow-handler runtime/tests/guests/std-echo; do
     (cd "$dir" && CARGO_TARGET_DIR="$OLDPWD/target/guests-clippy" cargo clippy -- -D warnings)
 done

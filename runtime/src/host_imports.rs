@@ -92,6 +92,15 @@ pub(crate) fn add_to_linker(
     linker.func_wrap(MODULE, "now_ns", |c: Caller<'_, SandboxState>| -> u64 {
         c.data().shared.started.elapsed().as_nanos() as u64
     })?;
+    linker.func_wrap(MODULE, "config_get", crate::host_functions::config_get)?;
+    linker.func_wrap(
+        MODULE,
+        "host_call",
+        |c: Caller<'_, SandboxState>, a, b, cc, d, e, f| {
+            crate::host_functions::host_call(c, (a, b, cc, d, e, f))
+        },
+    )?;
+    linker.func_wrap(MODULE, "host_result", crate::host_functions::host_result)?;
     Ok(())
 }
 

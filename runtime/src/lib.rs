@@ -17,6 +17,7 @@
 //! # Ok::<(), shmrt::SandboxError>(())
 //! ```
 
+mod calls;
 pub mod doorbell_futex;
 mod epoch_ticker;
 pub mod error;
@@ -25,6 +26,7 @@ mod guest_output;
 mod guest_stack;
 mod guest_thread;
 mod host_channel;
+mod host_functions;
 pub mod host_imports;
 pub mod host_segment;
 pub mod inspect;
@@ -46,9 +48,11 @@ pub mod supervise;
 mod wake_timer;
 mod wasi_poll;
 
+pub use calls::{CallError, Caller, PendingCall, call_codes};
 pub use error::SandboxError;
 pub use guest_output::escape_line;
 pub use guest_stack::{GUEST_ENTRY_STACK, GUEST_THREAD_STACK, MAX_WASM_STACK};
+pub use host_functions::{HostFnError, HostFunctions, HostOutput, MAX_CONFIG_BYTES};
 pub use host_segment::HostSegment;
 pub use plugin::Plugin;
 pub use sandbox::{

@@ -407,6 +407,8 @@ pub(crate) struct SandboxState {
     pub poll_backoff: Duration,
     /// The runtime's epoch ticker, told when this guest waits in the host.
     pub ticker: Arc<crate::epoch_ticker::TickerState>,
+    /// Host functions, configuration and the pending host-call result.
+    pub contract: crate::host_functions::ContractState,
 }
 
 impl SandboxState {
@@ -425,7 +427,12 @@ impl SandboxState {
     ) -> Result<Self, String> {
         let clock_origin = Instant::now();
         let log_rate = host_imports::LogRate::new(clock_origin);
+        let contract = crate::host_functions::ContractState::new(
+            &options.config,
+            options.host_functions.as_ref(),
+        )?;
         Ok(SandboxState {
+            contract,
             wasi: if wasi {
                 Some(build_wasi(options, &log_rate, &shared, clock_origin)?)
             } else {
