@@ -45,6 +45,7 @@ step "the embedding example"
 # each unify other features).
 target/debug/examples/embed "$(target/debug/shmrt build examples/upper)"
 target/debug/examples/many "$(target/debug/shmrt build examples/echo)" --count 200 --rounds 3
+target/debug/examples/calls-host "$(target/debug/shmrt build examples/text-tools)"
 
 step "no_std builds for wasm32"
 cargo build -p shmrt-primitives --target wasm32-unknown-unknown
