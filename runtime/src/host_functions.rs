@@ -213,6 +213,8 @@ pub(crate) struct ContractState {
     config: Arc<BTreeMap<String, String>>,
     /// The pending result of the last host call.
     pending: Option<Vec<u8>>,
+    /// The guest's `memory`, once looked up.
+    memory: Option<Memory>,
 }
 
 impl ContractState {
@@ -227,6 +229,7 @@ impl ContractState {
             functions: functions.cloned(),
             config: Arc::clone(config),
             pending: None,
+            memory: None,
         })
     }
 }
@@ -267,8 +270,14 @@ fn guest_range(
     (end <= size).then_some((start, len as usize))
 }
 
+/// The guest's exported `memory`, looked up once per sandbox.
 fn memory_of(c: &mut Caller<'_, SandboxState>) -> Option<Memory> {
-    c.get_export("memory").and_then(|e| e.into_memory())
+    if let Some(memory) = c.data().contract.memory {
+        return Some(memory);
+    }
+    let memory = c.get_export("memory").and_then(|e| e.into_memory())?;
+    c.data_mut().contract.memory = Some(memory);
+    Some(memory)
 }
 
 /// The `config-get` import.
@@ -325,28 +334,25 @@ pub(crate) fn host_call(
     let (Some(name), Some(input), Some(out)) = ranges else {
         return import_codes::BAD_ARGUMENT;
     };
-    let mut name_bytes = vec![0u8; name.1.min(256)];
-    if name.1 > 255 || memory.read(&c, name.0, &mut name_bytes).is_err() {
-        return import_codes::BAD_ARGUMENT;
-    }
-    let Ok(name) = String::from_utf8(name_bytes) else {
+    let mut name_buf = [0u8; 255];
+    let Some(name_bytes) = name_buf.get_mut(..name.1) else {
         return import_codes::BAD_ARGUMENT;
     };
-    let shared = Arc::clone(&c.data().shared);
+    if memory.read(&c, name.0, name_bytes).is_err() {
+        return import_codes::BAD_ARGUMENT;
+    }
+    let Ok(name) = std::str::from_utf8(name_bytes) else {
+        return import_codes::BAD_ARGUMENT;
+    };
+    let base = memory.data_ptr(&c);
+    let state = c.data();
+    let shared = &state.shared;
     if shared.stop.load(std::sync::atomic::Ordering::Acquire) {
         return import_codes::REFUSED;
     }
-    let Some(f) = c
-        .data()
-        .contract
-        .functions
-        .as_ref()
-        .and_then(|fs| fs.get(&name))
-        .cloned()
-    else {
+    let Some(f) = state.contract.functions.as_ref().and_then(|fs| fs.get(name)) else {
         return import_codes::NOT_FOUND;
     };
-    let base = memory.data_ptr(&c);
     // SAFETY: both ranges were checked to lie inside the guest's linear
     // memory, which stays mapped and does not grow while the host function
     // runs: the guest is suspended in this import, only it can grow its
@@ -365,16 +371,12 @@ pub(crate) fn host_call(
         spilled: None,
     };
     let ran = {
-        let _inside = InHostFunction::enter(&shared);
+        let _inside = InHostFunction::enter(shared);
         catch_unwind(AssertUnwindSafe(|| f(input, &mut output)))
     };
     let (len, spilled) = (output.len, output.spilled);
-    let pending = &mut c.data_mut().contract.pending;
-    match ran {
-        Ok(Ok(())) => {
-            *pending = spilled;
-            len as i64
-        }
+    let result = match ran {
+        Ok(Ok(())) => return finish(&mut c, spilled, len as i64),
         Ok(Err(e)) => {
             let mut result = e.code.to_le_bytes().to_vec();
             let cut = e.message.len().min(MAX_HOST_ERROR_MESSAGE);
@@ -383,8 +385,7 @@ pub(crate) fn host_call(
                 .find(|&i| e.message.is_char_boundary(i))
                 .unwrap_or(0);
             result.extend_from_slice(&e.message.as_bytes()[..cut]);
-            *pending = Some(result);
-            import_codes::FAILED
+            (result, import_codes::FAILED)
         }
         Err(panic) => {
             let message = panic
@@ -398,10 +399,16 @@ pub(crate) fn host_call(
             );
             let mut result = 0i32.to_le_bytes().to_vec();
             result.extend_from_slice(message.as_bytes());
-            *pending = Some(result);
-            import_codes::PANICKED
+            (result, import_codes::PANICKED)
         }
-    }
+    };
+    finish(&mut c, Some(result.0), result.1)
+}
+
+/// Keeps `pending` for `host-result` and gives `code`.
+fn finish(c: &mut Caller<'_, SandboxState>, pending: Option<Vec<u8>>, code: i64) -> i64 {
+    c.data_mut().contract.pending = pending;
+    code
 }
 
 /// The `host-result` import.
