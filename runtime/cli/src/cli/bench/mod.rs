@@ -3,8 +3,11 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use crate::bench::{self, BenchPlan};
 use clap::Args;
+
+mod workloads;
+
+use workloads::{self as bench, BenchPlan};
 
 use super::Failure;
 
