@@ -83,6 +83,9 @@ impl Feeder {
         }
     }
 
+    /// The stdin thread: feeds `input` until it ends or fails (a failure
+    /// is kept in `error`), then says goodbye to the current sandbox and,
+    /// through `eof`, to any handed over later.
     fn run(&self, input: impl BufRead, framing: Framing, chunk: usize) {
         let mut progress = Progress::new();
         let result = self.feed(input, framing, chunk, &mut progress);
