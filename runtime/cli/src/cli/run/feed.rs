@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use shmrt::primitives::layout::{SegmentConfig, SegmentLayout};
+use shmrt::primitives::layout::SegmentConfig;
 use shmrt::{HostSender, ReadSend, SandboxError, SendReadError};
 
 use super::framing::{Framing, read_len32};
@@ -40,9 +40,7 @@ impl Feeder {
     ) -> anyhow::Result<Arc<Feeder>> {
         // The largest message the segment carries bounds what stdin may
         // make us buffer (a line or a len32 record).
-        let max_message = SegmentLayout::compute(segment)
-            .map(|l| l.max_slot_payload().max(l.max_inline_payload()) as usize)
-            .unwrap_or(usize::MAX);
+        let max_message = super::framing::max_message(segment);
         let feeder = Arc::new(Feeder {
             max_message,
             ..Feeder::default()

@@ -24,6 +24,13 @@ pub(super) enum Framing {
     Len32,
 }
 
+/// The largest message `segment` carries (a slot's payload, or inline).
+pub(super) fn max_message(segment: &SegmentConfig) -> usize {
+    SegmentLayout::compute(segment)
+        .map(|l| l.max_slot_payload().max(l.max_inline_payload()) as usize)
+        .unwrap_or(usize::MAX)
+}
+
 /// The size of a raw message, `--chunk` (default 64 KiB) checked against
 /// `segment`; 0 for the other framings, which `--chunk` does not apply to.
 pub(super) fn raw_chunk(

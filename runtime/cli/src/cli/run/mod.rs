@@ -14,6 +14,7 @@
 //! - [`signals`]: SIGINT, SIGTERM and SIGHUP, and the named segment file
 //!   removed as the run ends.
 
+mod calls;
 mod feed;
 mod framing;
 mod options;
@@ -61,6 +62,9 @@ impl RunCommand {
             && !plugin.imports_shmrt()
         {
             return self.run_plain_command(&runtime, &plugin, options, &interrupts);
+        }
+        if let Some(function) = &self.call {
+            return self.run_calls(function, &runtime, &wasm, options, chunk, &interrupts);
         }
         self.run_plugin(&runtime, &wasm, &options, chunk, &interrupts, &segment)
     }

@@ -109,6 +109,20 @@ pub struct RunCommand {
     /// `thread`.
     #[arg(long = "exec", value_name = "MODE", value_parser = parse_execution)]
     pub(super) execution: Option<Execution>,
+    /// Call the plugin's exported function NAME once per input message
+    /// (plugins made with `shmrt_guest::exports!` or `plugin!`): each
+    /// call's output is written with the same framing; a call's error is
+    /// reported on stderr and the run goes on (exit status 5 at the end).
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["attach", "segment"])]
+    pub(super) call: Option<String>,
+    /// Configuration for the plugin, KEY=VALUE (repeatable); it reads it
+    /// with `shmrt_guest::config::get`. Given after --config-file, it wins.
+    #[arg(long = "config", value_name = "KEY=VALUE")]
+    pub(super) config: Vec<String>,
+    /// Configuration from a file: one KEY=VALUE a line; blank lines and
+    /// lines starting with `#` are skipped.
+    #[arg(long, value_name = "PATH")]
+    pub(super) config_file: Option<PathBuf>,
     /// Compile the plugin afresh and keep nothing: by default compiled
     /// modules are kept in $XDG_CACHE_HOME/shmrt (or ~/.cache/shmrt),
     /// keyed by the module's bytes and the engine's settings, so that a
@@ -202,11 +216,43 @@ impl RunCommand {
                 replace_stale: self.replace_stale,
             };
         }
+        options.config = std::sync::Arc::new(self.config()?);
         options.fuel = self.fuel;
         options.max_memory = self
             .max_memory
             .map(|m| usize::try_from(m).unwrap_or(usize::MAX));
         Ok(options)
+    }
+
+    /// The plugin's configuration: --config-file's lines, then --config.
+    fn config(&self) -> Result<std::collections::BTreeMap<String, String>, Failure> {
+        let mut config = std::collections::BTreeMap::new();
+        if let Some(path) = &self.config_file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("--config-file {}: cannot read it", path.display()))
+                .map_err(Failure::usage)?;
+            for (i, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let (k, v) = line.split_once('=').ok_or_else(|| {
+                    Failure::usage(anyhow::anyhow!(
+                        "--config-file {} line {}: expected KEY=VALUE",
+                        path.display(),
+                        i + 1
+                    ))
+                })?;
+                config.insert(k.trim().to_string(), v.trim().to_string());
+            }
+        }
+        for c in &self.config {
+            let (k, v) = c.split_once('=').ok_or_else(|| {
+                Failure::usage(anyhow::anyhow!("--config {c}: expected KEY=VALUE"))
+            })?;
+            config.insert(k.to_string(), v.to_string());
+        }
+        Ok(config)
     }
 
     /// The runtime: fuel metering when `--fuel` is given, the module

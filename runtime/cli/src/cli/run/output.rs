@@ -181,7 +181,7 @@ pub(super) fn output_failure(end: &Result<i32, SandboxError>) -> Option<Failure>
 /// Ends the process by SIGPIPE, as a writer to a closed pipe does by
 /// default (a shell reports status 141); Rust ignores SIGPIPE, so it is
 /// restored and raised here once everything is cleaned up.
-fn die_of_sigpipe() -> ! {
+pub(super) fn die_of_sigpipe() -> ! {
     // SAFETY: plain libc calls; restoring the default action and raising
     // the signal ends the process.
     unsafe {
