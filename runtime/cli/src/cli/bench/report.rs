@@ -112,7 +112,7 @@ struct MeasuredRatio {
 }
 
 /// Ratio keys, their definitions and targets.
-const RATIOS: [Ratio; 15] = [
+const RATIOS: [Ratio; 18] = [
     Ratio::at_most("guest_rtt_vs_native", "rtt_guest_spin", "rtt_native", 1.2),
     Ratio::at_least(
         "guest_stream_vs_native",
@@ -162,6 +162,24 @@ const RATIOS: [Ratio; 15] = [
         "copy_call_1mib",
         "slot_1mib_callback",
         2.5,
+    ),
+    Ratio::at_most(
+        "call_64b_vs_callback_rtt",
+        "call_64b",
+        "rtt_guest_callback",
+        1.15,
+    ),
+    Ratio::at_most(
+        "host_call_64b_vs_copy",
+        "host_call_64b",
+        "copy_host_call_64b",
+        1.5,
+    ),
+    Ratio::at_least(
+        "host_call_1mib_vs_copy",
+        "copy_host_call_1mib",
+        "host_call_1mib",
+        2.0,
     ),
     Ratio::at_most(
         "spawn_vs_plain_wasmtime",

@@ -1,10 +1,12 @@
 //! The in-process ladder of workloads ([`run`]), one file per family:
 //! round trips across two cores ([`round_trips`]), streams and payloads
 //! in slots ([`slots`]), the guest on the host's thread ([`host_thread`]),
-//! spawn cost and density ([`density`]); the copy-call baseline
+//! calls by name and host functions ([`calls`]), spawn cost and density
+//! ([`density`]); the copy-call baseline
 //! ([`copy_call`]); and what the families share: spawning and ending a
 //! bench guest, a heap segment between two native threads, a native peer.
 
+mod calls;
 mod copy_call;
 mod density;
 mod host_thread;
@@ -43,6 +45,8 @@ pub(super) fn run(
     slots::record(&runtime, guest, plan, &cpus, &mut measured, step)?;
     // The guest on the host's thread: no core to cross.
     host_thread::record(&runtime, guest, plan, &mut measured, step)?;
+    // The plugin contract: calls by name, host functions.
+    calls::record(&runtime, guest, plan, &mut measured, step)?;
     step(&format!("density: {} sandboxes", plan.sandboxes));
     let notes = density::record(&runtime, guest, plan, &mut measured)?;
     let mut not_measured = Vec::new();
