@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use shmrt_primitives::call_header::{
     CALL_HEADER_SIZE, CallHeader, CallKind, FAILURE_CODE_SIZE, MAX_CALL_NAME, call_len,
-    padded_name_len, write_call,
+    padded_name_len,
 };
 use shmrt_primitives::{SharedBytes, SharedBytesMut};
 
@@ -149,11 +149,22 @@ fn send_call(
     input_len: usize,
     fill: impl FnOnce(SharedBytesMut<'_>),
 ) -> Result<(), SandboxError> {
-    let mut head = [0u8; CALL_HEADER_SIZE + MAX_CALL_NAME + 1];
-    let at = write_call(&mut head, call_id, function).expect("the name was checked");
-    debug_assert_eq!(at, CALL_HEADER_SIZE + padded_name_len(function.len()));
-    sender.send_with(call_len(function.len(), input_len), |mut out| {
-        out.write_at(0, &head[..at]);
+    let name = function.as_bytes();
+    let at = CALL_HEADER_SIZE + padded_name_len(name.len());
+    let header = CallHeader {
+        kind: CallKind::Call {
+            name_len: u8::try_from(name.len()).expect("the name was checked"),
+        },
+        call_id,
+    }
+    .encode();
+    sender.send_with(call_len(name.len(), input_len), |mut out| {
+        out.write_at(0, &header);
+        out.write_at(CALL_HEADER_SIZE, name);
+        out.write_at(
+            CALL_HEADER_SIZE + name.len(),
+            &[0; 7][..at - CALL_HEADER_SIZE - name.len()],
+        );
         let input = out.get_mut(at..).expect("the payload holds the input");
         fill(input);
     })
@@ -318,20 +329,19 @@ impl Sandbox {
         timeout: Option<Duration>,
         read: impl FnOnce(SharedBytes<'_>) -> R,
     ) -> Result<R, CallError> {
-        let sandbox = self.handle.shared.name.clone();
-        check_name(&sandbox, function)?;
-        refuse_reentry(identity(&self.handle.shared), &sandbox, function)?;
-        let call_id = self.next_call_id;
-        self.next_call_id = self.next_call_id.wrapping_add(1);
-        send_call(&mut self.sender, call_id, function, input_len, fill)?;
-        wait_reply(
-            &mut self.receiver,
-            &sandbox,
-            call_id,
-            function,
-            timeout,
-            read,
-        )
+        let Sandbox {
+            sender,
+            receiver,
+            handle,
+            next_call_id,
+        } = self;
+        let sandbox = handle.shared.name.as_str();
+        check_name(sandbox, function)?;
+        refuse_reentry(identity(&handle.shared), sandbox, function)?;
+        let call_id = *next_call_id;
+        *next_call_id = call_id.wrapping_add(1);
+        send_call(sender, call_id, function, input_len, fill)?;
+        wait_reply(receiver, sandbox, call_id, function, timeout, read)
     }
 
     /// Says goodbye, reads and drops what the guest still sends, and joins
