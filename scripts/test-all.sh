@@ -8,6 +8,15 @@ rustup component add clippy rustfmt || echo "note: could not add clippy/rustfmt 
 
 step() { printf '\n== %s\n' "$*"; }
 
+# Zig builds the C and Zig plugins (tests/c_and_zig_guests.rs); pip's
+# package works offline once installed. Debian's pip may refuse without
+# --break-system-packages: try both.
+if ! python3 -m ziglang version >/dev/null 2>&1; then
+    python3 -m pip install --user ziglang ||
+        python3 -m pip install --user --break-system-packages ziglang ||
+        echo "note: could not install Zig; the C and Zig guest tests will say SKIPPED"
+fi
+
 # A test run needs about 4 GiB of disk (2.6 GiB measured from a clean clone
 # before the Miri step and six more test binaries); say what there is, so
 # that a full disk is told apart from a failing test.
@@ -21,7 +30,7 @@ step "doc links (README, CHANGELOG, docs/)"
 step "format"
 cargo fmt --all -- --check
 # The guest crates, examples and fuzz targets are crates of their own.
-for manifest in examples/*/Cargo.toml runtime/tests/guests/*/Cargo.toml fuzz/Cargo.toml; do
+for manifest in examples/*/Cargo.toml runtime/tests/guests/*/Cargo.toml guest-sdk/c/Cargo.toml fuzz/Cargo.toml; do
     cargo fmt --check --manifest-path "$manifest"
 done
 
@@ -34,6 +43,11 @@ for dir in examples/bench-guest examples/checksum examples/echo examples/text-to
     runtime/tests/guests/probe runtime/tests/guests/slow-handler runtime/tests/guests/std-echo; do
     (cd "$dir" && CARGO_TARGET_DIR="$OLDPWD/target/guests-clippy" cargo clippy -- -D warnings)
 done
+# The SDK's C ABI: for wasm32 (what plugins link) and on the host (its
+# unit tests of the handle table, run here too).
+(cd guest-sdk/c && CARGO_TARGET_DIR="$OLDPWD/target/guests-clippy" cargo clippy --target wasm32-unknown-unknown -- -D warnings)
+(cd guest-sdk/c && CARGO_TARGET_DIR="$OLDPWD/target/guests-clippy" cargo clippy --all-targets -- -D warnings)
+(cd guest-sdk/c && CARGO_TARGET_DIR="$OLDPWD/target/guests-clippy" cargo test)
 cargo clippy --manifest-path fuzz/Cargo.toml --all-targets --target-dir target/fuzz-clippy -- -D warnings
 
 step "unit, integration, compatibility and property tests (guests are built from source)"

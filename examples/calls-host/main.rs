@@ -65,7 +65,10 @@ fn main() -> anyhow::Result<()> {
     let greeting = sandbox.call("greet", b"Grace")?;
     println!("greet (config) -> {}", String::from_utf8_lossy(&greeting));
     let user = sandbox.call("lookup", b"user:42")?;
-    println!("lookup (host function) -> {}", String::from_utf8_lossy(&user));
+    println!(
+        "lookup (host function) -> {}",
+        String::from_utf8_lossy(&user)
+    );
     match sandbox.call("checked_div", br#"{"num": 1, "den": 0}"#) {
         Err(CallError::Plugin { code, message, .. }) => {
             println!("checked_div -> plugin error {code}: {message}")

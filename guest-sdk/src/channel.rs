@@ -465,6 +465,13 @@ impl Channel {
         self.inbox.host_goodbye()
     }
 
+    /// The segment this channel works in, a copy of its view: to read the
+    /// header (`segment().header().host_goodbye()`) while the inbox and
+    /// the outbox are borrowed (the C ABI of this SDK keeps one).
+    pub fn segment(&self) -> Segment {
+        self.inbox.segment
+    }
+
     /// The request/response shape: calls `handler` with each message's
     /// payload (in place) and the outbox to answer with, until the host
     /// says goodbye and everything is read. Returns the exit status: 0, or
@@ -711,6 +718,58 @@ impl Outbox {
         self.slot_wait_ns = ns;
     }
 
+    /// Reserves room for a message of `len` bytes, inline or in a slot by
+    /// size, waiting for it as [`Self::send_with`] does: fill the bytes in
+    /// place ([`Reservation::as_mut_slice`]), then
+    /// [`Reservation::commit`]; dropped uncommitted, the room is given
+    /// back. For callers that can not hand over a closure (the C ABI).
+    pub fn reserve(&mut self, len: usize) -> Result<Reservation<'_>, SendError> {
+        let mut room = RoomWait::new();
+        let mut exhausted_since: Option<u64> = None;
+        let tx: *mut Sender = &mut self.tx;
+        loop {
+            // SAFETY: `tx` points to `self.tx`, borrowed mutably through
+            // `self` for the whole call, and nothing else reaches that
+            // field meanwhile. The raw pointer only lets the borrow be
+            // returned on `Ok` while the loop goes on after an `Err`
+            // (which holds no borrow): what the borrow checker can not
+            // see yet (NLL "problem case 3").
+            let refused = match unsafe { &mut *tx }.reserve(len) {
+                Ok(inner) => {
+                    return Ok(Reservation {
+                        inner,
+                        len,
+                        segment: self.segment,
+                        index: self.index,
+                        untold: &mut self.untold,
+                    });
+                }
+                Err(e) => e,
+            };
+            match refused {
+                channel::SendError::Full => {
+                    exhausted_since = None;
+                    self.tell_untold();
+                    room.once().map_err(|()| SendError::WouldBlock { len })?;
+                }
+                channel::SendError::Exhausted => {
+                    let now = host::now_ns();
+                    let since = *exhausted_since.get_or_insert(now);
+                    let waited = now.saturating_sub(since);
+                    if u64::try_from(self.slot_wait_ns).is_ok_and(|bound| waited > bound) {
+                        return Err(self.exhausted(len, waited));
+                    }
+                    self.tell_untold();
+                    room.once().map_err(|()| SendError::WouldBlock { len })?;
+                }
+                channel::SendError::TooLarge { len, max } => {
+                    return Err(SendError::TooLarge { len, max });
+                }
+                channel::SendError::Protocol(e) => return Err(SendError::Protocol(e)),
+            }
+        }
+    }
+
     /// [`Self::send_with`] whose `fill` says how many of the `len` bytes
     /// to send (more is cut).
     #[inline(always)]
@@ -864,6 +923,48 @@ impl Outbox {
     /// Largest payload sent inline in the ring.
     pub fn max_inline(&self) -> u32 {
         self.tx.max_inline()
+    }
+}
+
+/// Room for one message, reserved by [`Outbox::reserve`]: ring bytes, and
+/// a slot when the message does not go inline. Dropping it uncommitted
+/// gives everything back.
+#[derive(Debug)]
+pub struct Reservation<'a> {
+    inner: channel::Reservation<'a>,
+    len: usize,
+    segment: Segment,
+    index: u32,
+    untold: &'a mut u32,
+}
+
+impl Reservation<'_> {
+    /// The reserved payload bytes, in place in the ring or the slot.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as in `Message::as_bytes`, the host is trusted; it never
+        // touches bytes we reserved.
+        unsafe { self.inner.as_mut_slice() }
+    }
+
+    /// Bytes reserved.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no bytes are reserved.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Sends the first `len` bytes (at most those reserved: more is cut)
+    /// and tells the host, as [`Outbox::send`] does.
+    pub fn commit(mut self, len: usize) {
+        self.inner.truncate(len);
+        self.inner.commit();
+        if !IN_CALLBACK.get() {
+            *self.untold = 0;
+            notify_host(&self.segment, self.index);
+        }
     }
 }
 

@@ -51,7 +51,7 @@ pub use calls::Json;
 pub use calls::{Error, Failure};
 pub use channel::{
     BATCH_BUDGET_NS, Channel, DEFAULT_SLOT_WAIT_NS, EXIT_SLOTS_EXHAUSTED, Inbox, Message,
-    OpenError, Outbox, SendError,
+    OpenError, Outbox, Reservation, SendError,
 };
 pub use shmrt_primitives as primitives;
 

@@ -350,7 +350,12 @@ pub(crate) fn host_call(
     if shared.stop.load(std::sync::atomic::Ordering::Acquire) {
         return import_codes::REFUSED;
     }
-    let Some(f) = state.contract.functions.as_ref().and_then(|fs| fs.get(name)) else {
+    let Some(f) = state
+        .contract
+        .functions
+        .as_ref()
+        .and_then(|fs| fs.get(name))
+    else {
         return import_codes::NOT_FOUND;
     };
     // SAFETY: both ranges were checked to lie inside the guest's linear

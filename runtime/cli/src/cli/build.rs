@@ -8,7 +8,7 @@ use std::process::{Command, ExitCode, Stdio};
 use anyhow::{Context, bail};
 use clap::Args;
 
-use super::Failure;
+use super::{Failure, build_native};
 
 /// The flags every guest needs: without atomics a guest polling its ring
 /// can hang forever.
@@ -30,11 +30,22 @@ pub struct BuildCommand {
     /// else wasm32-unknown-unknown.
     #[arg(long)]
     target: Option<String>,
+    /// For C, C++ and Zig plugins: the guest SDK whose C ABI they link, as
+    /// `shmrt new --sdk` takes it; default: the one `shmrt new` finds.
+    #[arg(long, value_name = "PATH")]
+    sdk: Option<PathBuf>,
 }
 
 impl BuildCommand {
     pub fn execute(self) -> Result<ExitCode, Failure> {
-        let wasm = build(&self.dir, self.target.as_deref(), !self.debug)?;
+        let wasm = if self.dir.join("Cargo.toml").is_file() {
+            build(&self.dir, self.target.as_deref(), !self.debug)?
+        } else if let Some((lang, sources)) = build_native::detect(&self.dir)? {
+            let sdk = super::new::find_sdk(self.sdk.as_deref())?;
+            build_native::build(&self.dir, lang, &sources, &sdk)?
+        } else {
+            build(&self.dir, self.target.as_deref(), !self.debug)?
+        };
         println!("{}", wasm.display());
         Ok(ExitCode::SUCCESS)
     }
@@ -45,7 +56,8 @@ pub fn build(dir: &Path, target: Option<&str>, release: bool) -> anyhow::Result<
     let manifest = dir.join("Cargo.toml");
     if !manifest.is_file() {
         bail!(
-            "{} has no Cargo.toml: give the directory of a guest crate",
+            "{} has no Cargo.toml, C/C++ sources, main.zig or shmrt.toml: give the directory of a \
+             plugin",
             dir.display()
         );
     }

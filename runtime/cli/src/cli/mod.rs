@@ -2,6 +2,7 @@
 
 mod bench;
 mod build;
+mod build_native;
 mod exit_codes;
 mod inspect;
 mod new;
@@ -33,7 +34,7 @@ pub enum Command {
     New(new::NewCommand),
     /// Run a plugin; stdin is cut into messages for it, its messages go to stdout.
     Run(Box<run::RunCommand>),
-    /// Build the guest crate in DIR for wasm32 and print the path of the .wasm.
+    /// Build the plugin in DIR (Rust, C, C++ or Zig) for wasm32 and print the path of the .wasm.
     Build(build::BuildCommand),
     /// Show a segment file: header, peers, rings, slot pool; validated as read.
     Inspect(inspect::InspectCommand),

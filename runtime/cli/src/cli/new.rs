@@ -26,6 +26,29 @@ pub struct NewCommand {
     /// files). Still a `cdylib` whose handler the SDK exports: no `main`.
     #[arg(long)]
     std: bool,
+    /// The plugin's language: `rust` (a crate), `c` or `zig` (built with
+    /// Zig against the SDK's C ABI, `pip install ziglang`).
+    #[arg(long, value_enum, default_value = "rust")]
+    lang: Lang,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Lang {
+    Rust,
+    C,
+    Zig,
+}
+
+/// The guest SDK `shmrt new` and `shmrt build` use: `sdk` when given,
+/// else the one installed next to this binary, else the source tree.
+pub(super) fn find_sdk(sdk: Option<&Path>) -> anyhow::Result<PathBuf> {
+    match sdk {
+        Some(path) => sdk_at(path).context("--sdk"),
+        None => default_sdk(
+            std::env::current_exe().ok().as_deref(),
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."),
+        ),
+    }
 }
 
 /// Where an installed SDK lives, relative to the directory of the binary.
@@ -33,13 +56,28 @@ const SHIPPED_SDK: &str = "../share/shmrt/sdk";
 
 impl NewCommand {
     pub fn execute(self) -> Result<ExitCode, Failure> {
-        let sdk = match &self.sdk {
-            Some(path) => sdk_at(path).context("--sdk")?,
-            None => default_sdk(
-                std::env::current_exe().ok().as_deref(),
-                &Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."),
-            )?,
-        };
+        let sdk = find_sdk(self.sdk.as_deref())?;
+        if self.lang != Lang::Rust {
+            if self.std {
+                return Err(anyhow::anyhow!(
+                    "--std is for Rust plugins; a C plugin gets a libc with `libc = \"wasi\"` in \
+                     its shmrt.toml"
+                )
+                .into());
+            }
+            scaffold_native(&self.name, &sdk, self.lang)?;
+            let dir = self.name.display();
+            println!(
+                "created {} plugin {dir}",
+                if self.lang == Lang::C { "C" } else { "Zig" }
+            );
+            println!("next:");
+            if self.lang == Lang::C {
+                println!("  cd {dir} && ./test.sh              # the handler's test, native");
+            }
+            println!("  printf 'hello\\n' | shmrt run $(shmrt build {dir})");
+            return Ok(ExitCode::SUCCESS);
+        }
         let kind = if self.std { Kind::Std } else { Kind::NoStd };
         scaffold(&self.name, &sdk, kind)?;
         let dir = self.name.display();
@@ -306,6 +344,165 @@ mod tests {{
 "#
     )
 }
+
+/// A new C or Zig plugin: its handler answers each message with its bytes
+/// reversed, in place; a C plugin gets a native test of the handler
+/// against a mock of the three SDK functions it uses.
+fn scaffold_native(dir: &Path, sdk: &Path, lang: Lang) -> anyhow::Result<()> {
+    let name = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .with_context(|| format!("{} has no usable file name", dir.display()))?;
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        bail!("`{name}` is not a valid plugin name: use letters, digits, `-` and `_`");
+    }
+    if dir.exists() {
+        bail!(
+            "{} already exists; choose another name or remove it",
+            dir.display()
+        );
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    write(
+        &dir.join("shmrt.toml"),
+        &format!(
+            "# A shmrt plugin, built by `shmrt build .` with Zig against the guest SDK's C ABI.\n\
+             name = \"{name}\"\n\
+             # libc = \"wasi\"   # zig's wasi-libc, for code that needs stdlib.h and friends\n"
+        ),
+    )?;
+    write(&dir.join(".gitignore"), "/target\n")?;
+    match lang {
+        Lang::C => {
+            std::fs::create_dir_all(dir.join("src"))?;
+            std::fs::create_dir_all(dir.join("test"))?;
+            write(&dir.join("src/plugin.c"), &C_PLUGIN.replace("NAME", name))?;
+            write(&dir.join("test/test_plugin.c"), C_TEST)?;
+            let test = dir.join("test.sh");
+            let include = sdk.join("c/include");
+            let include = include
+                .to_str()
+                .with_context(|| format!("the SDK's path {} is not UTF-8", include.display()))?;
+            let quoted = format!("'{}'", include.replace('\'', r"'\''"));
+            write(&test, &C_TEST_SCRIPT.replace("INCLUDE", &quoted))?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&test, std::fs::Permissions::from_mode(0o755))?;
+            }
+        }
+        Lang::Zig => write(&dir.join("main.zig"), &ZIG_PLUGIN.replace("NAME", name))?,
+        Lang::Rust => unreachable!("Rust plugins are scaffolded by `scaffold`"),
+    }
+    Ok(())
+}
+
+const C_PLUGIN: &str = r#"/*
+ * NAME: a shmrt plugin in C. Each message from the host is answered with
+ * its bytes reversed, in place: a message in a slot goes back in that
+ * slot, with no copy.
+ *
+ * SHMRT_HANDLER exports the handler for every execution mode of the host
+ * (`shmrt run --exec thread|fiber|callback`).
+ *
+ * Build and run:  printf 'hello\n' | shmrt run $(shmrt build .)
+ * Test:           ./test.sh
+ */
+#include "shmrt_guest.h"
+
+/* Rewrites `len` bytes in place; the reply's length. */
+size_t reverse(uint8_t *bytes, size_t len, void *ctx) {
+    (void)ctx;
+    for (size_t i = 0, j = len; i + 1 < j; i++, j--) {
+        uint8_t t = bytes[i];
+        bytes[i] = bytes[j - 1];
+        bytes[j - 1] = t;
+    }
+    return len;
+}
+
+/* Answers one message: 0 goes on, anything else ends the plugin. */
+int32_t handle(shmrt_msg msg) {
+    return shmrt_reply_in_place(msg, reverse, 0);
+}
+
+SHMRT_HANDLER(handle)
+"#;
+
+const C_TEST: &str = r#"/*
+ * The handler's test, built natively (./test.sh): the SDK functions the
+ * handler calls are mocked here, so the handler runs as it would in the
+ * sandbox, on a message of the test's.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "shmrt_guest.h"
+
+int32_t handle(shmrt_msg msg);
+
+static uint8_t message[64];
+static size_t message_len;
+static int replies;
+
+int32_t shmrt_reply_in_place(shmrt_msg msg, shmrt_transform_fn transform, void *ctx) {
+    if (msg != 1 || transform == NULL) return SHMRT_E_HANDLE;
+    message_len = transform(message, message_len, ctx);
+    replies++;
+    return SHMRT_OK;
+}
+int32_t shmrt_serve(shmrt_handler_fn handler) { (void)handler; return 0; }
+int32_t shmrt_answer_queued(shmrt_handler_fn handler) { (void)handler; return 0; }
+
+int main(void) {
+    memcpy(message, "hello", 5);
+    message_len = 5;
+    if (handle(1) != 0 || replies != 1 || message_len != 5 || memcmp(message, "olleh", 5) != 0) {
+        fprintf(stderr, "FAIL: the handler answered %.*s\n", (int)message_len, message);
+        return 1;
+    }
+    printf("ok: the handler reverses the request in place\n");
+    return 0;
+}
+"#;
+
+const C_TEST_SCRIPT: &str = r#"#!/bin/sh
+# Builds the handler with a mock of the SDK, natively, and runs its test.
+set -eu
+cd "$(dirname "$0")"
+include=INCLUDE
+mkdir -p target
+python3 -m ziglang cc -I "$include" -o target/test_plugin test/test_plugin.c src/plugin.c
+./target/test_plugin
+"#;
+
+const ZIG_PLUGIN: &str = r#"//! NAME: a shmrt plugin in Zig. Each message from the host is answered
+//! with its bytes reversed, in place: a message in a slot goes back in
+//! that slot, with no copy. `shmrt build` gives it the module `shmrt`
+//! (the guest SDK's C ABI, wrapped with slices and error unions).
+//!
+//! Build and run:  printf 'hello\n' | shmrt run $(shmrt build .)
+const std = @import("std");
+const shmrt = @import("shmrt");
+
+/// Rewrites `bytes` in place; the reply's length.
+fn reverse(bytes: []u8) usize {
+    std.mem.reverse(u8, bytes);
+    return bytes.len;
+}
+
+fn handle(msg: shmrt.Message) shmrt.Error!void {
+    try msg.replyInPlace(reverse);
+}
+
+comptime {
+    shmrt.exportHandler(handle);
+}
+"#;
 
 fn write(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
