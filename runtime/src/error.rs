@@ -4,10 +4,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use shmrt_primitives::{LayoutError, ProtocolError};
+use shmrt_primitives::{HeaderError, LayoutError, ProtocolError};
 
 /// Why a sandbox could not be created, or how it ended badly.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SandboxError {
     /// An OS call failed.
     #[error("{what}")]
@@ -35,7 +36,7 @@ pub enum SandboxError {
     },
     /// An existing segment could not be opened for attaching.
     #[error(transparent)]
-    Attach(#[from] crate::segment_file::OpenSegmentError),
+    Attach(#[from] OpenSegmentError),
     /// The peer entry to attach as is not available.
     #[error("segment {}: {reason}", path.display())]
     Peer { path: PathBuf, reason: String },
@@ -140,6 +141,24 @@ pub enum SandboxError {
         what: &'static str,
         after: Duration,
     },
+}
+
+/// Why an existing segment file could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenSegmentError {
+    #[error("cannot open segment {}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("segment {} is {len} bytes, too small or too large to map", path.display())]
+    Size { path: PathBuf, len: u64 },
+    #[error("segment {} is not valid: {error}", path.display())]
+    Header { path: PathBuf, error: HeaderError },
+    #[error("segment {} was truncated while it was being opened", path.display())]
+    Truncated { path: PathBuf },
 }
 
 impl SandboxError {

@@ -1,21 +1,13 @@
-//! A running sandbox: the host's ends of its channel and the handle that
-//! joins its guest. The rest of a sandbox lives in a module per concept
-//! (`runtime`, `options`, `instantiate`, `guest_thread`, `host_channel`,
-//! `sandbox_state`, `memory_limit`); their public items are re-exported
-//! here, where they have always been found, and at the crate root.
+//! A running sandbox ([`Sandbox`]): the host's ends of its channel and
+//! the handle that joins its guest, together.
 
 use shmrt_primitives::Segment;
 
+use super::receiver::HostReceiver;
+use super::sender::HostSender;
 use crate::error::SandboxError;
-
-pub use crate::guest_thread::{ABANDON_AFTER, SandboxHandle, StopHandle};
-pub use crate::host_channel::{HostMessage, HostReceiver, HostSender, ReadSend, SendReadError};
-pub use crate::instantiate::{MAX_MODULE_BYTES, read_module_file};
-pub use crate::options::{
-    DEFAULT_CALLBACK_SLICE, DEFAULT_SLOT_WAIT, Execution, GuestStdin, GuestStdout, SandboxOptions,
-    SegmentSource,
-};
-pub use crate::runtime::{Runtime, RuntimeConfig, monotonic_ns};
+use crate::exec::handle::SandboxHandle;
+use crate::state::options::Execution;
 
 /// A running sandbox: the host's ends of its channel and its thread.
 #[derive(Debug)]
@@ -33,13 +25,13 @@ impl Sandbox {
 
     /// The sandbox's name.
     pub fn name(&self) -> &str {
-        &self.handle.shared.name
+        self.handle.shared.name()
     }
 
     /// The segment through the host's own mapping (for inspection; the
     /// guest may write any of it at any time).
     pub fn segment(&self) -> &Segment {
-        self.handle.shared.segment_file.segment()
+        self.handle.shared.segment_file().segment()
     }
 
     /// Where the segment window starts in the guest's linear memory.

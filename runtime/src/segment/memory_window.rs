@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use rustix::mm::{MapFlags, MprotectFlags, ProtFlags};
 use wasmtime::{LinearMemory, MemoryCreator, MemoryType};
 
-use crate::segment_template::SegmentTemplate;
+use super::template::SegmentTemplate;
 
 /// 4 GiB: every 32-bit memory reserves its whole address range.
 pub(crate) const RESERVATION_32: usize = 1 << 32;
@@ -284,7 +284,7 @@ struct WindowedMemory {
     size: usize,
     maximum: usize,
     window: Option<PendingWindow>,
-    _sigbus: Option<crate::sigbus::Guard>,
+    _sigbus: Option<super::sigbus::Guard>,
     /// The adopted reservation, when it was made before the instantiation
     /// (unmapped by its last holder, not by this memory).
     region: Option<Arc<GuestRegion>>,
@@ -356,7 +356,7 @@ impl WindowedMemory {
         if let Some(flag) = &w.truncated {
             // SAFETY: inside our reservation.
             let at = unsafe { self.base.add(placed) };
-            self._sigbus = crate::sigbus::protect(at, w.file_len.min(w.len), flag);
+            self._sigbus = super::sigbus::protect(at, w.file_len.min(w.len), flag);
         }
         // Anonymous pages for the rest of the window.
         self.make_accessible(end)

@@ -2,21 +2,21 @@
 //! This mirrors `wit/shmrt.wit`; a test parses the WIT and checks that the
 //! linker defines exactly these names with the matching core signatures.
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use shmrt_primitives::WaitOutcome;
 use wasmtime::{Caller, Linker};
 
-use crate::doorbell_futex;
-use crate::interrupts::{DeadlineExceeded, SegmentTruncated};
-use crate::sandbox_state::SandboxState;
+use crate::segment::doorbell_futex;
+use crate::segment::memory_window::NOT_PLACED;
+use crate::state::guest_output::{LogRate, MAX_LOG_BYTES, escape_line};
+use crate::state::interrupts::Interrupt;
+use crate::state::options::Execution;
+use crate::state::shared::SandboxShared;
+use crate::state::store::{MIN_POLL_NAP, SandboxState};
 
 /// The core import module name.
 pub const MODULE: &str = "shmrt";
-
-/// Longest log message passed on; longer ones are cut.
-pub const MAX_LOG_BYTES: usize = 4096;
 
 /// `wait`: the host rang ([`WaitOutcome::Rang`]).
 pub const WAIT_RANG: i32 = WaitOutcome::Rang.code();
@@ -54,7 +54,7 @@ pub(crate) fn add_to_linker(
     linker.func_wrap(
         MODULE,
         "segment_size",
-        |c: Caller<'_, SandboxState>| -> u32 { c.data().shared.segment_file.len() as u32 },
+        |c: Caller<'_, SandboxState>| -> u32 { c.data().shared.segment_file().len() as u32 },
     )?;
     linker.func_wrap(MODULE, "peer_id", |c: Caller<'_, SandboxState>| -> u32 {
         c.data().shared.peer_id().get()
@@ -64,11 +64,11 @@ pub(crate) fn add_to_linker(
         not_before_placement(shared, "ring")?;
         // Without the doorbell flag the words are not live (a vox segment):
         // its host polls.
-        if shared.doorbells {
+        if shared.doorbells() {
             doorbell_futex::ring(&shared.peer().g2h_doorbell);
         }
         // An async host task waiting for this guest.
-        shared.host_task.wake();
+        shared.host_task().wake();
         Ok(())
     })?;
     if fiber {
@@ -90,7 +90,7 @@ pub(crate) fn add_to_linker(
     }
     linker.func_wrap(MODULE, "log", log)?;
     linker.func_wrap(MODULE, "now_ns", |c: Caller<'_, SandboxState>| -> u64 {
-        c.data().shared.started.elapsed().as_nanos() as u64
+        c.data().shared.started().elapsed().as_nanos() as u64
     })?;
     Ok(())
 }
@@ -99,16 +99,11 @@ pub(crate) fn add_to_linker(
 /// idle guest of a vox host wakes 200 times a second (well under 1% of a
 /// CPU) and answers within this when traffic resumes.
 const MAX_POLL_NAP: Duration = Duration::from_millis(5);
-/// The first sleep of a poll after activity.
-pub(crate) const MIN_POLL_NAP: Duration = Duration::from_micros(20);
 
 /// `ring` and `wait` use the segment: a start function calling them runs
 /// before the window is placed, when there is none to use.
-fn not_before_placement(
-    shared: &crate::sandbox_state::SandboxShared,
-    import: &str,
-) -> wasmtime::Result<()> {
-    if shared.window_base() == crate::memory_window::NOT_PLACED {
+fn not_before_placement(shared: &SandboxShared, import: &str) -> wasmtime::Result<()> {
+    if shared.window_base() == NOT_PLACED {
         wasmtime::bail!(
             "shmrt.{import} was called before the segment window is placed (from the module's \
              start function): call it from the entry point"
@@ -125,15 +120,20 @@ fn wait_until(timeout_ns: i64) -> Option<Instant> {
 }
 
 /// One look at what ends a `wait`: `Some` when it ends now, `None` when
-/// it would sleep. The rules of the thread's `wait` below.
+/// it would sleep. The rules of the thread's `wait` below. The
+/// interrupts are the host's first (a stop is a goodbye here: the guest
+/// drains and returns), then what the host sent, then the deadline; a
+/// callback's slice is left to the epoch (looking at it would start it).
 fn wait_step(
     state: &mut SandboxState,
     until: Option<Instant>,
 ) -> wasmtime::Result<Option<WaitOutcome>> {
     let shared = &state.shared;
     not_before_placement(shared, "wait")?;
-    if shared.segment_file.was_truncated() {
-        return Err(wasmtime::Error::new(SegmentTruncated));
+    match Interrupt::from_host(shared) {
+        Some(Interrupt::Stopped) => return Ok(Some(WaitOutcome::Goodbye)),
+        Some(interrupt) => return Err(interrupt.into_error()),
+        None => {}
     }
     if shared.goodbye_or_stopped() {
         return Ok(Some(WaitOutcome::Goodbye));
@@ -143,11 +143,10 @@ fn wait_step(
         state.wait_seen_write = pending;
         return Ok(Some(WaitOutcome::Rang));
     }
-    let now = Instant::now();
-    if state.deadline.is_some_and(|d| now >= d) {
-        return Err(wasmtime::Error::new(DeadlineExceeded));
+    if let Some(interrupt) = Interrupt::past(state.deadline) {
+        return Err(interrupt.into_error());
     }
-    if until.is_some_and(|u| now >= u) {
+    if until.is_some_and(|u| Instant::now() >= u) {
         return Ok(Some(WaitOutcome::Timeout));
     }
     Ok(None)
@@ -167,7 +166,7 @@ async fn wait_in_fiber(mut c: Caller<'_, SandboxState>, timeout_ns: i64) -> wasm
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        state.shared.fiber_wake.suspend(cx.waker(), wake_at);
+        state.shared.fiber_wake().suspend(cx.waker(), wake_at);
         // Looked at again once the waker is stored: a send in between
         // found no waker to wake.
         match wait_step(state, until).transpose() {
@@ -179,7 +178,7 @@ async fn wait_in_fiber(mut c: Caller<'_, SandboxState>, timeout_ns: i64) -> wasm
 }
 
 fn wait(mut c: Caller<'_, SandboxState>, timeout_ns: i64) -> wasmtime::Result<WaitOutcome> {
-    if c.data().shared.execution == crate::Execution::Callback {
+    if c.data().shared.execution() == Execution::Callback {
         // A callback runs on the host's thread, which drains the guest's
         // ring only once it returns: nothing comes while it waits, so the
         // wait ends at once (the guest SDK returns instead of waiting).
@@ -197,7 +196,7 @@ fn wait(mut c: Caller<'_, SandboxState>, timeout_ns: i64) -> wasmtime::Result<Wa
     loop {
         // Register, then check, then sleep on the sequence seen at
         // registration (the eventcount protocol of the doorbell module).
-        let seq = if shared.doorbells {
+        let seq = if shared.doorbells() {
             Some(bell.prepare_wait())
         } else {
             None
@@ -266,7 +265,7 @@ fn log(mut c: Caller<'_, SandboxState>, level: i32, ptr: u32, len: u32) -> wasmt
     memory.read(&c, start, &mut copy)?;
     // One line, plain: a guest's text can not forge a log line of the
     // host's, nor drive the terminal.
-    let text = crate::guest_output::escape_line(&String::from_utf8_lossy(&copy));
+    let text = escape_line(&String::from_utf8_lossy(&copy));
     let truncated = if n > MAX_LOG_BYTES {
         " [truncated]"
     } else {
@@ -275,7 +274,7 @@ fn log(mut c: Caller<'_, SandboxState>, level: i32, ptr: u32, len: u32) -> wasmt
     let state = c.data_mut();
     let dropped = state.log_rate.take_dropped();
     let shared = &state.shared;
-    let (sandbox, peer) = (shared.name.as_str(), shared.peer_id().get());
+    let (sandbox, peer) = (shared.name(), shared.peer_id().get());
     if dropped > 0 {
         tracing::warn!(
             target: "shmrt::guest",
@@ -292,84 +291,8 @@ fn log(mut c: Caller<'_, SandboxState>, level: i32, ptr: u32, len: u32) -> wasmt
         3 => tracing::warn!(target: "shmrt::guest", sandbox, peer, "{text}{truncated}"),
         _ => {
             tracing::error!(target: "shmrt::guest", sandbox, peer, "{text}{truncated}");
-            if let Ok(mut last) = shared.last_error_log.lock() {
-                *last = Some(text);
-            }
+            *shared.last_error_log() = Some(text);
         }
     }
     Ok(())
-}
-
-/// A token bucket over a guest's log lines and WASI output lines (one
-/// bucket for both, shared by the copies of a sandbox's rate), so that a
-/// guest cannot flood the host's stderr: a burst of [`Self::BURST`]
-/// lines, then [`Self::PER_SECOND`] a second. What it drops is counted
-/// and said with the next line let through (or when the sandbox ends).
-#[derive(Clone, Debug)]
-pub(crate) struct LogRate(Arc<Mutex<Bucket>>);
-
-#[derive(Debug)]
-struct Bucket {
-    tokens: f64,
-    refilled: Instant,
-    dropped: u64,
-}
-
-impl LogRate {
-    /// Lines a second, sustained.
-    pub const PER_SECOND: u32 = 200;
-    /// Lines at once after a quiet spell.
-    pub const BURST: u32 = 1000;
-
-    pub fn new(now: Instant) -> Self {
-        LogRate(Arc::new(Mutex::new(Bucket {
-            tokens: f64::from(Self::BURST),
-            refilled: now,
-            dropped: 0,
-        })))
-    }
-
-    fn bucket(&self) -> std::sync::MutexGuard<'_, Bucket> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Whether a line may go out now; counts it as dropped if not.
-    pub fn admit(&self, now: Instant) -> bool {
-        let mut b = self.bucket();
-        let earned =
-            now.saturating_duration_since(b.refilled).as_secs_f64() * f64::from(Self::PER_SECOND);
-        b.tokens = (b.tokens + earned).min(f64::from(Self::BURST));
-        b.refilled = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            true
-        } else {
-            b.dropped += 1;
-            false
-        }
-    }
-
-    /// Lines dropped since the last call.
-    pub fn take_dropped(&self) -> u64 {
-        std::mem::take(&mut self.bucket().dropped)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn log_rate_lets_a_burst_through_then_the_sustained_rate() {
-        let t0 = Instant::now();
-        let rate = LogRate::new(t0);
-        let burst = (0..LogRate::BURST * 2).filter(|_| rate.admit(t0)).count();
-        assert_eq!(burst, LogRate::BURST as usize);
-        assert_eq!(rate.take_dropped(), u64::from(LogRate::BURST));
-        assert_eq!(rate.take_dropped(), 0, "the count restarts once said");
-        // One second later, one second's worth comes back, not more.
-        let t1 = t0 + Duration::from_secs(1);
-        let later = (0..LogRate::BURST).filter(|_| rate.admit(t1)).count();
-        assert_eq!(later, LogRate::PER_SECOND as usize);
-    }
 }

@@ -6,11 +6,8 @@ use std::time::Duration;
 
 use shmrt_primitives::SegmentConfig;
 
-use crate::doorbell_futex::SpinBudget;
 #[cfg(doc)]
 use crate::error::SandboxError;
-#[cfg(doc)]
-use crate::runtime::RuntimeConfig;
 
 /// Where a WASI guest's standard output and error go. shmrt's own stdout
 /// carries messages in `shmrt run`, and a guest's bytes are not to be
@@ -69,7 +66,7 @@ pub struct SandboxOptions {
     /// Where the segment lives.
     pub segment_source: SegmentSource,
     /// Fuel (roughly, wasm instructions) the guest may use; needs a runtime
-    /// made with [`RuntimeConfig::fuel`].
+    /// made with [`RuntimeConfig::fuel`](crate::RuntimeConfig::fuel).
     pub fuel: Option<u64>,
     /// Bytes the guest may make the host allocate, one budget across all
     /// of its linear memories and tables (8 bytes a table element; the
@@ -213,10 +210,20 @@ pub enum SegmentSource {
     /// processes and `shmrt inspect` can open it; removed when the sandbox
     /// is dropped unless `keep`. With `replace_stale`, a stale segment left
     /// at `path` by a shmrt that is gone is replaced (a live one never is;
-    /// see [`crate::segment_file::Owner`]).
+    /// see [`crate::Owner`]).
     Named {
         path: PathBuf,
         keep: bool,
         replace_stale: bool,
     },
+}
+
+/// How long to spin before parking, in rounds of `spin_loop` hints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpinBudget(pub u32);
+
+impl Default for SpinBudget {
+    fn default() -> Self {
+        SpinBudget(2000)
+    }
 }

@@ -6,8 +6,10 @@
 //! of a crashed guest outlives it; messages that were in flight to the
 //! failed guest are lost (the embedder's session decides what to resend).
 
+use super::Runtime;
 use crate::error::SandboxError;
-use crate::{Runtime, Sandbox, SandboxOptions};
+use crate::host::sandbox::Sandbox;
+use crate::state::options::SandboxOptions;
 
 /// When to start a failed plugin again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -4,7 +4,7 @@
 //! the sandbox's name), control characters and line breaks escaped (a
 //! guest can not move the cursor, retitle the terminal, or start a line
 //! that looks like one of shmrt's), under one rate limit per sandbox
-//! ([`crate::host_imports::LogRate`]).
+//! ([`LogRate`]).
 
 use std::io;
 use std::pin::Pin;
@@ -16,9 +16,11 @@ use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
-use crate::host_imports::{LogRate, MAX_LOG_BYTES};
-use crate::options::{GuestStdout, SandboxOptions};
-use crate::sandbox_state::SandboxShared;
+use super::options::{GuestStdout, SandboxOptions};
+use super::shared::SandboxShared;
+
+/// Longest log message passed on; longer ones are cut.
+pub(crate) const MAX_LOG_BYTES: usize = 4096;
 
 /// `text` with every control character escaped (`\n`, `\r`, `\t` as such,
 /// the others as `\u{..}`), and the Unicode line and paragraph separators
@@ -186,11 +188,7 @@ impl LineBuffer {
     /// rate limit lets through.
     fn note_panic(&mut self, line: &[u8]) {
         let text = escape_line(&String::from_utf8_lossy(line));
-        let mut last = self
-            .shared
-            .last_error_log
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut last = self.shared.last_error_log();
         if let Some(at) = text.find("panicked at ") {
             *last = Some(text[at..].trim_end_matches(':').to_owned());
             self.after_panic = true;
@@ -267,9 +265,65 @@ impl tokio::io::AsyncWrite for LogStream {
     }
 }
 
+/// A token bucket over a guest's log lines and WASI output lines (one
+/// bucket for both, shared by the copies of a sandbox's rate), so that a
+/// guest cannot flood the host's stderr: a burst of [`Self::BURST`]
+/// lines, then [`Self::PER_SECOND`] a second. What it drops is counted
+/// and said with the next line let through (or when the sandbox ends).
+#[derive(Clone, Debug)]
+pub(crate) struct LogRate(Arc<Mutex<Bucket>>);
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    refilled: Instant,
+    dropped: u64,
+}
+
+impl LogRate {
+    /// Lines a second, sustained.
+    pub const PER_SECOND: u32 = 200;
+    /// Lines at once after a quiet spell.
+    pub const BURST: u32 = 1000;
+
+    pub fn new(now: Instant) -> Self {
+        LogRate(Arc::new(Mutex::new(Bucket {
+            tokens: f64::from(Self::BURST),
+            refilled: now,
+            dropped: 0,
+        })))
+    }
+
+    fn bucket(&self) -> std::sync::MutexGuard<'_, Bucket> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether a line may go out now; counts it as dropped if not.
+    pub fn admit(&self, now: Instant) -> bool {
+        let mut b = self.bucket();
+        let earned =
+            now.saturating_duration_since(b.refilled).as_secs_f64() * f64::from(Self::PER_SECOND);
+        b.tokens = (b.tokens + earned).min(f64::from(Self::BURST));
+        b.refilled = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            b.dropped += 1;
+            false
+        }
+    }
+
+    /// Lines dropped since the last call.
+    pub fn take_dropped(&self) -> u64 {
+        std::mem::take(&mut self.bucket().dropped)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn escaped_text_is_one_line_without_control_characters() {
@@ -279,5 +333,19 @@ mod tests {
             "a\\nb\\r\\u{1b}[2J\\u{7}\\u{9b}c\\u{2028}\\u{2029}\\u{202e}\\u{2067}é"
         );
         assert!(!e.chars().any(|c| c.is_control() || breaks_or_reorders(c)));
+    }
+
+    #[test]
+    fn log_rate_lets_a_burst_through_then_the_sustained_rate() {
+        let t0 = Instant::now();
+        let rate = LogRate::new(t0);
+        let burst = (0..LogRate::BURST * 2).filter(|_| rate.admit(t0)).count();
+        assert_eq!(burst, LogRate::BURST as usize);
+        assert_eq!(rate.take_dropped(), u64::from(LogRate::BURST));
+        assert_eq!(rate.take_dropped(), 0, "the count restarts once said");
+        // One second later, one second's worth comes back, not more.
+        let t1 = t0 + Duration::from_secs(1);
+        let later = (0..LogRate::BURST).filter(|_| rate.admit(t1)).count();
+        assert_eq!(later, LogRate::PER_SECOND as usize);
     }
 }

@@ -32,8 +32,8 @@ use std::time::{Duration, Instant, SystemTime};
 use wasmtime::{Caller, Linker};
 use wasmtime_wasi::p1::wasi_snapshot_preview1::WasiSnapshotPreview1;
 
-use crate::interrupts::{DeadlineExceeded, SegmentTruncated, Stopped};
-use crate::sandbox_state::{SandboxShared, SandboxState};
+use crate::state::interrupts::Interrupt;
+use crate::state::store::SandboxState;
 
 const SUBSCRIPTION_SIZE: usize = 48;
 const EVENT_SIZE: usize = 32;
@@ -226,7 +226,7 @@ async fn poll_oneoff_in_fiber(
             let polled = {
                 let wasi = caller.data_mut().wasi();
                 wasi.set_hostcall_fuel(fuel);
-                crate::guest_driver::off_async_runtime(&shared, true, || {
+                super::guest_driver::off_async_runtime(&shared, true, || {
                     poll_on_copy(wasi, &mut scratch)
                 })
             };
@@ -242,7 +242,7 @@ async fn poll_oneoff_in_fiber(
                     return std::task::Poll::Ready(done);
                 }
                 let wake_at = state.deadline.map_or(first, |d| d.min(first));
-                state.shared.fiber_wake.suspend(cx.waker(), Some(wake_at));
+                state.shared.fiber_wake().suspend(cx.waker(), Some(wake_at));
                 match sleep_step(state, first) {
                     Some(done) => std::task::Poll::Ready(done),
                     None => std::task::Poll::Pending,
@@ -377,7 +377,7 @@ fn clock_deadline(state: &SandboxState, id: u32, timeout: u64, absolute: bool) -
     let after = match (id, absolute) {
         (CLOCK_REALTIME | CLOCK_MONOTONIC, false) => Duration::from_nanos(timeout),
         // The guest's monotonic clock counts from the sandbox's clock
-        // origin (see `GuestMonotonicClock`).
+        // origin (see `GuestMonotonicClock` in `state/store.rs`).
         (CLOCK_MONOTONIC, true) => {
             let at = Duration::from_nanos(timeout);
             (state.clock_origin + at).saturating_duration_since(now)
@@ -418,43 +418,14 @@ pub(crate) fn sleep_until(state: &SandboxState, until: Instant) -> wasmtime::Res
     }
 }
 
-/// One look at what ends a sleep until `until`: the stop, a truncated
-/// segment, the deadline, or `until` itself; `None` while it goes on.
+/// One look at what ends a sleep until `until`: an interrupt (the stop,
+/// a truncated segment, the deadline, a callback's slice), or `until`
+/// itself; `None` while it goes on.
 fn sleep_step(state: &SandboxState, until: Instant) -> Option<wasmtime::Result<()>> {
-    let shared: &SandboxShared = &state.shared;
-    if shared.stop_requested() {
-        return Some(Err(wasmtime::Error::new(Stopped)));
+    if let Some(interrupt) = Interrupt::check(&state.shared, state.deadline) {
+        return Some(Err(interrupt.into_error()));
     }
-    if shared.callback_overran() {
-        return Some(Err(wasmtime::Error::new(
-            crate::interrupts::CallbackOverran(shared.callback_slice.unwrap_or_default()),
-        )));
-    }
-    if shared.segment_file.was_truncated() {
-        return Some(Err(wasmtime::Error::new(SegmentTruncated)));
-    }
-    let now = Instant::now();
-    if state.deadline.is_some_and(|d| now >= d) {
-        return Some(Err(wasmtime::Error::new(DeadlineExceeded)));
-    }
-    (now >= until).then_some(Ok(()))
-}
-
-/// The guest's WASI monotonic clock: nanoseconds since the sandbox's
-/// clock origin, so that an absolute-time subscription can be turned into
-/// an `Instant` here.
-pub(crate) struct GuestMonotonicClock {
-    pub origin: Instant,
-}
-
-impl wasmtime_wasi::HostMonotonicClock for GuestMonotonicClock {
-    fn resolution(&self) -> u64 {
-        1
-    }
-
-    fn now(&self) -> u64 {
-        u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
-    }
+    (Instant::now() >= until).then_some(Ok(()))
 }
 
 #[cfg(test)]

@@ -3,8 +3,8 @@
 
 use wasmparser::{Parser, Payload, TypeRef, Validator, WasmFeatures};
 
-use crate::host_imports::MODULE as SHMRT_MODULE;
-use crate::memory_limit::{MAX_MEMORIES, MAX_TABLES};
+use crate::exec::host_imports::MODULE as SHMRT_MODULE;
+use crate::state::memory_limit::{MAX_MEMORIES, MAX_TABLES};
 
 /// What the runtime needs to know about a module.
 #[derive(Debug, Default)]

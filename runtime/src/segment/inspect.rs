@@ -12,7 +12,7 @@
 //! by field, never trusted.
 //!
 //! A segment file a shmrt made says who serves it (its owner record and
-//! its creator's `flock`, see [`crate::segment_file::Owner`]): one whose
+//! its creator's `flock`, see [`crate::Owner`]): one whose
 //! creator is gone is reported stale, as a problem.
 
 use std::collections::BTreeMap;
@@ -25,8 +25,8 @@ use shmrt_primitives::Segment;
 use shmrt_primitives::ring::RingRef;
 use shmrt_primitives::segment_header::{FEATURE_DOORBELLS, HeaderSnapshot, SegmentHeader};
 
-use crate::runtime::monotonic_ns;
-use crate::segment_file::Owner;
+use super::monotonic_ns;
+use super::owner::Owner;
 
 // With the `serde` feature every report type derives `Serialize`: that is
 // `shmrt inspect --json`, field for field in this order.
@@ -202,7 +202,7 @@ pub enum FreeListReport {
 /// Inspects the segment file at `path`. An error when it is not a regular
 /// file, cannot be read, or was truncated while it was read.
 pub fn inspect(path: &Path) -> std::io::Result<Report> {
-    let (file, len) = crate::segment_file::open_regular(path, false)?;
+    let (file, len) = super::owner::open_regular(path, false)?;
     if len < 128 {
         return Ok(Report {
             path: path.display().to_string(),
@@ -221,7 +221,7 @@ pub fn inspect(path: &Path) -> std::io::Result<Report> {
     let map = unsafe { MmapOptions::new().len(map_len).map(&file)? };
     let truncated = Arc::new(AtomicBool::new(false));
     // Declared after `map`, so dropped before it is unmapped.
-    let _sigbus = crate::sigbus::protect(map.as_ptr(), map.len(), &truncated);
+    let _sigbus = super::sigbus::protect(map.as_ptr(), map.len(), &truncated);
     // Read from the file (pread) and the kernel's locks, not the mapping.
     let owner = Owner::of(&file);
     let report = read(path, len, &map, owner);

@@ -2,9 +2,8 @@
 //! guest makes the host allocate, the segment window excepted.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
-use crate::sandbox_state::SandboxShared;
+use super::shared::SandboxShared;
 
 /// The store limiter: one budget for everything the guest makes the host
 /// allocate, across every linear memory and table of the instance (the
@@ -49,7 +48,7 @@ impl MemoryLimit {
     fn grant(&mut self, bytes: usize) -> bool {
         let total = self.used.saturating_add(bytes);
         if self.max.is_some_and(|max| total > max) {
-            self.shared.memory_refused.store(true, Ordering::Release);
+            self.shared.refuse_memory();
             self.last_grant = 0;
             return false;
         }

@@ -57,13 +57,3 @@ pub fn park(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
     });
     let _ = futex::wait(word, futex::Flags::empty(), expected, ts.as_ref());
 }
-
-/// How long to spin before parking, in rounds of `spin_loop` hints.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SpinBudget(pub u32);
-
-impl Default for SpinBudget {
-    fn default() -> Self {
-        SpinBudget(2000)
-    }
-}

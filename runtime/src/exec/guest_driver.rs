@@ -19,13 +19,14 @@ use std::time::{Duration, Instant};
 
 use wasmtime::{Store, TypedFunc};
 
-use crate::doorbell_futex;
-use crate::epoch_ticker::TickerState;
+use super::guest_end::{self, exit_status, report_dropped, unread_messages};
+use super::guest_thread::Entry;
 use crate::error::SandboxError;
-use crate::guest_thread::{Entry, exit_status, unread_messages};
-use crate::host_imports;
-use crate::options::Execution;
-use crate::sandbox_state::{SandboxShared, SandboxState};
+use crate::segment::doorbell_futex;
+use crate::state::epoch_ticker::TickerState;
+use crate::state::options::Execution;
+use crate::state::shared::SandboxShared;
+use crate::state::store::SandboxState;
 
 /// The export a callback guest answers its queued messages with: returns
 /// 0 to be called again, anything else to end with that status.
@@ -123,8 +124,8 @@ pub(crate) struct GuestDriver {
 impl std::fmt::Debug for GuestDriver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GuestDriver")
-            .field("sandbox", &self.shared.name)
-            .field("execution", &self.shared.execution)
+            .field("sandbox", &self.shared.name())
+            .field("execution", &self.shared.execution())
             .field("ended", &matches!(self.guest, Driven::Ended))
             .finish()
     }
@@ -179,7 +180,7 @@ impl GuestDriver {
         timeout: Option<Duration>,
         shared: Arc<SandboxShared>,
     ) -> Self {
-        let deadline = *shared.deadline.lock().unwrap_or_else(|e| e.into_inner());
+        let deadline = shared.deadline();
         GuestDriver {
             shared,
             guest,
@@ -248,7 +249,7 @@ impl GuestDriver {
             Step::Turn(turn) => {
                 // The other host end may wait for what the guest did.
                 if ring_positions(&self.shared) != before {
-                    self.shared.host_task.wake();
+                    self.shared.host_task().wake();
                 }
                 turn
             }
@@ -277,7 +278,7 @@ impl GuestDriver {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             // Between turns nothing of the guest runs to notice.
             return Step::End(Err(SandboxError::Timeout {
-                sandbox: shared.name.clone(),
+                sandbox: shared.name().to_owned(),
                 after: timeout.unwrap_or_default(),
             }));
         }
@@ -289,14 +290,12 @@ impl GuestDriver {
             // thread guest is left behind.
             Driven::Fiber(_) if shared.stop_requested() && shared.abandoned() => {
                 Step::End(Err(SandboxError::Stopped {
-                    sandbox: shared.name.clone(),
+                    sandbox: shared.name().to_owned(),
                 }))
             }
             Driven::Fiber(run) => {
                 waker.woken.store(false, Ordering::Relaxed);
-                shared
-                    .resumed_at_tick
-                    .store(ticker.ticks(), Ordering::Relaxed);
+                shared.resumed_at(ticker.ticks());
                 let task = Waker::from(waker.clone());
                 let mut cx = Context::from_waker(&task);
                 let polled = {
@@ -305,13 +304,12 @@ impl GuestDriver {
                 };
                 match polled {
                     Poll::Ready((result, dropped)) => {
-                        report_dropped(shared, dropped);
-                        Step::End(result.or_else(|e| exit_status(e, shared, *timeout)))
+                        Step::End(guest_end::status(result, dropped, shared, *timeout))
                     }
                     // An epoch yield wakes its own waker: run again.
                     Poll::Pending if waker.woken.load(Ordering::Acquire) => Step::Turn(Turn::Ran),
                     Poll::Pending => Step::Turn(Turn::Idle {
-                        wake_at: shared.fiber_wake.take_wake_at(),
+                        wake_at: shared.fiber_wake().take_wake_at(),
                     }),
                 }
             }
@@ -319,74 +317,12 @@ impl GuestDriver {
                 store,
                 handler,
                 calls_after_goodbye,
-            } => {
-                if shared.stop_requested() {
-                    return Step::End(Err(SandboxError::Stopped {
-                        sandbox: shared.name.clone(),
-                    }));
-                }
-                let goodbye = shared.goodbye_or_stopped();
-                if shared.h2g_pending_write().is_none() && !goodbye {
-                    return Step::Turn(Turn::Idle { wake_at: None });
-                }
-                if goodbye {
-                    *calls_after_goodbye += 1;
-                    if *calls_after_goodbye > MAX_CALLS_AFTER_GOODBYE {
-                        return Step::End(Err(SandboxError::Trap {
-                            sandbox: shared.name.clone(),
-                            message: format!(
-                                "the callback was called {MAX_CALLS_AFTER_GOODBYE} times after the \
-                                 host's goodbye and still left messages queued (it moves its \
-                                 cursors without answering)"
-                            ),
-                        }));
-                    }
-                }
-                if let Err(e) = crate::guest_stack::check_room(&shared.name) {
-                    return Step::End(Err(e));
-                }
-                let before = ring_positions(shared);
-                let called = {
-                    let _running = ticker.running_here();
-                    shared.callback_call(true);
-                    let called = off_async_runtime(shared, store.data().wasi.is_some(), || {
-                        handler.call(&mut **store, ())
-                    });
-                    shared.callback_call(false);
-                    called
-                };
-                match called {
-                    // After the goodbye, the call that leaves nothing
-                    // queued is the last.
-                    Ok(0) if goodbye && shared.h2g_pending_write().is_none() => {
-                        let dropped = store.data_mut().log_rate.take_dropped();
-                        report_dropped(shared, dropped);
-                        Step::End(Ok(0))
-                    }
-                    // A call that read and wrote nothing (its answers do
-                    // not fit, or it ignores its ring) waits for the host;
-                    // after the goodbye it can do no more, and ends with
-                    // what it left counted (the one rule of `join`, `recv`
-                    // and `recv_async`).
-                    Ok(0) if ring_positions(shared) == before => {
-                        if !goodbye {
-                            return Step::Turn(Turn::Idle { wake_at: None });
-                        }
-                        let dropped = store.data_mut().log_rate.take_dropped();
-                        report_dropped(shared, dropped);
-                        match unread_messages(shared) {
-                            Some(0) => Step::End(Ok(0)),
-                            unread => Step::End(Err(SandboxError::Unanswered {
-                                sandbox: shared.name.clone(),
-                                unread: unread.unwrap_or(0),
-                            })),
-                        }
-                    }
-                    Ok(0) => Step::Turn(Turn::Ran),
-                    Ok(status) => Step::End(Ok(status)),
-                    Err(e) => Step::End(exit_status(e, shared, *timeout)),
-                }
-            }
+            } => call_back(
+                shared,
+                ticker,
+                *timeout,
+                (store, handler, calls_after_goodbye),
+            ),
         }
     }
 
@@ -395,20 +331,14 @@ impl GuestDriver {
     fn end(&mut self, status: Result<i32, SandboxError>) {
         self.guest = Driven::Ended;
         self.status = Some(status);
-        let peer = self.shared.peer();
-        peer.set_goodbye();
-        // Release: what the guest committed is visible to a host that sees
-        // `guest_done` (SYNC POINT "guest_done").
-        self.shared.guest_done.store(true, Ordering::Release);
-        doorbell_futex::ring_and_wake_all(&peer.g2h_doorbell);
-        self.shared.host_task.wake();
+        self.shared.mark_guest_done();
     }
 
     /// Ends a guest that has not ended (its handle is dropped): stopped.
     pub fn stop_now(&mut self) {
         if !self.ended() {
             self.end(Err(SandboxError::Stopped {
-                sandbox: self.shared.name.clone(),
+                sandbox: self.shared.name().to_owned(),
             }));
         }
     }
@@ -424,18 +354,18 @@ impl GuestDriver {
             if self.ended() {
                 // Taken before: `join` is called once.
                 return Err(SandboxError::Closed {
-                    sandbox: self.shared.name.clone(),
+                    sandbox: self.shared.name().to_owned(),
                 });
             }
             match self.turn() {
                 Turn::Ran | Turn::Ended => {}
-                Turn::Idle { wake_at } => match self.shared.execution {
+                Turn::Idle { wake_at } => match self.shared.execution() {
                     // Idle with nothing queued: the goodbye makes it end
                     // (after the goodbye a call that moves nothing ends it).
                     Execution::Callback => {
-                        let index = self.shared.guest_index;
+                        let index = self.shared.guest_index();
                         doorbell_futex::say_goodbye(
-                            self.shared.segment_file.segment(),
+                            self.shared.segment_file().segment(),
                             index..index + 1,
                         );
                     }
@@ -454,11 +384,7 @@ impl GuestDriver {
             std::thread::sleep(Duration::from_millis(1));
             return;
         }
-        let deadline = *self
-            .shared
-            .deadline
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let deadline = self.shared.deadline();
         let now = Instant::now();
         let mut nap = Duration::from_millis(50);
         for limit in [wake_at, deadline, until].into_iter().flatten() {
@@ -488,7 +414,7 @@ pub(crate) fn off_async_runtime<R: Send>(
         let spawned = std::thread::Builder::new()
             .name("shmrt-wasi-call".into())
             // As a guest thread's: `max_wasm_stack` and the host's frames.
-            .stack_size(crate::guest_stack::GUEST_THREAD_STACK)
+            .stack_size(crate::state::guest_stack::GUEST_THREAD_STACK)
             .spawn_scoped(scope, move || {
                 // A stop unparks the thread running the guest.
                 shared.runs_on_this_thread();
@@ -505,22 +431,91 @@ pub(crate) fn off_async_runtime<R: Send>(
     done.unwrap_or_else(|| (call.take().expect("not called"))())
 }
 
+/// One turn of a callback guest: a call of its handler when messages are
+/// queued for it (or after the host's goodbye), and what it came to.
+fn call_back(
+    shared: &SandboxShared,
+    ticker: &TickerState,
+    timeout: Option<Duration>,
+    (store, handler, calls_after_goodbye): (
+        &mut Box<Store<SandboxState>>,
+        &TypedFunc<(), i32>,
+        &mut u32,
+    ),
+) -> Step {
+    if shared.stop_requested() {
+        return Step::End(Err(SandboxError::Stopped {
+            sandbox: shared.name().to_owned(),
+        }));
+    }
+    let goodbye = shared.goodbye_or_stopped();
+    if shared.h2g_pending_write().is_none() && !goodbye {
+        return Step::Turn(Turn::Idle { wake_at: None });
+    }
+    if goodbye {
+        *calls_after_goodbye += 1;
+        if *calls_after_goodbye > MAX_CALLS_AFTER_GOODBYE {
+            return Step::End(Err(SandboxError::Trap {
+                sandbox: shared.name().to_owned(),
+                message: format!(
+                    "the callback was called {MAX_CALLS_AFTER_GOODBYE} times after the \
+                         host's goodbye and still left messages queued (it moves its \
+                         cursors without answering)"
+                ),
+            }));
+        }
+    }
+    if let Err(e) = crate::state::guest_stack::check_room(shared.name()) {
+        return Step::End(Err(e));
+    }
+    let before = ring_positions(shared);
+    let called = {
+        let _running = ticker.running_here();
+        shared.callback_call(true);
+        let called = off_async_runtime(shared, store.data().wasi.is_some(), || {
+            handler.call(&mut **store, ())
+        });
+        shared.callback_call(false);
+        called
+    };
+    match called {
+        // After the goodbye, the call that leaves nothing
+        // queued is the last.
+        Ok(0) if goodbye && shared.h2g_pending_write().is_none() => {
+            let dropped = store.data_mut().log_rate.take_dropped();
+            report_dropped(shared, dropped);
+            Step::End(Ok(0))
+        }
+        // A call that read and wrote nothing (its answers do
+        // not fit, or it ignores its ring) waits for the host;
+        // after the goodbye it can do no more, and ends with
+        // what it left counted (the one rule of `join`, `recv`
+        // and `recv_async`).
+        Ok(0) if ring_positions(shared) == before => {
+            if !goodbye {
+                return Step::Turn(Turn::Idle { wake_at: None });
+            }
+            let dropped = store.data_mut().log_rate.take_dropped();
+            report_dropped(shared, dropped);
+            match unread_messages(shared) {
+                Some(0) => Step::End(Ok(0)),
+                unread => Step::End(Err(SandboxError::Unanswered {
+                    sandbox: shared.name().to_owned(),
+                    unread: unread.unwrap_or(0),
+                })),
+            }
+        }
+        Ok(0) => Step::Turn(Turn::Ran),
+        Ok(status) => Step::End(Ok(status)),
+        Err(e) => Step::End(exit_status(e, shared, timeout)),
+    }
+}
+
 /// Where the guest's reading of its inbox and writing of its outbox
 /// stand: a callback that moved neither did nothing.
 fn ring_positions(shared: &SandboxShared) -> Option<(u32, u32, u32)> {
-    let segment = shared.segment_file.segment();
-    let h2g = segment.h2g_ring(shared.guest_index)?.cursors();
-    let g2h = segment.g2h_ring(shared.guest_index)?.cursors();
+    let segment = shared.segment_file().segment();
+    let h2g = segment.h2g_ring(shared.guest_index())?.cursors();
+    let g2h = segment.g2h_ring(shared.guest_index())?.cursors();
     Some((h2g.read, g2h.write, g2h.watermark))
-}
-
-fn report_dropped(shared: &SandboxShared, dropped: u64) {
-    if dropped > 0 {
-        tracing::warn!(
-            target: "shmrt::guest",
-            sandbox = shared.name.as_str(),
-            "{dropped} more log lines of this guest were dropped (more than {} a second)",
-            host_imports::LogRate::PER_SECOND
-        );
-    }
 }

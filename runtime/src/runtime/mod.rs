@@ -1,28 +1,39 @@
-//! The runtime: the wasmtime engine with shmrt's memory window and host
-//! imports, the epoch ticker that drives deadlines and stops, the cache of
-//! compiled modules, and the entry points that spawn sandboxes from it
-//! (`spawn`, `attach`).
+//! The top layer: the runtime, the wasmtime engine with shmrt's memory
+//! window and host imports, the epoch ticker that drives deadlines and
+//! stops, the cache of compiled modules, and the entry points that spawn
+//! sandboxes from it (`spawn`, `attach`); plugins prepared once
+//! (`plugin.rs`), a sandbox started from one (`start.rs`), and restarts
+//! (`supervise.rs`).
 
-use crate::epoch_ticker::EpochTicker;
+pub(crate) mod plugin;
+mod start;
+pub(crate) mod supervise;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use shmrt_primitives::{PeerId, PeerState, SegmentConfig, SegmentLayout};
 use wasmtime::{Config, Engine, Linker, Module, Store};
 
-use crate::doorbell_futex::SpinBudget;
+use self::plugin::Plugin;
+use self::start::Claim;
 use crate::error::SandboxError;
-use crate::guest_thread::{Heartbeat, SandboxHandle};
-use crate::host_channel::{HostReceiver, HostSender};
-use crate::instantiate::{Claim, read_module_file};
-use crate::memory_window::WindowMemoryCreator;
-use crate::options::{SandboxOptions, SegmentSource};
-use crate::plugin::Plugin;
-use crate::sandbox::Sandbox;
-use crate::sandbox_state::{SandboxShared, SandboxState};
-use crate::segment_file::SegmentFile;
-use crate::segment_template::{SegmentTemplate, SegmentTemplates};
-use crate::{host_imports, wasi_poll};
+use crate::exec::handle::{Heartbeat, SandboxHandle};
+use crate::exec::{host_imports, wasi_poll};
+use crate::host::receiver::HostReceiver;
+use crate::host::sandbox::Sandbox;
+use crate::host::sender::HostSender;
+use crate::module::bytes::read_module_file;
+use crate::module::cache;
+use crate::segment::file::SegmentFile;
+use crate::segment::memory_window::{self, WindowMemoryCreator};
+use crate::segment::monotonic_ns;
+use crate::segment::template::{SegmentTemplate, SegmentTemplates};
+use crate::state::epoch_ticker::EpochTicker;
+use crate::state::guest_stack;
+use crate::state::options::{Execution, SandboxOptions, SegmentSource};
+use crate::state::shared::{GuestKind, SandboxShared};
+use crate::state::store::SandboxState;
 
 /// Prepared plugins keyed by (hash, length) of their bytes, with the bytes
 /// to rule out a collision.
@@ -46,7 +57,7 @@ impl RuntimeConfig {
     /// `$XDG_CACHE_HOME/shmrt` or `~/.cache/shmrt` (what `shmrt run` uses
     /// unless `--no-cache`).
     pub fn default_module_cache() -> Option<PathBuf> {
-        crate::module_cache::ModuleCache::default_dir()
+        cache::ModuleCache::default_dir()
     }
 }
 
@@ -55,7 +66,7 @@ impl RuntimeConfig {
 pub struct Runtime {
     pub(crate) fuel: bool,
     /// Compiled modules on disk, between runs.
-    disk_cache: Option<crate::module_cache::ModuleCache>,
+    disk_cache: Option<cache::ModuleCache>,
     /// Compiled modules by (hash, length) of their bytes.
     modules: std::sync::Mutex<ModuleCache>,
     pub(crate) engine: Engine,
@@ -94,13 +105,13 @@ impl Runtime {
         config.wasm_threads(true);
         config.epoch_interruption(true);
         // Set against the stacks shmrt makes and checks (`guest_stack`).
-        config.max_wasm_stack(crate::guest_stack::MAX_WASM_STACK);
-        config.async_stack_size(crate::guest_stack::FIBER_STACK);
+        config.max_wasm_stack(guest_stack::MAX_WASM_STACK);
+        config.async_stack_size(guest_stack::FIBER_STACK);
         config.with_host_memory(Arc::new(WindowMemoryCreator));
         // Said explicitly: an in-process sandbox's memory is reserved
         // before its instantiation, with these sizes (`GuestRegion`).
-        config.memory_reservation(crate::memory_window::RESERVATION_32 as u64);
-        config.memory_guard_size(crate::memory_window::GUARD_SIZE as u64);
+        config.memory_reservation(memory_window::RESERVATION_32 as u64);
+        config.memory_guard_size(memory_window::GUARD_SIZE as u64);
         // Copy-on-write images need wasmtime's own mmap memories.
         config.memory_init_cow(false);
         let setup = |what: &'static str| {
@@ -126,7 +137,7 @@ impl Runtime {
             .map_err(|e| SandboxError::io("starting the epoch thread", e))?;
         Ok(Runtime {
             fuel: rc.fuel,
-            disk_cache: rc.module_cache.map(crate::module_cache::ModuleCache::new),
+            disk_cache: rc.module_cache.map(cache::ModuleCache::new),
             modules: Default::default(),
             engine,
             linker: Arc::new(linker),
@@ -202,7 +213,7 @@ impl Runtime {
         // A guest on the host's thread whose segment is pages of its own
         // memory finds its entry taken at birth (nothing to write at spawn).
         let born_taken = options.segment_source == SegmentSource::GuestMemory
-            && options.execution != crate::Execution::Thread;
+            && options.execution != Execution::Thread;
         let file = match &options.segment_source {
             SegmentSource::GuestMemory => {
                 // Refused from the layout, before anything is laid out.
@@ -223,20 +234,19 @@ impl Runtime {
                 replace_stale,
             } => SegmentFile::create_named_with(path, &seg_config, *keep, *replace_stale)?,
         };
-        let mut shared = SandboxShared::new(options.name.clone(), Arc::new(file), 0, options.spin);
-        shared.slot_wait = options.slot_wait;
-        shared.timeout = options.timeout;
-        shared.execution = options.execution;
-        shared.callback_slice = options.callback_slice;
-        let shared = Arc::new(shared);
+        let shared = Arc::new(SandboxShared::new(
+            &options,
+            Arc::new(file),
+            GuestKind::Spawned,
+        ));
         let claim = if born_taken { Claim::Taken } else { Claim::Own };
         let handle = self.start(plugin, &options, shared.clone(), claim)?;
         let driver = handle.run.driver();
-        let segment = *shared.segment_file.segment();
+        let segment = *shared.segment_file().segment();
         // We laid the segment out, and only we move the cursors the host's
         // ends start from (its H2G write, its G2H read): zero, not read
         // (each page read at a spawn is a fault).
-        let (tx, rx) = segment.fresh_host_channel(shared.guest_index);
+        let (tx, rx) = segment.fresh_host_channel(shared.guest_index());
         Ok(Sandbox {
             sender: HostSender::new(tx, shared.clone(), driver.clone()),
             receiver: HostReceiver::new(rx, shared, driver),
@@ -256,10 +266,10 @@ impl Runtime {
         peer: Option<u32>,
         mut options: SandboxOptions,
     ) -> Result<(SandboxHandle, u32), SandboxError> {
-        if options.execution == crate::Execution::Auto {
-            options.execution = crate::Execution::Thread;
+        if options.execution == Execution::Auto {
+            options.execution = Execution::Thread;
         }
-        if options.execution != crate::Execution::Thread {
+        if options.execution != Execution::Thread {
             return Err(SandboxError::Refused {
                 sandbox: options.name.clone(),
                 reason: format!(
@@ -311,10 +321,11 @@ impl Runtime {
                 layout.max_guests
             );
         }
-        let mut shared =
-            SandboxShared::new(options.name.clone(), Arc::new(file), index, options.spin);
-        shared.timeout = options.timeout;
-        let shared = Arc::new(shared);
+        let shared = Arc::new(SandboxShared::new(
+            &options,
+            Arc::new(file),
+            GuestKind::Attached { index },
+        ));
         let plugin = self.prepare_as(&options.name, wasm)?;
         let mut handle = self.start(&plugin, &options, shared.clone(), claim)?;
         if layout.heartbeat_interval_ns != 0 {
@@ -330,7 +341,7 @@ impl Runtime {
     pub(crate) fn compile(&self, binary: &[u8]) -> wasmtime::Result<Module> {
         match &self.disk_cache {
             Some(disk) => disk.get_or_compile(&self.engine, binary),
-            None => crate::module_cache::compile_and_log(&self.engine, binary, false),
+            None => cache::compile_and_log(&self.engine, binary, false),
         }
     }
 
@@ -377,22 +388,18 @@ impl Runtime {
         let mut config = SegmentConfig::single_guest();
         config.ring_capacity = 4096;
         let file = Arc::new(SegmentFile::create_memfd(&config)?);
-        let shared = Arc::new(SandboxShared::new(
-            "signatures".into(),
-            file,
-            0,
-            SpinBudget::default(),
-        ));
-        let state = SandboxState::new(
-            &SandboxOptions::default(),
-            shared,
-            self.ticker.state.clone(),
-            true,
-        )
-        .map_err(|e| SandboxError::Instantiate {
-            sandbox: "signatures".into(),
-            message: e,
-        })?;
+        let options = SandboxOptions {
+            name: "signatures".into(),
+            ..SandboxOptions::default()
+        };
+        let shared = Arc::new(SandboxShared::new(&options, file, GuestKind::Spawned));
+        let state =
+            SandboxState::new(&options, shared, self.ticker.state.clone(), true).map_err(|e| {
+                SandboxError::Instantiate {
+                    sandbox: "signatures".into(),
+                    message: e,
+                }
+            })?;
         let mut store = Store::new(&self.engine, state);
         let defs: Vec<_> = self
             .linker
@@ -413,11 +420,4 @@ impl Runtime {
         }
         Ok(out)
     }
-}
-
-/// CLOCK_MONOTONIC in nanoseconds: the clock heartbeats are read with by
-/// every process on the machine.
-pub fn monotonic_ns() -> u64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }

@@ -7,10 +7,15 @@ use std::sync::{Arc, OnceLock};
 
 use wasmtime::{InstancePre, Module};
 
+use super::Runtime;
 use crate::error::SandboxError;
-use crate::module_check::{self, ModuleFacts};
-use crate::runtime::Runtime;
-use crate::sandbox_state::SandboxState;
+use crate::exec::guest_driver::CALLBACK_EXPORT;
+use crate::exec::host_imports;
+use crate::module::bytes::module_bytes;
+use crate::module::check::{self, ModuleFacts};
+use crate::state::guest_stack::{GUEST_ENTRY_STACK, GUEST_THREAD_STACK, stack_left};
+use crate::state::options::Execution;
+use crate::state::store::SandboxState;
 
 /// A compiled and checked module, cheap to clone, from which
 /// [`Runtime::spawn_plugin`] spawns sandboxes. Made by
@@ -48,7 +53,7 @@ impl Plugin {
     /// guest SDK's `handler!` do).
     pub fn has_callback(&self) -> bool {
         matches!(
-            self.inner.module.get_export(crate::guest_driver::CALLBACK_EXPORT),
+            self.inner.module.get_export(CALLBACK_EXPORT),
             Some(wasmtime::ExternType::Func(f))
                 if f.params().len() == 0
                     && f.results().len() == 1
@@ -63,15 +68,15 @@ impl Plugin {
         self.inner
             .module
             .imports()
-            .any(|i| i.module() == crate::host_imports::MODULE)
+            .any(|i| i.module() == host_imports::MODULE)
     }
 
     /// Where [`crate::Execution::Auto`] runs this plugin: as a callback
     /// when it exports one, else on a thread; any other mode as given.
-    pub fn execution(&self, asked: crate::Execution) -> crate::Execution {
+    pub fn execution(&self, asked: Execution) -> Execution {
         match asked {
-            crate::Execution::Auto if self.has_callback() => crate::Execution::Callback,
-            crate::Execution::Auto => crate::Execution::Thread,
+            Execution::Auto if self.has_callback() => Execution::Callback,
+            Execution::Auto => Execution::Thread,
             other => other,
         }
     }
@@ -114,7 +119,6 @@ impl Runtime {
 
     /// [`Self::prepare`], naming `sandbox` in its errors.
     pub(crate) fn prepare_as(&self, sandbox: &str, wasm: &[u8]) -> Result<Plugin, SandboxError> {
-        use crate::guest_stack::{GUEST_ENTRY_STACK, GUEST_THREAD_STACK, stack_left};
         // Parsing and compiling take stack of their own (Cranelift's): on
         // a thread with little left, they run on one with room.
         if stack_left().is_some_and(|left| left < GUEST_ENTRY_STACK) {
@@ -132,11 +136,10 @@ impl Runtime {
     }
 
     fn prepare_here(&self, sandbox: &str, wasm: &[u8]) -> Result<Plugin, SandboxError> {
-        let binary =
-            crate::instantiate::module_bytes(wasm).map_err(|message| SandboxError::Compile {
-                sandbox: sandbox.into(),
-                message,
-            })?;
+        let binary = module_bytes(wasm).map_err(|message| SandboxError::Compile {
+            sandbox: sandbox.into(),
+            message,
+        })?;
         self.plugin_of(&binary).map_err(|e| match e {
             PrepareError::Compile(message) => SandboxError::Compile {
                 sandbox: sandbox.into(),
@@ -159,12 +162,12 @@ impl Runtime {
         // kept in the disk cache). One that does not even validate is
         // reported as such, not as what its facts looked like.
         let facts =
-            module_check::check_module(binary).map_err(
-                |refused| match wasmtime::Module::validate(&self.engine, binary) {
+            check::check_module(binary).map_err(|refused| {
+                match wasmtime::Module::validate(&self.engine, binary) {
                     Ok(()) => PrepareError::Refused(refused),
                     Err(e) => PrepareError::Compile(format!("{e:#}")),
-                },
-            )?;
+                }
+            })?;
         let module = self
             .compile(binary)
             .map_err(|e| PrepareError::Compile(format!("{e:#}")))?;
@@ -184,5 +187,5 @@ impl Runtime {
 /// Why a module could not be prepared.
 enum PrepareError {
     Compile(String),
-    Refused(module_check::RefusedModule),
+    Refused(check::RefusedModule),
 }

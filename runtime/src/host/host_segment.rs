@@ -9,11 +9,13 @@ use std::sync::Arc;
 
 use shmrt_primitives::{PeerId, Segment, SegmentConfig};
 
-use crate::doorbell_futex::{self, SpinBudget};
+use super::receiver::HostReceiver;
+use super::sender::HostSender;
 use crate::error::SandboxError;
-use crate::host_channel::{HostReceiver, HostSender};
-use crate::sandbox_state::SandboxShared;
-use crate::segment_file::SegmentFile;
+use crate::segment::doorbell_futex;
+use crate::segment::file::SegmentFile;
+use crate::state::options::{SandboxOptions, SpinBudget};
+use crate::state::shared::{GuestKind, SandboxShared};
 
 /// A segment file made by this process, hosting guests in other processes.
 #[derive(Debug)]
@@ -65,14 +67,21 @@ impl HostSegment {
             .try_reserve()
             .map_err(|e| peer_err(format!("cannot reserve peer {peer_id}: {e}")))?;
         let name = format!("{} peer {peer_id}", self.path().display());
-        let mut shared = SandboxShared::new(name, self.file.clone(), index, spin);
-        shared.external_guest = true;
-        let shared = Arc::new(shared);
+        let options = SandboxOptions {
+            name,
+            spin,
+            ..SandboxOptions::default()
+        };
+        let shared = Arc::new(SandboxShared::new(
+            &options,
+            self.file.clone(),
+            GuestKind::External { index },
+        ));
         let (tx, rx) =
             self.segment()
                 .host_channel(index)
                 .map_err(|error| SandboxError::Protocol {
-                    sandbox: shared.name.clone(),
+                    sandbox: shared.name().to_owned(),
                     error,
                 })?;
         Ok((
