@@ -21,7 +21,8 @@ use shmrt_primitives::checksum::sum64;
 use shmrt_primitives::heap_region::HeapRegion;
 use shmrt_primitives::{Segment, SegmentConfig, SegmentLayout, SendError};
 
-use shmrt::doorbell_futex::{self, SpinBudget};
+use shmrt::SpinBudget;
+use shmrt::doorbell_futex;
 use shmrt::{Execution, Runtime, Sandbox, SandboxError, SandboxOptions};
 
 /// How long to measure.

@@ -103,14 +103,21 @@ pub(crate) fn unread_messages(shared: &SandboxShared) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::segment::doorbell_futex::SpinBudget;
     use crate::segment::file::SegmentFile;
+    use crate::state::interrupts::SegmentTruncated;
+    use crate::state::options::SandboxOptions;
+    use crate::state::shared::GuestKind;
+    use std::sync::Arc;
 
     fn shared() -> SandboxShared {
         let mut config = shmrt_primitives::SegmentConfig::single_guest();
         config.ring_capacity = 4096;
         let file = SegmentFile::create_memfd(&config).expect("a memfd segment");
-        SandboxShared::new("t".into(), Arc::new(file), 0, SpinBudget::default())
+        let options = SandboxOptions {
+            name: "t".into(),
+            ..SandboxOptions::default()
+        };
+        SandboxShared::new(&options, Arc::new(file), GuestKind::Spawned)
     }
 
     fn status(e: wasmtime::Error, shared: &SandboxShared) -> Result<i32, SandboxError> {
@@ -143,7 +150,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // The guest's last error log explains the trap that follows.
-        *s.last_error_log.lock().unwrap() = Some("panicked at lib.rs".into());
+        *s.last_error_log() = Some("panicked at lib.rs".into());
         match status(
             wasmtime::Error::new(wasmtime::Trap::UnreachableCodeReached),
             &s,
@@ -154,7 +161,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // A refused memory.grow turns a later trap into a memory limit.
-        s.memory_refused.store(true, Ordering::Release);
+        s.refuse_memory();
         assert!(matches!(
             status(
                 wasmtime::Error::new(wasmtime::Trap::UnreachableCodeReached),

@@ -10,7 +10,8 @@ use super::guest_driver::GuestDriver;
 use super::guest_end::unread_messages;
 use crate::error::SandboxError;
 use crate::segment::doorbell_futex;
-use crate::state::shared::{ABANDON_AFTER, SandboxShared};
+use crate::state::options::Execution;
+use crate::state::shared::SandboxShared;
 
 /// Stops a sandbox from another thread; see [`SandboxHandle::stop`].
 #[derive(Clone)]
@@ -159,7 +160,7 @@ impl SandboxHandle {
     }
 
     /// Where the guest runs ([`crate::Execution::Auto`] resolved).
-    pub fn execution(&self) -> crate::Execution {
+    pub fn execution(&self) -> Execution {
         self.shared.execution()
     }
 
@@ -176,7 +177,7 @@ impl SandboxHandle {
     ///
     /// A guest blocked in a host call nothing can interrupt (a WASI open or
     /// read of a FIFO an operator put in a `--dir`) is not waited for past
-    /// its deadline or a stop: [`ABANDON_AFTER`] later, `join` returns
+    /// its deadline or a stop: [`ABANDON_AFTER`](crate::ABANDON_AFTER) later, `join` returns
     /// the timeout (or the stop) and leaves the guest's thread behind,
     /// with its memory, until the call returns.
     ///
@@ -224,7 +225,7 @@ impl Drop for SandboxHandle {
     }
 }
 
-/// Joins the guest's thread, unless it is still running [`ABANDON_AFTER`]
+/// Joins the guest's thread, unless it is still running [`ABANDON_AFTER`](crate::ABANDON_AFTER)
 /// past the sandbox's deadline or a stop (`None`: left behind, detached).
 fn wait_for_guest(
     thread: JoinHandle<Result<i32, SandboxError>>,

@@ -34,8 +34,11 @@ const MAX_PARK: Duration = Duration::from_millis(50);
 /// e.g. `i32`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ImportSignature {
+    /// The import's name in module [`MODULE`].
     pub name: String,
+    /// Its parameters' value types.
     pub params: Vec<String>,
+    /// Its results' value types.
     pub results: Vec<String>,
 }
 

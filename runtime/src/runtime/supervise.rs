@@ -19,7 +19,10 @@ pub enum RestartPolicy {
     Never,
     /// After a trap, a timeout, running out of fuel or memory, or a
     /// protocol violation, up to `max_restarts` times.
-    OnFailure { max_restarts: u32 },
+    OnFailure {
+        /// Restarts allowed before the failure is the result.
+        max_restarts: u32,
+    },
 }
 
 /// Whether `e` is a failure of the guest (worth a restart), as opposed to

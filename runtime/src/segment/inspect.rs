@@ -70,19 +70,33 @@ impl Report {
 pub struct HeaderReport {
     /// Printable ASCII as it is, other bytes as `\xNN`.
     pub magic: String,
+    /// Format version (7).
     pub version: u32,
+    /// Header bytes (128).
     pub header_size: u32,
+    /// The segment's bytes.
     pub total_size: u64,
+    /// Largest payload a message may have.
     pub max_payload_size: u32,
+    /// Largest frame sent inline (0 means 256).
     pub inline_threshold: u32,
+    /// Guest entries of the peer table.
     pub max_guests: u32,
+    /// Each ring's capacity in bytes.
     pub bipbuf_capacity: u32,
+    /// Where the peer table starts.
     pub peer_table_offset: u64,
+    /// Where the slot pool starts.
     pub var_pool_offset: u64,
+    /// Heartbeat interval, nanoseconds (0: off).
     pub heartbeat_interval_ns: u64,
+    /// The host's goodbye word (non-zero: said).
     pub host_goodbye: u32,
+    /// Slot classes of the pool.
     pub num_var_slot_classes: u32,
+    /// The size the segment says it has now.
     pub current_size: u64,
+    /// Feature flags.
     pub features: u32,
     /// The doorbell feature flag is set.
     pub doorbells: bool,
@@ -93,7 +107,9 @@ pub struct HeaderReport {
 #[derive(Clone, Debug)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct SegmentReport {
+    /// Who serves the segment.
     pub owner: OwnerReport,
+    /// One entry per guest.
     pub peers: Vec<PeerReport>,
     /// One entry per slot class.
     pub pool: Vec<ClassReport>,
@@ -113,14 +129,18 @@ pub enum OwnerReport {
         lock_held: bool,
         /// From shmrt's owner record, when the file has one.
         pid: Option<u32>,
+        /// The creator's start time, from the owner record.
         start_time: Option<u64>,
+        /// Whether the recorded process still runs (`None`: can not be told).
         process_running: Option<bool>,
+        /// The same in words.
         description: String,
     },
     /// The file's lock or owner record could not be read.
     Unknown {
         /// Always `unknown`.
         state: &'static str,
+        /// Why it could not be read.
         error: String,
     },
 }
@@ -133,12 +153,15 @@ pub struct PeerReport {
     pub peer: u32,
     /// The state's name, or `invalid (WORD)`.
     pub state: String,
+    /// The entry's epoch word.
     pub epoch: u32,
     /// Since the last heartbeat; none when heartbeats are off or none came.
     pub heartbeat_age_ms: Option<f64>,
+    /// Where the entry's ring pair starts.
     pub ring_offset: u64,
     /// When the segment has doorbells.
     pub doorbells: Option<Directions<DoorbellReport>>,
+    /// The ring pair's cursors.
     pub rings: Directions<RingReport>,
 }
 
@@ -156,7 +179,9 @@ pub struct Directions<T> {
 #[derive(Clone, Debug)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct DoorbellReport {
+    /// The sequence word (bumped at each ring).
     pub seq: u32,
+    /// The waiter count.
     pub waiters: u32,
 }
 
@@ -164,14 +189,19 @@ pub struct DoorbellReport {
 #[derive(Clone, Debug)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct RingReport {
+    /// The write cursor.
     pub write: u32,
+    /// The watermark (where the last wrap left the end).
     pub watermark: u32,
+    /// The read cursor.
     pub read: u32,
     /// The header's capacity (the ring's own word is not trusted).
     pub capacity: u32,
     /// Bytes queued; none when the cursors are inconsistent.
     pub occupancy: Option<u32>,
+    /// The writer has wrapped to the front.
     pub wrapped: bool,
+    /// Occupancy as a percentage of the capacity.
     pub full_percent: Option<f64>,
 }
 
@@ -179,13 +209,19 @@ pub struct RingReport {
 #[derive(Clone, Debug)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct ClassReport {
+    /// The class's index.
     pub class: usize,
+    /// Bytes a slot (its payload and 4-byte length).
     pub slot_size: u32,
+    /// The class's slots.
     pub slot_count: u32,
+    /// Slots allocated.
     pub allocated: u32,
+    /// Slots free.
     pub free: u32,
     /// Metas in no valid state.
     pub invalid: u32,
+    /// The free list as walked.
     pub free_list: FreeListReport,
     /// Allocated slots by the peer that allocated them.
     pub allocated_by_owner: BTreeMap<u32, u32>,
@@ -195,8 +231,13 @@ pub struct ClassReport {
 #[derive(Clone, Debug)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize), serde(untagged))]
 pub enum FreeListReport {
+    /// Slots on the free list.
     Length(u32),
-    Broken { error: String },
+    /// The walk found a broken or looping list.
+    Broken {
+        /// What was wrong.
+        error: String,
+    },
 }
 
 /// Inspects the segment file at `path`. An error when it is not a regular
@@ -257,80 +298,104 @@ fn read(path: &Path, len: u64, map: &Mmap, owner: std::io::Result<Owner>) -> Rep
     };
     let mut problems = Vec::new();
     let owner = owner_report(path, owner, &mut problems);
-    let layout = *seg.layout();
     let now = monotonic_ns();
-    let mut peers = Vec::new();
-    for i in 0..layout.max_guests {
-        let p = seg.peer(i).expect("index in range");
-        let state_word = p.state.load(std::sync::atomic::Ordering::Acquire);
-        let state = p.state().map(|s| s.name().to_string());
-        if state.is_none() {
-            problems.push(format!(
-                "peer {}: state word {state_word} is not a state",
-                i + 1
-            ));
-        }
-        let hb = p.last_heartbeat();
-        let age_ms = (layout.heartbeat_interval_ns != 0 && hb != 0)
-            .then(|| now.saturating_sub(hb) as f64 / 1e6);
-        let mut ring = |dir: &str, ring: Option<RingRef>| {
-            let c = ring.expect("index in range").cursors();
-            let occupancy = c.occupancy(layout.ring_capacity);
-            if occupancy.is_none() {
-                problems.push(format!(
-                    "peer {} {dir} ring: cursors are inconsistent (write {}, watermark {}, read {}, capacity {})",
-                    i + 1,
-                    c.write,
-                    c.watermark,
-                    c.read,
-                    layout.ring_capacity
-                ));
-            }
-            if c.capacity_field != layout.ring_capacity {
-                problems.push(format!(
-                    "peer {} {dir} ring: capacity word is {}, the header says {}",
-                    i + 1,
-                    c.capacity_field,
-                    layout.ring_capacity
-                ));
-            }
-            RingReport {
-                write: c.write,
-                watermark: c.watermark,
-                read: c.read,
-                capacity: layout.ring_capacity,
-                occupancy,
-                wrapped: c.watermark != 0,
-                full_percent: occupancy
-                    .map(|o| (o as f64 * 100.0 / layout.ring_capacity as f64).round()),
-            }
-        };
-        let rings = Directions {
-            g2h: ring("g2h", seg.g2h_ring(i)),
-            h2g: ring("h2g", seg.h2g_ring(i)),
-        };
-        // Relaxed: a snapshot for a person to read; nothing is derived
-        // from the waiter counts.
-        let doorbells = (layout.features & FEATURE_DOORBELLS != 0).then(|| Directions {
-            g2h: DoorbellReport {
-                seq: p.g2h_doorbell.sequence(),
-                waiters: p.g2h_doorbell.waiters.load(Ordering::Relaxed),
-            },
-            h2g: DoorbellReport {
-                seq: p.h2g_doorbell.sequence(),
-                waiters: p.h2g_doorbell.waiters.load(Ordering::Relaxed),
-            },
-        });
-        peers.push(PeerReport {
-            peer: i + 1,
-            state: state.unwrap_or_else(|| format!("invalid ({state_word})")),
-            epoch: p.epoch(),
-            heartbeat_age_ms: age_ms,
-            ring_offset: layout.ring_pair_offset(i),
-            doorbells,
-            rings,
-        });
+    let peers = (0..seg.layout().max_guests)
+        .map(|i| peer_report(&seg, i, now, &mut problems))
+        .collect();
+    let classes = class_reports(&seg, &mut problems);
+    report.segment = Some(SegmentReport {
+        owner,
+        peers,
+        pool: classes,
+        problems,
+    });
+    report
+}
+
+/// Peer entry `i`, its rings and doorbells; what is wrong with them goes
+/// to `problems`.
+fn peer_report(seg: &Segment, i: u32, now: u64, problems: &mut Vec<String>) -> PeerReport {
+    let layout = *seg.layout();
+    let p = seg.peer(i).expect("index in range");
+    let state_word = p.state.load(std::sync::atomic::Ordering::Acquire);
+    let state = p.state().map(|s| s.name().to_string());
+    if state.is_none() {
+        problems.push(format!(
+            "peer {}: state word {state_word} is not a state",
+            i + 1
+        ));
     }
+    let hb = p.last_heartbeat();
+    let age_ms =
+        (layout.heartbeat_interval_ns != 0 && hb != 0).then(|| now.saturating_sub(hb) as f64 / 1e6);
+    let rings = Directions {
+        g2h: ring_report(i, "g2h", seg.g2h_ring(i), layout.ring_capacity, problems),
+        h2g: ring_report(i, "h2g", seg.h2g_ring(i), layout.ring_capacity, problems),
+    };
+    // Relaxed: a snapshot for a person to read; nothing is derived
+    // from the waiter counts.
+    let doorbells = (layout.features & FEATURE_DOORBELLS != 0).then(|| Directions {
+        g2h: DoorbellReport {
+            seq: p.g2h_doorbell.sequence(),
+            waiters: p.g2h_doorbell.waiters.load(Ordering::Relaxed),
+        },
+        h2g: DoorbellReport {
+            seq: p.h2g_doorbell.sequence(),
+            waiters: p.h2g_doorbell.waiters.load(Ordering::Relaxed),
+        },
+    });
+    PeerReport {
+        peer: i + 1,
+        state: state.unwrap_or_else(|| format!("invalid ({state_word})")),
+        epoch: p.epoch(),
+        heartbeat_age_ms: age_ms,
+        ring_offset: layout.ring_pair_offset(i),
+        doorbells,
+        rings,
+    }
+}
+
+/// The `dir` ring of peer entry `i`, of `capacity` bytes by the header.
+fn ring_report(
+    i: u32,
+    dir: &str,
+    ring: Option<RingRef>,
+    capacity: u32,
+    problems: &mut Vec<String>,
+) -> RingReport {
+    let c = ring.expect("index in range").cursors();
+    let occupancy = c.occupancy(capacity);
+    if occupancy.is_none() {
+        problems.push(format!(
+            "peer {} {dir} ring: cursors are inconsistent (write {}, watermark {}, read {}, capacity {})",
+            i + 1,
+            c.write,
+            c.watermark,
+            c.read,
+            capacity
+        ));
+    }
+    if c.capacity_field != capacity {
+        problems.push(format!(
+            "peer {} {dir} ring: capacity word is {}, the header says {}",
+            i + 1,
+            c.capacity_field,
+            capacity
+        ));
+    }
+    RingReport {
+        write: c.write,
+        watermark: c.watermark,
+        read: c.read,
+        capacity,
+        occupancy,
+        wrapped: c.watermark != 0,
+        full_percent: occupancy.map(|o| (o as f64 * 100.0 / capacity as f64).round()),
+    }
+}
+
+/// Every slot class of the pool.
+fn class_reports(seg: &Segment, problems: &mut Vec<String>) -> Vec<ClassReport> {
     let pool = seg.pool();
     let mut classes = Vec::new();
     for c in 0..pool.class_count() {
@@ -371,13 +436,7 @@ fn read(path: &Path, len: u64, map: &Mmap, owner: std::io::Result<Owner>) -> Rep
             allocated_by_owner: owners,
         });
     }
-    report.segment = Some(SegmentReport {
-        owner,
-        peers,
-        pool: classes,
-        problems,
-    });
-    report
+    classes
 }
 
 /// Who serves the segment; a stale segment is a problem.

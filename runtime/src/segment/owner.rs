@@ -351,6 +351,7 @@ pub(super) fn still_named(dir: &Dir, name: &Path, old: &(File, OwnerRecord)) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     fn tempdir(what: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("shmrt-segfile-{what}-{}", std::process::id()));

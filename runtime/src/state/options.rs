@@ -212,8 +212,11 @@ pub enum SegmentSource {
     /// at `path` by a shmrt that is gone is replaced (a live one never is;
     /// see [`crate::Owner`]).
     Named {
+        /// The file to create.
         path: PathBuf,
+        /// Leave the file when the sandbox is dropped.
         keep: bool,
+        /// Replace a stale segment left at `path`.
         replace_stale: bool,
     },
 }

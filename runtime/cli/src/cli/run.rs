@@ -72,7 +72,7 @@ pub struct RunCommand {
     /// Rounds the host spins on an empty or full ring before it parks on
     /// the futex doorbell (0 parks at once: least CPU, a wake-up per
     /// message when traffic is sparse; more: lower latency, a busy core).
-    #[arg(long, default_value_t = shmrt::doorbell_futex::SpinBudget::default().0)]
+    #[arg(long, default_value_t = shmrt::SpinBudget::default().0)]
     spin: u32,
     /// Data bytes of each ring, per direction.
     #[arg(long, default_value = "64KiB", value_parser = parse_size)]
@@ -166,12 +166,9 @@ impl RunCommand {
         let mut options = SandboxOptions {
             name: self.plugin.display().to_string(),
             timeout: self.timeout,
-            callback_slice: Some(
-                self.callback_slice
-                    .unwrap_or(shmrt::sandbox::DEFAULT_CALLBACK_SLICE),
-            ),
+            callback_slice: Some(self.callback_slice.unwrap_or(shmrt::DEFAULT_CALLBACK_SLICE)),
             execution,
-            spin: shmrt::doorbell_futex::SpinBudget(self.spin),
+            spin: shmrt::SpinBudget(self.spin),
             ..SandboxOptions::default()
         };
         options.segment.ring_capacity = u32::try_from(self.ring_capacity).map_err(|_| {
@@ -248,7 +245,7 @@ impl RunCommand {
         let interrupts = Interrupts::install(named_segment.clone(), segment_made.clone())
             .map_err(Failure::other)?;
         if let Some(segment) = &self.attach {
-            let wasm = shmrt::sandbox::read_module_file(&self.plugin)?;
+            let wasm = shmrt::read_module_file(&self.plugin)?;
             let (handle, peer) =
                 runtime
                     .attach(&wasm, segment, self.peer, options)
@@ -272,7 +269,7 @@ impl RunCommand {
             }
             return Ok(super::exit_codes::guest_status(status?));
         }
-        let wasm = shmrt::sandbox::read_module_file(&self.plugin)?;
+        let wasm = shmrt::read_module_file(&self.plugin)?;
         // The plugin prepared here is kept by the runtime: the spawn below
         // does not compile or check it again. An invalid one is reported
         // by the spawn.
@@ -346,7 +343,7 @@ impl RunCommand {
             }
             let (status, unread) = handle.join_counting_unread();
             if let Err(e) = &status
-                && shmrt::supervise::is_guest_failure(e)
+                && shmrt::is_guest_failure(e)
             {
                 lost.set(lost.get() + unread.unwrap_or(0));
                 lost_unknown.set(lost_unknown.get() || unread.is_none());
@@ -1026,7 +1023,7 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
 /// Removes a named segment file this shmrt made, if it is still there
 /// (never another run's file of that name).
 fn remove_segment_file(path: &std::path::Path) {
-    if let Err(e) = shmrt::segment_file::remove_if_created_here(path) {
+    if let Err(e) = shmrt::remove_if_created_here(path) {
         tracing::warn!("could not remove segment file {}: {e}", path.display());
     }
 }
