@@ -1,4 +1,5 @@
-//! WASI's `poll_oneoff`, bounded by the sandbox's deadline and stop flag.
+//! WASI's `poll_oneoff`, bounded by the sandbox's interrupts (its stop, its
+//! deadline, a callback's slice).
 //!
 //! wasmtime-wasi sleeps on a clock subscription without looking back
 //! (`std::thread::sleep`, or a timer awaited to the end): a guest that
@@ -396,8 +397,9 @@ fn clock_deadline(state: &SandboxState, id: u32, timeout: u64, absolute: bool) -
 }
 
 /// Naps until `until`, ending early with the sandbox's own errors when
-/// the host stops it, its segment file is truncated, or its deadline
-/// passes; a stop unparks the thread.
+/// an interrupt holds (the host stops it, its segment file is truncated,
+/// its deadline passes, a callback's slice runs out); a stop unparks the
+/// thread.
 pub(crate) fn sleep_until(state: &SandboxState, until: Instant) -> wasmtime::Result<()> {
     // Sleeping in the host: the epoch need not tick for this guest.
     let _waiting = state.ticker.waiting();
