@@ -31,5 +31,8 @@ cmp "$tmp/in" "$tmp/out" && echo "byte-exact"
 echo "== embed: a native program that embeds the runtime"
 target/release/examples/embed "$("$shmrt" build examples/upper)"
 
+echo "== calls-host: calls by name, configuration, a host function, four threads calling at once"
+target/release/examples/calls-host "$("$shmrt" build examples/text-tools)"
+
 echo "== attach: a native host process and the plugin sandboxed in another, one segment file"
 target/release/examples/attach-host "$shmrt" "$("$shmrt" build examples/checksum)"

@@ -30,7 +30,7 @@ cargo clippy --workspace --all-targets -- -D warnings
 # The guest crates build for wasm32 with the flags in their own
 # .cargo/config.toml (their libraries only: no_std crates have no test
 # harness there).
-for dir in examples/bench-guest examples/checksum examples/echo examples/upper \
+for dir in examples/bench-guest examples/checksum examples/echo examples/text-tools examples/upper \
     runtime/tests/guests/probe runtime/tests/guests/slow-handler runtime/tests/guests/std-echo; do
     (cd "$dir" && CARGO_TARGET_DIR="$OLDPWD/target/guests-clippy" cargo clippy -- -D warnings)
 done
@@ -45,6 +45,7 @@ step "the embedding example"
 # each unify other features).
 target/debug/examples/embed "$(target/debug/shmrt build examples/upper)"
 target/debug/examples/many "$(target/debug/shmrt build examples/echo)" --count 200 --rounds 3
+target/debug/examples/calls-host "$(target/debug/shmrt build examples/text-tools)"
 
 step "no_std builds for wasm32"
 cargo build -p shmrt-primitives --target wasm32-unknown-unknown

@@ -3,6 +3,7 @@
 //! crate still builds (and documents) on the host.
 
 pub use shmrt_primitives::WaitOutcome;
+pub use shmrt_primitives::call_header::import_codes;
 
 /// `wait` result: the host rang ([`WaitOutcome::Rang`]).
 pub const WAIT_RANG: i32 = WaitOutcome::Rang.code();
@@ -22,6 +23,16 @@ mod imports {
         pub fn wait(timeout_ns: i64) -> i32;
         pub fn log(level: i32, ptr: u32, len: u32);
         pub fn now_ns() -> u64;
+        pub fn config_get(key_ptr: u32, key_len: u32, out_ptr: u32, out_cap: u32) -> i64;
+        pub fn host_call(
+            name_ptr: u32,
+            name_len: u32,
+            in_ptr: u32,
+            in_len: u32,
+            out_ptr: u32,
+            out_cap: u32,
+        ) -> i64;
+        pub fn host_result(out_ptr: u32, out_cap: u32) -> i64;
     }
 }
 
@@ -49,6 +60,15 @@ mod imports {
         absent()
     }
     pub unsafe fn now_ns() -> u64 {
+        absent()
+    }
+    pub unsafe fn config_get(_: u32, _: u32, _: u32, _: u32) -> i64 {
+        absent()
+    }
+    pub unsafe fn host_call(_: u32, _: u32, _: u32, _: u32, _: u32, _: u32) -> i64 {
+        absent()
+    }
+    pub unsafe fn host_result(_: u32, _: u32) -> i64 {
         absent()
     }
 }
@@ -101,4 +121,49 @@ pub fn now_ns() -> u64 {
     // SAFETY: `now_ns` takes no argument and touches none of our memory: no
     // precondition.
     unsafe { imports::now_ns() }
+}
+
+/// Reads the configuration value of `key` into `out`: its length (written
+/// only when it fits `out`), or an [`import_codes`] value (`NOT_FOUND`
+/// when the host gave no such key). See [`crate::config`].
+pub fn config_get(key: &[u8], out: &mut [u8]) -> i64 {
+    // SAFETY: both pointer and length pairs describe live slices of our
+    // memory; the host writes at most `out.len()` bytes into `out`.
+    unsafe {
+        imports::config_get(
+            key.as_ptr() as usize as u32,
+            key.len() as u32,
+            out.as_mut_ptr() as usize as u32,
+            out.len() as u32,
+        )
+    }
+}
+
+/// Calls the host function `name` with `input`: the output's length
+/// (written into `out` only when it fits; else it is kept as the pending
+/// result, see [`host_result`]), or an [`import_codes`] value. See
+/// [`crate::host_fn`] for the typed form.
+pub fn host_call(name: &[u8], input: &[u8], out: &mut [u8]) -> i64 {
+    // SAFETY: each pointer and length pair describes a live slice of our
+    // memory; the host writes at most `out.len()` bytes into `out`.
+    unsafe {
+        imports::host_call(
+            name.as_ptr() as usize as u32,
+            name.len() as u32,
+            input.as_ptr() as usize as u32,
+            input.len() as u32,
+            out.as_mut_ptr() as usize as u32,
+            out.len() as u32,
+        )
+    }
+}
+
+/// Copies the pending result of the last [`host_call`] (an output that did
+/// not fit, or a failure's code and message) into `out`, as much as fits,
+/// and gives its whole length; it is forgotten once it fit whole.
+/// `NOT_FOUND` when none is pending.
+pub fn host_result(out: &mut [u8]) -> i64 {
+    // SAFETY: the pointer and length describe a live slice of our memory;
+    // the host writes at most `out.len()` bytes into it.
+    unsafe { imports::host_result(out.as_mut_ptr() as usize as u32, out.len() as u32) }
 }

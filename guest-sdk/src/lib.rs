@@ -29,6 +29,9 @@
 #![no_std]
 #![warn(missing_docs)]
 
+#[cfg(feature = "alloc")]
+extern crate alloc;
+
 #[cfg(all(target_family = "wasm", not(shmrt_guest_atomics)))]
 compile_error!(
     "shmrt guests must be built with wasm atomics, or a guest polling its ring can hang forever: \
@@ -36,11 +39,17 @@ compile_error!(
      \"target-feature=+atomics,+bulk-memory\"]` under [build] in .cargo/config.toml), or use `shmrt build`"
 );
 
+pub mod calls;
+pub mod config;
 pub mod host;
+pub mod host_fn;
 pub mod log;
 
 mod channel;
 
+#[cfg(feature = "json")]
+pub use calls::Json;
+pub use calls::{Error, Failure};
 pub use channel::{
     BATCH_BUDGET_NS, Channel, DEFAULT_SLOT_WAIT_NS, EXIT_SLOTS_EXHAUSTED, Inbox, Message,
     OpenError, Outbox, SendError,

@@ -42,6 +42,7 @@
 #[cfg(any(feature = "std", test, loom))]
 extern crate std;
 
+pub mod call_header;
 pub mod channel;
 pub mod checksum;
 pub mod doorbell;

@@ -35,6 +35,7 @@ mod state;
 pub use error::{OpenSegmentError, SandboxError};
 pub use exec::handle::{SandboxHandle, StopHandle};
 pub use exec::host_imports;
+pub use host::calls::{CallError, Caller, MAX_PLUGIN_MESSAGE, PendingCall, call_codes};
 pub use host::host_segment::HostSegment;
 pub use host::receiver::{HostMessage, HostReceiver};
 pub use host::sandbox::Sandbox;
@@ -50,7 +51,10 @@ pub use segment::owner::{
 pub use segment::{doorbell_futex, inspect, monotonic_ns};
 pub use shmrt_primitives as primitives;
 pub use shmrt_primitives::{SharedBytes, SharedBytesMut};
-pub use state::guest_output::escape_line;
+pub use state::contract::{
+    HostFnError, HostFunctions, HostOutput, MAX_CONFIG_BYTES, MAX_HOST_ERROR_MESSAGE,
+};
+pub use state::escape::escape_line;
 pub use state::guest_stack::{GUEST_ENTRY_STACK, GUEST_THREAD_STACK, MAX_WASM_STACK};
 pub use state::options::{
     DEFAULT_CALLBACK_SLICE, DEFAULT_SLOT_WAIT, Execution, GuestStdin, GuestStdout, SandboxOptions,

@@ -40,7 +40,11 @@ fn linker_defines_exactly_the_wit_functions() {
         let results: Vec<String> = f.result.iter().map(|t| core_type(t).to_string()).collect();
         from_wit.insert(name.replace('-', "_"), (params, results));
     }
-    assert_eq!(from_wit.len(), 7, "the seven imports of DESIGN.md");
+    assert_eq!(
+        from_wit.len(),
+        10,
+        "the seven imports of DESIGN.md, config-get, host-call and host-result"
+    );
 
     let runtime = shmrt::Runtime::new().unwrap();
     let from_linker: BTreeMap<String, (Vec<String>, Vec<String>)> = runtime

@@ -9,6 +9,11 @@
 //!   at goodbye, send the count;
 //! - `checksum`: answer every message with the sum of its payload's u64
 //!   words (u64 LE), read in place with SIMD128, spinning between messages;
+//! - `calls` (callback mode only): every later message is a call by name
+//!   of `echo` (the input back), `host_calls_64b` (input: u32 n; calls the
+//!   host function `echo64` n times with 64 bytes and uses each 64-byte
+//!   answer) or `host_call_1mib` (input: u32 n; hands the host function
+//!   `sum` a 1 MiB buffer n times, which it reads in place);
 //! - anything else: echo every message, that first one included, each
 //!   answered in place (the plugin of the `cli_*` workloads, which run it
 //!   through `shmrt run` against `cat`).
@@ -334,13 +339,18 @@ fn answer(msg: Message<'_>, outbox: &mut Outbox) -> Result<(), SendError> {
     use core::sync::atomic::Ordering::Relaxed;
     match CALLBACK_MODE.load(Relaxed) {
         u32::MAX => {
-            let checksum = msg.as_bytes() == b"checksum";
-            CALLBACK_MODE.store(u32::from(checksum), Relaxed);
-            if checksum {
+            let mode = match msg.as_bytes() {
+                b"checksum" => 1,
+                b"calls" => 2,
+                _ => 0,
+            };
+            CALLBACK_MODE.store(mode, Relaxed);
+            if mode != 0 {
                 return Ok(());
             }
             msg.reply_in_place(outbox, |b| b.len())
         }
+        2 => shmrt_guest::calls::dispatch(msg, outbox, route_call),
         1 => {
             let sum = sum64(msg.as_bytes());
             drop(msg);
@@ -355,4 +365,45 @@ fn answer(msg: Message<'_>, outbox: &mut Outbox) -> Result<(), SendError> {
 #[unsafe(no_mangle)]
 pub extern "C" fn shmrt_on_messages() -> i32 {
     shmrt_guest::callback::with_channel(|channel| channel.answer_queued(answer))
+}
+
+/// The exports of the `calls` workload.
+fn route_call(
+    call: shmrt_guest::calls::Call<'_>,
+    outbox: &mut Outbox,
+) -> Result<(), SendError> {
+    match call.name() {
+        "echo" => call.run(outbox, |input: &[u8]| Ok::<_, &str>(input)),
+        "host_calls_64b" => call.run(outbox, host_calls_64b),
+        "host_call_1mib" => call.run(outbox, host_call_1mib),
+        _ => call.no_such_export(outbox, &["echo", "host_calls_64b", "host_call_1mib"]),
+    }
+}
+
+/// `n` host calls of `echo64`, 64 bytes each way; the answer's bytes are
+/// summed so that none of it is dead.
+fn host_calls_64b(n: u32) -> Result<u64, &'static str> {
+    let mut input = [7u8; 64];
+    let mut out = [0u8; 64];
+    let mut total = 0u64;
+    for i in 0..n {
+        input[0] = i as u8;
+        let answer = shmrt_guest::host_fn::call("echo64", &input, &mut out)
+            .map_err(|_| "echo64 failed")?;
+        total = total.wrapping_add(u64::from(answer[0]) + u64::from(answer[63]));
+    }
+    Ok(total)
+}
+
+/// `n` host calls of `sum`, each handing the host the 1 MiB buffer.
+fn host_call_1mib(n: u32) -> Result<u64, &'static str> {
+    // SAFETY: the buffer is only read here, by the host, in place.
+    let buf = unsafe { &(&raw const BUF.0).as_ref().expect("static")[..1 << 20] };
+    let mut out = [0u8; 8];
+    let mut total = 0u64;
+    for _ in 0..n {
+        let sum = shmrt_guest::host_fn::call("sum", buf, &mut out).map_err(|_| "sum failed")?;
+        total = total.wrapping_add(u64::from_le_bytes(sum.try_into().map_err(|_| "8 bytes")?));
+    }
+    Ok(total)
 }

@@ -1,6 +1,5 @@
 //! The `shmrt` command line.
 
-mod bench;
 mod cli;
 
 use std::process::ExitCode;

@@ -6,7 +6,8 @@
 use std::time::Duration;
 
 use crate::error::SandboxError;
-use crate::state::guest_output::{LogRate, escape_line};
+use crate::state::escape::escape_line;
+use crate::state::guest_output::LogRate;
 use crate::state::interrupts::{DeadlineExceeded, Stopped};
 use crate::state::shared::SandboxShared;
 

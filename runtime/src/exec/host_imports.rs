@@ -9,7 +9,8 @@ use wasmtime::{Caller, Linker};
 
 use crate::segment::doorbell_futex;
 use crate::segment::memory_window::NOT_PLACED;
-use crate::state::guest_output::{LogRate, MAX_LOG_BYTES, escape_line};
+use crate::state::escape::escape_line;
+use crate::state::guest_output::{LogRate, MAX_LOG_BYTES};
 use crate::state::interrupts::Interrupt;
 use crate::state::options::Execution;
 use crate::state::shared::SandboxShared;
@@ -95,6 +96,15 @@ pub(crate) fn add_to_linker(
     linker.func_wrap(MODULE, "now_ns", |c: Caller<'_, SandboxState>| -> u64 {
         c.data().shared.started().elapsed().as_nanos() as u64
     })?;
+    linker.func_wrap(MODULE, "config_get", super::host_functions::config_get)?;
+    linker.func_wrap(
+        MODULE,
+        "host_call",
+        |c: Caller<'_, SandboxState>, a, b, cc, d, e, f| {
+            super::host_functions::host_call(c, (a, b, cc, d, e, f))
+        },
+    )?;
+    linker.func_wrap(MODULE, "host_result", super::host_functions::host_result)?;
     Ok(())
 }
 

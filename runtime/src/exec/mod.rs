@@ -9,5 +9,6 @@ pub(crate) mod guest_driver;
 pub(crate) mod guest_end;
 pub(crate) mod guest_thread;
 pub(crate) mod handle;
+pub(crate) mod host_functions;
 pub mod host_imports;
 pub(crate) mod wasi_poll;

@@ -4,6 +4,7 @@
 //! (`sandbox.rs`), and a segment this process hosts for guests in other
 //! processes (`host_segment.rs`).
 
+pub(crate) mod calls;
 pub(crate) mod host_segment;
 pub(crate) mod receiver;
 pub(crate) mod sandbox;

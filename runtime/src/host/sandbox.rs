@@ -15,6 +15,8 @@ pub struct Sandbox {
     pub(crate) sender: HostSender,
     pub(crate) receiver: HostReceiver,
     pub(crate) handle: SandboxHandle,
+    /// The correlation id of this sandbox's next call ([`Self::call`]).
+    pub(crate) next_call_id: u64,
 }
 
 impl Sandbox {

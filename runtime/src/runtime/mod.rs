@@ -251,6 +251,7 @@ impl Runtime {
             sender: HostSender::new(tx, shared.clone(), driver.clone()),
             receiver: HostReceiver::new(rx, shared, driver),
             handle,
+            next_call_id: 1,
         })
     }
 

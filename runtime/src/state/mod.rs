@@ -8,7 +8,9 @@
 //! epoch ticker (`epoch_ticker.rs`) and the wake timer of async hosts
 //! (`wake_timer.rs`).
 
+pub(crate) mod contract;
 pub(crate) mod epoch_ticker;
+pub(crate) mod escape;
 pub(crate) mod guest_output;
 pub(crate) mod guest_stack;
 pub(crate) mod interrupts;

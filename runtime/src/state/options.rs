@@ -98,6 +98,13 @@ pub struct SandboxOptions {
     /// WASI sleep inside it, so a call may run up to one tick longer: no
     /// clock is read for a call that returns within a tick.
     pub callback_slice: Option<Duration>,
+    /// Key/value configuration the plugin reads with
+    /// `shmrt_guest::config::get` (no WASI needed): keys of 1 to 255
+    /// bytes, at most [`crate::MAX_CONFIG_BYTES`] in all, checked at spawn.
+    pub config: std::sync::Arc<std::collections::BTreeMap<String, String>>,
+    /// The functions the plugin may call with `shmrt_guest::host_fn::call`
+    /// (none by default: such a call gets `NoSuchFunction`).
+    pub host_functions: Option<std::sync::Arc<super::contract::HostFunctions>>,
 }
 
 /// The default of [`SandboxOptions::callback_slice`].
@@ -185,6 +192,8 @@ impl Default for SandboxOptions {
             execution: Execution::default(),
             stdin: GuestStdin::default(),
             callback_slice: Some(DEFAULT_CALLBACK_SLICE),
+            config: Default::default(),
+            host_functions: None,
         }
     }
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
+use super::contract::ContractState;
 use super::epoch_ticker::TickerState;
 use super::guest_output::{self, LogRate};
 use super::memory_limit::MemoryLimit;
@@ -38,6 +39,8 @@ pub(crate) struct SandboxState {
     pub poll_backoff: Duration,
     /// The runtime's epoch ticker, told when this guest waits in the host.
     pub ticker: Arc<TickerState>,
+    /// Host functions, configuration and the pending host-call result.
+    pub contract: ContractState,
 }
 
 impl SandboxState {
@@ -56,7 +59,9 @@ impl SandboxState {
     ) -> Result<Self, String> {
         let clock_origin = Instant::now();
         let log_rate = LogRate::new(clock_origin);
+        let contract = ContractState::new(&options.config, options.host_functions.as_ref())?;
         Ok(SandboxState {
+            contract,
             wasi: if wasi {
                 Some(build_wasi(options, &log_rate, &shared, clock_origin)?)
             } else {

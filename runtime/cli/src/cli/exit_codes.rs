@@ -14,6 +14,9 @@ pub const RESTARTED: u8 = 3;
 /// `shmrt inspect` read the segment and found it inconsistent (or stale):
 /// each problem is reported. Not 2, which says the command line was wrong.
 pub const INCONSISTENT: u8 = 4;
+/// `shmrt run --call`: at least one call returned the plugin's error
+/// (each reported on stderr); the plugin itself ended well.
+pub const CALL_FAILED: u8 = 5;
 /// Writing the guest's messages to standard output failed (EX_IOERR),
 /// e.g. a full disk. A closed pipe ends the run by SIGPIPE instead.
 pub const OUTPUT_FAILED: u8 = 74;

@@ -11,8 +11,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-#[cfg(test)]
-pub(crate) use bench::BENCH_GUEST;
 pub use exit_codes::Failure;
 
 /// shmrt: run WebAssembly plugins that share zero-copy rings with their host.

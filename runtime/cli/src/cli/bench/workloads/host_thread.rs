@@ -1,0 +1,166 @@
+//! The guest on the host's thread, as a callback or a fiber: round trips
+//! against the copy-call baseline (no core to cross on either side), and
+//! payloads handed over in slots.
+
+use shmrt::{Execution, Runtime, Sandbox, SandboxError, SandboxOptions};
+use shmrt_primitives::checksum::sum64;
+
+use super::copy_call::CopyCallGuest;
+use super::slots::payload;
+use super::{explain, finish, guest_round_trip};
+use crate::cli::bench::BenchPlan;
+use crate::cli::bench::measure::{Measured, PerPhase, batches, payload_samples};
+
+/// Measures the family: `copy_call_64b` and `rtt_guest_callback` with
+/// their ratio, `rtt_guest_fiber`, then the slot payloads of each size,
+/// callback and fiber.
+pub(super) fn record(
+    runtime: &Runtime,
+    guest: &[u8],
+    plan: BenchPlan,
+    measured: &mut Measured,
+    step: &mut dyn FnMut(&str),
+) -> Result<(), SandboxError> {
+    step("rtt_guest_callback, copy_call_64b");
+    let (callback, copies) = host_thread_rtt_pair(runtime, guest, plan, Execution::Callback)?;
+    measured.latency_pair(
+        Some("callback_rtt_vs_copy_call"),
+        ("copy_call_64b", copies),
+        ("rtt_guest_callback", callback),
+    );
+    step("rtt_guest_fiber");
+    let (fiber, _) = host_thread_rtt_pair(runtime, guest, plan, Execution::Fiber)?;
+    measured.latency("rtt_guest_fiber", fiber.concat());
+    for (execution, sizes) in [
+        (
+            Execution::Callback,
+            [
+                ("slot_4kib_callback", 4096),
+                ("slot_64kib_callback", 65536),
+                ("slot_1mib_callback", 1 << 20),
+            ],
+        ),
+        (
+            Execution::Fiber,
+            [
+                ("slot_4kib_fiber", 4096),
+                ("slot_64kib_fiber", 65536),
+                ("slot_1mib_fiber", 1 << 20),
+            ],
+        ),
+    ] {
+        for (name, len) in sizes {
+            step(name);
+            let samples = payload_on_host_thread(runtime, guest, plan, len, execution)?;
+            measured.latency(name, samples);
+        }
+    }
+    Ok(())
+}
+
+/// A bench guest on the host's thread (`execution`: fiber or callback),
+/// sent `first` as its first message: `park` or `checksum` names the
+/// loop entry's mode, and the callback entry echoes anything but
+/// `checksum` (see examples/bench-guest).
+fn spawn_on_host_thread(
+    runtime: &Runtime,
+    guest: &[u8],
+    execution: Execution,
+    first: &[u8],
+) -> Result<Sandbox, SandboxError> {
+    let options = SandboxOptions {
+        name: format!("bench-{}", execution.name()),
+        execution,
+        ..SandboxOptions::default()
+    };
+    let mut sb = runtime.spawn(guest, options)?;
+    sb.sender().send(first)?;
+    Ok(sb)
+}
+
+/// 64-byte round trips with an echoing guest on the host's thread, and
+/// the same 64 bytes copied into plain wasmtime, an export called on them
+/// and 64 bytes copied back out (the copy-call baseline), in alternating
+/// phases: ns per round trip, per phase: (guest, copy-call).
+fn host_thread_rtt_pair(
+    runtime: &Runtime,
+    guest: &[u8],
+    plan: BenchPlan,
+    execution: Execution,
+) -> Result<PerPhase, SandboxError> {
+    // The first message selects the echo (the callback entry answers it;
+    // the loop entry takes `park` as its mode).
+    let first: &[u8] = if execution == Execution::Callback {
+        b"echo"
+    } else {
+        b"park"
+    };
+    let mut sb = spawn_on_host_thread(runtime, guest, execution, first)?;
+    if execution == Execution::Callback {
+        drop(sb.receiver().recv()?);
+    }
+    let mut baseline = CopyCallGuest::new(guest)?;
+    let msg = [7u8; 64];
+    let mut out = [0u8; 64];
+    let phase = BenchPlan {
+        batches: plan.batches.div_ceil(plan.phases).max(4),
+        ..plan
+    };
+    let mut failure = None;
+    let (mut in_guest, mut copies) = (Vec::new(), Vec::new());
+    for i in 0..plan.phases {
+        for guest_side in [i % 2 == 0, i % 2 == 1] {
+            if guest_side {
+                in_guest.push(batches(phase, || {
+                    guest_round_trip(&mut sb, &msg, &mut failure)
+                }));
+            } else {
+                copies.push(batches(phase, || {
+                    if failure.is_none()
+                        && let Err(e) = baseline.round_trip(&msg, &mut out)
+                    {
+                        failure = Some(e);
+                    }
+                }));
+            }
+        }
+    }
+    if let Some(e) = failure {
+        return Err(explain(sb, e));
+    }
+    finish(sb)?;
+    Ok((in_guest, copies))
+}
+
+/// `len`-byte payloads handed to a checksumming guest on the host's
+/// thread in a slot (written in place once, as in [`payload_pair`]): ns
+/// per hand-off.
+fn payload_on_host_thread(
+    runtime: &Runtime,
+    guest: &[u8],
+    plan: BenchPlan,
+    len: usize,
+    execution: Execution,
+) -> Result<Vec<f64>, SandboxError> {
+    let mut sb = spawn_on_host_thread(runtime, guest, execution, b"checksum")?;
+    let data = payload(len);
+    let want = sum64(&data);
+    let mut filled = false;
+    let r = payload_samples(plan, "bench-checksum", want, || {
+        sb.sender().send_with(len, |mut buf| {
+            if !filled {
+                buf.copy_from(&data);
+                filled = true;
+            }
+        })?;
+        let reply = sb.receiver().recv()?;
+        Ok(reply.bytes().u64_le(0).unwrap_or(0))
+    });
+    match r {
+        Ok(r) => {
+            finish(sb)?;
+            Ok(r)
+        }
+        Err(e) => Err(explain(sb, e)),
+    }
+}
