@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use shmrt::HostSegment;
-use shmrt::doorbell_futex::SpinBudget;
+use shmrt::SpinBudget;
 use shmrt::primitives::SegmentConfig;
 use shmrt::primitives::checksum::checksum64;
 

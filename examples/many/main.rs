@@ -134,7 +134,7 @@ fn whole_number(flag: &str, text: &str, max: usize) -> Result<usize, String> {
 }
 
 fn run(args: &Args) -> anyhow::Result<()> {
-    let wasm = shmrt::sandbox::read_module_file(&args.plugin).map_err(|e| {
+    let wasm = shmrt::read_module_file(&args.plugin).map_err(|e| {
         anyhow::anyhow!(
             "{:#}; give the path of a built plugin: `target/release/shmrt build examples/echo` \
              builds the echo plugin and prints its path",

@@ -134,7 +134,12 @@ pub const EXIT_SLOTS_EXHAUSTED: i32 = 75;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SendError {
     /// Larger than the largest slot can carry.
-    TooLarge { len: usize, max: u32 },
+    TooLarge {
+        /// The message's length.
+        len: usize,
+        /// The largest payload a slot carries.
+        max: u32,
+    },
     /// The host broke the protocol.
     Protocol(ProtocolError),
     /// No room for the message while the plugin runs as a callback
@@ -149,12 +154,15 @@ pub enum SendError {
     SlotsExhausted {
         /// The message's length.
         len: usize,
-        /// The class it needed: index and largest payload.
+        /// The class it needed: its index.
         class: u8,
+        /// The class's largest payload.
         slot_payload: u32,
+        /// The class's slots.
         slot_count: u32,
-        /// Slots of the class allocated by the host, and by guests.
+        /// Slots of the class allocated by the host.
         by_host: u32,
+        /// Slots of the class allocated by guests.
         by_guests: u32,
         /// How long the send waited, in ms.
         waited_ms: u64,

@@ -27,6 +27,7 @@
 //! or `wasm32-wasip1`: without atomics, a guest polling its ring can hang
 //! forever, so this crate refuses to compile.
 #![no_std]
+#![warn(missing_docs)]
 
 #[cfg(feature = "alloc")]
 extern crate alloc;

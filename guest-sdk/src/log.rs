@@ -10,10 +10,15 @@ pub const LOG_BUFFER: usize = 512;
 /// Log levels, as the host's `log` import numbers them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Level {
+    /// The finest detail.
     Trace = 0,
+    /// What a developer debugging the plugin wants.
     Debug = 1,
+    /// What went on.
     Info = 2,
+    /// Something unexpected the plugin got over.
     Warn = 3,
+    /// A failure: the host keeps the last one to explain a trap.
     Error = 4,
 }
 

@@ -17,49 +17,47 @@
 //! # Ok::<(), shmrt::SandboxError>(())
 //! ```
 
-mod calls;
-pub mod doorbell_futex;
-mod epoch_ticker;
-pub mod error;
-mod guest_driver;
-mod guest_output;
-mod guest_stack;
-mod guest_thread;
-mod host_channel;
-mod host_functions;
-pub mod host_imports;
-pub mod host_segment;
-pub mod inspect;
-mod instantiate;
-mod interrupts;
-mod memory_limit;
-mod memory_window;
-mod module_cache;
-mod module_check;
-mod options;
-mod plugin;
-mod runtime;
-pub mod sandbox;
-mod sandbox_state;
-pub mod segment_file;
-mod segment_template;
-mod sigbus;
-pub mod supervise;
-mod wake_timer;
-mod wasi_poll;
+#![warn(missing_docs)]
 
-pub use calls::{CallError, Caller, PendingCall, call_codes};
-pub use error::SandboxError;
-pub use guest_output::escape_line;
-pub use guest_stack::{GUEST_ENTRY_STACK, GUEST_THREAD_STACK, MAX_WASM_STACK};
-pub use host_functions::{HostFnError, HostFunctions, HostOutput, MAX_CONFIG_BYTES};
-pub use host_segment::HostSegment;
-pub use plugin::Plugin;
-pub use sandbox::{
-    Execution, GuestStdin, GuestStdout, HostMessage, HostReceiver, HostSender, ReadSend, Runtime,
-    RuntimeConfig, Sandbox, SandboxHandle, SandboxOptions, SegmentSource, SendReadError,
-    StopHandle,
+// The layers, each using only those above it in this list's reverse:
+// `segment` (the shared memory), `state` (one sandbox's state and
+// limits), `exec` (running guest code), `host` (the host's ends),
+// `module` (a module before it runs), `runtime` (the engine and the
+// spawn). See docs/architecture.md.
+mod error;
+mod exec;
+mod host;
+mod module;
+mod runtime;
+mod segment;
+mod state;
+
+pub use error::{OpenSegmentError, SandboxError};
+pub use exec::handle::{SandboxHandle, StopHandle};
+pub use exec::host_imports;
+pub use host::calls::{CallError, Caller, MAX_PLUGIN_MESSAGE, PendingCall, call_codes};
+pub use host::host_segment::HostSegment;
+pub use host::receiver::{HostMessage, HostReceiver};
+pub use host::sandbox::Sandbox;
+pub use host::sender::{HostSender, ReadSend, SendReadError};
+pub use module::bytes::{MAX_MODULE_BYTES, read_module_file};
+pub use runtime::plugin::Plugin;
+pub use runtime::supervise::{RestartPolicy, is_guest_failure};
+pub use runtime::{Runtime, RuntimeConfig};
+pub use segment::file::SegmentFile;
+pub use segment::owner::{
+    OWNER_TAG, OWNER_XATTR, Owner, OwnerRecord, lock_held, remove_if_created_here,
 };
+pub use segment::{doorbell_futex, inspect, monotonic_ns};
 pub use shmrt_primitives as primitives;
 pub use shmrt_primitives::{SharedBytes, SharedBytesMut};
-pub use supervise::RestartPolicy;
+pub use state::contract::{
+    HostFnError, HostFunctions, HostOutput, MAX_CONFIG_BYTES, MAX_HOST_ERROR_MESSAGE,
+};
+pub use state::escape::escape_line;
+pub use state::guest_stack::{GUEST_ENTRY_STACK, GUEST_THREAD_STACK, MAX_WASM_STACK};
+pub use state::options::{
+    DEFAULT_CALLBACK_SLICE, DEFAULT_SLOT_WAIT, Execution, GuestStdin, GuestStdout, SandboxOptions,
+    SegmentSource, SpinBudget,
+};
+pub use state::shared::ABANDON_AFTER;

@@ -7,8 +7,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use shmrt::SegmentFile;
 use shmrt::primitives::SegmentConfig;
-use shmrt::segment_file::SegmentFile;
 use shmrt::{Runtime, SandboxError, SandboxOptions};
 
 /// Threads of this process named `shmrt-heartbeat`.

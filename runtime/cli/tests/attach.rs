@@ -17,7 +17,7 @@ use common::{bytes, guest, shmrt};
 use memmap2::MmapMut;
 use shm_primitives as theirs;
 use shmrt::HostSegment;
-use shmrt::doorbell_futex::SpinBudget;
+use shmrt::SpinBudget;
 use shmrt::primitives::layout::{SizeClass, SizeClasses};
 use shmrt::primitives::{PeerState, SegmentConfig};
 use vox_restated::{VoxFrame, VoxLayout, vox_read_frame, vox_write_inline, vox_write_slot_ref};

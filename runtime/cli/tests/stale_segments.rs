@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::{guest, shmrt};
 use shmrt::primitives::SegmentConfig;
-use shmrt::segment_file::{Owner, SegmentFile};
+use shmrt::{Owner, SegmentFile};
 
 fn tempdir(what: &str) -> common::TempDir {
     common::TempDir::new(&format!("stale-{what}"))

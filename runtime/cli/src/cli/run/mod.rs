@@ -54,7 +54,7 @@ impl RunCommand {
         if let Some(path) = &self.attach {
             return self.run_attached(&runtime, path, options, &interrupts);
         }
-        let wasm = shmrt::sandbox::read_module_file(&self.plugin)?;
+        let wasm = shmrt::read_module_file(&self.plugin)?;
         // The plugin prepared here is kept by the runtime: the spawn below
         // does not compile or check it again. An invalid one is reported
         // by the spawn.
@@ -78,7 +78,7 @@ impl RunCommand {
         options: SandboxOptions,
         interrupts: &Interrupts,
     ) -> Result<ExitCode, Failure> {
-        let wasm = shmrt::sandbox::read_module_file(&self.plugin)?;
+        let wasm = shmrt::read_module_file(&self.plugin)?;
         let (handle, peer) =
             runtime
                 .attach(&wasm, path, self.peer, options)
@@ -256,7 +256,7 @@ impl PluginRun<'_> {
         }
         let (status, unread) = handle.join_counting_unread();
         if let Err(e) = &status
-            && shmrt::supervise::is_guest_failure(e)
+            && shmrt::is_guest_failure(e)
         {
             self.count_lost(unread);
         }

@@ -53,7 +53,7 @@ pub struct RunCommand {
     /// Rounds the host spins on an empty or full ring before it parks on
     /// the futex doorbell (0 parks at once: least CPU, a wake-up per
     /// message when traffic is sparse; more: lower latency, a busy core).
-    #[arg(long, default_value_t = shmrt::doorbell_futex::SpinBudget::default().0)]
+    #[arg(long, default_value_t = shmrt::SpinBudget::default().0)]
     pub(super) spin: u32,
     /// Data bytes of each ring, per direction.
     #[arg(long, default_value = "64KiB", value_parser = parse_size)]
@@ -171,12 +171,9 @@ impl RunCommand {
         let mut options = SandboxOptions {
             name: self.plugin.display().to_string(),
             timeout: self.timeout,
-            callback_slice: Some(
-                self.callback_slice
-                    .unwrap_or(shmrt::sandbox::DEFAULT_CALLBACK_SLICE),
-            ),
+            callback_slice: Some(self.callback_slice.unwrap_or(shmrt::DEFAULT_CALLBACK_SLICE)),
             execution: self.execution()?,
-            spin: shmrt::doorbell_futex::SpinBudget(self.spin),
+            spin: shmrt::SpinBudget(self.spin),
             ..SandboxOptions::default()
         };
         options.segment.ring_capacity = u32::try_from(self.ring_capacity).map_err(|_| {

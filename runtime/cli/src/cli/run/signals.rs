@@ -38,7 +38,7 @@ impl NamedSegment {
     pub(super) fn remove(&self) {
         if let Some(path) = &self.path
             && self.made.load(Ordering::Acquire)
-            && let Err(e) = shmrt::segment_file::remove_if_created_here(path)
+            && let Err(e) = shmrt::remove_if_created_here(path)
         {
             tracing::warn!("could not remove segment file {}: {e}", path.display());
         }

@@ -12,7 +12,7 @@ use shmrt_primitives::checksum::sum64;
 use super::copy_call::baseline_error;
 use super::guest_round_trip;
 use crate::cli::bench::BenchPlan;
-use crate::cli::bench::measure::{Measured, batches, median, median_ratio};
+use crate::cli::bench::measure::{Measured, PerPhase, batches, median, median_ratio};
 
 /// Host calls a sample makes (one guest call of `host_calls_64b`).
 const HOST_CALLS_PER_SAMPLE: u32 = 2000;
@@ -95,7 +95,7 @@ fn call_pair(
     runtime: &Runtime,
     guest: &[u8],
     plan: BenchPlan,
-) -> Result<(Vec<Vec<f64>>, Vec<Vec<f64>>), SandboxError> {
+) -> Result<PerPhase, SandboxError> {
     let mut calls = spawn_calls(runtime, guest)?;
     let mut bare = runtime.spawn(
         guest,
@@ -168,7 +168,7 @@ fn host_call_pair(
     guest: &[u8],
     plan: BenchPlan,
     len: usize,
-) -> Result<(Vec<Vec<f64>>, Vec<Vec<f64>>), SandboxError> {
+) -> Result<PerPhase, SandboxError> {
     let mut sb = spawn_calls(runtime, guest)?;
     let mut baseline = CopyingImport::new()?;
     let (export, per_sample) = if len == 64 {

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use shmrt::doorbell_futex::SpinBudget;
+use shmrt::SpinBudget;
 use shmrt::{Execution, Runtime, Sandbox, SandboxError, SandboxOptions};
 use shmrt_primitives::heap_region::HeapRegion;
 use shmrt_primitives::{Segment, SegmentConfig, SegmentLayout};

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use shmrt::doorbell_futex::{self, SpinBudget};
+use shmrt::SpinBudget;
+use shmrt::doorbell_futex;
 use shmrt::{Runtime, SandboxError};
 use shmrt_primitives::SendError;
 

@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use shmrt::doorbell_futex::SpinBudget;
+use shmrt::SpinBudget;
 use shmrt::{Runtime, Sandbox, SandboxError};
 use shmrt_primitives::SendError;
 use shmrt_primitives::checksum::sum64;

@@ -1,0 +1,68 @@
+//! A running sandbox ([`Sandbox`]): the host's ends of its channel and
+//! the handle that joins its guest, together.
+
+use shmrt_primitives::Segment;
+
+use super::receiver::HostReceiver;
+use super::sender::HostSender;
+use crate::error::SandboxError;
+use crate::exec::handle::SandboxHandle;
+use crate::state::options::Execution;
+
+/// A running sandbox: the host's ends of its channel and its thread.
+#[derive(Debug)]
+pub struct Sandbox {
+    pub(crate) sender: HostSender,
+    pub(crate) receiver: HostReceiver,
+    pub(crate) handle: SandboxHandle,
+    /// The correlation id of this sandbox's next call ([`Self::call`]).
+    pub(crate) next_call_id: u64,
+}
+
+impl Sandbox {
+    /// Where the guest runs ([`Execution::Auto`] resolved).
+    pub fn execution(&self) -> Execution {
+        self.handle.execution()
+    }
+
+    /// The sandbox's name.
+    pub fn name(&self) -> &str {
+        self.handle.shared.name()
+    }
+
+    /// The segment through the host's own mapping (for inspection; the
+    /// guest may write any of it at any time).
+    pub fn segment(&self) -> &Segment {
+        self.handle.shared.segment_file().segment()
+    }
+
+    /// Where the segment window starts in the guest's linear memory.
+    pub fn window_base(&self) -> usize {
+        self.handle.shared.window_base()
+    }
+
+    /// The sending end (host to guest).
+    pub fn sender(&mut self) -> &mut HostSender {
+        &mut self.sender
+    }
+
+    /// The receiving end (guest to host).
+    pub fn receiver(&mut self) -> &mut HostReceiver {
+        &mut self.receiver
+    }
+
+    /// Splits into ends that can move to other threads, and the handle
+    /// that joins the guest.
+    pub fn split(self) -> (HostSender, HostReceiver, SandboxHandle) {
+        (self.sender, self.receiver, self.handle)
+    }
+
+    /// Waits for the guest to return, as [`SandboxHandle::join`]. It says
+    /// no goodbye and stops nothing: a guest still waiting for messages
+    /// keeps waiting (up to its deadline, if it has one), so call
+    /// [`HostSender::goodbye`] first (or stop it through the
+    /// [`SandboxHandle`] of [`Self::split`]).
+    pub fn join(self) -> Result<i32, SandboxError> {
+        self.handle.join()
+    }
+}
