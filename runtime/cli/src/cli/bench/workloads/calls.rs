@@ -91,11 +91,7 @@ fn host_functions() -> HostFunctions {
 
 /// Named 64-byte calls of `echo` and bare 64-byte callback round trips,
 /// in alternating phases: ns per call, per phase: (calls, bare).
-fn call_pair(
-    runtime: &Runtime,
-    guest: &[u8],
-    plan: BenchPlan,
-) -> Result<PerPhase, SandboxError> {
+fn call_pair(runtime: &Runtime, guest: &[u8], plan: BenchPlan) -> Result<PerPhase, SandboxError> {
     let mut calls = spawn_calls(runtime, guest)?;
     let mut bare = runtime.spawn(
         guest,
