@@ -368,10 +368,7 @@ pub extern "C" fn shmrt_on_messages() -> i32 {
 }
 
 /// The exports of the `calls` workload.
-fn route_call(
-    call: shmrt_guest::calls::Call<'_>,
-    outbox: &mut Outbox,
-) -> Result<(), SendError> {
+fn route_call(call: shmrt_guest::calls::Call<'_>, outbox: &mut Outbox) -> Result<(), SendError> {
     match call.name() {
         "echo" => call.run(outbox, |input: &[u8]| Ok::<_, &str>(input)),
         "host_calls_64b" => call.run(outbox, host_calls_64b),
@@ -388,8 +385,8 @@ fn host_calls_64b(n: u32) -> Result<u64, &'static str> {
     let mut total = 0u64;
     for i in 0..n {
         input[0] = i as u8;
-        let answer = shmrt_guest::host_fn::call("echo64", &input, &mut out)
-            .map_err(|_| "echo64 failed")?;
+        let answer =
+            shmrt_guest::host_fn::call("echo64", &input, &mut out).map_err(|_| "echo64 failed")?;
         total = total.wrapping_add(u64::from(answer[0]) + u64::from(answer[63]));
     }
     Ok(total)
