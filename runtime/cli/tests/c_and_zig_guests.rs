@@ -360,3 +360,66 @@ fn the_header_declares_what_the_library_exports() {
         );
     }
 }
+
+/// The plugin contract from C (runtime/cli/tests/guests/c-calls): calls by
+/// name, a plugin error, configuration, a host function and its failure,
+/// state kept across calls, an unknown name, in every execution mode.
+#[test]
+fn c_exports_are_called_by_name_with_config_and_host_functions_in_every_mode() {
+    use std::sync::Arc;
+
+    use shmrt::{CallError, Execution, HostFnError, HostFunctions, Runtime, SandboxOptions};
+
+    if !zig() {
+        return;
+    }
+    let wasm = std::fs::read(built("runtime/cli/tests/guests/c-calls")).unwrap();
+    let mut functions = HostFunctions::new();
+    functions.define("kv_get", |key, out| match key.to_vec().as_slice() {
+        b"lang" => {
+            out.write(b"C");
+            Ok(())
+        }
+        other => Err(HostFnError::new(
+            404,
+            format!("no key {}", String::from_utf8_lossy(other)),
+        )),
+    });
+    let functions = Arc::new(functions);
+    let runtime = Runtime::new().unwrap();
+    for execution in [Execution::Thread, Execution::Fiber, Execution::Callback] {
+        let options = SandboxOptions {
+            name: format!("c-calls-{}", execution.name()),
+            execution,
+            timeout: Some(std::time::Duration::from_secs(60)),
+            config: Arc::new([("greeting".to_string(), "Ahoj".to_string())].into()),
+            host_functions: Some(Arc::clone(&functions)),
+            ..SandboxOptions::default()
+        };
+        let mut sandbox = runtime.spawn(&wasm, options).unwrap();
+        assert_eq!(
+            sandbox.call("greet", b"Zig").unwrap(),
+            b"Ahoj, Zig!",
+            "{execution:?}"
+        );
+        assert_eq!(sandbox.call("lookup", b"lang").unwrap(), b"C");
+        match sandbox.call("lookup", b"nope") {
+            Err(CallError::Plugin { code, message, .. }) => {
+                assert_eq!(code, 2);
+                assert!(message.contains("no key nope"), "{message}");
+            }
+            other => panic!("{execution:?}: {other:?}"),
+        }
+        let err = sandbox.call("fail", b"").unwrap_err();
+        assert_eq!(err.plugin_code(), Some(7), "{err}");
+        assert!(err.to_string().contains("asked to fail"), "{err}");
+        let err = sandbox.call("absent", b"").unwrap_err();
+        assert_eq!(
+            err.plugin_code(),
+            Some(shmrt::call_codes::NO_SUCH_EXPORT),
+            "{err}"
+        );
+        assert_eq!(sandbox.call("count", b"").unwrap(), 5u32.to_le_bytes());
+        assert_eq!(sandbox.close(std::time::Duration::from_secs(10)).unwrap(), 0);
+    }
+}
