@@ -169,6 +169,18 @@ pub enum SandboxError {
         /// Requests the guest never took.
         unread: usize,
     },
+    /// A host function of this sandbox waited on the sandbox's own
+    /// channel: its guest is suspended in that host function and can
+    /// neither send nor free room until it returns.
+    #[error(
+        "sandbox {sandbox}: a host function of this sandbox waited on its own channel, whose \
+         guest is suspended in that host function: send and receive after it returns, or \
+         use try_send and try_recv"
+    )]
+    Reentrant {
+        /// The sandbox.
+        sandbox: String,
+    },
     /// A message larger than any slot.
     #[error(
         "sandbox {sandbox}: message of {len} bytes exceeds the largest slot payload of {max} bytes; \

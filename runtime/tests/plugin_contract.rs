@@ -337,3 +337,64 @@ fn a_call_after_goodbye_reports_the_end() {
         }
     }
 }
+
+/// A host function that waits on its own sandbox's channel is refused
+/// (its guest is suspended in that host function: on the host's thread
+/// the guest's driver is held by the very call that runs the host
+/// function; on a thread of its own the guest could not free room),
+/// without a hang, in every mode. The host function fills its guest's
+/// inbox until a send would have to wait.
+#[test]
+fn a_host_function_cannot_wait_on_its_own_channel() {
+    use std::sync::Mutex;
+
+    use shmrt::HostSender;
+
+    let wasm = text_tools();
+    let runtime = Runtime::new().unwrap();
+    for mode in MODES {
+        let own: Arc<Mutex<Option<HostSender>>> = Arc::new(Mutex::new(None));
+        let mut functions = HostFunctions::new();
+        let inside = Arc::clone(&own);
+        functions.define("kv_get", move |_, out| {
+            let mut sender = inside.lock().unwrap();
+            let sender = sender.as_mut().expect("set before the call");
+            for _ in 0..100_000 {
+                match sender.send(&[b'x'; 1000]) {
+                    Ok(()) => {}
+                    Err(SandboxError::Reentrant { .. }) => {
+                        out.write(b"refused");
+                        return Ok(());
+                    }
+                    Err(e) => return Err(HostFnError::new(1, e.to_string())),
+                }
+            }
+            Err(HostFnError::new(1, "the inbox never filled"))
+        });
+        let sandbox = runtime
+            .spawn(&wasm, options("own-channel", mode, functions))
+            .unwrap();
+        let (mut tx, mut rx, handle) = sandbox.split();
+        let mut call = vec![0u8; shmrt::primitives::call_header::call_len(6, 1)];
+        let at = shmrt::primitives::call_header::write_call(&mut call, 9, "lookup").unwrap();
+        call[at] = b'k';
+        tx.send(&call).unwrap();
+        *own.lock().unwrap() = Some(tx);
+        let reply = rx
+            .recv_timeout(Some(Duration::from_secs(30)))
+            .unwrap()
+            .expect("a reply")
+            .to_vec();
+        assert!(
+            reply.ends_with(b"refused"),
+            "{mode:?}: {:?}",
+            String::from_utf8_lossy(&reply)
+        );
+        own.lock().unwrap().as_mut().unwrap().goodbye();
+        while rx
+            .recv_timeout(Some(Duration::from_secs(30)))
+            .is_ok_and(|m| m.is_some())
+        {}
+        assert_eq!(handle.join().unwrap(), 0, "{mode:?}");
+    }
+}

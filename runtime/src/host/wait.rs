@@ -37,12 +37,25 @@ pub(super) fn protocol(shared: &SandboxShared, error: ProtocolError) -> SandboxE
 /// disagree): no spin, and one nap (until the guest rings, at most
 /// [`DISTRUST_NAP`]) before `ready` is asked again, so that a readiness
 /// test the reservation contradicts makes a send wait, never spin.
+/// A host function of `shared`'s own sandbox may not wait on its channel:
+/// the guest waits for the host function (on a thread of its own, it would
+/// never answer; on this thread, its driver is held by this very call).
+fn refuse_reentry(shared: &SandboxShared) -> Result<(), SandboxError> {
+    if crate::exec::host_functions::in_host_function_of() == std::ptr::from_ref(shared) as usize {
+        return Err(SandboxError::Reentrant {
+            sandbox: shared.name().to_string(),
+        });
+    }
+    Ok(())
+}
+
 pub(super) fn block_on_guest(
     shared: &SandboxShared,
     driver: Option<&Mutex<GuestDriver>>,
     (spin, deadline, distrust): (u32, Option<Instant>, bool),
     mut ready: impl FnMut() -> Result<bool, SandboxError>,
 ) -> Result<bool, SandboxError> {
+    refuse_reentry(shared)?;
     if let Some(driver) = driver {
         return drive_guest(shared, driver, deadline, ready);
     }
