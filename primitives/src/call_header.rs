@@ -355,6 +355,10 @@ mod tests {
     }
 
     proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: if cfg!(miri) { 8 } else { 512 },
+            ..proptest::prelude::ProptestConfig::default()
+        })]
         #[test]
         fn any_bytes_decode_without_panicking(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
             let mut with_magic = CALL_MAGIC.to_vec();
