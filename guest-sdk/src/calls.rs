@@ -605,14 +605,7 @@ macro_rules! exports {
             }
         }
 
-        fn __shmrt_handle_call(
-            msg: $crate::Message<'_>,
-            outbox: &mut $crate::Outbox,
-        ) -> ::core::result::Result<(), $crate::SendError> {
-            $crate::calls::dispatch(msg, outbox, __shmrt_route)
-        }
-
-        $crate::handler!(__shmrt_handle_call);
+        $crate::__serve_calls!(__shmrt_route);
     };
 }
 
@@ -662,11 +655,21 @@ macro_rules! plugin {
             )
         }
 
+        $crate::__serve_calls!(__shmrt_route);
+    };
+}
+
+/// The entry points of [`exports!`] and [`plugin!`]: every message goes
+/// through [`dispatch`] to `$route`, in every execution mode.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __serve_calls {
+    ($route:ident) => {
         fn __shmrt_handle_call(
             msg: $crate::Message<'_>,
             outbox: &mut $crate::Outbox,
         ) -> ::core::result::Result<(), $crate::SendError> {
-            $crate::calls::dispatch(msg, outbox, __shmrt_route)
+            $crate::calls::dispatch(msg, outbox, $route)
         }
 
         $crate::handler!(__shmrt_handle_call);

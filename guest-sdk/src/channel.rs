@@ -754,28 +754,39 @@ impl Outbox {
                 }
                 Err(e) => e,
             };
-            match refused {
-                channel::SendError::Full => {
-                    exhausted_since = None;
-                    self.tell_untold();
-                    room.once().map_err(|()| SendError::WouldBlock { len })?;
-                }
-                channel::SendError::Exhausted => {
-                    let now = host::now_ns();
-                    let since = *exhausted_since.get_or_insert(now);
-                    let waited = now.saturating_sub(since);
-                    if u64::try_from(self.slot_wait_ns).is_ok_and(|bound| waited > bound) {
-                        return Err(self.exhausted(len, waited));
-                    }
-                    self.tell_untold();
-                    room.once().map_err(|()| SendError::WouldBlock { len })?;
-                }
-                channel::SendError::TooLarge { len, max } => {
-                    return Err(SendError::TooLarge { len, max });
-                }
-                channel::SendError::Protocol(e) => return Err(SendError::Protocol(e)),
-            }
+            self.wait_after(refused, len, &mut room, &mut exhausted_since)?;
         }
+    }
+
+    /// After the ring or the pool refused `len` bytes: waits for room (the
+    /// host drains), or for a slot at most the slot wait (counted from
+    /// `exhausted_since`, the first refusal of the pool); an error when
+    /// waiting can not help.
+    #[cold]
+    fn wait_after(
+        &mut self,
+        refused: channel::SendError,
+        len: usize,
+        room: &mut RoomWait,
+        exhausted_since: &mut Option<u64>,
+    ) -> Result<(), SendError> {
+        match refused {
+            channel::SendError::Full => *exhausted_since = None,
+            channel::SendError::Exhausted => {
+                let now = host::now_ns();
+                let since = *exhausted_since.get_or_insert(now);
+                let waited = now.saturating_sub(since);
+                if u64::try_from(self.slot_wait_ns).is_ok_and(|bound| waited > bound) {
+                    return Err(self.exhausted(len, waited));
+                }
+            }
+            channel::SendError::TooLarge { len, max } => {
+                return Err(SendError::TooLarge { len, max });
+            }
+            channel::SendError::Protocol(e) => return Err(SendError::Protocol(e)),
+        }
+        self.tell_untold();
+        room.once().map_err(|()| SendError::WouldBlock { len })
     }
 
     /// [`Self::send_with`] whose `fill` says how many of the `len` bytes
@@ -808,27 +819,7 @@ impl Outbox {
                 self.sent(answer);
                 return Ok(());
             };
-            match refused {
-                channel::SendError::Full => {
-                    exhausted_since = None;
-                    self.tell_untold();
-                    room.once().map_err(|()| SendError::WouldBlock { len })?;
-                }
-                channel::SendError::Exhausted => {
-                    let now = host::now_ns();
-                    let since = *exhausted_since.get_or_insert(now);
-                    let waited = now.saturating_sub(since);
-                    if u64::try_from(self.slot_wait_ns).is_ok_and(|bound| waited > bound) {
-                        return Err(self.exhausted(len, waited));
-                    }
-                    self.tell_untold();
-                    room.once().map_err(|()| SendError::WouldBlock { len })?;
-                }
-                channel::SendError::TooLarge { len, max } => {
-                    return Err(SendError::TooLarge { len, max });
-                }
-                channel::SendError::Protocol(e) => return Err(SendError::Protocol(e)),
-            }
+            self.wait_after(refused, len, &mut room, &mut exhausted_since)?;
         }
     }
 

@@ -420,6 +420,9 @@ fn c_exports_are_called_by_name_with_config_and_host_functions_in_every_mode() {
             "{err}"
         );
         assert_eq!(sandbox.call("count", b"").unwrap(), 5u32.to_le_bytes());
-        assert_eq!(sandbox.close(std::time::Duration::from_secs(10)).unwrap(), 0);
+        assert_eq!(
+            sandbox.close(std::time::Duration::from_secs(10)).unwrap(),
+            0
+        );
     }
 }
