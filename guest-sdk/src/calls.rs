@@ -126,7 +126,7 @@ impl<'m> Call<'m> {
             call_id: self.call_id,
         }
         .encode();
-        outbox.send_with(total, |out| {
+        outbox.answer_with(total, |out| {
             out[..CALL_HEADER_SIZE].copy_from_slice(&header);
             fill(&mut out[CALL_HEADER_SIZE..]);
         })
@@ -187,7 +187,7 @@ fn send_failure(
     }
     .encode();
     let at = CALL_HEADER_SIZE + FAILURE_CODE_SIZE;
-    outbox.send_with(at + text.len(), |out| {
+    outbox.answer_with(at + text.len(), |out| {
         out[..CALL_HEADER_SIZE].copy_from_slice(&header);
         out[CALL_HEADER_SIZE..at].copy_from_slice(&code.to_le_bytes());
         out[at..].copy_from_slice(text);

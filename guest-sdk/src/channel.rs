@@ -717,6 +717,20 @@ impl Outbox {
         })
     }
 
+    /// [`Self::send_with`] for an answer to a request: told to the host as
+    /// answers are (`Message::reply_in_place`), in batches while more
+    /// requests are queued, rather than one doorbell a message.
+    pub(crate) fn answer_with(
+        &mut self,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Result<(), SendError> {
+        self.send_cut(len, true, |out| {
+            fill(out);
+            len
+        })
+    }
+
     /// How long a send waits for a free slot before it gives up with
     /// [`SendError::SlotsExhausted`], in ns; negative waits forever. A
     /// peer of the format may hold every slot of a class (it owes us no
