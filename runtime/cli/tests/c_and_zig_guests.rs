@@ -272,6 +272,129 @@ fn new_c_and_zig_plugins_build_test_and_run() {
     }
 }
 
+/// The files under `dir`, each with its length and modification time.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
+    let mut files = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.is_dir() {
+                todo.push(path.clone());
+            }
+            let rel = path.strip_prefix(dir).unwrap().to_path_buf();
+            files.push((rel, meta.len(), meta.modified().unwrap()));
+        }
+    }
+    files.sort();
+    files
+}
+
+/// Sets `dir` and everything in it read-only, or writable again.
+#[cfg(unix)]
+fn set_read_only(dir: &Path, read_only: bool) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut todo = vec![dir.to_path_buf()];
+    let mut dirs = Vec::new();
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.is_dir() {
+                todo.push(path);
+            } else {
+                let mode = meta.permissions().mode();
+                let mode = if read_only {
+                    mode & !0o222
+                } else {
+                    mode | 0o200
+                };
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            }
+        }
+        dirs.push(d);
+    }
+    for d in dirs {
+        let mode = if read_only { 0o555 } else { 0o755 };
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+}
+
+/// An installed SDK may be read-only: `shmrt new --lang c --sdk COPY` and
+/// `shmrt build --sdk COPY` build the C ABI's library from it without
+/// writing into it (no Cargo.lock, no target/). Tests run as root in CI,
+/// where permissions do not stop a write: the copy is also compared
+/// before and after.
+#[cfg(unix)]
+#[test]
+fn a_c_plugin_builds_against_a_read_only_sdk() {
+    if !zig() {
+        return;
+    }
+    let dir = TempDir::new("ro-sdk");
+    let sdk = dir.path().join("sdk");
+    for part in ["guest-sdk", "primitives"] {
+        copy_dir(&workspace().join(part), &sdk.join(part));
+    }
+    set_read_only(&sdk, true);
+    struct Writable<'a>(&'a Path);
+    impl Drop for Writable<'_> {
+        fn drop(&mut self) {
+            set_read_only(self.0, false);
+        }
+    }
+    let _writable = Writable(&sdk);
+    let before = snapshot(&sdk);
+
+    let out = shmrt()
+        .current_dir(dir.path())
+        .args(["new", "--lang", "c", "hello", "--sdk"])
+        .arg(&sdk)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "shmrt new: {}", stderr(&out));
+    let plugin = dir.path().join("hello");
+    let out = Command::new(plugin.join("test.sh")).output().unwrap();
+    assert!(out.status.success(), "test.sh: {}", stderr(&out));
+    // The plugin's own target/, not a shared one.
+    let out = shmrt()
+        .arg("build")
+        .arg(&plugin)
+        .arg("--sdk")
+        .arg(&sdk)
+        .env_remove("CARGO_TARGET_DIR")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "shmrt build: {}", stderr(&out));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let wasm = PathBuf::from(stdout.lines().last().expect("a path"));
+    assert!(wasm.starts_with(&plugin), "{}", wasm.display());
+    for mode in MODES {
+        let out = run(&["--exec", mode], &wasm, b"hello\n");
+        assert!(out.status.success(), "{mode}: {}", stderr(&out));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "olleh\n");
+    }
+    assert_eq!(snapshot(&sdk), before, "shmrt wrote into the SDK");
+}
+
+/// Copies `from` to `to`, without build output (target/, Cargo.lock).
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name();
+        if name == "target" || name == "Cargo.lock" {
+            continue;
+        }
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &to.join(&name));
+        } else {
+            std::fs::copy(entry.path(), to.join(&name)).unwrap();
+        }
+    }
+}
+
 #[test]
 fn without_zig_the_error_says_how_to_install_it() {
     let dir = TempDir::new("no-zig");

@@ -82,6 +82,35 @@ fn bench_quick_json_reports_every_workload_and_ratio() {
         "{density}"
     );
     assert!(v["targets"]["guest_rtt_vs_native"]["met"].is_boolean());
+    // The C guest against the Rust one: measured when Zig is there (the
+    // source tree is, for a test), else reported, saying why.
+    let zig = std::process::Command::new("python3")
+        .args(["-m", "ziglang", "version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    for (key, workload) in [
+        ("c_guest_rtt_vs_rust", "rtt_guest_callback_c"),
+        ("c_guest_slot_1mib_vs_rust", "slot_1mib_callback_c"),
+    ] {
+        let target = &v["targets"][key];
+        if zig {
+            assert!(
+                v["ratios"][key].as_f64().is_some_and(|r| r > 0.0),
+                "ratio {key} missing: {}",
+                v["ratios"]
+            );
+            assert!(target["met"].is_boolean(), "{key}: {target}");
+            assert!(names.contains(&(workload, "ns")), "{workload} missing");
+        } else {
+            assert!(v["ratios"][key].is_null(), "{key}: {}", v["ratios"]);
+            assert!(
+                target["not_measured"]
+                    .as_str()
+                    .is_some_and(|why| why.contains("pip install ziglang")),
+                "{key}: {target}"
+            );
+        }
+    }
 }
 
 /// The bench guest's `checksum` mode reads payloads in place with SIMD

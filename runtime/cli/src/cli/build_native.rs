@@ -12,6 +12,9 @@
 //!                          # default "none": freestanding, smallest
 //! sources = ["src/a.c"]    # default: every .c/.cc/.cpp, or main.zig
 //! cflags = ["-DFAST=1"]    # more flags for the compiler
+//! optimize = "speed"       # the SDK's library at opt-level 3, C at -O2,
+//!                          # Zig ReleaseFast; default "size": opt-level
+//!                          # "z", -Os, ReleaseSmall (the smallest module)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -30,6 +33,12 @@ const SDK_PROFILE: [(&str, &str); 5] = [
     ("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "1"),
     ("CARGO_PROFILE_RELEASE_DEBUG", "false"),
 ];
+
+/// The profile of `optimize = "speed"`, added to the copy of the
+/// library's manifest: release at opt-level 3, as the Rust bench guest is
+/// built. A profile of its own, so that its library sits beside the small
+/// one in the same target directory, not over it.
+const SPEED_PROFILE: &str = "shmrt-speed";
 
 /// What Zig compiles for: wasm with atomics (refused by shmrt without).
 const CPU: &str = "-mcpu=generic+atomics+bulk_memory";
@@ -51,6 +60,17 @@ struct Manifest {
     sources: Option<Vec<PathBuf>>,
     #[serde(default)]
     cflags: Vec<String>,
+    optimize: Option<String>,
+}
+
+/// What a plugin is optimized for (`optimize` of `shmrt.toml`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Optimize {
+    /// The smallest module (the default).
+    Size,
+    /// The fastest: the SDK's library as the Rust bench guest is built
+    /// (opt-level 3), for a plugin whose time goes into the protocol.
+    Speed,
 }
 
 /// Whether `dir` is a C, C++ or Zig plugin, and in which language.
@@ -126,8 +146,59 @@ fn find_sources(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(found)
 }
 
+/// Where a build writes: nothing goes into the guest SDK, which may be
+/// an installed, read-only copy.
+#[derive(Clone, Debug)]
+pub struct Places {
+    /// The .wasm's directory.
+    pub out: PathBuf,
+    /// Cargo's target directory for the SDK's C library (which also holds
+    /// the copy of its manifest that cargo builds, and its Cargo.lock).
+    pub cargo_target: PathBuf,
+    /// Zig's cache (by default Zig keeps it next to the sources).
+    pub zig_cache: PathBuf,
+}
+
+impl Places {
+    /// `shmrt build DIR`: the .wasm in `DIR/target/shmrt`, the SDK's
+    /// library in `$CARGO_TARGET_DIR` when set, else in `DIR/target`.
+    pub fn of_plugin(dir: &Path) -> anyhow::Result<Self> {
+        let cargo_target = match std::env::var_os("CARGO_TARGET_DIR") {
+            Some(d) => PathBuf::from(d),
+            None => dir.join("target"),
+        };
+        Ok(Places {
+            out: dir.join("target/shmrt"),
+            cargo_target: std::path::absolute(&cargo_target)
+                .with_context(|| format!("resolving {}", cargo_target.display()))?,
+            zig_cache: dir.join("target/zig-cache"),
+        })
+    }
+
+    /// Everything under `dir` (`shmrt bench` builds its C guest so).
+    pub fn under(dir: &Path) -> Self {
+        Places {
+            out: dir.join("shmrt"),
+            cargo_target: dir.to_path_buf(),
+            zig_cache: dir.join("zig-cache"),
+        }
+    }
+}
+
 /// Builds the plugin at `dir`; the path of its .wasm.
 pub fn build(dir: &Path, lang: Lang, sources: &[PathBuf], sdk: &Path) -> anyhow::Result<PathBuf> {
+    build_in(dir, lang, sources, sdk, &Places::of_plugin(dir)?)
+}
+
+/// Builds the plugin at `dir`, writing only to `places`; the path of its
+/// .wasm.
+pub fn build_in(
+    dir: &Path,
+    lang: Lang,
+    sources: &[PathBuf],
+    sdk: &Path,
+    places: &Places,
+) -> anyhow::Result<PathBuf> {
     let manifest = read_manifest(dir)?.unwrap_or_default();
     let wasi = match manifest.libc.as_deref() {
         None | Some("none") => false,
@@ -135,6 +206,15 @@ pub fn build(dir: &Path, lang: Lang, sources: &[PathBuf], sdk: &Path) -> anyhow:
         Some(other) => bail!(
             "{}: libc = \"{other}\": use \"none\" (freestanding, the default) or \"wasi\" \
              (zig's wasi-libc)",
+            dir.join("shmrt.toml").display()
+        ),
+    };
+    let optimize = match manifest.optimize.as_deref() {
+        None | Some("size") => Optimize::Size,
+        Some("speed") => Optimize::Speed,
+        Some(other) => bail!(
+            "{}: optimize = \"{other}\": use \"size\" (the smallest module, the default) or \
+             \"speed\"",
             dir.join("shmrt.toml").display()
         ),
     };
@@ -149,10 +229,10 @@ pub fn build(dir: &Path, lang: Lang, sources: &[PathBuf], sdk: &Path) -> anyhow:
             .to_string(),
     };
     let zig = zig()?;
-    let lib = build_sdk_library(sdk, dir)?;
+    let lib = build_sdk_library(sdk, &places.cargo_target, optimize)?;
     let include = sdk.join("c/include");
-    let out_dir = dir.join("target/shmrt");
-    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let out_dir = &places.out;
+    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let wasm = out_dir.join(format!("{name}.wasm"));
     let mut cmd = zig.command();
     match lang {
@@ -163,7 +243,11 @@ pub fn build(dir: &Path, lang: Lang, sources: &[PathBuf], sdk: &Path) -> anyhow:
             } else {
                 cmd.args(["-target", "wasm32-freestanding", "-nostdlib"]);
             }
-            cmd.args([CPU, "-Os"]).arg("-I").arg(&include);
+            let level = match optimize {
+                Optimize::Size => "-Os",
+                Optimize::Speed => "-O2",
+            };
+            cmd.args([CPU, level]).arg("-I").arg(&include);
             if lang == Lang::Cpp {
                 cmd.args(["-fno-exceptions", "-fno-rtti"]);
             }
@@ -190,7 +274,12 @@ pub fn build(dir: &Path, lang: Lang, sources: &[PathBuf], sdk: &Path) -> anyhow:
             };
             cmd.args(["build-exe", "-target", target])
                 .arg(CPU)
-                .args(["-O", "ReleaseSmall", "-fno-entry", "-fstrip"])
+                .arg("-O")
+                .arg(match optimize {
+                    Optimize::Size => "ReleaseSmall",
+                    Optimize::Speed => "ReleaseFast",
+                })
+                .args(["-fno-entry", "-fstrip"])
                 .args(zig_exports(root)?)
                 .args(&manifest.cflags)
                 .args(["--dep", "shmrt"])
@@ -201,11 +290,13 @@ pub fn build(dir: &Path, lang: Lang, sources: &[PathBuf], sdk: &Path) -> anyhow:
                 .arg(&name)
                 .arg(format!("-femit-bin={}", wasm.display()));
             // Zig keeps its cache next to the sources by default.
-            cmd.arg("--cache-dir").arg(dir.join("target/zig-cache"));
+            cmd.arg("--cache-dir").arg(&places.zig_cache);
         }
     }
+    // Zig's messages go to stderr: stdout is the .wasm's path (`$(shmrt
+    // build .)`), or `shmrt bench --json`'s document.
     let status = cmd
-        .stdout(Stdio::inherit())
+        .stdout(std::io::stderr())
         .stderr(Stdio::inherit())
         .status()
         .with_context(|| format!("running zig for {}", dir.display()))?;
@@ -246,6 +337,11 @@ impl Zig {
     }
 }
 
+/// Whether Zig is there to build C, C++ and Zig plugins.
+pub fn zig_available() -> bool {
+    zig().is_ok()
+}
+
 fn zig() -> anyhow::Result<Zig> {
     let candidates = [
         Zig {
@@ -276,28 +372,47 @@ fn zig() -> anyhow::Result<Zig> {
     )
 }
 
-/// Builds the SDK's C ABI (`SDK/c`) as a wasm32 static library; its path.
-/// Its target directory is `$CARGO_TARGET_DIR` when set, else the
-/// plugin's `target/`.
-fn build_sdk_library(sdk: &Path, plugin: &Path) -> anyhow::Result<PathBuf> {
+/// Builds the SDK's C ABI (`SDK/c`) as a wasm32 static library under
+/// cargo's `target_dir`; its path.
+///
+/// Cargo builds a copy of the library's manifest, written under
+/// `target_dir` with its paths pointing back into the SDK: cargo writes a
+/// Cargo.lock next to the manifest it builds, and the SDK may be an
+/// installed, read-only copy (nothing is written into it). Each SDK gets
+/// a directory of its own there (named by a hash of its path), with its
+/// own target directory: two SDKs built into one `target_dir` at once
+/// (tests, a checkout and an installed copy) do not overwrite each
+/// other's library.
+fn build_sdk_library(sdk: &Path, target_dir: &Path, optimize: Optimize) -> anyhow::Result<PathBuf> {
     let crate_dir = sdk.join("c");
-    if !crate_dir.join("Cargo.toml").is_file() {
+    let manifest = crate_dir.join("Cargo.toml");
+    if !manifest.is_file() {
         bail!(
             "the guest SDK at {} has no c/ (the C ABI, crate shmrt-guest-c): use an SDK of this \
              shmrt (`--sdk` of `shmrt new`, or a checkout)",
             sdk.display()
         );
     }
-    let target_dir = match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(d) => PathBuf::from(d),
-        None => plugin.join("target"),
-    };
-    let target_dir = std::path::absolute(&target_dir)
-        .with_context(|| format!("resolving {}", target_dir.display()))?;
+    let crate_dir = std::path::absolute(&crate_dir)
+        .with_context(|| format!("resolving {}", crate_dir.display()))?;
+    let copy_dir = target_dir
+        .join("shmrt-guest-c")
+        .join(format!("{:016x}", path_hash(&crate_dir)));
+    std::fs::create_dir_all(&copy_dir)
+        .with_context(|| format!("creating {}", copy_dir.display()))?;
+    let copy = copy_dir.join("Cargo.toml");
+    write_if_changed(&copy, &relocated_manifest(&crate_dir)?)?;
+    let target_dir = copy_dir.join("target");
     let target = "wasm32-unknown-unknown";
+    let profile = match optimize {
+        Optimize::Size => "release",
+        Optimize::Speed => SPEED_PROFILE,
+    };
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.current_dir(&crate_dir)
-        .args(["build", "--release", "--quiet", "--target", target])
+    cmd.current_dir(&copy_dir)
+        .args(["build", "--profile", profile, "--quiet", "--target", target])
+        .arg("--manifest-path")
+        .arg(&copy)
         .arg("--target-dir")
         .arg(&target_dir)
         .env(
@@ -309,7 +424,7 @@ fn build_sdk_library(sdk: &Path, plugin: &Path) -> anyhow::Result<PathBuf> {
         .stderr(Stdio::piped());
     let out = cmd
         .output()
-        .with_context(|| format!("running cargo build in {}", crate_dir.display()))?;
+        .with_context(|| format!("running cargo build for {}", crate_dir.display()))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         bail!(
@@ -318,5 +433,80 @@ fn build_sdk_library(sdk: &Path, plugin: &Path) -> anyhow::Result<PathBuf> {
             out.status
         );
     }
-    Ok(target_dir.join(target).join("release/libshmrt_guest_c.a"))
+    Ok(target_dir
+        .join(target)
+        .join(profile)
+        .join("libshmrt_guest_c.a"))
+}
+
+/// The manifest of the SDK's C library at `crate_dir`, made to build from
+/// another directory: its library and its path dependencies point back
+/// into the SDK, by absolute paths; with the profile of `optimize =
+/// "speed"`.
+fn relocated_manifest(crate_dir: &Path) -> anyhow::Result<String> {
+    let source = crate_dir.join("Cargo.toml");
+    let crate_dir = std::path::absolute(crate_dir)
+        .with_context(|| format!("resolving {}", crate_dir.display()))?;
+    let text = std::fs::read_to_string(&source)
+        .with_context(|| format!("reading {}", source.display()))?;
+    let mut manifest: toml::Table = text
+        .parse()
+        .with_context(|| format!("parsing {}", source.display()))?;
+    let utf8 = |p: PathBuf| -> anyhow::Result<toml::Value> {
+        p.to_str()
+            .map(toml::Value::from)
+            .with_context(|| format!("the SDK's path {} is not UTF-8", p.display()))
+    };
+    let lib = manifest
+        .entry("lib")
+        .or_insert_with(|| toml::Table::new().into())
+        .as_table_mut()
+        .with_context(|| format!("{}: [lib] is not a table", source.display()))?;
+    let lib_path = lib
+        .get("path")
+        .and_then(|p| p.as_str())
+        .unwrap_or("src/lib.rs")
+        .to_string();
+    lib.insert("path".into(), utf8(crate_dir.join(lib_path))?);
+    let deps = manifest
+        .get_mut("dependencies")
+        .and_then(|d| d.as_table_mut());
+    for (_, dep) in deps.into_iter().flat_map(|d| d.iter_mut()) {
+        if let Some(path) = dep.get_mut("path")
+            && let Some(relative) = path.as_str()
+        {
+            *path = utf8(crate_dir.join(relative))?;
+        }
+    }
+    let mut speed = toml::Table::new();
+    speed.insert("inherits".into(), "release".into());
+    speed.insert("opt-level".into(), 3.into());
+    manifest
+        .entry("profile")
+        .or_insert_with(|| toml::Table::new().into())
+        .as_table_mut()
+        .with_context(|| format!("{}: [profile] is not a table", source.display()))?
+        .insert(SPEED_PROFILE.into(), speed.into());
+    Ok(toml::to_string(&manifest).expect("a parsed manifest serializes"))
+}
+
+/// A hash of `path` that names its directory (the same in every run of
+/// this binary).
+fn path_hash(path: &Path) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    path.hash(&mut h);
+    h.finish()
+}
+
+/// Writes `text` unless the file holds it already (a new mtime would make
+/// cargo look again); by a rename, so that a build running beside this
+/// one never reads half a file.
+fn write_if_changed(path: &Path, text: &str) -> anyhow::Result<()> {
+    if std::fs::read_to_string(path).is_ok_and(|old| old == text) {
+        return Ok(());
+    }
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
 }

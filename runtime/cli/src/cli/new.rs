@@ -73,9 +73,12 @@ impl NewCommand {
             );
             println!("next:");
             if self.lang == Lang::C {
+                // After the `cd`, the plugin is `.`.
                 println!("  cd {dir} && ./test.sh              # the handler's test, native");
+                println!("  printf 'hello\\n' | shmrt run $(shmrt build .)");
+            } else {
+                println!("  printf 'hello\\n' | shmrt run $(shmrt build {dir})");
             }
-            println!("  printf 'hello\\n' | shmrt run $(shmrt build {dir})");
             return Ok(ExitCode::SUCCESS);
         }
         let kind = if self.std { Kind::Std } else { Kind::NoStd };

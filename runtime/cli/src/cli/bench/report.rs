@@ -104,7 +104,9 @@ impl Ratio {
 #[derive(Clone, Debug)]
 struct MeasuredRatio {
     key: &'static str,
-    value: f64,
+    /// `None`: not measured, for the reason [`BenchReport::not_measured`]
+    /// gives.
+    value: Option<f64>,
     /// `>= 2.5` or `<= 1.2`.
     target: String,
     /// `None`: this run can not judge it ([`BenchReport::not_measured`]).
@@ -112,7 +114,7 @@ struct MeasuredRatio {
 }
 
 /// Ratio keys, their definitions and targets.
-const RATIOS: [Ratio; 18] = [
+const RATIOS: [Ratio; 20] = [
     Ratio::at_most("guest_rtt_vs_native", "rtt_guest_spin", "rtt_native", 1.2),
     Ratio::at_least(
         "guest_stream_vs_native",
@@ -162,6 +164,20 @@ const RATIOS: [Ratio; 18] = [
         "copy_call_1mib",
         "slot_1mib_callback",
         2.5,
+    ),
+    // The C guest (examples/c-bench-guest) over the Rust one, paired: the
+    // protocol is the same code, reached through the SDK's C ABI.
+    Ratio::at_most(
+        "c_guest_rtt_vs_rust",
+        "rtt_guest_callback_c",
+        "rtt_guest_callback",
+        1.1,
+    ),
+    Ratio::at_most(
+        "c_guest_slot_1mib_vs_rust",
+        "slot_1mib_callback_c",
+        "slot_1mib_callback",
+        1.1,
     ),
     Ratio::at_most(
         "call_64b_vs_callback_rtt",
@@ -214,19 +230,26 @@ impl BenchReport {
     }
 
     /// Each ratio with its target and whether it was met (`None`: not
-    /// measured by this run, see [`Self::not_measured`]).
+    /// measured by this run, see [`Self::not_measured`]). A ratio whose
+    /// workloads are missing is left out, unless `not_measured` says why.
     fn ratios(&self) -> Vec<MeasuredRatio> {
         RATIOS
             .iter()
             .filter_map(|r| {
                 let value = match self.paired.iter().find(|(k, _)| *k == r.key) {
-                    Some(&(_, v)) => v,
-                    None => self.median(r.numerator)? / self.median(r.denominator)?,
+                    Some(&(_, v)) => Some(v),
+                    None => self
+                        .median(r.numerator)
+                        .zip(self.median(r.denominator))
+                        .map(|(n, d)| n / d),
                 };
-                let met = if self.why_not_measured(r.key).is_some() {
-                    None
-                } else {
-                    Some(r.met_by(value))
+                let why_not = self.why_not_measured(r.key);
+                if value.is_none() && why_not.is_none() {
+                    return None;
+                }
+                let met = match (why_not, value) {
+                    (None, Some(value)) => Some(r.met_by(value)),
+                    _ => None,
                 };
                 Some(MeasuredRatio {
                     key: r.key,
@@ -257,7 +280,7 @@ impl BenchReport {
             ratios: InOrder(
                 ratios
                     .iter()
-                    .map(|r| (r.key, (r.value * 1000.0).round() / 1000.0))
+                    .map(|r| (r.key, r.value.map(|v| (v * 1000.0).round() / 1000.0)))
                     .collect(),
             ),
             targets: InOrder(
@@ -314,8 +337,9 @@ impl BenchReport {
                     self.why_not_measured(r.key).unwrap_or_default()
                 ),
             };
-            let (k, v, t) = (r.key, r.value, &r.target);
-            let _ = writeln!(s, "{k:<width$} {v:>8.3} {t:>10}  {met}");
+            let v = r.value.map_or("-".to_string(), |v| format!("{v:.3}"));
+            let (k, t) = (r.key, &r.target);
+            let _ = writeln!(s, "{k:<width$} {v:>8} {t:>10}  {met}");
         }
         s
     }
@@ -327,7 +351,9 @@ impl BenchReport {
 pub(super) struct JsonReport<'a> {
     machine: &'a str,
     workloads: Vec<JsonWorkload>,
-    ratios: InOrder<f64>,
+    /// `null` for a ratio this run did not measure (its target's
+    /// `not_measured` says why).
+    ratios: InOrder<Option<f64>>,
     targets: InOrder<JsonTarget>,
     notes: &'a [String],
 }
@@ -386,7 +412,7 @@ mod tests {
 
     /// The `--json` document's keys, their order and the rounding: a
     /// workload without a p99 has no `p99` key; a ratio whose workloads
-    /// are missing is left out.
+    /// are missing is left out, unless the run says why (then it is null).
     #[test]
     fn the_json_report_keeps_its_shape() {
         let report = BenchReport {
@@ -407,7 +433,10 @@ mod tests {
             ],
             paired: vec![("slot_1mib_vs_copy_call", 2.7184)],
             notes: vec!["n".into()],
-            not_measured: vec![("slot_1mib_vs_copy_call", "why".into())],
+            not_measured: vec![
+                ("slot_1mib_vs_copy_call", "why".into()),
+                ("c_guest_rtt_vs_rust", "no zig".into()),
+            ],
         };
         let json = serde_json::to_string(&report.json()).unwrap();
         assert_eq!(
@@ -416,9 +445,11 @@ mod tests {
                 r#"{"machine":"m","workloads":["#,
                 r#"{"name":"rtt_native","unit":"ns","median":100.0,"p99":150.1},"#,
                 r#"{"name":"rtt_guest_spin","unit":"ns","median":110.0}],"#,
-                r#""ratios":{"guest_rtt_vs_native":1.1,"slot_1mib_vs_copy_call":2.718},"#,
+                r#""ratios":{"guest_rtt_vs_native":1.1,"slot_1mib_vs_copy_call":2.718,"#,
+                r#""c_guest_rtt_vs_rust":null},"#,
                 r#""targets":{"guest_rtt_vs_native":{"target":"<= 1.2","met":true},"#,
-                r#""slot_1mib_vs_copy_call":{"target":">= 2","met":null,"not_measured":"why"}},"#,
+                r#""slot_1mib_vs_copy_call":{"target":">= 2","met":null,"not_measured":"why"},"#,
+                r#""c_guest_rtt_vs_rust":{"target":"<= 1.1","met":null,"not_measured":"no zig"}},"#,
                 r#""notes":["n"]}"#
             )
         );

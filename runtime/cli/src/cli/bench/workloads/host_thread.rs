@@ -62,7 +62,7 @@ pub(super) fn record(
 /// sent `first` as its first message: `park` or `checksum` names the
 /// loop entry's mode, and the callback entry echoes anything but
 /// `checksum` (see examples/bench-guest).
-fn spawn_on_host_thread(
+pub(super) fn spawn_on_host_thread(
     runtime: &Runtime,
     guest: &[u8],
     execution: Execution,

@@ -1,11 +1,13 @@
 //! The in-process ladder of workloads ([`run`]), one file per family:
 //! round trips across two cores ([`round_trips`]), streams and payloads
 //! in slots ([`slots`]), the guest on the host's thread ([`host_thread`]),
-//! calls by name and host functions ([`calls`]), spawn cost and density
-//! ([`density`]); the copy-call baseline
-//! ([`copy_call`]); and what the families share: spawning and ending a
-//! bench guest, a heap segment between two native threads, a native peer.
+//! the C guest against the Rust one ([`c_guest`]), calls by name and host
+//! functions ([`calls`]), spawn cost and density ([`density`]); the
+//! copy-call baseline ([`copy_call`]); and what the families share:
+//! spawning and ending a bench guest, a heap segment between two native
+//! threads, a native peer.
 
+mod c_guest;
 mod calls;
 mod copy_call;
 mod density;
@@ -45,11 +47,15 @@ pub(super) fn run(
     slots::record(&runtime, guest, plan, &cpus, &mut measured, step)?;
     // The guest on the host's thread: no core to cross.
     host_thread::record(&runtime, guest, plan, &mut measured, step)?;
+    // The same, from C through the guest SDK's C ABI, when it can be built.
+    let mut not_measured = Vec::new();
+    if let Some(why) = c_guest::record(&runtime, guest, plan, &mut measured, step)? {
+        not_measured.extend(c_guest::RATIO_KEYS.map(|key| (key, why.clone())));
+    }
     // The plugin contract: calls by name, host functions.
     calls::record(&runtime, guest, plan, &mut measured, step)?;
     step(&format!("density: {} sandboxes", plan.sandboxes));
     let notes = density::record(&runtime, guest, plan, &mut measured)?;
-    let mut not_measured = Vec::new();
     if plan.sandboxes < 10_000 {
         not_measured.push((
             "density_live",
