@@ -126,3 +126,6 @@ cargo package --workspace --exclude shmrt-cli --locked
 
 step "rustdoc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
+
+step "C and Python hosts (bindings/)"
+./scripts/test-bindings.sh

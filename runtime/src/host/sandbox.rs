@@ -41,6 +41,12 @@ impl Sandbox {
         self.handle.shared.window_base()
     }
 
+    /// A handle that stops this sandbox from any thread (as
+    /// [`SandboxHandle::stop_handle`]), while another uses its ends.
+    pub fn stop_handle(&self) -> crate::exec::handle::StopHandle {
+        self.handle.stop_handle()
+    }
+
     /// The sending end (host to guest).
     pub fn sender(&mut self) -> &mut HostSender {
         &mut self.sender
@@ -49,6 +55,14 @@ impl Sandbox {
     /// The receiving end (guest to host).
     pub fn receiver(&mut self) -> &mut HostReceiver {
         &mut self.receiver
+    }
+
+    /// Both ends at once, borrowed together: to answer a message taken
+    /// from the receiver with the sender
+    /// ([`HostMessage::reply_in_place`](crate::HostMessage::reply_in_place))
+    /// while keeping the sandbox whole (for [`Self::call`]).
+    pub fn ends(&mut self) -> (&mut HostSender, &mut HostReceiver) {
+        (&mut self.sender, &mut self.receiver)
     }
 
     /// Splits into ends that can move to other threads, and the handle
