@@ -33,7 +33,8 @@
  * the handler returns.
  *
  * Pointers. Every pointer argument is checked for NULL (SHMRT_E_NULL); a
- * buffer of length 0 may be NULL. Bytes a function returns by pointer
+ * buffer of length 0 may be NULL. A buffer whose length runs past the end
+ * of the address space (a length that overflowed) is SHMRT_E_BAD_ARG. Bytes a function returns by pointer
  * (a message's payload, a reservation) stay valid until the handle is
  * released.
  *
@@ -90,7 +91,9 @@ extern "C" {
 #define SHMRT_E_MODE (-14)
 /** Text (a log line, a key, a name, a failure message) is not UTF-8. */
 #define SHMRT_E_NOT_UTF8 (-15)
-/** An argument is out of range (a log level outside 0..4). */
+/** An argument is out of range (a log level outside 0..4, a buffer past
+ *  the end of the address space, a host call's output overlapping its
+ *  input). */
 #define SHMRT_E_BAD_ARG (-16)
 /** No such configuration key, host function, or kept result. */
 #define SHMRT_E_NOT_FOUND (-17)
@@ -258,14 +261,15 @@ const char *shmrt_strerror(int32_t code);
 
 /** The configuration value of `key` (`shmrt run --config KEY=VALUE`) into
  *  `out`, *len its length: SHMRT_E_NOT_FOUND without such a key,
- *  SHMRT_E_TOO_SHORT (with *len the length) when it does not fit. */
+ *  SHMRT_E_TOO_SHORT (with *len the length) when it does not fit;
+ *  SHMRT_E_BAD_ARG when `out` overlaps `key`. */
 int32_t shmrt_config_get(const char *key, size_t key_len, uint8_t *out,
                          size_t cap, size_t *len);
 /** Calls the host function `name` with `input` (read in place); its output
  *  goes to `out`, *out_len its length. SHMRT_E_TOO_SHORT (with *out_len
  *  the length): take it with shmrt_host_output. SHMRT_E_NOT_FOUND: no
  *  such function. SHMRT_E_HOST_FAILED, SHMRT_E_HOST_PANICKED: see
- *  shmrt_host_error. */
+ *  shmrt_host_error. SHMRT_E_BAD_ARG: `out` overlaps `input` or `name`. */
 int32_t shmrt_host_call(const char *name, size_t name_len,
                         const uint8_t *input, size_t input_len, uint8_t *out,
                         size_t cap, size_t *out_len);

@@ -61,7 +61,7 @@ unsafe fn utf8<'a>(text: *const c_char, len: usize) -> Result<&'a str, i32> {
 /// Reads the configuration value of `key` into `out`: `*len` is its
 /// length. `SHMRT_E_NOT_FOUND` when the host gave no such key,
 /// `SHMRT_E_TOO_SHORT` (with `*len` the length needed) when it does not
-/// fit `cap` bytes.
+/// fit `cap` bytes. `SHMRT_E_BAD_ARG`: `out` overlaps `key`.
 ///
 /// # Safety
 ///
@@ -83,6 +83,9 @@ pub unsafe extern "C" fn shmrt_config_get(
         (Ok(k), Ok(b)) => (k, b),
         (Err(e), _) | (_, Err(e)) => return e,
     };
+    if overlaps(buf, key.as_bytes()) {
+        return E_BAD_ARG;
+    }
     let (code, n) = match shmrt_guest::config::get_bytes(key, buf) {
         Ok(Some(v)) => (OK, v.len()),
         Ok(None) => (E_NOT_FOUND, 0),
@@ -99,7 +102,8 @@ pub unsafe extern "C" fn shmrt_config_get(
 /// (with `*out_len` the length) when it does not fit: take it with
 /// `shmrt_host_output`. `SHMRT_E_NOT_FOUND`: no such function.
 /// `SHMRT_E_HOST_FAILED` / `SHMRT_E_HOST_PANICKED`: see
-/// `shmrt_host_error`.
+/// `shmrt_host_error`. `SHMRT_E_BAD_ARG`: `out` overlaps `input` or
+/// `name`.
 ///
 /// # Safety
 ///
@@ -130,6 +134,11 @@ pub unsafe extern "C" fn shmrt_host_call(
         (Ok(n), Ok(i), Ok(b)) => (n, i, b),
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return e,
     };
+    // The output buffer may not overlap the input or the name: the slices
+    // would alias (and the host would write the output over its input).
+    if overlaps(buf, input) || overlaps(buf, name.as_bytes()) {
+        return E_BAD_ARG;
+    }
     let (code, n) = match host_fn::call(name, input, buf) {
         Ok(output) => (OK, output.len()),
         Err(HostCallError::OutputTooLarge { len }) => (E_TOO_SHORT, len),
@@ -138,6 +147,12 @@ pub unsafe extern "C" fn shmrt_host_call(
     // SAFETY: checked non-NULL; the caller's promise.
     unsafe { out_len.write(n) };
     code
+}
+
+/// Whether two non-empty buffers share a byte.
+fn overlaps(a: &[u8], b: &[u8]) -> bool {
+    let (a0, b0) = (a.as_ptr() as usize, b.as_ptr() as usize);
+    !a.is_empty() && !b.is_empty() && a0 < b0 + b.len() && b0 < a0 + a.len()
 }
 
 fn host_failure(e: HostCallError) -> i32 {

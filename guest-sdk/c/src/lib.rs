@@ -388,6 +388,17 @@ fn run_export(func: ExportFn, call: Call<'_>, outbox: &mut Outbox) -> Result<(),
     }
 }
 
+/// `start..start + len` as C gave it: `SHMRT_E_BAD_ARG` when it wraps
+/// around the address space or is longer than a slice may be (a length
+/// computed with an overflow, `(size_t)-1`), which would make the slice
+/// undefined behaviour.
+fn range(start: usize, len: usize) -> Result<(), i32> {
+    match start.checked_add(len) {
+        Some(_) if len <= isize::MAX as usize => Ok(()),
+        _ => Err(E_BAD_ARG),
+    }
+}
+
 /// The bytes `ptr..ptr + len` given by C: NULL only with a length of 0.
 ///
 /// # Safety
@@ -400,6 +411,7 @@ unsafe fn bytes<'a>(ptr: *const u8, len: usize) -> Result<&'a [u8], i32> {
     if ptr.is_null() {
         return Err(E_NULL);
     }
+    range(ptr as usize, len)?;
     // SAFETY: the caller's promise.
     Ok(unsafe { core::slice::from_raw_parts(ptr, len) })
 }
@@ -417,6 +429,7 @@ unsafe fn bytes_mut<'a>(ptr: *mut u8, len: usize) -> Result<&'a mut [u8], i32> {
     if ptr.is_null() {
         return Err(E_NULL);
     }
+    range(ptr as usize, len)?;
     // SAFETY: the caller's promise.
     Ok(unsafe { core::slice::from_raw_parts_mut(ptr, len) })
 }

@@ -227,7 +227,8 @@ fn misuse_of_the_c_abi_returns_error_codes() {
                 release_twice=-3 use_after_release=-3 send_null=-1 reserve_null=-1 reserve=0 \
                 send_while_reserved=-4 over_commit=-5 abandon=0 commit_after_abandon=-3 \
                 log_level=-16 log_not_utf8=-15 config_missing=-17 host_fn_missing=-17 \
-                host_goodbye_is_0_or_1=1 peer=1\n";
+                send_len_overflow=-16 log_len_overflow=-16 host_fn_len_overflow=-16 \
+                host_fn_overlap=-16 config_overlap=-16 host_goodbye_is_0_or_1=1 peer=1\n";
     for mode in ["thread", "fiber"] {
         let out = run(&["--exec", mode], &wasm, b"misuse\nignored\n");
         assert!(out.status.success(), "{mode}: {}", stderr(&out));

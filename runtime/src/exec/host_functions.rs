@@ -20,7 +20,7 @@
 //! the guest (logged with the sandbox's name), never a host crash. A host
 //! function cannot call into its own guest (`CallError::Reentrant`).
 
-use std::cell::Cell;
+use std::cell::RefCell;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -34,33 +34,36 @@ use crate::state::shared::SandboxShared;
 use crate::state::store::SandboxState;
 
 thread_local! {
-    /// The sandbox whose host function this thread is running, if any
-    /// (its shared state's address).
-    static IN_HOST_FUNCTION_OF: Cell<usize> = const { Cell::new(0) };
+    /// The sandboxes whose host functions this thread is running, outer
+    /// first (their shared states' addresses): a host function of A may
+    /// call sandbox B on this thread (fiber, callback), whose host
+    /// function is then running too, and A's guest is still suspended.
+    static IN_HOST_FUNCTIONS_OF: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Marks this thread as running a host function of `shared` until the
 /// guard drops.
-pub(crate) struct InHostFunction(usize);
+pub(crate) struct InHostFunction(());
 
 impl InHostFunction {
     pub(crate) fn enter(shared: &Arc<SandboxShared>) -> Self {
-        let before = IN_HOST_FUNCTION_OF.with(|c| c.replace(Arc::as_ptr(shared) as usize));
-        InHostFunction(before)
+        IN_HOST_FUNCTIONS_OF.with(|c| c.borrow_mut().push(Arc::as_ptr(shared) as usize));
+        InHostFunction(())
     }
 }
 
 impl Drop for InHostFunction {
     fn drop(&mut self) {
-        IN_HOST_FUNCTION_OF.with(|c| c.set(self.0));
+        IN_HOST_FUNCTIONS_OF.with(|c| c.borrow_mut().pop());
     }
 }
 
-/// The sandbox (its shared state's address) whose host function this
-/// thread is running, 0 for none: a call into that sandbox from here
-/// would wait for itself.
-pub(crate) fn in_host_function_of() -> usize {
-    IN_HOST_FUNCTION_OF.with(Cell::get)
+/// Whether this thread is running a host function of the sandbox whose
+/// shared state is at `sandbox`, directly or further out (a host function
+/// that called another sandbox, whose host function runs now): a call
+/// into that sandbox from here would wait for itself.
+pub(crate) fn in_host_function_of(sandbox: usize) -> bool {
+    IN_HOST_FUNCTIONS_OF.with(|c| c.borrow().contains(&sandbox))
 }
 
 /// The guest's linear memory, and its range `ptr..ptr+len` if it lies

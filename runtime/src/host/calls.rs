@@ -22,7 +22,7 @@ use shmrt_primitives::{SharedBytes, SharedBytesMut};
 
 use super::receiver::{HostMessage, HostReceiver};
 use super::sandbox::Sandbox;
-use super::sender::HostSender;
+use super::sender::{HostSender, SlotStall};
 use crate::error::SandboxError;
 use crate::exec::host_functions::in_host_function_of;
 use crate::state::shared::SandboxShared;
@@ -49,7 +49,8 @@ pub enum CallError {
         message: String,
     },
     /// No reply within the call's timeout. The call may still run; its
-    /// late reply is dropped.
+    /// late reply is dropped. (A guest that stops reading fills its
+    /// ring: then the call may not even have been sent.)
     #[error("sandbox {sandbox}: no reply to `{function}` within {after:?}")]
     Timeout {
         /// The sandbox's name.
@@ -119,7 +120,7 @@ fn identity(shared: &Arc<SandboxShared>) -> usize {
 }
 
 fn refuse_reentry(sandbox: usize, name: &str, function: &str) -> Result<(), CallError> {
-    if in_host_function_of() == sandbox {
+    if in_host_function_of(sandbox) {
         return Err(CallError::Reentrant {
             sandbox: name.to_string(),
             function: function.to_string(),
@@ -139,13 +140,15 @@ fn check_name(sandbox: &str, function: &str) -> Result<(), CallError> {
 }
 
 /// Sends the call: header and name, then `input_len` bytes written in
-/// place by `fill`.
+/// place by `fill`; waits for room at most `timeout` (`WouldBlock`), the
+/// slot wait timed by `stall`.
 fn send_call(
     sender: &mut HostSender,
-    call_id: u64,
-    function: &str,
+    (call_id, function): (u64, &str),
     input_len: usize,
     fill: impl FnOnce(SharedBytesMut<'_>),
+    timeout: Option<Duration>,
+    stall: &mut SlotStall,
 ) -> Result<(), SandboxError> {
     let name = function.as_bytes();
     let at = CALL_HEADER_SIZE + padded_name_len(name.len());
@@ -156,17 +159,29 @@ fn send_call(
         call_id,
     }
     .encode();
-    sender.send_with(call_len(name.len(), input_len), |mut out| {
-        out.write_at(0, &header);
-        out.write_at(CALL_HEADER_SIZE, name);
-        out.write_at(
-            CALL_HEADER_SIZE + name.len(),
-            &[0; 7][..at - CALL_HEADER_SIZE - name.len()],
-        );
-        let input = out.get_mut(at..).expect("the payload holds the input");
-        fill(input);
-    })
+    let len = call_len(name.len(), input_len);
+    sender.send_cut_timed(
+        len,
+        |mut out| {
+            out.write_at(0, &header);
+            out.write_at(CALL_HEADER_SIZE, name);
+            out.write_at(
+                CALL_HEADER_SIZE + name.len(),
+                &[0; 7][..at - CALL_HEADER_SIZE - name.len()],
+            );
+            let input = out.get_mut(at..).expect("the payload holds the input");
+            fill(input);
+            len
+        },
+        timeout,
+        stall,
+    )
 }
+
+/// How long a [`Caller`]'s send waits for room before it reads replies
+/// itself (when no other thread does): a guest whose replies fill its
+/// ring stops taking calls until someone reads them.
+const SEND_TURN: Duration = Duration::from_millis(2);
 
 /// A reply read from the guest: whose it is and what it says.
 enum Reply<'m> {
@@ -252,10 +267,9 @@ fn wait_reply<R>(
     sandbox: &str,
     call_id: u64,
     function: &str,
-    timeout: Option<Duration>,
+    (timeout, until): (Option<Duration>, Option<Instant>),
     read: impl FnOnce(SharedBytes<'_>) -> R,
 ) -> Outcome<R> {
-    let until = timeout.and_then(|t| Instant::now().checked_add(t));
     loop {
         let left = until.map(|u| u.saturating_duration_since(Instant::now()));
         let Some(msg) = receiver.recv_timeout(left)? else {
@@ -282,6 +296,15 @@ fn wait_reply<R>(
                 }
             ),
         }
+        // A guest that never stops sending keeps the ring from emptying:
+        // the timeout is checked between messages too.
+        if until.is_some_and(|u| Instant::now() >= u) {
+            return Err(CallError::Timeout {
+                sandbox: sandbox.to_string(),
+                function: function.to_string(),
+                after: timeout.unwrap_or_default(),
+            });
+        }
     }
 }
 
@@ -299,7 +322,8 @@ impl Sandbox {
         )
     }
 
-    /// [`Self::call`], giving up after `timeout` ([`CallError::Timeout`]).
+    /// [`Self::call`], giving up after `timeout` ([`CallError::Timeout`]),
+    /// the wait for room to send the call included.
     pub fn call_timeout(
         &mut self,
         function: &str,
@@ -338,8 +362,29 @@ impl Sandbox {
         refuse_reentry(identity(&handle.shared), sandbox, function)?;
         let call_id = *next_call_id;
         *next_call_id = call_id.wrapping_add(1);
-        send_call(sender, call_id, function, input_len, fill)?;
-        wait_reply(receiver, sandbox, call_id, function, timeout, read)
+        // The timeout bounds the whole call: a guest that stops reading
+        // its inbox fills its ring, and the send waits no longer.
+        let until = timeout.and_then(|t| Instant::now().checked_add(t));
+        let sent = send_call(
+            sender,
+            (call_id, function),
+            input_len,
+            fill,
+            timeout,
+            &mut SlotStall::default(),
+        );
+        match sent {
+            Ok(()) => {}
+            Err(SandboxError::WouldBlock { .. }) => {
+                return Err(CallError::Timeout {
+                    sandbox: sandbox.to_string(),
+                    function: function.to_string(),
+                    after: timeout.unwrap_or_default(),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        }
+        wait_reply(receiver, sandbox, call_id, function, (timeout, until), read)
     }
 
     /// Says goodbye, reads and drops what the guest still sends, and joins
@@ -408,8 +453,11 @@ struct CallerShared {
 #[derive(Debug, Default)]
 struct Book {
     done: HashMap<u64, Outcome<Vec<u8>>>,
-    /// Calls whose [`PendingCall`] was dropped: their replies are dropped.
-    abandoned: HashSet<u64>,
+    /// Calls sent whose [`PendingCall`] still waits for a reply: a reply
+    /// to any other id (a call that timed out or was dropped, or one
+    /// never made) is dropped, so `done` holds no more than the calls in
+    /// flight whatever the guest sends.
+    outstanding: HashSet<u64>,
     reading: bool,
     /// Why the sandbox can give no more replies, once it can not.
     ended: Option<String>,
@@ -449,13 +497,12 @@ impl Caller {
             return Err(ended(&shared.sandbox, function, why));
         }
         let call_id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-        send_call(
-            &mut lock(&shared.sender),
-            call_id,
-            function,
-            input.len(),
-            |mut b| b.copy_from(input),
-        )?;
+        // Known before it is sent: its reply may be read at once.
+        lock(&shared.book).outstanding.insert(call_id);
+        if let Err(e) = self.send(call_id, function, input) {
+            lock(&shared.book).outstanding.remove(&call_id);
+            return Err(e.into());
+        }
         Ok(PendingCall {
             caller: self.clone(),
             call_id,
@@ -469,11 +516,57 @@ impl Caller {
         lock(&self.0.sender).goodbye();
     }
 
-    /// Reads replies until `call_id`'s, handing the others to their
-    /// callers. Only one thread reads at a time (`Book::reading`).
-    fn read_until(&self, call_id: u64, function: &str, until: Option<Instant>) -> Outcome<Vec<u8>> {
+    /// Sends a call. While the ring is full and no other thread reads
+    /// replies, reads them itself: calls started from one thread before
+    /// it waits for any would otherwise fill both rings (the guest waits
+    /// for room for its replies, the host for room for its calls).
+    fn send(&self, call_id: u64, function: &str, input: &[u8]) -> Result<(), SandboxError> {
+        let shared = &self.0;
+        let mut stall = SlotStall::default();
+        loop {
+            let sent = send_call(
+                &mut lock(&shared.sender),
+                (call_id, function),
+                input.len(),
+                |mut b| b.copy_from(input),
+                Some(SEND_TURN),
+                &mut stall,
+            );
+            match sent {
+                Err(SandboxError::WouldBlock { .. }) => {}
+                other => return other,
+            }
+            {
+                let mut book = lock(&shared.book);
+                if book.reading {
+                    // The reader frees the room.
+                    continue;
+                }
+                book.reading = true;
+            }
+            let read = Instant::now().checked_add(SEND_TURN);
+            let outcome = self.read_until(None, function, read);
+            let mut book = lock(&shared.book);
+            book.reading = false;
+            shared.changed.notify_all();
+            if let Err(CallError::Sandbox(e)) = outcome {
+                return Err(e);
+            }
+        }
+    }
+
+    /// Reads replies until `call_id`'s (or, for `None`, until `until`),
+    /// handing the others to their callers. Only one thread reads at a
+    /// time (`Book::reading`).
+    fn read_until(
+        &self,
+        call_id: Option<u64>,
+        function: &str,
+        until: Option<Instant>,
+    ) -> Outcome<Vec<u8>> {
         let shared = &self.0;
         let mut receiver = lock(&shared.receiver);
+        let past = || until.is_some_and(|u| Instant::now() >= u);
         loop {
             let left = until.map(|u| u.saturating_duration_since(Instant::now()));
             let msg = match receiver.recv_timeout(left) {
@@ -487,27 +580,40 @@ impl Caller {
                 }
             };
             let reply = read_reply(&msg);
-            let Some(id) = reply_id(&reply) else {
-                tracing::warn!(
+            match reply_id(&reply) {
+                None => tracing::warn!(
                     sandbox = shared.sandbox,
                     "dropped {} bytes that are not a reply to a call",
                     msg.len()
-                );
-                continue;
-            };
-            let outcome = outcome_of(reply, &shared.sandbox, function, |b| b.to_vec());
+                ),
+                Some(id) => {
+                    let mut book = lock(&shared.book);
+                    if !book.outstanding.remove(&id) {
+                        // Read before the copy: a guest's flood of replies
+                        // to calls never made costs no allocation.
+                        tracing::debug!(
+                            sandbox = shared.sandbox,
+                            "dropped a reply to call {id}, which nobody waits for"
+                        );
+                    } else {
+                        let outcome = outcome_of(reply, &shared.sandbox, function, |b| b.to_vec());
+                        if Some(id) == call_id {
+                            return outcome;
+                        }
+                        // The function's name in an error is the reader's;
+                        // put back the caller's when it takes it (see
+                        // `PendingCall::wait`).
+                        book.done.insert(id, outcome);
+                        shared.changed.notify_all();
+                    }
+                }
+            }
             drop(msg);
-            if id == call_id {
-                return outcome;
+            // A guest that never stops sending keeps the ring from
+            // emptying: the timeout is checked between messages too.
+            if past() {
+                return Err(timeout(&shared.sandbox, function, Duration::ZERO));
             }
-            let mut book = lock(&shared.book);
-            if book.abandoned.remove(&id) {
-                continue;
-            }
-            // The function's name in an error is the reader's; put back the
-            // caller's when it takes it (see `PendingCall::wait`).
-            book.done.insert(id, outcome);
-            shared.changed.notify_all();
         }
     }
 }
@@ -575,12 +681,14 @@ impl PendingCall {
             if !book.reading {
                 book.reading = true;
                 drop(book);
-                let outcome = self.caller.read_until(self.call_id, &self.function, until);
+                let outcome = self
+                    .caller
+                    .read_until(Some(self.call_id), &self.function, until);
                 let mut book = lock(&shared.book);
                 book.reading = false;
                 shared.changed.notify_all();
                 if matches!(outcome, Err(CallError::Timeout { .. })) {
-                    book.abandoned.insert(self.call_id);
+                    book.outstanding.remove(&self.call_id);
                     return Err(timeout_err(&shared.sandbox, &self.function, timeout));
                 }
                 return outcome;
@@ -590,7 +698,7 @@ impl PendingCall {
                 Some(u) => {
                     let left = u.saturating_duration_since(Instant::now());
                     if left.is_zero() {
-                        book.abandoned.insert(self.call_id);
+                        book.outstanding.remove(&self.call_id);
                         return Err(timeout_err(&shared.sandbox, &self.function, timeout));
                     }
                     shared
@@ -612,9 +720,8 @@ impl Drop for PendingCall {
     fn drop(&mut self) {
         if !self.waited {
             let mut book = lock(&self.caller.0.book);
-            if book.done.remove(&self.call_id).is_none() {
-                book.abandoned.insert(self.call_id);
-            }
+            book.done.remove(&self.call_id);
+            book.outstanding.remove(&self.call_id);
         }
     }
 }

@@ -52,7 +52,7 @@ fn reserve_now<'a>(
 /// and its holders, not a silent deadlock (a peer of the format may hold
 /// every slot; a zero-copy plugin may hold what it received).
 #[derive(Default)]
-struct SlotStall {
+pub(crate) struct SlotStall {
     /// Since when, and how many slots of the class the host held then.
     since: Option<(Instant, u32)>,
 }
@@ -223,6 +223,19 @@ impl HostSender {
         fill: impl FnOnce(SharedBytesMut<'_>) -> usize,
         timeout: Option<Duration>,
     ) -> Result<(), SandboxError> {
+        self.send_cut_timed(len, fill, timeout, &mut SlotStall::default())
+    }
+
+    /// [`Self::send_cut`] whose slot stall is timed across calls: a
+    /// sender that gives up after `timeout` to do something else (read
+    /// replies) and tries again still gets the slot wait's error.
+    pub(super) fn send_cut_timed(
+        &mut self,
+        len: usize,
+        fill: impl FnOnce(SharedBytesMut<'_>) -> usize,
+        timeout: Option<Duration>,
+        stall: &mut SlotStall,
+    ) -> Result<(), SandboxError> {
         let deadline = timeout.and_then(deadline_after);
         let Self {
             tx,
@@ -235,7 +248,6 @@ impl HostSender {
         let shared: &SandboxShared = shared;
         // The last wait said "ready": a reservation failing now parks.
         let mut was_ready = false;
-        let mut stall = SlotStall::default();
         loop {
             if shared.guest_done() || shared.stop_requested() {
                 return Err(SandboxError::Closed {
@@ -256,7 +268,7 @@ impl HostSender {
             if no_slot {
                 stall.check(shared, tx, len)?;
             } else {
-                stall = SlotStall::default();
+                *stall = SlotStall::default();
             }
             // Waiting for a slot ends at the slot wait too, to say so.
             let until = earliest(deadline, stall.deadline(shared));

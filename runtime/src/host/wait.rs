@@ -41,7 +41,7 @@ pub(super) fn protocol(shared: &SandboxShared, error: ProtocolError) -> SandboxE
 /// the guest waits for the host function (on a thread of its own, it would
 /// never answer; on this thread, its driver is held by this very call).
 fn refuse_reentry(shared: &SandboxShared) -> Result<(), SandboxError> {
-    if crate::exec::host_functions::in_host_function_of() == std::ptr::from_ref(shared) as usize {
+    if crate::exec::host_functions::in_host_function_of(std::ptr::from_ref(shared) as usize) {
         return Err(SandboxError::Reentrant {
             sandbox: shared.name().to_string(),
         });

@@ -66,6 +66,14 @@ static int32_t misuse(shmrt_msg msg) {
     check("log_not_utf8", shmrt_log(2, "\xff", 1));
     check("config_missing", shmrt_config_get("missing", 7, buf, sizeof buf, &len));
     check("host_fn_missing", shmrt_host_call("nope", 4, 0, 0, buf, sizeof buf, &len));
+    /* Lengths that overflowed, and buffers that alias. */
+    check("send_len_overflow", shmrt_send((const uint8_t *)"x", (size_t)-1));
+    check("log_len_overflow", shmrt_log(2, "x", (size_t)-1 / 2 + 1));
+    check("host_fn_len_overflow",
+          shmrt_host_call("nope", 4, buf, (size_t)-1, buf, sizeof buf, &len));
+    buf[0] = 'k';
+    check("host_fn_overlap", shmrt_host_call("nope", 4, buf, 4, buf + 2, 4, &len));
+    check("config_overlap", shmrt_config_get((const char *)buf, 1, buf, sizeof buf, &len));
     got = shmrt_host_goodbye();
     check("host_goodbye_is_0_or_1", got == 0 || got == 1);
     check("peer", (int32_t)shmrt_peer_id());
