@@ -106,15 +106,6 @@ typedef struct ShmrtOptions {
   uint64_t id;
 } ShmrtOptions;
 
-// A host function: reads `input` (guest memory, valid for this call
-// only), writes its output with `shmrt_host_output_write`, returns 0, or
-// an error code for the guest (with `shmrt_host_output_error` for its
-// message). Runs on the thread that runs the guest.
-typedef int32_t (*ShmrtHostFn)(void *user,
-                               const uint8_t *input,
-                               size_t input_len,
-                               struct ShmrtHostOutput *out);
-
 // A running sandbox.
 typedef struct ShmrtSandbox {
   // The handle's id (0: none).
@@ -141,6 +132,15 @@ typedef struct ShmrtBytes {
   // The handle's id (0: none).
   uint64_t id;
 } ShmrtBytes;
+
+// A host function: reads `input` (guest memory, valid for this call
+// only), writes its output with `shmrt_host_output_write`, returns 0, or
+// an error code for the guest (with `shmrt_host_output_error` for its
+// message). Runs on the thread that runs the guest.
+typedef int32_t (*ShmrtHostFn)(void *user,
+                               const uint8_t *input,
+                               size_t input_len,
+                               struct ShmrtHostOutput *out);
 
 #ifdef __cplusplus
 extern "C" {
@@ -185,90 +185,6 @@ int32_t shmrt_plugin_from_file(struct ShmrtRuntime runtime,
 
 // Releases a plugin handle (its sandboxes keep what they need).
 int32_t shmrt_plugin_free(struct ShmrtPlugin plugin);
-
-// Makes spawn options with the defaults (see `SandboxOptions`).
-//
-// # Safety
-//
-// `out` is null or valid for writes.
-int32_t shmrt_options_new(struct ShmrtOptions *out);
-
-// Releases options (sandboxes spawned with them keep a copy).
-int32_t shmrt_options_free(struct ShmrtOptions options);
-
-// The sandbox's name, for messages and logs.
-//
-// # Safety
-//
-// `name` is a NUL-terminated string.
-int32_t shmrt_options_set_name(struct ShmrtOptions options, const char *name);
-
-// Where the guest runs: `SHMRT_EXEC_AUTO`, `_THREAD`, `_FIBER` or
-// `_CALLBACK`.
-int32_t shmrt_options_set_execution(struct ShmrtOptions options, int32_t execution);
-
-// The guest's wall-clock limit in milliseconds (negative: none).
-int32_t shmrt_options_set_timeout_ms(struct ShmrtOptions options, int64_t ms);
-
-// Fuel the guest may burn (0: unmetered); needs a runtime made with
-// `SHMRT_RUNTIME_FUEL`.
-int32_t shmrt_options_set_fuel(struct ShmrtOptions options, uint64_t fuel);
-
-// Bytes of memory the guest may make the host allocate (0: no budget).
-int32_t shmrt_options_set_max_memory(struct ShmrtOptions options, uint64_t bytes);
-
-// How long a send waits for a slot the guest holds, in milliseconds
-// (negative: as long as the guest runs).
-int32_t shmrt_options_set_slot_wait_ms(struct ShmrtOptions options, int64_t ms);
-
-// Data bytes of each ring of the segment.
-int32_t shmrt_options_set_ring_capacity(struct ShmrtOptions options, uint32_t bytes);
-
-// The segment's slot classes, smallest first: `n` classes of
-// `counts[i]` slots carrying up to `payloads[i]` bytes (multiples of 4).
-//
-// # Safety
-//
-// `payloads` and `counts` are valid for reads of `n` values each.
-int32_t shmrt_options_set_slot_classes(struct ShmrtOptions options,
-                                       const uint32_t *payloads,
-                                       const uint32_t *counts,
-                                       size_t n);
-
-// Sets configuration `key` to `value` (the plugin reads it by key).
-//
-// # Safety
-//
-// `key` and `value` are NUL-terminated strings.
-int32_t shmrt_options_set_config(struct ShmrtOptions options, const char *key, const char *value);
-
-// Lends the plugin the host function `name`, called as `f(user, ...)`.
-//
-// # Safety
-//
-// `name` is a NUL-terminated string; `f` stays callable and `user` valid
-// (and usable from any thread, concurrently) as long as sandboxes spawned
-// with these options live.
-int32_t shmrt_options_add_host_function(struct ShmrtOptions options,
-                                        const char *name,
-                                        ShmrtHostFn f,
-                                        void *user);
-
-// Appends `len` bytes to a host function's output.
-//
-// # Safety
-//
-// `out` is the pointer the host function was given, during its call;
-// `data` is valid for reads of `len` bytes.
-int32_t shmrt_host_output_write(struct ShmrtHostOutput *out, const uint8_t *data, size_t len);
-
-// Sets the message the guest gets with the host function's error code.
-//
-// # Safety
-//
-// `out` is the pointer the host function was given, during its call;
-// `message` a NUL-terminated string.
-int32_t shmrt_host_output_error(struct ShmrtHostOutput *out, const char *message);
 
 // Spawns a sandbox of `plugin` with `options` (id 0: the defaults).
 //
@@ -406,6 +322,90 @@ int32_t shmrt_join(struct ShmrtSandbox sandbox, int32_t *status);
 //
 // `status` is null or writable.
 int32_t shmrt_close(struct ShmrtSandbox sandbox, int64_t timeout_ms, int32_t *status);
+
+// Makes spawn options with the defaults (see `SandboxOptions`).
+//
+// # Safety
+//
+// `out` is null or valid for writes.
+int32_t shmrt_options_new(struct ShmrtOptions *out);
+
+// Releases options (sandboxes spawned with them keep a copy).
+int32_t shmrt_options_free(struct ShmrtOptions options);
+
+// The sandbox's name, for messages and logs.
+//
+// # Safety
+//
+// `name` is a NUL-terminated string.
+int32_t shmrt_options_set_name(struct ShmrtOptions options, const char *name);
+
+// Where the guest runs: `SHMRT_EXEC_AUTO`, `_THREAD`, `_FIBER` or
+// `_CALLBACK`.
+int32_t shmrt_options_set_execution(struct ShmrtOptions options, int32_t execution);
+
+// The guest's wall-clock limit in milliseconds (negative: none).
+int32_t shmrt_options_set_timeout_ms(struct ShmrtOptions options, int64_t ms);
+
+// Fuel the guest may burn (0: unmetered); needs a runtime made with
+// `SHMRT_RUNTIME_FUEL`.
+int32_t shmrt_options_set_fuel(struct ShmrtOptions options, uint64_t fuel);
+
+// Bytes of memory the guest may make the host allocate (0: no budget).
+int32_t shmrt_options_set_max_memory(struct ShmrtOptions options, uint64_t bytes);
+
+// How long a send waits for a slot the guest holds, in milliseconds
+// (negative: as long as the guest runs).
+int32_t shmrt_options_set_slot_wait_ms(struct ShmrtOptions options, int64_t ms);
+
+// Data bytes of each ring of the segment.
+int32_t shmrt_options_set_ring_capacity(struct ShmrtOptions options, uint32_t bytes);
+
+// The segment's slot classes, smallest first: `n` classes of
+// `counts[i]` slots carrying up to `payloads[i]` bytes (multiples of 4).
+//
+// # Safety
+//
+// `payloads` and `counts` are valid for reads of `n` values each.
+int32_t shmrt_options_set_slot_classes(struct ShmrtOptions options,
+                                       const uint32_t *payloads,
+                                       const uint32_t *counts,
+                                       size_t n);
+
+// Sets configuration `key` to `value` (the plugin reads it by key).
+//
+// # Safety
+//
+// `key` and `value` are NUL-terminated strings.
+int32_t shmrt_options_set_config(struct ShmrtOptions options, const char *key, const char *value);
+
+// Lends the plugin the host function `name`, called as `f(user, ...)`.
+//
+// # Safety
+//
+// `name` is a NUL-terminated string; `f` stays callable and `user` valid
+// (and usable from any thread, concurrently) as long as sandboxes spawned
+// with these options live.
+int32_t shmrt_options_add_host_function(struct ShmrtOptions options,
+                                        const char *name,
+                                        ShmrtHostFn f,
+                                        void *user);
+
+// Appends `len` bytes to a host function's output.
+//
+// # Safety
+//
+// `out` is the pointer the host function was given, during its call;
+// `data` is valid for reads of `len` bytes.
+int32_t shmrt_host_output_write(struct ShmrtHostOutput *out, const uint8_t *data, size_t len);
+
+// Sets the message the guest gets with the host function's error code.
+//
+// # Safety
+//
+// `out` is the pointer the host function was given, during its call;
+// `message` a NUL-terminated string.
+int32_t shmrt_host_output_error(struct ShmrtHostOutput *out, const char *message);
 
 #ifdef __cplusplus
 }  // extern "C"
