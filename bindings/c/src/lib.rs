@@ -33,9 +33,9 @@ pub mod held;
 mod options;
 
 pub use errors::*;
-pub use options::*;
 use handles::{Object, PluginObj, SandboxObj};
 use held::HeldSandbox;
+pub use options::*;
 
 /// A runtime (an engine and its linker): one per process is enough.
 #[repr(C)]
