@@ -443,39 +443,49 @@ impl Sandbox {
     /// (BufferError).
     fn send_with(&self, py: Python<'_>, n: usize, fill: &Bound<'_, PyAny>) -> PyResult<()> {
         let inner = &self.inner;
+        let fill = fill.clone().unbind();
         let mut locked = inner.lock_with_gil(py)?;
+        let held: &mut HeldSandbox = &mut locked.guard;
         let mut raised = None;
-        let result = locked.guard.send_with(n, |mut bytes| {
-            let view = match Bound::new(
-                py,
-                SlotView {
-                    ptr: bytes.as_mut_ptr() as usize,
-                    len: bytes.len(),
-                    exports: 0,
-                    open: true,
-                },
-            ) {
-                Ok(v) => v,
-                Err(e) => {
-                    raised = Some(e);
-                    return Err("the view could not be made".into());
-                }
-            };
-            let called = fill.call1((view.clone(),));
-            let mut v = view.borrow_mut();
-            v.open = false;
-            match called {
-                Err(e) => {
-                    raised = Some(e);
-                    Err("fill raised".into())
-                }
-                Ok(_) if v.exports > 0 => Err(
-                    "a view of the reserved bytes outlived fill (delete the arrays and \
-                     memoryviews made from it before fill returns)"
-                        .into(),
-                ),
-                Ok(_) => Ok(()),
-            }
+        // The GIL is let go while the send waits for room: a guest on a
+        // thread of its own may be calling a Python host function, and only
+        // once it returns does the guest free room. It is taken again to
+        // run `fill`, once the bytes are reserved.
+        let result = py.allow_threads(|| {
+            held.send_with(n, |mut bytes| {
+                Python::with_gil(|py| {
+                    let view = match Bound::new(
+                        py,
+                        SlotView {
+                            ptr: bytes.as_mut_ptr() as usize,
+                            len: bytes.len(),
+                            exports: 0,
+                            open: true,
+                        },
+                    ) {
+                        Ok(v) => v,
+                        Err(e) => {
+                            raised = Some(e);
+                            return Err("the view could not be made".into());
+                        }
+                    };
+                    let called = fill.bind(py).call1((view.clone(),));
+                    let mut v = view.borrow_mut();
+                    v.open = false;
+                    match called {
+                        Err(e) => {
+                            raised = Some(e);
+                            Err("fill raised".into())
+                        }
+                        Ok(_) if v.exports > 0 => Err(
+                            "a view of the reserved bytes outlived fill (delete the arrays and \
+                             memoryviews made from it before fill returns)"
+                                .into(),
+                        ),
+                        Ok(_) => Ok(()),
+                    }
+                })
+            })
         });
         drop(locked);
         if let Some(e) = raised {

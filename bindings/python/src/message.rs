@@ -111,42 +111,51 @@ impl Message {
         }
         self.released = true;
         let shared = self.sandbox.clone();
+        let transform = transform.clone().unbind();
+        let generation = self.generation;
         let mut locked = shared.lock_with_gil(py)?;
+        let held: &mut HeldSandbox = &mut locked.guard;
         let mut raised = None;
-        let result = locked.guard.reply_in_place(self.generation, |mut bytes| {
-            let len = bytes.len();
-            let view = match Bound::new(
-                py,
-                SlotView {
-                    ptr: bytes.as_mut_ptr() as usize,
-                    len,
-                    exports: 0,
-                    open: true,
-                },
-            ) {
-                Ok(v) => v,
-                Err(e) => {
-                    raised = Some(e);
-                    return 0;
-                }
-            };
-            let called = transform.call1((view.clone(),));
-            let mut v = view.borrow_mut();
-            v.open = false;
-            let n = match called {
-                Ok(r) if r.is_none() => len,
-                Ok(r) => r.extract::<usize>().unwrap_or(len),
-                Err(e) => {
-                    raised = Some(e);
-                    0
-                }
-            };
-            if v.exports > 0 {
-                raised = Some(PyBufferError::new_err(
-                    "a view of the message outlived transform: it was sent as it was",
-                ));
-            }
-            n
+        // As `Sandbox.send_with`: the GIL is let go while the reply waits
+        // for ring room, and taken again to run `transform`.
+        let result = py.allow_threads(|| {
+            held.reply_in_place(generation, |mut bytes| {
+                Python::with_gil(|py| {
+                    let len = bytes.len();
+                    let view = match Bound::new(
+                        py,
+                        SlotView {
+                            ptr: bytes.as_mut_ptr() as usize,
+                            len,
+                            exports: 0,
+                            open: true,
+                        },
+                    ) {
+                        Ok(v) => v,
+                        Err(e) => {
+                            raised = Some(e);
+                            return 0;
+                        }
+                    };
+                    let called = transform.bind(py).call1((view.clone(),));
+                    let mut v = view.borrow_mut();
+                    v.open = false;
+                    let n = match called {
+                        Ok(r) if r.is_none() => len,
+                        Ok(r) => r.extract::<usize>().unwrap_or(len),
+                        Err(e) => {
+                            raised = Some(e);
+                            0
+                        }
+                    };
+                    if v.exports > 0 {
+                        raised = Some(PyBufferError::new_err(
+                            "a view of the message outlived transform: it was sent as it was",
+                        ));
+                    }
+                    n
+                })
+            })
         });
         drop(locked);
         if let Some(e) = raised {
