@@ -115,14 +115,16 @@ command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 
 step "packaging: the publishable crates package and build from their packages"
 # shmrt-cli is installed from the source tree (`publish = false`: its build
-# embeds the bench guest from examples/). Verification builds each package
+# embeds the bench guest from examples/); the bindings are built from it
+# too (`publish = false`: the C library and the Python wheel are their
+# packages). Verification builds each package
 # alone, from what it ships.
 # The verification builds our crates as if they came from a registry, and
 # cargo never looks again at a registry crate it built: one built by an
 # earlier run with the same version would be taken, stale. So those builds
 # go first (on a fresh machine there are none).
 cargo clean -p shmrt-primitives -p shmrt -p shmrt-guest
-cargo package --workspace --exclude shmrt-cli --locked
+cargo package --workspace --exclude shmrt-cli --exclude shmrt-capi --exclude shmrt-python --locked
 
 step "rustdoc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
