@@ -88,6 +88,18 @@ impl Sender {
         self.max_inline
     }
 
+    /// Deferred (`true`) or immediate (`false`, the default) publication
+    /// of committed frames: see [`Producer::set_deferred`].
+    pub fn set_deferred(&mut self, deferred: bool) {
+        self.producer.set_deferred(deferred);
+    }
+
+    /// The write cursor left unpublished, for whoever publishes it: see
+    /// [`Producer::take_unpublished`].
+    pub fn take_unpublished(&mut self) -> Option<u32> {
+        self.producer.take_unpublished()
+    }
+
     /// Largest payload at all.
     pub fn max_payload(&self) -> u32 {
         self.max_slot.max(self.max_inline)
@@ -391,6 +403,18 @@ impl Receiver {
     /// Publishes released ring bytes to the sender.
     pub fn publish(&mut self) {
         self.consumer.publish();
+    }
+
+    /// Deferred (`true`) or immediate (`false`, the default) publication
+    /// of released ring bytes: see [`Consumer::set_deferred`].
+    pub fn set_deferred(&mut self, deferred: bool) {
+        self.consumer.set_deferred(deferred);
+    }
+
+    /// The read cursor left unpublished, for whoever publishes it: see
+    /// [`Consumer::take_unpublished`].
+    pub fn take_unpublished(&mut self) -> Option<u32> {
+        self.consumer.take_unpublished()
     }
 
     /// The next message, or `None` when the ring is empty.

@@ -43,6 +43,7 @@
 extern crate std;
 
 pub mod call_header;
+pub mod callback_cursors;
 pub mod channel;
 pub mod checksum;
 pub mod doorbell;

@@ -151,6 +151,22 @@ impl RingRef {
         self.header().read.store(0, Ordering::Release);
     }
 
+    /// Stores the consumer's `read` for a consumer that left it to us to
+    /// publish (a callback guest: see `callback_cursors`), with Release:
+    /// what the consumer did before, on this thread, happens-before the
+    /// producer's Acquire load (SYNC POINT "callback cursors").
+    pub fn publish_read_for_consumer(&self, read: u32) {
+        self.header().read.store(read, Ordering::Release);
+    }
+
+    /// Stores the producer's `write` for a producer that left it to us to
+    /// publish (see [`Self::publish_read_for_consumer`]): the frames it
+    /// wrote on this thread happen-before a consumer's Acquire load of
+    /// `write` (SYNC POINT "callback cursors").
+    pub fn publish_write_for_producer(&self, write: u32) {
+        self.header().write.store(write, Ordering::Release);
+    }
+
     /// Loads the three cursors once, for inspection (not for I/O).
     pub fn cursors(&self) -> RingCursors {
         RingCursors {
@@ -231,6 +247,11 @@ pub struct Producer {
     ring: RingRef,
     write: u32,
     cached_read: u32,
+    /// The last `write` stored in the header.
+    published: u32,
+    /// Whether commits leave `write` for [`Producer::take_unpublished`]
+    /// (see [`Producer::set_deferred`]).
+    deferred: bool,
 }
 
 impl Producer {
@@ -251,6 +272,8 @@ impl Producer {
             ring,
             write,
             cached_read: read,
+            published: write,
+            deferred: false,
         })
     }
 
@@ -264,7 +287,46 @@ impl Producer {
             ring,
             write: 0,
             cached_read: 0,
+            published: 0,
+            deferred: false,
         }
+    }
+
+    /// Makes commits deferred (`true`): `write` is not stored in the
+    /// header, and [`Self::take_unpublished`] hands it to whoever
+    /// publishes it for us (the host, after a callback call: see
+    /// `peer_entry::CallbackCursors`). `false` (the default) stores what
+    /// is pending and each later commit at once.
+    pub fn set_deferred(&mut self, deferred: bool) {
+        self.deferred = deferred;
+        if !deferred {
+            self.publish();
+        }
+    }
+
+    /// Stores `write` in the header if commits are unpublished.
+    #[inline(always)]
+    pub fn publish(&mut self) {
+        if self.write != self.published {
+            // Release: the committed bytes happen-before a consumer's
+            // Acquire load of `write` (SYNC POINT "write").
+            self.ring
+                .header()
+                .write
+                .store(self.write, Ordering::Release);
+            self.published = self.write;
+        }
+    }
+
+    /// The `write` cursor that commits left unpublished, if any; counted
+    /// as published from now on: the caller stores it (with Release, or
+    /// after what orders the committed bytes before it).
+    #[inline(always)]
+    pub fn take_unpublished(&mut self) -> Option<u32> {
+        (self.write != self.published).then(|| {
+            self.published = self.write;
+            self.write
+        })
     }
 
     /// The ring.
@@ -331,12 +393,17 @@ impl Producer {
             // under the C++ memory model; loom found it. Consumers of either
             // order read this order correctly: until the watermark shows,
             // `write < read` just looks empty.)
+            //
+            // Commits left unpublished before the wrap are published by
+            // the watermark (the consumer drains up to it), and their
+            // bytes were written before these Release stores.
             self.ring.header().write.store(0, Ordering::Release);
             self.ring
                 .header()
                 .watermark
                 .store(self.write, Ordering::Release);
             self.write = 0;
+            self.published = 0;
             if len < read {
                 return Ok(Some(Grant {
                     producer: self,
@@ -420,9 +487,12 @@ impl Grant<'_> {
         assert!(len <= self.len, "commit past the grant");
         let p = self.producer;
         p.write = self.offset + len;
-        // Release: the bytes written into the grant happen-before a
-        // consumer's Acquire load of `write` (SYNC POINT "write").
-        p.ring.header().write.store(p.write, Ordering::Release);
+        if !p.deferred {
+            // Release: the bytes written into the grant happen-before a
+            // consumer's Acquire load of `write` (SYNC POINT "write").
+            p.ring.header().write.store(p.write, Ordering::Release);
+            p.published = p.write;
+        }
     }
 }
 
@@ -445,6 +515,9 @@ pub struct Consumer {
     /// Whether releases wait for [`Consumer::publish`] (see the module
     /// documentation).
     lazy: bool,
+    /// Whether even an empty ring does not publish `read` (see
+    /// [`Consumer::set_deferred`]).
+    deferred: bool,
     cached_write: u32,
     /// The producer's watermark while we drain the tail; 0 = none.
     wrap_end: u32,
@@ -480,6 +553,7 @@ impl Consumer {
             read,
             published: read,
             lazy: false,
+            deferred: false,
             cached_write: read,
             wrap_end: 0,
         })
@@ -494,6 +568,7 @@ impl Consumer {
             read: 0,
             published: 0,
             lazy: false,
+            deferred: false,
             cached_write: 0,
             wrap_end: 0,
         }
@@ -540,6 +615,27 @@ impl Consumer {
         }
     }
 
+    /// Makes releases deferred (`true`): lazy, and not published when the
+    /// ring is found empty either, but left for
+    /// [`Self::take_unpublished`] (the host publishes them after a
+    /// callback call: see `peer_entry::CallbackCursors`). A quarter of the
+    /// ring read and the wrap still publish, as a lazy consumer does.
+    /// `false` publishes what is pending and makes releases immediate.
+    pub fn set_deferred(&mut self, deferred: bool) {
+        self.deferred = deferred;
+        self.set_lazy_release(deferred);
+    }
+
+    /// The `read` cursor that releases left unpublished, if any; counted
+    /// as published from now on: the caller stores it.
+    #[inline(always)]
+    pub fn take_unpublished(&mut self) -> Option<u32> {
+        (self.read != self.published).then(|| {
+            self.published = self.read;
+            self.read
+        })
+    }
+
     /// The contiguous readable bytes, or `None` when the ring is empty.
     #[inline(always)]
     pub fn readable(&mut self) -> Result<Option<Readable>, ProtocolError> {
@@ -565,8 +661,11 @@ impl Consumer {
             // The cache says empty: give the producer its room, then
             // reload. `write` first, with Acquire
             // (SYNC POINT "write" and "wrap"): if it shows the wrap, the
-            // watermark load below sees the watermark.
-            self.publish();
+            // watermark load below sees the watermark. Deferred: the room
+            // is given back after the call, by the host.
+            if !self.deferred {
+                self.publish();
+            }
             let cap = self.ring.capacity;
             let write = self.ring.header().write.load(Ordering::Acquire);
             let watermark = self.ring.header().watermark.load(Ordering::Acquire);

@@ -3,6 +3,7 @@
 use core::fmt;
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
+use shmrt_primitives::callback_cursors::CallbackCursors;
 use shmrt_primitives::channel::{self, Receiver, Sender};
 use shmrt_primitives::{HeaderError, PeerId, ProtocolError, Segment};
 
@@ -231,6 +232,72 @@ pub struct Channel {
     /// The last callback call answered more than one message: the next
     /// one times its batch ([`Channel::answer_queued`]).
     batching: bool,
+    /// The host publishes the cursors a callback call leaves in
+    /// [`SHMRT_CALLBACK_CURSORS`] (it acknowledged the record).
+    host_publishes: bool,
+}
+
+/// The record a callback call leaves its cursors in for the host to
+/// publish (`shmrt_primitives::callback_cursors`): plain memory of this
+/// plugin instance, exported by address, written by the guest only while
+/// the host calls it and read by the host only after a call returned.
+#[repr(transparent)]
+pub struct CursorRecord(core::cell::UnsafeCell<CallbackCursors>);
+
+// SAFETY: a plugin instance runs one call at a time on one thread (shmrt
+// gives guests no threads); the host reads the record between calls.
+unsafe impl Sync for CursorRecord {}
+
+/// The record itself, exported so that the host finds its address (the
+/// wasm global `SHMRT_CALLBACK_CURSORS`).
+#[unsafe(no_mangle)]
+pub static SHMRT_CALLBACK_CURSORS: CursorRecord =
+    CursorRecord(core::cell::UnsafeCell::new(CallbackCursors {
+        ack: 0,
+        h2g_read: 0,
+        g2h_write: 0,
+        pending: 0,
+    }));
+
+impl core::fmt::Debug for CursorRecord {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("CursorRecord")
+    }
+}
+
+impl CursorRecord {
+    /// Whether the host has agreed to publish what the record holds (it
+    /// wrote the ack before the first call).
+    fn acknowledged(&self) -> bool {
+        // SAFETY: see `Sync` above; the host wrote it before any call.
+        let ack = unsafe { core::ptr::addr_of!((*self.0.get()).ack).read_volatile() };
+        ack == CallbackCursors::ACK
+    }
+
+    /// Leaves `read` and `write` (those that are `Some`) for the host.
+    /// Plain stores: the host reads them on this very thread once the
+    /// call returns (volatile only so that they are not elided).
+    fn leave(&self, read: Option<u32>, write: Option<u32>) {
+        use CallbackCursors as C;
+        let record = self.0.get();
+        let mut pending = 0;
+        // SAFETY: see `Sync` above: nothing else reaches the record while
+        // this call runs.
+        unsafe {
+            if let Some(read) = read {
+                core::ptr::addr_of_mut!((*record).h2g_read).write_volatile(read);
+                pending |= C::READ;
+            }
+            if let Some(write) = write {
+                core::ptr::addr_of_mut!((*record).g2h_write).write_volatile(write);
+                pending |= C::WRITE;
+            }
+            if pending != 0 {
+                let at = core::ptr::addr_of_mut!((*record).pending);
+                at.write_volatile(at.read_volatile() | pending);
+            }
+        }
+    }
 }
 
 /// Receives what the host sends.
@@ -428,6 +495,9 @@ impl Channel {
             .ok_or(OpenError::Peer(peer))?;
         let (tx, rx) = segment.guest_channel(index).map_err(OpenError::Protocol)?;
         let on_host_thread = segment.peer(index).is_some_and(|p| p.host_runs_guest());
+        // A callback's cursors are published by the host after each call
+        // when it has said so (it writes the ack before the first call).
+        let host_publishes = SHMRT_CALLBACK_CURSORS.acknowledged();
         let (spin, most) = if on_host_thread {
             (0, 0)
         } else {
@@ -450,6 +520,7 @@ impl Channel {
                 untold: 0,
             },
             batching: false,
+            host_publishes,
         })
     }
 
@@ -554,10 +625,18 @@ impl Channel {
     ) -> i32 {
         let _answering = Answering::start();
         let mut budget = BatchBudget::new(self.batching);
+        let defer = self.host_publishes;
         let (inbox, outbox) = (&mut self.inbox, &mut self.outbox);
         // The ring room of what is read is given back once, at the end
-        // (in wasm each give-back is an atomic store with a full fence).
-        inbox.rx.set_lazy_release(true);
+        // (in wasm each give-back is an atomic store with a full fence);
+        // when the host publishes for us, the answers' cursor too, and
+        // both by the host after the call (`CallbackCursors`).
+        if defer {
+            inbox.rx.set_deferred(true);
+            outbox.tx.set_deferred(true);
+        } else {
+            inbox.rx.set_lazy_release(true);
+        }
         let status = loop {
             // Room for an answer as long as the largest inline message: a
             // slot goes back as a short reference frame.
@@ -578,7 +657,15 @@ impl Channel {
             }
         };
         self.batching = budget.handled > 1;
-        let inbox = &mut self.inbox;
+        let (inbox, outbox) = (&mut self.inbox, &mut self.outbox);
+        if defer {
+            SHMRT_CALLBACK_CURSORS.leave(inbox.rx.take_unpublished(), outbox.tx.take_unpublished());
+            // Nothing is left pending: these store nothing.
+            inbox.rx.set_deferred(false);
+            outbox.tx.set_deferred(false);
+            // The host publishes, then wakes whoever waits for it.
+            return status;
+        }
         inbox.rx.set_lazy_release(false);
         // Answers left untold (`Outbox::sent`) are read by the host when
         // the call returns; a host on another thread is rung.

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use wasmtime::{Store, TypedFunc};
 
+use super::callback_cursors::CursorRecord;
 use super::guest_end::{self, exit_status, report_dropped, unread_messages};
 use super::guest_thread::Entry;
 use crate::error::SandboxError;
@@ -42,6 +43,8 @@ enum Driven {
     Callback {
         store: Box<Store<SandboxState>>,
         handler: TypedFunc<(), i32>,
+        /// The guest's cursor record, published after each call.
+        cursors: Option<CursorRecord>,
         /// Calls made since the host's goodbye (see
         /// [`MAX_CALLS_AFTER_GOODBYE`]).
         calls_after_goodbye: u32,
@@ -161,7 +164,7 @@ impl GuestDriver {
     /// A callback guest, instantiated and initialized.
     pub fn callback(
         store: Store<SandboxState>,
-        handler: TypedFunc<(), i32>,
+        (handler, cursors): (TypedFunc<(), i32>, Option<CursorRecord>),
         timeout: Option<Duration>,
         shared: Arc<SandboxShared>,
     ) -> Self {
@@ -169,6 +172,7 @@ impl GuestDriver {
         let guest = Driven::Callback {
             store: Box::new(store),
             handler,
+            cursors,
             calls_after_goodbye: 0,
         };
         Self::new(guest, ticker, timeout, shared)
@@ -316,12 +320,13 @@ impl GuestDriver {
             Driven::Callback {
                 store,
                 handler,
+                cursors,
                 calls_after_goodbye,
             } => call_back(
                 shared,
                 ticker,
                 *timeout,
-                (store, handler, calls_after_goodbye),
+                (store, handler, cursors.as_ref(), calls_after_goodbye),
             ),
         }
     }
@@ -437,9 +442,10 @@ fn call_back(
     shared: &SandboxShared,
     ticker: &TickerState,
     timeout: Option<Duration>,
-    (store, handler, calls_after_goodbye): (
+    (store, handler, cursors, calls_after_goodbye): (
         &mut Box<Store<SandboxState>>,
         &TypedFunc<(), i32>,
+        Option<&CursorRecord>,
         &mut u32,
     ),
 ) -> Step {
@@ -478,6 +484,9 @@ fn call_back(
         shared.callback_call(false);
         called
     };
+    if let (Ok(_), Some(cursors)) = (&called, cursors) {
+        cursors.publish(&**store, shared);
+    }
     match called {
         // After the goodbye, the call that leaves nothing
         // queued is the last.

@@ -5,6 +5,7 @@
 //! (`guest_driver.rs`), how any of them ends (`guest_end.rs`), and the
 //! handle that joins or stops it (`handle.rs`).
 
+pub(crate) mod callback_cursors;
 pub(crate) mod guest_driver;
 pub(crate) mod guest_end;
 pub(crate) mod guest_thread;

@@ -242,6 +242,35 @@ impl HostReceiver {
         }
     }
 
+    /// Waits for a message as [`Self::recv`] does, then hands it and every
+    /// other message queued now to `each`, in order, and gives their ring
+    /// room back as one: the ring's read cursor is stored, and a guest
+    /// waiting for room told, once for the batch, not once each. Returns
+    /// how many `each` got. `Err(Closed)` once the guest has ended and
+    /// everything it sent has been read.
+    pub fn recv_batch(
+        &mut self,
+        mut each: impl FnMut(HostMessage<'_>),
+    ) -> Result<usize, SandboxError> {
+        each(self.recv()?);
+        self.rx.set_lazy_release(true);
+        let mut got = 1;
+        let drained = loop {
+            match self.rx.try_recv() {
+                Ok(Some(inner)) => {
+                    each(HostMessage { inner });
+                    got += 1;
+                }
+                Ok(None) => break Ok(got),
+                Err(e) => break Err(protocol(&self.shared, e)),
+            }
+        };
+        // Publishes the batch's room at once.
+        self.rx.set_lazy_release(false);
+        room_freed(&self.shared);
+        drained
+    }
+
     /// Waits as long as it takes; `Err(Closed)` once the guest has ended
     /// and everything it sent has been read.
     pub fn recv(&mut self) -> Result<HostMessage<'_>, SandboxError> {

@@ -469,6 +469,48 @@ impl HostSender {
         }
     }
 
+    /// Sends every payload of `batch`, in order, waiting for room as
+    /// [`Self::send`] does, and publishes them as one: the ring's write
+    /// cursor is stored and the guest (or whoever runs it) told once for
+    /// all that fit, not once each. A callback guest then answers them
+    /// all in one call. When the ring fills, what is written is published
+    /// and the rest waits for room as a send does. Returns how many were
+    /// sent; on an error, those before it were sent (and published).
+    pub fn send_batch<'p>(
+        &mut self,
+        batch: impl IntoIterator<Item = &'p [u8]>,
+    ) -> Result<usize, SandboxError> {
+        let mut sent = 0;
+        let mut unpublished = false;
+        let result = (|| {
+            self.tx.set_deferred(true);
+            for payload in batch {
+                match self.tx.send(payload) {
+                    Ok(()) => unpublished = true,
+                    Err(SendError::Full | SendError::Exhausted) => {
+                        // Out of room: what is written goes out, and this
+                        // one waits as a send does (running a guest on
+                        // this thread, which reads what was published).
+                        self.tx.set_deferred(false);
+                        if std::mem::take(&mut unpublished) {
+                            self.notify();
+                        }
+                        self.send(payload)?;
+                        self.tx.set_deferred(true);
+                    }
+                    Err(e) => return Err(send_error(&self.shared, e)),
+                }
+                sent += 1;
+            }
+            Ok(())
+        })();
+        self.tx.set_deferred(false);
+        if unpublished {
+            self.notify();
+        }
+        result.map(|()| sent)
+    }
+
     /// Wakes the guest if it is parked (after a batch).
     pub fn notify(&self) {
         notify(&self.shared, &self.shared.peer().h2g_doorbell);

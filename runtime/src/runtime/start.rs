@@ -12,6 +12,7 @@ use wasmtime::{Instance, InstancePre, Store, TypedFunc};
 use super::Runtime;
 use super::plugin::Plugin;
 use crate::error::SandboxError;
+use crate::exec::callback_cursors::CursorRecord;
 use crate::exec::guest_driver::{CALLBACK_EXPORT, GuestDriver, off_async_runtime};
 use crate::exec::guest_end::exit_status;
 use crate::exec::guest_thread::{Entry, run_guest};
@@ -261,6 +262,7 @@ impl Runtime {
                 ),
             })?;
         claim_now(shared, claim)?;
+        let cursors = CursorRecord::acknowledge(&instance, &mut store);
         if let Some(init) = initialize {
             let running = self.ticker.state.running();
             // Bounded as each call of the callback is: its slice.
@@ -270,8 +272,12 @@ impl Runtime {
             shared.callback_call(false);
             drop(running);
             initialized.map_err(|e| instantiation_error(e, shared, options))?;
+            if let Some(cursors) = &cursors {
+                cursors.publish(&store, shared);
+            }
         }
-        let driver = GuestDriver::callback(store, handler, options.timeout, shared.clone());
+        let driver =
+            GuestDriver::callback(store, (handler, cursors), options.timeout, shared.clone());
         Ok(GuestRun::Driven(Arc::new(std::sync::Mutex::new(driver))))
     }
 }

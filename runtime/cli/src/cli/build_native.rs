@@ -254,6 +254,9 @@ pub fn build_in(
             cmd.args(&manifest.cflags).args(sources).arg(&lib).args([
                 "-Wl,--no-entry",
                 "-Wl,--import-symbols",
+                // The SDK's callback cursor record, when a handler links it
+                // in (the host then publishes the callback's cursors).
+                "-Wl,--export-if-defined=SHMRT_CALLBACK_CURSORS",
                 "-Wl,--gc-sections",
                 "-s",
                 "-o",
@@ -310,14 +313,16 @@ pub fn build_in(
 }
 
 /// The exports a Zig plugin defines: `shmrt_main`, and
-/// `shmrt_on_messages` when it uses a handler (the linker refuses to
-/// export what is not there).
+/// `shmrt_on_messages` and the SDK's `SHMRT_CALLBACK_CURSORS` when it uses
+/// a handler (the linker refuses to export what is not there).
 fn zig_exports(root: &Path) -> anyhow::Result<Vec<&'static str>> {
     let text =
         std::fs::read_to_string(root).with_context(|| format!("reading {}", root.display()))?;
     let mut exports = vec!["--export=shmrt_main"];
     if text.contains("exportHandler") || text.contains("shmrt_on_messages") {
         exports.push("--export=shmrt_on_messages");
+        // The SDK's callback cursor record, which the handler links in.
+        exports.push("--export=SHMRT_CALLBACK_CURSORS");
     }
     Ok(exports)
 }

@@ -114,7 +114,7 @@ struct MeasuredRatio {
 }
 
 /// Ratio keys, their definitions and targets.
-const RATIOS: [Ratio; 20] = [
+const RATIOS: [Ratio; 21] = [
     Ratio::at_most("guest_rtt_vs_native", "rtt_guest_spin", "rtt_native", 1.2),
     Ratio::at_least(
         "guest_stream_vs_native",
@@ -139,7 +139,13 @@ const RATIOS: [Ratio; 20] = [
         "callback_rtt_vs_copy_call",
         "rtt_guest_callback",
         "copy_call_64b",
-        1.2,
+        1.5,
+    ),
+    Ratio::at_most(
+        "callback_batch_vs_copy_call",
+        "callback_batch_64b",
+        "copy_call_64b",
+        1.0,
     ),
     Ratio::at_most(
         "fiber_rtt_vs_thread_parked",

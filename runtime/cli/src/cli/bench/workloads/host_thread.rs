@@ -9,7 +9,9 @@ use super::copy_call::CopyCallGuest;
 use super::slots::payload;
 use super::{explain, finish, guest_round_trip};
 use crate::cli::bench::BenchPlan;
-use crate::cli::bench::measure::{Measured, PerPhase, batches, payload_samples};
+use crate::cli::bench::measure::{
+    Measured, PerPhase, batches, median, median_ratio, payload_samples,
+};
 
 /// Measures the family: `copy_call_64b` and `rtt_guest_callback` with
 /// their ratio, `rtt_guest_fiber`, then the slot payloads of each size,
@@ -28,6 +30,13 @@ pub(super) fn record(
         ("copy_call_64b", copies),
         ("rtt_guest_callback", callback),
     );
+    step("callback_batch_64b");
+    let (batch, copies) = callback_batch_pair(runtime, guest, plan)?;
+    measured.paired.push((
+        "callback_batch_vs_copy_call",
+        median_ratio(&batch, &copies, median),
+    ));
+    measured.latency("callback_batch_64b", batch.concat());
     step("rtt_guest_fiber");
     let (fiber, _) = host_thread_rtt_pair(runtime, guest, plan, Execution::Fiber)?;
     measured.latency("rtt_guest_fiber", fiber.concat());
@@ -130,6 +139,88 @@ fn host_thread_rtt_pair(
     }
     finish(sb)?;
     Ok((in_guest, copies))
+}
+
+/// Requests in one batch of `callback_batch_64b`.
+const BATCH: usize = 64;
+
+/// 64 queued 64-byte requests answered by an echoing callback guest in
+/// one call (sent as one batch, the answers read as one), against the
+/// copy-call baseline, in alternating phases: ns per message, per phase:
+/// (batch, copy-call).
+fn callback_batch_pair(
+    runtime: &Runtime,
+    guest: &[u8],
+    plan: BenchPlan,
+) -> Result<PerPhase, SandboxError> {
+    let mut sb = spawn_on_host_thread(runtime, guest, Execution::Callback, b"echo")?;
+    drop(sb.receiver().recv()?);
+    let mut baseline = CopyCallGuest::new(guest)?;
+    let requests: Vec<[u8; 64]> = (0..BATCH).map(|i| [i as u8; 64]).collect();
+    let mut out = [0u8; 64];
+    // Samples of as many messages as the round trips' (a batch of 64 is
+    // one op), against copy-calls timed as in the round trips' pair.
+    let phase = BenchPlan {
+        batches: plan.batches.div_ceil(plan.phases).max(4),
+        ..plan
+    };
+    let batch_phase = BenchPlan {
+        batch: plan.batch.div_ceil(BATCH).max(1),
+        ..phase
+    };
+    let mut failure = None;
+    let (mut batched, mut copies) = (Vec::new(), Vec::new());
+    for i in 0..plan.phases {
+        for guest_side in [i % 2 == 0, i % 2 == 1] {
+            if guest_side {
+                let per_batch = batches(batch_phase, || {
+                    if failure.is_none()
+                        && let Err(e) = batch_round_trip(&mut sb, &requests)
+                    {
+                        failure = Some(e);
+                    }
+                });
+                batched.push(per_batch.iter().map(|ns| ns / BATCH as f64).collect());
+            } else {
+                copies.push(batches(phase, || {
+                    if failure.is_none()
+                        && let Err(e) = baseline.round_trip(&requests[0], &mut out)
+                    {
+                        failure = Some(e);
+                    }
+                }));
+            }
+        }
+    }
+    if let Some(e) = failure {
+        return Err(explain(sb, e));
+    }
+    finish(sb)?;
+    Ok((batched, copies))
+}
+
+/// One batch: every request sent as one, every answer read as they come
+/// (in batches), each checked for its request's length and first byte.
+fn batch_round_trip(sb: &mut Sandbox, requests: &[[u8; 64]]) -> Result<(), SandboxError> {
+    sb.sender().send_batch(requests.iter().map(|r| &r[..]))?;
+    let mut answered = 0;
+    while answered < requests.len() {
+        let mut wrong = None;
+        sb.receiver().recv_batch(|m| {
+            let want = requests.get(answered).map(|r| r[0]);
+            if m.len() != 64 || m.bytes().u64_le(0).map(|w| w as u8) != want {
+                wrong = Some(answered);
+            }
+            answered += 1;
+        })?;
+        if let Some(i) = wrong {
+            return Err(SandboxError::Trap {
+                sandbox: "bench-callback".into(),
+                message: format!("answer {i} of a batch is not its request echoed"),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// `len`-byte payloads handed to a checksumming guest on the host's
