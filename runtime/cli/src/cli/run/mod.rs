@@ -332,8 +332,16 @@ impl PluginRun<'_> {
                 format!("an unknown number of messages (at least {n} counted) may have been lost")
             }
         };
+        // Packed, a message is a batch of lines: a batch the guest failed
+        // in is lost whole (the answers it gathered for it go with it).
+        let batches = if self.packed {
+            "; lines went packed, so each message is a batch of lines, lost whole with the \
+             answers gathered for it"
+        } else {
+            ""
+        };
         format!(
-            "the plugin was restarted {} times; {lost} (still in the rings of the sandboxes that failed: unread, or read and not yet released)",
+            "the plugin was restarted {} times; {lost} (still in the rings of the sandboxes that failed: unread, or read and not yet released){batches}",
             self.restarts.get()
         )
     }
