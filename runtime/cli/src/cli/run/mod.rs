@@ -81,15 +81,7 @@ impl RunCommand {
             );
             tracing::debug!("{}: lines go packed", self.plugin.display());
         }
-        self.run_plugin(
-            &runtime,
-            &wasm,
-            &options,
-            chunk,
-            packed,
-            &interrupts,
-            &segment,
-        )
+        self.run_plugin(&runtime, &wasm, &options, chunk, &interrupts, &segment)
     }
 
     /// Runs the plugin as a guest of the segment file at `path`, made by
@@ -174,10 +166,13 @@ impl RunCommand {
         wasm: &[u8],
         options: &SandboxOptions,
         chunk: usize,
-        packed: bool,
         interrupts: &Interrupts,
         segment: &NamedSegment,
     ) -> Result<ExitCode, Failure> {
+        // Set by `execute` alone (a user's --config of it is refused).
+        let packed = options
+            .config
+            .contains_key(shmrt::primitives::call_header::PACKED_LINES_CONFIG_KEY);
         let feeder = Feeder::start(&options.segment, self.framing, chunk, packed)?;
         let run = PluginRun {
             plugin: &self.plugin,
