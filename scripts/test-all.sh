@@ -40,7 +40,8 @@ cargo clippy --workspace --all-targets -- -D warnings
 # .cargo/config.toml (their libraries only: no_std crates have no test
 # harness there).
 for dir in examples/bench-guest examples/checksum examples/echo examples/text-tools examples/upper \
-    runtime/tests/guests/probe runtime/tests/guests/slow-handler runtime/tests/guests/std-echo; do
+    runtime/tests/guests/probe runtime/tests/guests/slow-handler runtime/tests/guests/std-echo \
+    runtime/cli/tests/guests/lines-probe; do
     (cd "$dir" && CARGO_TARGET_DIR="$OLDPWD/target/guests-clippy" cargo clippy -- -D warnings)
 done
 # The SDK's C ABI: for wasm32 (what plugins link) and on the host (its

@@ -47,6 +47,12 @@ pub mod log;
 
 mod channel;
 
+/// Lines packed many to a message by a host that feeds the plugin text
+/// lines (`shmrt run --framing lines`): see [`lines::each_line`].
+pub mod lines {
+    pub use crate::channel::packed::each_line;
+}
+
 #[cfg(feature = "json")]
 pub use calls::Json;
 pub use calls::{Error, Failure};
@@ -78,7 +84,10 @@ macro_rules! entry {
 /// Result<(), SendError>`, so that it runs in every execution mode of the
 /// host: `shmrt_main` (thread and fiber mode) loops over the messages
 /// until the goodbye; `shmrt_on_messages` (callback mode) answers the
-/// messages queued at each call and returns.
+/// messages queued at each call and returns. Both hand the handler the
+/// lines of a packed-lines message one at a time ([`lines::each_line`]),
+/// and the plugin exports the marker that says so
+/// ([`packed_lines_export!`]), so that `shmrt run` packs its lines.
 ///
 /// ```no_run
 /// use shmrt_guest::{Message, Outbox, SendError};
@@ -98,13 +107,31 @@ macro_rules! handler {
         $crate::entry!(__shmrt_serve_messages);
 
         fn __shmrt_serve_messages(channel: $crate::Channel) -> i32 {
-            channel.serve_messages($handle)
+            channel.serve_messages(|msg, outbox| $crate::lines::each_line(msg, outbox, $handle))
         }
 
         #[unsafe(no_mangle)]
         pub extern "C" fn shmrt_on_messages() -> i32 {
-            $crate::callback::with_channel(|channel| channel.answer_queued($handle))
+            $crate::callback::with_channel(|channel| {
+                channel.answer_queued(|msg, outbox| $crate::lines::each_line(msg, outbox, $handle))
+            })
         }
+
+        $crate::packed_lines_export!();
+    };
+}
+
+/// Exports `shmrt_packed_lines_v1`, the marker by which a plugin tells its
+/// host that it reads packed-lines messages: every message it receives
+/// goes through [`lines::each_line`] (as [`handler!`]'s do). A host such
+/// as `shmrt run` then packs many lines into one message; without the
+/// marker it sends one line a message.
+#[macro_export]
+macro_rules! packed_lines_export {
+    () => {
+        /// The marker of a plugin that reads packed lines (never called).
+        #[unsafe(no_mangle)]
+        pub extern "C" fn shmrt_packed_lines_v1() {}
     };
 }
 

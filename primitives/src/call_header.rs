@@ -16,6 +16,24 @@
 //! failure:           code i32, then the message (UTF-8)
 //! ```
 //!
+//! The same magic and version open a **packed-lines** message (kind 4),
+//! which carries many lines of `shmrt run --framing lines` in one message
+//! (see [`packed_lines`]):
+//!
+//! ```text
+//! header, 16 bytes:  magic [0xC5, b'S', b'C'] u8 x 3
+//!                    version u8 (1)
+//!                    kind u8 (4 packed lines)
+//!                    zero u8 x 11
+//! body:              lines, each followed by b'\n' (none: an empty body)
+//! ```
+//!
+//! A host packs lines only for a plugin that says it reads them (it
+//! exports [`PACKED_LINES_EXPORT`]) and tells the plugin so (the
+//! configuration key [`PACKED_LINES_CONFIG_KEY`] set to
+//! [`PACKED_LINES_CONFIG_VALUE`]); the plugin answers a packed message with
+//! packed messages, each of its answers one line of the body.
+//!
 //! The magic's first byte, 0xC5, opens a two-byte UTF-8 sequence and the
 //! next, `S`, cannot continue it: a payload of text never starts with a
 //! call header, so a plugin can tell calls from plain lines. A message
@@ -52,6 +70,96 @@ pub const CODE_BAD_OUTPUT: i32 = -3;
 /// Failure code: the message was not a well-formed call (a header of
 /// another version, a malformed name).
 pub const CODE_MALFORMED_CALL: i32 = -4;
+
+/// The kind byte of a packed-lines message.
+pub const KIND_PACKED_LINES: u8 = 4;
+
+/// The 16 bytes that open every packed-lines message.
+pub const PACKED_LINES_HEADER: [u8; CALL_HEADER_SIZE] = [
+    CALL_MAGIC[0],
+    CALL_MAGIC[1],
+    CALL_MAGIC[2],
+    CALL_VERSION,
+    KIND_PACKED_LINES,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+];
+
+/// The export (a function, `() -> ()`, never called) by which a plugin
+/// says it reads packed-lines messages and answers them packed.
+pub const PACKED_LINES_EXPORT: &str = "shmrt_packed_lines_v1";
+
+/// The configuration key by which a host tells a plugin it packs lines.
+pub const PACKED_LINES_CONFIG_KEY: &str = "shmrt.lines";
+
+/// The value of [`PACKED_LINES_CONFIG_KEY`] when the host packs lines.
+pub const PACKED_LINES_CONFIG_VALUE: &str = "packed-v1";
+
+/// Why a message that opens as a packed-lines message is not one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PackedLinesError {
+    /// Fewer bytes than the header.
+    Truncated {
+        /// Bytes there are.
+        len: usize,
+    },
+    /// A byte of the header that must be zero is not: its offset.
+    NonZero {
+        /// The byte's offset in the header.
+        at: usize,
+    },
+    /// The body is not empty and does not end with a newline.
+    NoFinalNewline,
+}
+
+impl fmt::Display for PackedLinesError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PackedLinesError::Truncated { len } => write!(
+                f,
+                "packed-lines header truncated: {len} bytes where {CALL_HEADER_SIZE} are needed"
+            ),
+            PackedLinesError::NonZero { at } => {
+                write!(f, "packed-lines header byte {at} is not zero")
+            }
+            PackedLinesError::NoFinalNewline => {
+                f.write_str("packed-lines body does not end with a newline")
+            }
+        }
+    }
+}
+
+impl core::error::Error for PackedLinesError {}
+
+/// The body of a packed-lines message: `None` when `payload` does not open
+/// with the magic, version 1 and kind 4 (it is no packed-lines message),
+/// an error when it does but the rest of the header is not zero or the
+/// body, not empty, does not end with a newline.
+pub fn packed_lines(payload: &[u8]) -> Option<Result<&[u8], PackedLinesError>> {
+    if payload.len() < 5 || payload[..5] != PACKED_LINES_HEADER[..5] {
+        return None;
+    }
+    let Some(header) = payload.get(..CALL_HEADER_SIZE) else {
+        return Some(Err(PackedLinesError::Truncated { len: payload.len() }));
+    };
+    if let Some(at) = header[5..].iter().position(|&b| b != 0) {
+        return Some(Err(PackedLinesError::NonZero { at: 5 + at }));
+    }
+    let body = &payload[CALL_HEADER_SIZE..];
+    if body.last().is_some_and(|&b| b != b'\n') {
+        return Some(Err(PackedLinesError::NoFinalNewline));
+    }
+    Some(Ok(body))
+}
 
 /// What a message with a call header is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -286,6 +394,7 @@ pub fn split_call(payload: &[u8]) -> Option<Result<CallParts<'_>, CallHeaderErro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::vec::Vec;
 
     #[test]
     fn a_call_round_trips_with_its_name_padded_and_its_input_aligned() {
@@ -354,6 +463,42 @@ mod tests {
         assert_eq!(write_call(&mut buf[..20], 1, "abcdefgh_ij"), None);
     }
 
+    #[test]
+    fn packed_lines_decode_and_lies_are_errors() {
+        let mut msg = PACKED_LINES_HEADER.to_vec();
+        assert_eq!(packed_lines(&msg), Some(Ok(&b""[..])));
+        msg.extend_from_slice(b"one\n\ntwo\r\n");
+        assert_eq!(packed_lines(&msg), Some(Ok(&b"one\n\ntwo\r\n"[..])));
+        // Not one: plain text, a call, a reply.
+        assert_eq!(packed_lines(b"one\ntwo\n"), None);
+        let reply = CallHeader {
+            kind: CallKind::Reply,
+            call_id: 0,
+        };
+        assert_eq!(packed_lines(&reply.encode()), None);
+        // A call header reader does not take it for a call.
+        assert_eq!(
+            CallHeader::decode(&msg),
+            Some(Err(CallHeaderError::Kind(KIND_PACKED_LINES)))
+        );
+        let mut cut = msg.clone();
+        cut.pop();
+        assert_eq!(
+            packed_lines(&cut),
+            Some(Err(PackedLinesError::NoFinalNewline))
+        );
+        assert_eq!(
+            packed_lines(&PACKED_LINES_HEADER[..9]),
+            Some(Err(PackedLinesError::Truncated { len: 9 }))
+        );
+        let mut dirty = msg.clone();
+        dirty[12] = 1;
+        assert_eq!(
+            packed_lines(&dirty),
+            Some(Err(PackedLinesError::NonZero { at: 12 }))
+        );
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig {
             cases: if cfg!(miri) { 8 } else { 512 },
@@ -368,6 +513,35 @@ mod tests {
                     proptest::prop_assert!(h.body_offset() <= payload.len());
                 }
                 let _ = split_call(payload);
+            }
+        }
+
+        /// Any lines packed come back as the same lines, and any bytes
+        /// after the header decode without panicking.
+        #[test]
+        fn packed_lines_round_trip(
+            lines in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..12), 0..12),
+            tail in proptest::collection::vec(proptest::num::u8::ANY, 0..40),
+        ) {
+            let mut msg = PACKED_LINES_HEADER.to_vec();
+            let lines: Vec<Vec<u8>> = lines
+                .into_iter()
+                .map(|l| l.into_iter().filter(|&b| b != b'\n').collect())
+                .collect();
+            for l in &lines {
+                msg.extend_from_slice(l);
+                msg.push(b'\n');
+            }
+            let body = packed_lines(&msg).unwrap().unwrap();
+            let got: Vec<&[u8]> = body.split(|&b| b == b'\n').collect();
+            proptest::prop_assert_eq!(got.len(), lines.len() + 1);
+            for (g, l) in got.iter().zip(&lines) {
+                proptest::prop_assert_eq!(*g, &l[..]);
+            }
+            let mut any = PACKED_LINES_HEADER[..5].to_vec();
+            any.extend_from_slice(&tail);
+            if let Some(Ok(body)) = packed_lines(&any) {
+                proptest::prop_assert!(body.is_empty() || body.ends_with(b"\n"));
             }
         }
     }

@@ -16,7 +16,9 @@
 //!   `sum` a 1 MiB buffer n times, which it reads in place);
 //! - anything else: echo every message, that first one included, each
 //!   answered in place (the plugin of the `cli_*` workloads, which run it
-//!   through `shmrt run` against `cat`).
+//!   through `shmrt run` against `cat`); packed lines are echoed line by
+//!   line through the SDK (`lines::each_line`), so `shmrt run` packs them
+//!   (the module exports the marker).
 //!
 //! It also exports `bench_buffer` and `bench_checksum` for the baseline
 //! that copies a payload into guest memory and calls an export (the way
@@ -28,6 +30,7 @@
 use core::arch::wasm32::{
     i8x16_shuffle, i64x2_add, i64x2_extract_lane, i64x2_splat, v128, v128_load,
 };
+use shmrt_guest::lines::each_line;
 use shmrt_guest::{Channel, Inbox, Message, Outbox, SendError};
 
 const BUFFER: usize = (1 << 20) + 64;
@@ -233,11 +236,11 @@ fn run(mut channel: Channel) -> i32 {
         // Anything else is echoed, the first message included, each in
         // place: the plugin `shmrt bench` runs through `shmrt run` for its
         // workloads against `cat`.
-        if first.reply_in_place(outbox, |b| b.len()).is_err() {
+        if each_line(first, outbox, echo_in_place).is_err() {
             return 1;
         }
         while let Some(msg) = inbox.recv() {
-            if msg.reply_in_place(outbox, |b| b.len()).is_err() {
+            if each_line(msg, outbox, echo_in_place).is_err() {
                 return 1;
             }
         }
@@ -330,6 +333,12 @@ fn run(mut channel: Channel) -> i32 {
 }
 
 shmrt_guest::entry!(run);
+shmrt_guest::packed_lines_export!();
+
+/// A message (or a line of a packed one) answered with itself, in place.
+fn echo_in_place(msg: Message<'_>, outbox: &mut Outbox) -> Result<(), SendError> {
+    msg.reply_in_place(outbox, |b| b.len())
+}
 
 /// The mode of the callback entry, named by the first message: 1 checksum
 /// (each message answered with its sum), else 0, echo in place.
@@ -348,7 +357,7 @@ fn answer(msg: Message<'_>, outbox: &mut Outbox) -> Result<(), SendError> {
             if mode != 0 {
                 return Ok(());
             }
-            msg.reply_in_place(outbox, |b| b.len())
+            each_line(msg, outbox, echo_in_place)
         }
         2 => shmrt_guest::calls::dispatch(msg, outbox, route_call),
         1 => {
@@ -356,7 +365,7 @@ fn answer(msg: Message<'_>, outbox: &mut Outbox) -> Result<(), SendError> {
             drop(msg);
             outbox.send(&sum.to_le_bytes())
         }
-        _ => msg.reply_in_place(outbox, |b| b.len()),
+        _ => each_line(msg, outbox, echo_in_place),
     }
 }
 

@@ -10,6 +10,7 @@ use shmrt_primitives::{HeaderError, PeerId, ProtocolError, Segment};
 use crate::host;
 
 mod outbox;
+pub(crate) mod packed;
 
 pub use outbox::Reservation;
 use outbox::copy;
@@ -319,38 +320,56 @@ pub struct Outbox {
     slot_wait_ns: i64,
     /// Messages sent since the host was last told.
     untold: u32,
+    /// Answers gathered into one packed answer (see `packed`).
+    pack: packed::Gathering,
 }
 
 /// A message from the host, read in place in the segment. Dropping it
 /// gives its ring bytes or its slot back.
 #[derive(Debug)]
 pub struct Message<'a> {
-    inner: channel::Message<'a>,
+    inner: Inner<'a>,
+}
+
+/// What a [`Message`] is: a message of the ring, or one line of a
+/// packed-lines message (see `packed`).
+#[derive(Debug)]
+enum Inner<'a> {
+    Frame(channel::Message<'a>),
+    Line(&'a [u8]),
 }
 
 impl Message<'_> {
     /// The payload, in place.
     pub fn as_bytes(&self) -> &[u8] {
-        // SAFETY: the only other party is our host, which a guest trusts:
-        // it can rewrite all of our memory anyway, so a plain slice here
-        // protects nothing a copy would (and costs no copy). The shmrt
-        // host writes a message's bytes only before sending it.
-        unsafe { self.inner.as_bytes() }
+        match &self.inner {
+            // SAFETY: the only other party is our host, which a guest
+            // trusts: it can rewrite all of our memory anyway, so a plain
+            // slice here protects nothing a copy would (and costs no
+            // copy). The shmrt host writes a message's bytes only before
+            // sending it.
+            Inner::Frame(m) => unsafe { m.as_bytes() },
+            Inner::Line(line) => line,
+        }
     }
 
     /// Payload length.
     pub fn len(&self) -> usize {
-        self.inner.len()
+        match &self.inner {
+            Inner::Frame(m) => m.len(),
+            Inner::Line(line) => line.len(),
+        }
     }
 
     /// Whether the payload is empty.
     pub fn is_empty(&self) -> bool {
-        self.inner.is_empty()
+        self.len() == 0
     }
 
-    /// Whether the payload sits in a slot (else inline in the ring).
+    /// Whether the payload sits in a slot (else inline in the ring, or a
+    /// line of a packed-lines message).
     pub fn is_slot(&self) -> bool {
-        self.inner.is_slot()
+        matches!(&self.inner, Inner::Frame(m) if m.is_slot())
     }
 
     /// Answers this message with its own bytes, transformed in place:
@@ -383,7 +402,11 @@ impl Message<'_> {
         outbox: &mut Outbox,
         transform: impl FnOnce(&mut [u8]) -> usize,
     ) -> Result<(), SendError> {
-        match self.inner.take_slot() {
+        let inner = match self.inner {
+            Inner::Frame(inner) => inner,
+            Inner::Line(line) => return outbox.gather_line(line, transform),
+        };
+        match inner.take_slot() {
             Ok((slot, len)) => {
                 let mut area = outbox.tx.held_slot_area(&slot);
                 let area = area
@@ -518,6 +541,7 @@ impl Channel {
                 index,
                 slot_wait_ns: DEFAULT_SLOT_WAIT_NS,
                 untold: 0,
+                pack: packed::Gathering::default(),
             },
             batching: false,
             host_publishes,
@@ -734,7 +758,9 @@ impl Inbox {
     /// The next message if one is there.
     #[inline(always)]
     pub fn try_recv(&mut self) -> Result<Option<Message<'_>>, ProtocolError> {
-        Ok(self.rx.try_recv()?.map(|inner| Message { inner }))
+        Ok(self.rx.try_recv()?.map(|m| Message {
+            inner: Inner::Frame(m),
+        }))
     }
 
     /// Waits for the next message: spins briefly, then parks until the

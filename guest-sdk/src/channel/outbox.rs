@@ -60,6 +60,8 @@ impl Outbox {
     /// [`Reservation::commit`]; dropped uncommitted, the room is given
     /// back. For callers that can not hand over a closure (the C ABI).
     pub fn reserve(&mut self, len: usize) -> Result<Reservation<'_>, SendError> {
+        // Answers gathered for a packed-lines message go first.
+        self.flush_gathered()?;
         let mut room = RoomWait::new();
         let mut exhausted_since: Option<u64> = None;
         let tx: *mut Sender = &mut self.tx;
@@ -121,6 +123,21 @@ impl Outbox {
     /// to send (more is cut).
     #[inline(always)]
     pub(super) fn send_cut(
+        &mut self,
+        len: usize,
+        answer: bool,
+        fill: impl FnOnce(&mut [u8]) -> usize,
+    ) -> Result<(), SendError> {
+        if self.pack.on {
+            // Answering a line of a packed-lines message (see `packed`).
+            return self.gather(len, fill);
+        }
+        self.send_cut_ring(len, answer, fill)
+    }
+
+    /// [`Self::send_cut`] into the ring or a slot, gathering or not.
+    #[inline(always)]
+    pub(super) fn send_cut_ring(
         &mut self,
         len: usize,
         answer: bool,

@@ -2,13 +2,15 @@
 //! messages ([`Framing`]) and sends each to the current sandbox of the
 //! run, waiting for the next one across a restart ([`Feeder`]); raw input
 //! is read straight into ring or slot memory, lines in blocks sent as a
-//! batch. Progress shows on stderr when it is a terminal.
+//! batch, packed many to a message for a plugin that reads packed lines.
+//! Progress shows on stderr when it is a terminal.
 
 use std::io::{self, BufRead};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
+use shmrt::primitives::call_header::{CALL_HEADER_SIZE, CALL_MAGIC, PACKED_LINES_HEADER};
 use shmrt::primitives::layout::SegmentConfig;
 use shmrt::{HostSender, ReadSend, SandboxError, SendReadError};
 
@@ -26,6 +28,38 @@ pub(super) struct Feeder {
     pub(super) error: Mutex<Option<anyhow::Error>>,
     /// The largest message the segment carries.
     max_message: usize,
+    /// Lines go packed, many to a message (the plugin reads packed lines).
+    packed: bool,
+}
+
+/// The largest packed-lines message the stdin thread makes: a 64 KiB slot
+/// of the default segment (at most 16 in flight, each answered in place).
+const PACK: usize = 64 << 10;
+
+/// The least room a packed message needs to be worth it: a header and a
+/// few lines.
+const PACK_MIN: usize = 64;
+
+/// Sends `msg` to the sender under `batch` without waking the guest, or,
+/// when it is full or gone, through the waiting path without the lock.
+macro_rules! send_batched {
+    ($self:ident, $batch:ident, $msg:expr) => {{
+        let msg: &[u8] = $msg;
+        let sent = match $batch.as_mut() {
+            Some(tx) => tx.try_send_no_notify(msg).unwrap_or(false),
+            None => false,
+        };
+        if !sent {
+            // Full, or between sandboxes, or an error to report: the
+            // waiting path, without the lock.
+            if let Some(tx) = $batch.as_ref() {
+                tx.notify();
+            }
+            drop($batch);
+            $self.deliver(msg)?;
+            $batch = $self.current.lock().unwrap_or_else(|e| e.into_inner());
+        }
+    }};
 }
 
 impl Feeder {
@@ -33,16 +67,19 @@ impl Feeder {
     /// stdin into messages and sends each to the current sandbox's sender,
     /// waiting for the next one when a sandbox fails. It may stay blocked
     /// on stdin after the last guest ends; it is not joined.
+    /// `packed`: lines go packed, many to a message.
     pub(super) fn start(
         segment: &SegmentConfig,
         framing: Framing,
         chunk: usize,
+        packed: bool,
     ) -> anyhow::Result<Arc<Feeder>> {
         // The largest message the segment carries bounds what stdin may
         // make us buffer (a line or a len32 record).
         let max_message = super::framing::max_message(segment);
         let feeder = Arc::new(Feeder {
             max_message,
+            packed: packed && max_message >= PACK_MIN,
             ..Feeder::default()
         });
         let f = feeder.clone();
@@ -164,15 +201,20 @@ impl Feeder {
 
     /// Lines, read in large blocks and sent as a batch per block: the
     /// lines of a block go into the ring without waking the guest, and
-    /// one notification follows (no syscall or fence per line).
+    /// one notification follows (no syscall or fence per line). Packed,
+    /// the complete lines of each read go in packed-lines messages of up
+    /// to [`PACK`] bytes: nothing waits for more input to fill one.
     fn feed_lines(
         &self,
         input: std::os::fd::BorrowedFd<'_>,
         progress: &mut Progress,
     ) -> anyhow::Result<()> {
         const BLOCK: usize = 1 << 16;
+        // Packed, each message's header is written in the 16 bytes before
+        // its first line (lines already sent, or this room at the front).
+        let head = if self.packed { CALL_HEADER_SIZE } else { 0 };
         let mut buf = vec![0u8; 4 * BLOCK];
-        let (mut start, mut end) = (0, 0);
+        let (mut start, mut end) = (head, head);
         loop {
             if end - start > self.max_message {
                 anyhow::bail!(
@@ -181,53 +223,109 @@ impl Feeder {
                     self.max_message
                 );
             }
-            // Room for a block: move the partial line to the front, or
-            // grow for a line longer than the buffer.
-            if buf.len() - end < BLOCK {
-                if start > 0 {
-                    buf.copy_within(start..end, 0);
-                    end -= start;
-                    start = 0;
+            // Room for a block (and a newline after a last line without
+            // one): move the partial line to the front, or grow for a
+            // line longer than the buffer.
+            if buf.len() - end <= BLOCK {
+                if start > head {
+                    buf.copy_within(start..end, head);
+                    end -= start - head;
+                    start = head;
                 } else {
                     buf.resize(buf.len() * 2, 0);
                 }
             }
-            let n = read_some(input, &mut buf[end..])?;
+            let room = buf.len() - 1;
+            let n = read_some(input, &mut buf[end..room])?;
             if n == 0 {
                 if start < end {
-                    // The last line, without its newline.
-                    self.deliver(&buf[start..end])?;
-                    progress.add(end - start);
+                    if self.packed {
+                        // The last line, without its newline: packed with
+                        // one, the plugin sees the same line.
+                        buf[end] = b'\n';
+                        self.send_packs(&mut buf, start, end + 1, progress)?;
+                    } else {
+                        self.deliver(&buf[start..end])?;
+                        progress.add(end - start);
+                    }
                 }
                 return Ok(());
             }
             end += n;
+            if self.packed {
+                start = self.send_packs(&mut buf, start, end, progress)?;
+                continue;
+            }
             let mut batch = self.current.lock().unwrap_or_else(|e| e.into_inner());
             let base = start;
             for nl in memchr::memchr_iter(b'\n', &buf[base..end]) {
                 let line = base + nl;
-                let text = &buf[start..line];
-                let sent = match batch.as_mut() {
-                    Some(tx) => tx.try_send_no_notify(text).unwrap_or(false),
-                    None => false,
-                };
-                if !sent {
-                    // Full, or between sandboxes, or an error to report:
-                    // the waiting path, without the lock.
-                    if let Some(tx) = batch.as_ref() {
-                        tx.notify();
-                    }
-                    drop(batch);
-                    self.deliver(text)?;
-                    batch = self.current.lock().unwrap_or_else(|e| e.into_inner());
-                }
-                progress.add(text.len());
+                send_batched!(self, batch, &buf[start..line]);
+                progress.add(line - start);
                 start = line + 1;
             }
             if let Some(tx) = batch.as_ref() {
                 tx.notify();
             }
         }
+    }
+
+    /// Sends the complete lines of `buf[start..end]` packed, as a batch
+    /// (one notification); where the partial line left starts. `start`
+    /// is at least [`CALL_HEADER_SIZE`]: each message's header goes in the
+    /// bytes before its first line. A line too long for a packed message
+    /// of its own goes alone, plain, as without packing (unless it opens
+    /// as a header would: refused, the plugin could not tell).
+    fn send_packs(
+        &self,
+        buf: &mut [u8],
+        mut start: usize,
+        end: usize,
+        progress: &mut Progress,
+    ) -> anyhow::Result<usize> {
+        let Some(last) = memchr::memrchr(b'\n', &buf[start..end]) else {
+            return Ok(start);
+        };
+        let stop = start + last + 1;
+        let body_max = PACK.min(self.max_message) - CALL_HEADER_SIZE;
+        let mut batch = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        while start < stop {
+            let cut = if stop - start <= body_max {
+                stop
+            } else {
+                match memchr::memrchr(b'\n', &buf[start..start + body_max]) {
+                    Some(i) => start + i + 1,
+                    // One line longer than a pack: alone.
+                    None => {
+                        memchr::memchr(b'\n', &buf[start..stop]).map_or(stop, |i| start + i + 1)
+                    }
+                }
+            };
+            if cut - start + CALL_HEADER_SIZE <= self.max_message {
+                buf[start - CALL_HEADER_SIZE..start].copy_from_slice(&PACKED_LINES_HEADER);
+                send_batched!(self, batch, &buf[start - CALL_HEADER_SIZE..cut]);
+            } else {
+                let line = &buf[start..cut - 1];
+                if line.starts_with(&CALL_MAGIC) {
+                    anyhow::bail!(
+                        "a line of {} bytes that opens with the bytes of a packed-lines header \
+                         ({:02X?}), too long to go packed (the largest message the segment \
+                         carries is {} bytes): give --slot-classes a larger class, or use \
+                         --framing raw",
+                        line.len(),
+                        CALL_MAGIC,
+                        self.max_message
+                    );
+                }
+                send_batched!(self, batch, line);
+            }
+            progress.add(cut - start);
+            start = cut;
+        }
+        if let Some(tx) = batch.as_ref() {
+            tx.notify();
+        }
+        Ok(start)
     }
 
     /// Cuts `input` into messages and delivers them.

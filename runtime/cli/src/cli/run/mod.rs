@@ -58,13 +58,28 @@ impl RunCommand {
         // The plugin prepared here is kept by the runtime: the spawn below
         // does not compile or check it again. An invalid one is reported
         // by the spawn.
-        if let Ok(plugin) = runtime.prepare(&wasm)
+        let plugin = runtime.prepare(&wasm);
+        if let Ok(plugin) = &plugin
             && !plugin.imports_shmrt()
         {
-            return self.run_plain_command(&runtime, &plugin, options, &interrupts);
+            return self.run_plain_command(&runtime, plugin, options, &interrupts);
         }
         if let Some(function) = &self.call {
             return self.run_calls(function, &runtime, &wasm, options, chunk, &interrupts);
+        }
+        let mut options = options;
+        let packed =
+            self.framing == Framing::Lines && plugin.as_ref().is_ok_and(reads_packed_lines);
+        if packed {
+            // The plugin said it reads packed lines; this says we pack.
+            use shmrt::primitives::call_header::{
+                PACKED_LINES_CONFIG_KEY, PACKED_LINES_CONFIG_VALUE,
+            };
+            std::sync::Arc::make_mut(&mut options.config).insert(
+                PACKED_LINES_CONFIG_KEY.into(),
+                PACKED_LINES_CONFIG_VALUE.into(),
+            );
+            tracing::debug!("{}: lines go packed", self.plugin.display());
         }
         self.run_plugin(&runtime, &wasm, &options, chunk, &interrupts, &segment)
     }
@@ -154,12 +169,17 @@ impl RunCommand {
         interrupts: &Interrupts,
         segment: &NamedSegment,
     ) -> Result<ExitCode, Failure> {
-        let feeder = Feeder::start(&options.segment, self.framing, chunk)?;
+        // Set by `execute` alone (a user's --config of it is refused).
+        let packed = options
+            .config
+            .contains_key(shmrt::primitives::call_header::PACKED_LINES_CONFIG_KEY);
+        let feeder = Feeder::start(&options.segment, self.framing, chunk, packed)?;
         let run = PluginRun {
             plugin: &self.plugin,
             segment_kib: SegmentLayout::compute(&options.segment)
                 .map_or(0, |l| l.window_size() >> 10),
             framing: self.framing,
+            packed,
             feeder: &feeder,
             interrupts,
             segment,
@@ -206,12 +226,25 @@ impl RunCommand {
     }
 }
 
+/// Whether `plugin` reads packed-lines messages: it exports the marker
+/// function of the guest SDK's `handler!` (`shmrt_packed_lines_v1`).
+fn reads_packed_lines(plugin: &shmrt::Plugin) -> bool {
+    matches!(
+        plugin
+            .module()
+            .get_export(shmrt::primitives::call_header::PACKED_LINES_EXPORT),
+        Some(wasmtime::ExternType::Func(_))
+    )
+}
+
 /// A plugin's run under supervision: what each of its sandboxes in turn
 /// is given, and what the run counts across restarts.
 struct PluginRun<'a> {
     plugin: &'a Path,
     segment_kib: u64,
     framing: Framing,
+    /// Lines go packed both ways.
+    packed: bool,
     feeder: &'a Arc<Feeder>,
     interrupts: &'a Interrupts,
     segment: &'a NamedSegment,
@@ -248,7 +281,7 @@ impl PluginRun<'_> {
         tx.set_spin(0);
         self.interrupts.watch(handle.stop_handle());
         self.feeder.hand_over(tx);
-        let drained = drain(&mut rx, self.framing);
+        let drained = drain(&mut rx, self.framing, self.packed);
         if drained.is_err() {
             // Output failed (or the guest broke the protocol): the
             // guest would block on a ring nobody drains.
@@ -294,8 +327,16 @@ impl PluginRun<'_> {
                 format!("an unknown number of messages (at least {n} counted) may have been lost")
             }
         };
+        // Packed, a message is a batch of lines: a batch the guest failed
+        // in is lost whole (the answers it gathered for it go with it).
+        let batches = if self.packed {
+            "; lines went packed, so each message is a batch of lines, lost whole with the \
+             answers gathered for it"
+        } else {
+            ""
+        };
         format!(
-            "the plugin was restarted {} times; {lost} (still in the rings of the sandboxes that failed: unread, or read and not yet released)",
+            "the plugin was restarted {} times; {lost} (still in the rings of the sandboxes that failed: unread, or read and not yet released){batches}",
             self.restarts.get()
         )
     }

@@ -249,6 +249,13 @@ impl RunCommand {
             })?;
             config.insert(k.to_string(), v.to_string());
         }
+        let key = shmrt::primitives::call_header::PACKED_LINES_CONFIG_KEY;
+        if config.contains_key(key) {
+            return Err(Failure::usage(anyhow::anyhow!(
+                "the configuration key `{key}` is shmrt run's own (it tells a plugin that lines \
+                 come packed): give your key another name"
+            )));
+        }
         Ok(config)
     }
 

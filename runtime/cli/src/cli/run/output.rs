@@ -14,14 +14,25 @@ use crate::cli::exit_codes::OUTPUT_FAILED;
 /// What a failed write of the guest's messages is called.
 pub(super) const OUTPUT: &str = "writing standard output";
 
+/// What a malformed packed answer of the guest is called.
+pub(super) const PACKED_ANSWER: &str = "the guest answered packed lines with a malformed \
+    packed-lines message (a plugin that exports shmrt_packed_lines_v1 answers them as the \
+    guest SDK's `lines::each_line` does)";
+
 /// Writes the guest's messages until it has ended and all are read.
 /// Everything queued is taken in one pass and written with one `write`
 /// when the pass ends or the buffer fills (no syscall per message); a
 /// large message goes straight from ring or slot memory to the file
 /// descriptor. The guest may rewrite its bytes meanwhile: they are copied
 /// or handed to the kernel through the view, never borrowed as a slice.
-pub(super) fn drain(rx: &mut HostReceiver, framing: Framing) -> Result<(), SandboxError> {
-    let mut out = Output::new();
+/// `packed`: lines go packed, and the guest's packed answers are written
+/// as they are (their lines end with their newlines).
+pub(super) fn drain(
+    rx: &mut HostReceiver,
+    framing: Framing,
+    packed: bool,
+) -> Result<(), SandboxError> {
+    let mut out = Output::new(packed);
     loop {
         while let Some(msg) = rx.try_recv()? {
             out.message(framing, msg.bytes())?;
@@ -53,15 +64,18 @@ const OUTPUT_LINGER: Duration = Duration::from_millis(1);
 /// memory to the kernel.
 struct Output {
     buf: Vec<u8>,
+    /// Packed-lines answers are written as they are.
+    packed: bool,
 }
 
 impl Output {
     /// Flushed at this size; messages this large skip the buffer.
     const BUF: usize = 1 << 16;
 
-    fn new() -> Self {
+    fn new(packed: bool) -> Self {
         Output {
             buf: Vec::with_capacity(Self::BUF),
+            packed,
         }
     }
 
@@ -80,6 +94,11 @@ impl Output {
     ) -> Result<(), SandboxError> {
         match framing {
             Framing::Lines => {
+                if self.packed
+                    && let Some(body) = packed_body(bytes)
+                {
+                    return self.put(body?);
+                }
                 self.put(bytes)?;
                 self.extend(b"\n")
             }
@@ -130,6 +149,31 @@ impl Output {
             self.buf.clear();
         }
         Ok(())
+    }
+}
+
+/// The lines of a packed-lines answer, each ending with its newline:
+/// `None` when `bytes` is not one, an error when it opens as one but is
+/// malformed. Reads the header and the last byte, never the whole.
+fn packed_body(
+    bytes: shmrt::SharedBytes<'_>,
+) -> Option<Result<shmrt::SharedBytes<'_>, SandboxError>> {
+    use shmrt::primitives::call_header::{CALL_HEADER_SIZE, packed_lines};
+    // The header and the body's last byte, checked as the whole would be.
+    let mut probe = [0u8; CALL_HEADER_SIZE + 1];
+    let n = bytes.len().min(CALL_HEADER_SIZE);
+    bytes.get(..n)?.copy_to(&mut probe[..n]);
+    let mut len = n;
+    if bytes.len() > CALL_HEADER_SIZE {
+        probe[len] = bytes.byte(bytes.len() - 1)?;
+        len += 1;
+    }
+    match packed_lines(&probe[..len])? {
+        Ok(_) => Some(Ok(bytes.get(n..).unwrap_or(bytes))),
+        Err(e) => Some(Err(SandboxError::Io {
+            what: PACKED_ANSWER,
+            source: io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
+        })),
     }
 }
 
