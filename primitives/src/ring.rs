@@ -781,6 +781,72 @@ mod tests {
     }
 
     #[test]
+    fn deferred_commits_are_left_for_whoever_publishes_them() {
+        // 256 bytes: a quarter (64) is more than the 32 released below.
+        let mut t = TestRing::new(256);
+        let ring = t.ring();
+        let mut p = Producer::new(ring).unwrap();
+        let mut c = Consumer::new(ring).unwrap();
+        p.set_deferred(true);
+        assert!(push(&mut p, &[1; 16]));
+        assert!(push(&mut p, &[2; 16]));
+        // Nothing published: the consumer sees an empty ring.
+        assert_eq!(ring.header().write.load(Ordering::Relaxed), 0);
+        assert!(c.readable().unwrap().is_none());
+        let write = p.take_unpublished().expect("two commits pending");
+        assert_eq!(write, 32);
+        assert_eq!(p.take_unpublished(), None, "taken once");
+        ring.publish_write_for_producer(write);
+        assert_eq!(c.readable().unwrap().map(|r| r.len), Some(32));
+        // The consumer defers too: even an empty ring publishes nothing.
+        c.set_deferred(true);
+        c.release(16);
+        c.release(16);
+        assert!(c.readable().unwrap().is_none());
+        assert_eq!(ring.header().read.load(Ordering::Relaxed), 0);
+        let read = c.take_unpublished().expect("two releases pending");
+        ring.publish_read_for_consumer(read);
+        assert_eq!(ring.header().read.load(Ordering::Relaxed), 32);
+        // Turning deferral off with nothing pending stores nothing new.
+        c.set_deferred(false);
+        p.set_deferred(false);
+        assert!(push(&mut p, &[3; 16]));
+        assert_eq!(ring.header().write.load(Ordering::Relaxed), 48);
+    }
+
+    #[test]
+    fn a_deferred_producer_wrapping_publishes_through_the_watermark() {
+        let mut t = TestRing::new(64);
+        let ring = t.ring();
+        let mut p = Producer::new(ring).unwrap();
+        let mut c = Consumer::new(ring).unwrap();
+        assert!(push(&mut p, &[1; 32]));
+        assert_eq!(c.readable().unwrap().map(|r| r.len), Some(32));
+        c.release(32);
+        p.set_deferred(true);
+        assert!(push(&mut p, &[2; 16]));
+        // 16 left at the end: the next 24 bytes wrap to the front.
+        assert!(push(&mut p, &[3; 24]));
+        // The watermark covers the deferred frame before the wrap.
+        let r = c
+            .readable()
+            .unwrap()
+            .expect("the tail is published by the wrap");
+        assert_eq!((r.offset, r.len), (32, 16));
+        c.release(16);
+        assert!(
+            c.readable().unwrap().is_none(),
+            "the front is not published yet"
+        );
+        let write = p.take_unpublished().expect("the front is pending");
+        ring.publish_write_for_producer(write);
+        assert_eq!(
+            c.readable().unwrap().map(|r| (r.offset, r.len)),
+            Some((0, 24))
+        );
+    }
+
+    #[test]
     fn lazy_release_publishes_when_caught_up_or_a_quarter_is_read() {
         let mut t = TestRing::new(256);
         let ring = t.ring();

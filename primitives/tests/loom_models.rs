@@ -1,6 +1,7 @@
 //! loom models of the lock-free protocols: the ring (one producer, one
-//! consumer, across a wrap), the Treiber free lists of the slot pool, and
-//! the doorbell's eventcount (no lost wake-up).
+//! consumer, across a wrap; and with a callback guest's cursors published
+//! for it after each call, on either side), the Treiber free lists of the
+//! slot pool, and the doorbell's eventcount (no lost wake-up).
 //!
 //! Run with: `RUSTFLAGS="--cfg loom" cargo test -p shmrt-primitives --features loom --test loom_models --release`
 #![cfg(loom)]
@@ -64,6 +65,129 @@ fn ring_spsc_across_a_wrap() {
                 }
                 None => thread::yield_now(),
             }
+        }
+        producer.join().unwrap();
+        assert!(c.readable().unwrap().is_none());
+    });
+}
+
+/// A callback guest's outbox (`callback_cursors`): the producer's commits
+/// are deferred during a "call" of two messages, and the host publishes
+/// its `write` after the call (`take_unpublished`, then a Release store),
+/// on the producer's thread, as the driver does, while a consumer on
+/// another thread (the receiver of a split sandbox) reads. 6 messages of
+/// 12 bytes through a 32-byte ring: calls span a wrap, whose watermark
+/// the guest still publishes itself. Every message arrives once, in
+/// order, with its bytes, and only once published.
+#[test]
+fn ring_deferred_producer_published_after_each_call() {
+    model(|| {
+        const CAP: u32 = 32;
+        let region = Arc::new(HeapRegion::zeroed(size_of::<RingHeader>() + CAP as usize));
+        // SAFETY: as in `ring_spsc_across_a_wrap`.
+        let ring = unsafe { RingRef::new(region.as_mut_ptr(), CAP) };
+        ring.init();
+        let keep = region.clone();
+        let producer = thread::spawn(move || {
+            let _keep = keep;
+            let mut p = Producer::new(ring).unwrap();
+            for call in 0..3u8 {
+                p.set_deferred(true);
+                for m in 0..2u8 {
+                    let n = call * 2 + m + 1;
+                    loop {
+                        if let Some(mut g) = p.grant(12).unwrap() {
+                            g.as_mut_slice().fill(n);
+                            g.commit(12);
+                            break;
+                        }
+                        // A callback can not wait: the call ends here,
+                        // and the host publishes what it wrote.
+                        if let Some(write) = p.take_unpublished() {
+                            ring.publish_write_for_producer(write);
+                        }
+                        thread::yield_now();
+                    }
+                }
+                if let Some(write) = p.take_unpublished() {
+                    ring.publish_write_for_producer(write);
+                }
+                p.set_deferred(false);
+            }
+        });
+        let mut c = Consumer::new(ring).unwrap();
+        let mut next = 1u8;
+        while next <= 6 {
+            match c.readable().unwrap() {
+                Some(r) => {
+                    assert!(r.len >= 12 && r.len % 12 == 0, "whole messages only: {r:?}");
+                    // SAFETY: inside the readable range.
+                    let bytes = unsafe { std::slice::from_raw_parts(c.data_ptr(r.offset), 12) };
+                    assert!(
+                        bytes.iter().all(|&b| b == next),
+                        "message {next} got {bytes:?}"
+                    );
+                    c.release(12);
+                    next += 1;
+                }
+                None => thread::yield_now(),
+            }
+        }
+        producer.join().unwrap();
+        assert!(c.readable().unwrap().is_none());
+    });
+}
+
+/// A callback guest's inbox: the consumer's releases are deferred during
+/// a call and its `read` published after it by the host (on its thread),
+/// while the host's sender on another thread waits for room. 4 messages
+/// of 12 bytes through a 32-byte ring (across its wrap): the sender only ever reuses bytes
+/// the consumer has released and the host has published, so every
+/// message arrives once, in order, with its bytes.
+#[test]
+fn ring_deferred_consumer_published_after_each_call() {
+    model(|| {
+        const CAP: u32 = 32;
+        let region = Arc::new(HeapRegion::zeroed(size_of::<RingHeader>() + CAP as usize));
+        // SAFETY: as in `ring_spsc_across_a_wrap`.
+        let ring = unsafe { RingRef::new(region.as_mut_ptr(), CAP) };
+        ring.init();
+        let keep = region.clone();
+        let producer = thread::spawn(move || {
+            let _keep = keep;
+            let mut p = Producer::new(ring).unwrap();
+            for n in 1..=4u8 {
+                loop {
+                    if let Some(mut g) = p.grant(12).unwrap() {
+                        g.as_mut_slice().fill(n);
+                        g.commit(12);
+                        break;
+                    }
+                    thread::yield_now();
+                }
+            }
+        });
+        let mut c = Consumer::new(ring).unwrap();
+        let mut next = 1u8;
+        while next <= 4 {
+            // One call: what is readable now, released lazily.
+            c.set_deferred(true);
+            while let Some(r) = c.readable().unwrap() {
+                assert!(r.len >= 12 && r.len % 12 == 0, "whole messages only: {r:?}");
+                // SAFETY: inside the readable range.
+                let bytes = unsafe { std::slice::from_raw_parts(c.data_ptr(r.offset), 12) };
+                assert!(
+                    bytes.iter().all(|&b| b == next),
+                    "message {next} got {bytes:?}"
+                );
+                c.release(12);
+                next += 1;
+            }
+            if let Some(read) = c.take_unpublished() {
+                ring.publish_read_for_consumer(read);
+            }
+            c.set_deferred(false);
+            thread::yield_now();
         }
         producer.join().unwrap();
         assert!(c.readable().unwrap().is_none());

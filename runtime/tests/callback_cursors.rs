@@ -1,0 +1,200 @@
+//! A callback guest's cursor record (`shmrt_primitives::callback_cursors`):
+//! the SDK's plugins export it and the host publishes the cursors each
+//! call leaves there; a split sandbox's sender and receiver on other
+//! threads see every message, in order, while callbacks run; a record a
+//! guest lies about (out of bounds, misaligned, garbage cursors) is never
+//! acknowledged, or ends in a protocol error, never a host panic or hang.
+//! Every wait is bounded, so that a regression fails instead of hanging.
+
+mod common;
+
+use std::time::Duration;
+
+use common::guest;
+use shmrt::{Execution, Runtime, SandboxError, SandboxOptions};
+use shmrt_primitives::callback_cursors::CallbackCursors;
+
+fn callback(name: &str) -> SandboxOptions {
+    SandboxOptions {
+        name: name.to_owned(),
+        execution: Execution::Callback,
+        timeout: Some(Duration::from_secs(60)),
+        ..SandboxOptions::default()
+    }
+}
+
+/// Runs `f` on a thread of its own; `None` if it has not returned within
+/// `limit` (the thread is left behind: the test fails anyway).
+fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit).ok()
+}
+
+/// The message numbered `i`: its number, then bytes derived from it, of a
+/// length that varies from 8 bytes to a slot's worth.
+fn message(i: u32) -> Vec<u8> {
+    let len = match i % 7 {
+        0 => 8,
+        1 => 64,
+        2 => 200,
+        3 => 9000,
+        _ => 8 + (i as usize * 37) % 900,
+    };
+    let mut m: Vec<u8> = (0..len).map(|k| (i as usize * 31 + k) as u8).collect();
+    m[..4].copy_from_slice(&i.to_le_bytes());
+    m
+}
+
+/// The SDK's plugins export the record, so a callback guest built with it
+/// leaves its cursors to the host (were the export gone, every test of
+/// this file would still pass, with the guest publishing for itself).
+#[test]
+fn sdk_plugins_export_the_cursor_record() {
+    let wasm = std::fs::read(guest("examples/echo")).unwrap();
+    let engine = wasmtime::Engine::default();
+    let module = wasmtime::Module::new(&engine, &wasm).unwrap();
+    let export = module
+        .exports()
+        .find(|e| e.name() == CallbackCursors::EXPORT)
+        .map(|e| matches!(e.ty(), wasmtime::ExternType::Global(_)));
+    assert_eq!(
+        export,
+        Some(true),
+        "the echo plugin exports the record as a global"
+    );
+}
+
+/// A split callback sandbox with a small ring: the sender on one thread
+/// (single sends and batches, inline and slot-sized messages), the
+/// receiver on another, each driving the guest when it must, so that
+/// callbacks run on both threads while the other one sends or reads.
+/// Every message comes back once, in order, with its bytes.
+#[test]
+fn senders_and_receivers_on_other_threads_see_every_message_while_callbacks_run() {
+    const COUNT: u32 = 20_000;
+    let echo = std::fs::read(guest("examples/echo")).unwrap();
+    let done = within(Duration::from_secs(120), move || {
+        let runtime = Runtime::new().unwrap();
+        let mut options = callback("cursors-split");
+        options.segment.ring_capacity = 4096;
+        let sandbox = runtime.spawn(&echo, options).unwrap();
+        let (mut tx, mut rx, handle) = sandbox.split();
+        let sender = std::thread::spawn(move || {
+            let mut i = 0;
+            while i < COUNT {
+                if i % 3 == 0 {
+                    let batch: Vec<Vec<u8>> = (i..(i + 16).min(COUNT)).map(message).collect();
+                    i += tx.send_batch(batch.iter().map(Vec::as_slice))? as u32;
+                } else {
+                    tx.send(&message(i))?;
+                    i += 1;
+                }
+            }
+            tx.goodbye();
+            Ok::<_, SandboxError>(())
+        });
+        let mut next = 0u32;
+        let mut wrong = None;
+        loop {
+            let got = rx.recv_batch(|m| {
+                let want = message(next);
+                if wrong.is_none() && m.to_vec() != want {
+                    wrong = Some(next);
+                }
+                next += 1;
+            });
+            match got {
+                Ok(_) => {}
+                Err(SandboxError::Closed { .. }) => break,
+                Err(e) => panic!("receiving: {e}"),
+            }
+        }
+        sender.join().unwrap().unwrap();
+        assert_eq!(wrong, None, "message {wrong:?} came back changed");
+        assert_eq!(next, COUNT, "every message came back");
+        assert_eq!(handle.join().unwrap(), 0);
+    });
+    assert!(
+        done.is_some(),
+        "the split sandbox did not finish within 120 s"
+    );
+}
+
+/// A callback guest that exports `address` as its record's and looks for
+/// the host's ack at `read_at`: it returns 7 (and ends) when it finds it
+/// there, 9 when not.
+fn guest_reading_its_ack(address: i64, read_at: i64) -> String {
+    format!(
+        r#"(module
+  (memory (export "memory") 1)
+  (global (export "{export}") i32 (i32.const {address}))
+  (func (export "shmrt_on_messages") (result i32)
+    (drop (i32.atomic.load (i32.const 0)))
+    (if (result i32) (i32.eq (i32.load (i32.const {read_at})) (i32.const {ack}))
+      (then (i32.const 7)) (else (i32.const 9)))))"#,
+        export = CallbackCursors::EXPORT,
+        ack = CallbackCursors::ACK as i32,
+    )
+}
+
+/// The ack is written into a record that lies inside memory, 4-aligned,
+/// and nowhere else: one out of bounds or misaligned is left alone (the
+/// guest then publishes its cursors itself).
+#[test]
+fn only_a_record_inside_memory_and_aligned_is_acknowledged() {
+    let runtime = Runtime::new().unwrap();
+    for (address, read_at, want) in [(1024, 1024, 7), (1025, 1024, 9), (65530, 1024, 9)] {
+        let wat = guest_reading_its_ack(address, read_at);
+        let mut sandbox = runtime
+            .spawn(wat.as_bytes(), callback("ack"))
+            .unwrap_or_else(|e| panic!("record at {address}: {e}"));
+        sandbox.sender().send(b"go").unwrap();
+        let status = sandbox.join();
+        assert_eq!(status.ok(), Some(want), "record at {address}");
+    }
+}
+
+/// A guest that leaves garbage in its record (a read cursor past its
+/// ring, a write cursor that is not a frame's end) gets the stop of a
+/// protocol violation, reported, not a panic or a hang of the host.
+#[test]
+fn garbage_cursors_in_the_record_are_a_protocol_error() {
+    let wat = format!(
+        r#"(module
+  (memory (export "memory") 1)
+  (global (export "{export}") i32 (i32.const 2048))
+  (func (export "shmrt_on_messages") (result i32)
+    (drop (i32.atomic.load (i32.const 0)))
+    (i32.store (i32.const 2052) (i32.const -256))
+    (i32.store (i32.const 2056) (i32.const 7))
+    (i32.store (i32.const 2060) (i32.const 3))
+    (i32.const 0)))"#,
+        export = CallbackCursors::EXPORT,
+    );
+    let outcome = within(Duration::from_secs(30), move || {
+        let runtime = Runtime::new().unwrap();
+        let mut sandbox = runtime.spawn(wat.as_bytes(), callback("garbage")).unwrap();
+        sandbox.sender().send(b"go").unwrap();
+        let received = sandbox
+            .receiver()
+            .recv_timeout(Some(Duration::from_secs(5)))
+            .map(|m| m.map(|m| m.len()));
+        let sent = sandbox.sender().send(b"again");
+        (received, sent)
+    });
+    let (received, sent) = outcome.expect("the host answered within 30 s");
+    assert!(
+        matches!(received, Err(SandboxError::Protocol { .. })),
+        "recv: {received:?}"
+    );
+    assert!(
+        matches!(
+            sent,
+            Err(SandboxError::Protocol { .. } | SandboxError::Closed { .. })
+        ),
+        "send: {sent:?}"
+    );
+}
