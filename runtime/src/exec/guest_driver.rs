@@ -251,9 +251,16 @@ impl GuestDriver {
         let before = ring_positions(&self.shared);
         match self.step() {
             Step::Turn(turn) => {
-                // The other host end may wait for what the guest did.
+                // The other host end may wait for what the guest did: a
+                // task, or a thread parked on the guest-to-host doorbell
+                // while this one ran the guest (a callback that leaves its
+                // cursors to the host does not ring it itself).
                 if ring_positions(&self.shared) != before {
                     self.shared.host_task().wake();
+                    let bell = &self.shared.peer().g2h_doorbell;
+                    if bell.has_waiters() {
+                        doorbell_futex::ring(bell);
+                    }
                 }
                 turn
             }
