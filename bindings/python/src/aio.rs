@@ -118,7 +118,7 @@ fn hub_for<'py>(py: Python<'py>, event_loop: &Bound<'py, PyAny>) -> PyResult<Bou
                 .map(Bound::unbind)
         })?
         .bind(py);
-    let known = hubs.call_method1("get", (event_loop,))?;
+    let known = hubs.call_method1(intern!(py, "get"), (event_loop,))?;
     if let Ok(hub) = known.downcast::<Hub>() {
         return Ok(hub.clone());
     }
@@ -269,9 +269,17 @@ pub(crate) fn recv_async<'py>(
     sandbox: &Arc<Shared>,
     timeout: Option<Duration>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let event_loop = py.import("asyncio")?.call_method0("get_running_loop")?;
+    static GET_RUNNING_LOOP: GILOnceCell<Py<PyAny>> = GILOnceCell::new();
+    let event_loop = GET_RUNNING_LOOP
+        .get_or_try_init(py, || {
+            py.import("asyncio")?
+                .getattr("get_running_loop")
+                .map(Bound::unbind)
+        })?
+        .bind(py)
+        .call0()?;
     let hub = hub_for(py, &event_loop)?;
-    let future = event_loop.call_method0("create_future")?;
+    let future = event_loop.call_method0(intern!(py, "create_future"))?;
     let id = hub.get().next_id.fetch_add(1, Ordering::Relaxed);
     let poller = Bound::new(
         py,
@@ -295,14 +303,21 @@ pub(crate) fn recv_async<'py>(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .insert(id, poller.clone().unbind());
-    future.call_method1("add_done_callback", (poller.getattr("on_done")?,))?;
-    // The first poll now: a message already there costs no loop turn.
+    // The first poll now: a message already there (or one a guest on
+    // this thread answers at once) costs no loop turn, and no callback.
     RecvPoll::poll(&poller)?;
-    if let Some(t) = timeout
-        && !future.call_method0("done")?.is_truthy()?
-    {
-        let timer =
-            event_loop.call_method1("call_later", (t.as_secs_f64(), poller.getattr("expire")?))?;
+    if poller.get().done.load(Ordering::Acquire) {
+        return Ok(future);
+    }
+    future.call_method1(
+        intern!(py, "add_done_callback"),
+        (poller.getattr(intern!(py, "on_done"))?,),
+    )?;
+    if let Some(t) = timeout {
+        let timer = event_loop.call_method1(
+            intern!(py, "call_later"),
+            (t.as_secs_f64(), poller.getattr(intern!(py, "expire"))?),
+        )?;
         *poller.get().timer.lock().unwrap_or_else(|e| e.into_inner()) = Some(timer.unbind());
     }
     Ok(future)
