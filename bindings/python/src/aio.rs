@@ -99,7 +99,16 @@ impl Hub {
                 .get(&id)
                 .map(|p| p.clone_ref(py));
             if let Some(p) = poller {
-                RecvPoll::poll(p.bind(py))?;
+                // One receive's failure is its own: the others still poll.
+                let p = p.bind(py);
+                if let Err(e) = RecvPoll::poll(p) {
+                    let this = p.get();
+                    this.finish(py);
+                    let future = this.future.bind(py);
+                    if !future.call_method0(intern!(py, "done"))?.is_truthy()? {
+                        future.call_method1(intern!(py, "set_exception"), (e.value(py),))?;
+                    }
+                }
             }
         }
         Ok(())
