@@ -33,3 +33,6 @@ step "Python bench against Extism (quick)"
 # docs/embedding-from-c-and-python.md); a CI machine shared with other
 # work would make them flaky.
 "$venv/bin/python" bindings/python/bench.py --quick --no-targets
+
+step "Python: what recv_async adds over recv (quick)"
+"$venv/bin/python" bindings/python/bench_async.py --rounds 2000

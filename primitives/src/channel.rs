@@ -196,6 +196,38 @@ impl Sender {
         Ok(())
     }
 
+    /// Allocates a slot for a payload of up to `len` bytes, within this
+    /// sender's fair share, and holds it: no ring room is taken, so it may
+    /// be filled at leisure, then sent with [`Self::send_held_slot`] (the
+    /// other side receives an ordinary slot-ref frame and frees the slot)
+    /// or given back with [`Self::free_held_slot`]. Even a payload small
+    /// enough to go inline gets a slot here. `Exhausted` when no slot of a
+    /// class that fits is free within the share now (retry later),
+    /// `TooLarge` when no class fits.
+    pub fn allocate_slot(&mut self, len: usize) -> Result<HeldSlot, SendError> {
+        let max = self.max_slot;
+        let len32 = u32::try_from(len).map_err(|_| SendError::TooLarge { len, max })?;
+        match self.pool.allocate_fair_share(len32, self.owner) {
+            Ok(slot) => Ok(HeldSlot(slot)),
+            Err(AllocError::Exhausted) => Err(SendError::Exhausted),
+            Err(AllocError::TooLarge { max, .. }) => Err(SendError::TooLarge { len, max }),
+            Err(AllocError::Corrupt(e)) => Err(SendError::Protocol(e.into())),
+        }
+    }
+
+    /// Whether [`Self::allocate_slot`] would find a slot now (a hint, by
+    /// the same fair-share rule; changes nothing). `true` for a length no
+    /// class fits: the allocation then fails at once with `TooLarge`.
+    pub fn could_allocate_slot(&self, len: usize) -> bool {
+        let Ok(len32) = u32::try_from(len) else {
+            return true;
+        };
+        if len32 > self.max_slot {
+            return true;
+        }
+        self.pool.could_allocate_fair_share(len32, self.owner)
+    }
+
     /// Whether the ring has room for a slot-ref frame now (what
     /// [`Self::send_held_slot`] needs).
     pub fn has_room_for_slot_ref(&self) -> Result<bool, ProtocolError> {

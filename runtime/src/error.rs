@@ -222,6 +222,18 @@ pub enum SandboxError {
         /// How long the send waited.
         waited: Duration,
     },
+    /// A slot reserved in one sandbox's segment was given to another
+    /// sandbox's sender; nothing was sent, and the slot was given back.
+    #[error(
+        "sandbox {sandbox}: the slot was reserved in sandbox {reserved_in}'s segment, so only \
+         that sandbox can send it; reserve it from this sandbox's sender"
+    )]
+    ForeignSlot {
+        /// The sandbox asked to send it.
+        sandbox: String,
+        /// The sandbox whose segment holds the slot.
+        reserved_in: String,
+    },
     /// A blocking call ran out of time.
     #[error("sandbox {sandbox}: {what} timed out after {after:?}")]
     WouldBlock {

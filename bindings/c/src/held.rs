@@ -10,8 +10,8 @@ use std::ptr::NonNull;
 use std::time::Duration;
 
 use shmrt::{
-    CallError, Execution, HostMessage, HostSender, ReadSend, Sandbox, SandboxError, SendReadError,
-    SharedBytes, SharedBytesMut, StopHandle,
+    CallError, Execution, HostMessage, HostSender, ReadSend, RecvWait, ReservedSlot, Sandbox,
+    SandboxError, SendReadError, SharedBytes, SharedBytesMut, StopHandle,
 };
 
 /// What went wrong, beside the runtime's own errors.
@@ -237,6 +237,78 @@ impl HeldSandbox {
                 reason: refused.unwrap_or_default(),
             }),
         }
+    }
+
+    /// Reserves a slot for `len` bytes, owned by the caller until
+    /// [`Self::send_reserved`] or its drop (see
+    /// [`HostSender::reserve_slot`]).
+    pub fn reserve(
+        &mut self,
+        len: usize,
+        timeout: Option<Duration>,
+    ) -> Result<ReservedSlot, HeldError> {
+        Ok(self.sender()?.reserve_slot(len, timeout)?)
+    }
+
+    /// Sends a slot [`Self::reserve`] gave (see
+    /// [`HostSender::send_reserved`]); on an error it is given back.
+    pub fn send_reserved(&mut self, slot: ReservedSlot) -> Result<(), HeldError> {
+        Ok(self.sender()?.send_reserved(slot)?)
+    }
+
+    /// One poll of an async receive (see [`shmrt::HostReceiver::poll_recv`]):
+    /// `Ready` with the generation of the message now held, `Pending` when
+    /// `cx`'s waker will be woken. Errs with [`HeldError::Busy`] while
+    /// another message is held.
+    pub fn poll_recv(
+        &mut self,
+        wait: &mut RecvWait,
+        cx: &mut std::task::Context<'_>,
+    ) -> Result<std::task::Poll<u64>, HeldError> {
+        let Some(mut ptr) = self.sandbox else {
+            return Err(self.joined());
+        };
+        if self.held.is_some() {
+            return Err(HeldError::Busy {
+                sandbox: self.name.clone(),
+                what: "receiving the next one",
+            });
+        }
+        // SAFETY: as in `recv`.
+        let sandbox: &'static mut Sandbox = unsafe { ptr.as_mut() };
+        let (sender, receiver) = sandbox.ends();
+        let msg = match receiver.poll_recv(wait, cx) {
+            std::task::Poll::Pending => return Ok(std::task::Poll::Pending),
+            std::task::Poll::Ready(msg) => msg?,
+        };
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        self.held = Some(Held {
+            msg,
+            sender: NonNull::from(sender),
+            generation,
+        });
+        Ok(std::task::Poll::Ready(generation))
+    }
+
+    /// A registration for [`Self::poll_recv`] (see
+    /// [`shmrt::HostReceiver::recv_wait`]). Errs with [`HeldError::Busy`]
+    /// while a message is held (it borrows the receiver).
+    pub fn recv_wait(&mut self) -> Result<RecvWait, HeldError> {
+        let Some(mut ptr) = self.sandbox else {
+            return Err(self.joined());
+        };
+        if self.held.is_some() {
+            return Err(HeldError::Busy {
+                sandbox: self.name.clone(),
+                what: "waiting for the next one",
+            });
+        }
+        // SAFETY: the box is ours until `join`/drop, no message borrows
+        // it (checked just above), and `&mut self` makes this the only
+        // reference.
+        let sandbox = unsafe { ptr.as_mut() };
+        Ok(sandbox.ends().1.recv_wait())
     }
 
     /// Raises host goodbye.

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use pyo3::exceptions::{PyBufferError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyBufferError, PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::GILOnceCell;
 use pyo3::types::{PyBytes, PyDict, PyTuple, PyType};
@@ -29,11 +29,14 @@ use shmrt::{
 };
 use shmrt_capi::held::{HeldError, HeldSandbox};
 
+mod aio;
 mod errors;
 mod message;
+mod reserve;
 
 use errors::*;
 use message::*;
+use reserve::Reservation;
 
 /// How long one slice of a blocking receive waits before looking for
 /// signals (Ctrl-C).
@@ -422,8 +425,12 @@ impl Sandbox {
     }
 
     /// Sends a copy of any bytes-like object (one copy, straight into the
-    /// ring or a slot), waiting for room as long as the guest runs.
+    /// ring or a slot), waiting for room as long as the guest runs; or
+    /// sends a `Reservation` of this sandbox in place (no copy).
     fn send(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        if let Ok(r) = data.downcast::<Reservation>() {
+            return reserve::commit(py, r, &self.inner);
+        }
         let buffer = Buffer::get(data)?;
         let bytes = buffer.as_slice();
         self.inner.run(py, |h| h.send(bytes))
@@ -431,6 +438,11 @@ impl Sandbox {
 
     /// Sends a copy if there is room now; whether it was sent.
     fn try_send(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<bool> {
+        if data.downcast::<Reservation>().is_ok() {
+            return Err(PyTypeError::new_err(
+                "try_send copies bytes; send a Reservation with send(r)",
+            ));
+        }
         let buffer = Buffer::get(data)?;
         let bytes = buffer.as_slice();
         self.inner.run(py, |h| h.try_send(bytes))
@@ -492,6 +504,46 @@ impl Sandbox {
             return Err(e);
         }
         result.map_err(|e| held_error(py, e, &inner.name))
+    }
+
+    /// Reserves `n` bytes in a slot of the segment and returns them as a
+    /// writable buffer object (`numpy.frombuffer(r, dtype=...)` fills
+    /// them in place), sent by `send(r)` or by the exit of
+    /// `with sandbox.reserve(n) as r:`, given back unsent by
+    /// `r.abandon()` or an exception in the `with` body (see
+    /// `Reservation`). Always a slot, also for a few bytes. Several may be
+    /// open at once, each holding a slot: at most half of a size class's
+    /// slots are the host's at a time, so one more than that waits, and
+    /// ends with SlotsExhausted after the sandbox's `slot_wait` if none
+    /// comes back.
+    ///
+    /// Waits (without the GIL) for a free slot as a send does, up to
+    /// `timeout` seconds (None: as long as the guest frees slots; Timeout
+    /// when it passes). TooLarge, naming the sizes, when no slot class
+    /// holds `n` bytes; Closed once the guest has ended.
+    #[pyo3(signature = (n, timeout = None))]
+    fn reserve(&self, py: Python<'_>, n: usize, timeout: Option<f64>) -> PyResult<Reservation> {
+        let t = seconds(timeout, "timeout")?;
+        let slot = self.inner.run(py, |h| h.reserve(n, t))?;
+        Ok(Reservation::new(self.inner.clone(), slot))
+    }
+
+    /// Awaitable: the next message, as `recv` gives it, without blocking
+    /// the event loop and without a thread: the loop's own thread polls
+    /// the sandbox when the runtime wakes it (a guest on the host's thread
+    /// runs inside those polls). `timeout` in seconds (Timeout when none
+    /// came). Must be called with an asyncio loop running. Cancelling it
+    /// (`task.cancel()`, `asyncio.wait_for`) loses nothing: a message is
+    /// taken only by the poll that hands it out. As with `recv`, a
+    /// message still held from before is released first.
+    #[pyo3(signature = (timeout = None))]
+    fn recv_async<'py>(
+        &self,
+        py: Python<'py>,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let t = seconds(timeout, "timeout")?;
+        aio::recv_async(py, &self.inner, t)
     }
 
     /// The next message, waiting up to `timeout` seconds (None: as long
@@ -616,7 +668,21 @@ impl Sandbox {
 
 impl Sandbox {
     fn recv_once(&self, py: Python<'_>, wait: Option<Duration>) -> PyResult<Option<Message>> {
-        let inner = &self.inner;
+        self.inner
+            .take_message(py, |h| h.recv(wait).map(std::task::Poll::from))
+    }
+}
+
+impl Shared {
+    /// Releases the message held (BufferError if a view of it lives), then
+    /// lets `get` receive the next one (without the GIL): the `Message`,
+    /// or `None` when `get` found none.
+    fn take_message(
+        self: &Arc<Self>,
+        py: Python<'_>,
+        get: impl FnOnce(&mut HeldSandbox) -> Result<std::task::Poll<Option<u64>>, HeldError> + Send,
+    ) -> PyResult<Option<Message>> {
+        let inner = self;
         let exported = inner.exports.load(Ordering::Acquire) > 0;
         let got = inner.run(py, |h| {
             if let Some(g) = h.held_generation() {
@@ -625,7 +691,7 @@ impl Sandbox {
                 }
                 h.release(g)?;
             }
-            let Some(generation) = h.recv(wait)? else {
+            let std::task::Poll::Ready(Some(generation)) = get(h)? else {
                 return Ok(Ok(None));
             };
             let bytes = h.bytes(generation)?;
@@ -661,5 +727,6 @@ fn shmrt_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Sandbox>()?;
     m.add_class::<Message>()?;
     m.add_class::<SlotView>()?;
+    m.add_class::<Reservation>()?;
     Ok(())
 }

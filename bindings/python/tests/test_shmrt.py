@@ -222,8 +222,10 @@ def test_ctrl_c_interrupts_a_blocking_recv(plugins, tmp_path):
             f"""
             import sys, shmrt
             sb = shmrt.Runtime().prepare({build_guest("echo")!r}).spawn(execution="thread")
-            print("ready", flush=True)
             try:
+                # Inside the try: a signal that comes before recv starts
+                # is caught all the same.
+                print("ready", flush=True)
                 sb.recv()
             except KeyboardInterrupt:
                 print("interrupted", flush=True)

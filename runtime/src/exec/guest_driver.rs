@@ -333,7 +333,8 @@ impl GuestDriver {
                 shared,
                 ticker,
                 *timeout,
-                (store, handler, cursors.as_ref(), calls_after_goodbye),
+                (store, handler, calls_after_goodbye),
+                cursors.as_ref(),
             ),
         }
     }
@@ -449,12 +450,12 @@ fn call_back(
     shared: &SandboxShared,
     ticker: &TickerState,
     timeout: Option<Duration>,
-    (store, handler, cursors, calls_after_goodbye): (
+    (store, handler, calls_after_goodbye): (
         &mut Box<Store<SandboxState>>,
         &TypedFunc<(), i32>,
-        Option<&CursorRecord>,
         &mut u32,
     ),
+    cursors: Option<&CursorRecord>,
 ) -> Step {
     if shared.stop_requested() {
         return Step::End(Err(SandboxError::Stopped {

@@ -17,6 +17,22 @@ use crate::state::options::Execution;
 use crate::state::shared::SandboxShared;
 use crate::state::wake_timer::Side;
 
+/// A task's registration as a waiter for a sandbox's messages, owned by
+/// the caller of [`HostReceiver::poll_recv`] across polls: while it lives,
+/// a thread guest that sends rings the doorbell (and so wakes the task).
+/// Dropping it unregisters.
+pub struct RecvWait {
+    waiter: AsyncWaiter<Arc<SandboxShared>>,
+}
+
+impl std::fmt::Debug for RecvWait {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecvWait")
+            .field("sandbox", &self.waiter.shared().name())
+            .finish_non_exhaustive()
+    }
+}
+
 /// The host's receiving end: guest to host.
 pub struct HostReceiver {
     rx: Receiver,
@@ -269,6 +285,75 @@ impl HostReceiver {
         self.rx.set_lazy_release(false);
         room_freed(&self.shared);
         drained
+    }
+
+    /// A registration for [`Self::poll_recv`], kept by the caller across
+    /// polls.
+    pub fn recv_wait(&self) -> RecvWait {
+        RecvWait {
+            waiter: AsyncWaiter::new(Arc::clone(&self.shared)),
+        }
+    }
+
+    /// One poll of a receive that borrows nothing between polls: the
+    /// building block of [`Self::recv_async`] for a caller that can not
+    /// keep a future borrowing the receiver (a binding to another
+    /// language's event loop). `Ready(Ok(message))` when one is there;
+    /// `Ready(Err(Closed))` once the guest has ended and everything it
+    /// sent has been read; `Pending` when `cx`'s waker will be woken (a
+    /// thread guest rings, the sandbox's wake timer runs out, or a guest
+    /// on the host's thread, which this poll runs in bounded batches, can
+    /// go on), after which the caller polls again with the same `wait`.
+    /// The waker may be woken on any thread (the guest's own, or the
+    /// runtime's wake-timer thread): it should only schedule the next
+    /// poll. A message is taken only by a poll that returns it, so a
+    /// caller that stops polling (a cancelled task) loses nothing.
+    ///
+    /// `wait` keeps this task counted as a waiter of the guest's doorbell
+    /// until it is dropped: drop it once the receive is over. A `wait`
+    /// made by another sandbox's receiver is replaced by one of this
+    /// sandbox.
+    pub fn poll_recv(
+        &mut self,
+        wait: &mut RecvWait,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<HostMessage<'_>, SandboxError>> {
+        use std::task::Poll;
+        let Self {
+            rx, shared, driver, ..
+        } = self;
+        if !std::ptr::eq(wait.waiter.shared(), &**shared) {
+            *wait = RecvWait {
+                waiter: AsyncWaiter::new(Arc::clone(shared)),
+            };
+        }
+        let shared: &SandboxShared = shared;
+        let driver = driver.as_deref();
+        let mut ready = || {
+            let empty = rx.is_empty().map_err(|e| protocol(shared, e))?;
+            // As in `recv_async`.
+            if empty && shared.execution() == Execution::Thread {
+                room_freed(shared);
+            }
+            Ok(!empty)
+        };
+        match poll_guest(
+            shared,
+            driver,
+            (&mut wait.waiter, Side::Recv),
+            cx,
+            &mut ready,
+        ) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Ready(Ok(_)) => Poll::Ready(match rx.try_recv() {
+                Ok(Some(inner)) => Ok(HostMessage { inner }),
+                Ok(None) => Err(SandboxError::Closed {
+                    sandbox: shared.name().to_owned(),
+                }),
+                Err(e) => Err(protocol(shared, e)),
+            }),
+        }
     }
 
     /// Waits as long as it takes; `Err(Closed)` once the guest has ended

@@ -11,6 +11,7 @@ use shmrt_primitives::SendError;
 use shmrt_primitives::SharedBytesMut;
 use shmrt_primitives::channel::{HeldSlot, Reservation, Sender};
 
+use super::reserved::ReservedSlot;
 use super::wait::{AsyncWaiter, block_on_guest, earliest, notify, poll_guest, protocol};
 use crate::error::SandboxError;
 use crate::exec::guest_driver::GuestDriver;
@@ -325,6 +326,91 @@ impl HostSender {
                 tx.has_room_for_slot_ref().map_err(|e| protocol(shared, e))
             })?;
         }
+    }
+
+    /// Reserves a slot for a message of up to `len` bytes, owned by the
+    /// caller until it is sent ([`Self::send_reserved`]) or dropped (given
+    /// back): the object form of [`Self::send_with`], for a caller that
+    /// fills the bytes across calls of its own (a binding's buffer object).
+    /// It borrows nothing, and never leaks the slot (see
+    /// [`ReservedSlot`]). A payload small enough to go inline in the ring
+    /// still gets a slot here.
+    ///
+    /// Waits for a slot as a send does: as long as the guest frees some,
+    /// ending with `SlotsExhausted` (naming the class and who holds it)
+    /// once the guest freed none for the sandbox's slot wait, and with
+    /// `WouldBlock` when `timeout` passes first. `Closed` once the guest
+    /// has ended; `TooLarge` (with the sizes) when no slot class holds
+    /// `len` bytes.
+    pub fn reserve_slot(
+        &mut self,
+        len: usize,
+        timeout: Option<Duration>,
+    ) -> Result<ReservedSlot, SandboxError> {
+        let deadline = timeout.and_then(deadline_after);
+        let Self {
+            tx,
+            shared,
+            spin,
+            driver,
+        } = self;
+        let driver = driver.as_deref();
+        let spin = *spin;
+        let shared_arc = &*shared;
+        let shared: &SandboxShared = shared;
+        let mut stall = SlotStall::default();
+        // As in `send_cut_timed`.
+        let mut was_ready = false;
+        loop {
+            if shared.guest_done() || shared.stop_requested() {
+                return Err(SandboxError::Closed {
+                    sandbox: shared.name().to_owned(),
+                });
+            }
+            match tx.allocate_slot(len) {
+                Ok(slot) => {
+                    return Ok(ReservedSlot::new(
+                        slot,
+                        len,
+                        *tx.pool(),
+                        Arc::clone(shared_arc),
+                    ));
+                }
+                Err(SendError::Exhausted | SendError::Full) => {}
+                Err(e) => return Err(send_error(shared, e)),
+            }
+            stall.check(shared, tx, len)?;
+            let until = earliest(deadline, stall.deadline(shared));
+            let ready = block_on_guest(shared, driver, (spin, until, was_ready), || {
+                Ok(tx.could_allocate_slot(len))
+            })?;
+            was_ready = ready;
+            if !ready && deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(SandboxError::WouldBlock {
+                    sandbox: shared.name().to_owned(),
+                    what: "reserving a slot",
+                    after: timeout.unwrap_or_default(),
+                });
+            }
+        }
+    }
+
+    /// Sends a slot reserved by [`Self::reserve_slot`] with its first
+    /// `slot.len()` bytes, waiting for ring room for its frame as long as
+    /// the guest runs: the guest receives an ordinary slot message. On an
+    /// error nothing is sent and the slot is given back: `Closed` once the
+    /// guest has ended, `ForeignSlot` for a slot of another sandbox.
+    pub fn send_reserved(&mut self, mut slot: ReservedSlot) -> Result<(), SandboxError> {
+        if !Arc::ptr_eq(&slot.shared, &self.shared) {
+            return Err(SandboxError::ForeignSlot {
+                sandbox: self.shared.name().to_owned(),
+                reserved_in: slot.sandbox().to_owned(),
+            });
+        }
+        let len = slot.len() as u32;
+        let held = slot.take();
+        // Frees the slot on every error.
+        self.send_held_slot(held, len)
     }
 
     /// Reads a message of up to `max` bytes straight into ring or slot

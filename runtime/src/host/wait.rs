@@ -4,6 +4,7 @@
 //! async API), and ring or wake whoever runs it after a send or a drain.
 //! A protocol violation found on the way stops the sandbox.
 
+use std::ops::Deref;
 use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -184,17 +185,25 @@ const BUSY_DRIVER_RETRY: Duration = Duration::from_millis(1);
 /// async host call waits for a thread guest (so that the guest rings, and
 /// its `ring` wakes the task); unregisters when the call ends or is
 /// dropped.
-pub(super) struct AsyncWaiter<'a> {
-    shared: &'a SandboxShared,
+/// `S` is `&SandboxShared` for a call's own future, or an
+/// `Arc<SandboxShared>` for a registration kept across polls by its owner
+/// ([`super::receiver::RecvWait`]).
+pub(super) struct AsyncWaiter<S: Deref<Target = SandboxShared>> {
+    shared: S,
     registered: bool,
 }
 
-impl<'a> AsyncWaiter<'a> {
-    pub(super) fn new(shared: &'a SandboxShared) -> Self {
+impl<S: Deref<Target = SandboxShared>> AsyncWaiter<S> {
+    pub(super) fn new(shared: S) -> Self {
         AsyncWaiter {
             shared,
             registered: false,
         }
+    }
+
+    /// The sandbox it waits on.
+    pub(super) fn shared(&self) -> &SandboxShared {
+        &self.shared
     }
 
     pub(super) fn register(&mut self) {
@@ -205,7 +214,7 @@ impl<'a> AsyncWaiter<'a> {
     }
 }
 
-impl Drop for AsyncWaiter<'_> {
+impl<S: Deref<Target = SandboxShared>> Drop for AsyncWaiter<S> {
     fn drop(&mut self) {
         if self.registered {
             self.shared.peer().g2h_doorbell.finish_wait();
@@ -223,7 +232,7 @@ impl Drop for AsyncWaiter<'_> {
 pub(super) fn poll_guest(
     shared: &SandboxShared,
     driver: Option<&Mutex<GuestDriver>>,
-    (waiter, side): (&mut AsyncWaiter<'_>, Side),
+    (waiter, side): (&mut AsyncWaiter<impl Deref<Target = SandboxShared>>, Side),
     cx: &mut std::task::Context<'_>,
     ready: &mut impl FnMut() -> Result<bool, SandboxError>,
 ) -> std::task::Poll<Result<bool, SandboxError>> {
