@@ -78,6 +78,14 @@ fn c_upper_answers_lines_in_every_execution_mode() {
         return;
     }
     let wasm = built("examples/c-upper");
+    // Its callback leaves its cursors to the host: the record is exported.
+    let module = wasmtime::Module::from_file(&wasmtime::Engine::default(), &wasm).unwrap();
+    assert!(
+        module
+            .exports()
+            .any(|e| e.name() == "SHMRT_CALLBACK_CURSORS"),
+        "c-upper exports the SDK's callback cursor record"
+    );
     let input: Vec<u8> = (0..3000)
         .flat_map(|i| format!("line {i} of c-upper\n").into_bytes())
         .collect();

@@ -251,12 +251,14 @@ pub fn build_in(
             if lang == Lang::Cpp {
                 cmd.args(["-fno-exceptions", "-fno-rtti"]);
             }
+            if c_callback_export(sources)? {
+                // The SDK's callback cursor record, which the callback
+                // entry links in (the host then publishes its cursors).
+                cmd.arg("-Wl,--export=SHMRT_CALLBACK_CURSORS");
+            }
             cmd.args(&manifest.cflags).args(sources).arg(&lib).args([
                 "-Wl,--no-entry",
                 "-Wl,--import-symbols",
-                // The SDK's callback cursor record, when a handler links it
-                // in (the host then publishes the callback's cursors).
-                "-Wl,--export-if-defined=SHMRT_CALLBACK_CURSORS",
                 "-Wl,--gc-sections",
                 "-s",
                 "-o",
@@ -310,6 +312,24 @@ pub fn build_in(
         );
     }
     Ok(wasm)
+}
+
+/// Whether a C or C++ plugin defines the callback entry (with the
+/// header's `SHMRT_HANDLER` or `SHMRT_EXPORTS`, or by hand), which links
+/// in the SDK's callback cursor record: exported then (the linker refuses
+/// to export what is not there).
+fn c_callback_export(sources: &[PathBuf]) -> anyhow::Result<bool> {
+    for source in sources {
+        let text = std::fs::read_to_string(source)
+            .with_context(|| format!("reading {}", source.display()))?;
+        if ["SHMRT_HANDLER", "SHMRT_EXPORTS", "shmrt_on_messages"]
+            .iter()
+            .any(|m| text.contains(m))
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// The exports a Zig plugin defines: `shmrt_main`, and
