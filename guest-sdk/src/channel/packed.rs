@@ -439,36 +439,30 @@ impl Outbox {
             return Ok(());
         }
         let total = CALL_HEADER_SIZE + len;
-        {
-            match slot {
-                Some(slot) => {
-                    let fits = {
-                        let mut area = self.tx.held_slot_area(&slot);
-                        match area.get_mut(..total) {
-                            Some(area) => {
-                                // SAFETY: a slot the host sent is ours until
-                                // we send or free it, and the host is trusted
-                                // (see `Message::as_bytes`).
-                                let out = unsafe { area.into_mut_slice() };
-                                out[..CALL_HEADER_SIZE].copy_from_slice(&PACKED_LINES_HEADER);
-                                // SAFETY: the outbox is the buffer's one
-                                // user; this borrow ends with the copy.
-                                out[CALL_HEADER_SIZE..]
-                                    .copy_from_slice(&unsafe { staging() }[..len]);
-                                true
-                            }
-                            None => false,
-                        }
-                    };
-                    if fits {
-                        return self.send_held_slot(slot, total as u32);
+        if let Some(slot) = slot {
+            let fits = {
+                let mut area = self.tx.held_slot_area(&slot);
+                match area.get_mut(..total) {
+                    Some(area) => {
+                        // SAFETY: a slot the host sent is ours until we send
+                        // or free it, and the host is trusted (see
+                        // `Message::as_bytes`).
+                        let out = unsafe { area.into_mut_slice() };
+                        out[..CALL_HEADER_SIZE].copy_from_slice(&PACKED_LINES_HEADER);
+                        // SAFETY: the outbox is the buffer's one user; this
+                        // borrow ends with the copy.
+                        out[CALL_HEADER_SIZE..].copy_from_slice(&unsafe { staging() }[..len]);
+                        true
                     }
-                    // Too small for the answers: given back, the answer
-                    // takes a slot of its own.
-                    let _ = self.tx.free_held_slot(slot);
+                    None => false,
                 }
-                None => {}
+            };
+            if fits {
+                return self.send_held_slot(slot, total as u32);
             }
+            // Too small for the answers: given back, the answer takes a
+            // slot of its own.
+            let _ = self.tx.free_held_slot(slot);
         }
         self.send_cut_ring(total, true, |out| {
             out[..CALL_HEADER_SIZE].copy_from_slice(&PACKED_LINES_HEADER);
