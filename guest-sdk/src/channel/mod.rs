@@ -337,6 +337,9 @@ pub struct Message<'a> {
 enum Inner<'a> {
     Frame(channel::Message<'a>),
     Line(&'a [u8]),
+    /// A line of a packed-lines message whose answers are written over
+    /// its lines, in the request's own slot (see `packed`).
+    Placed(&'a mut [u8]),
 }
 
 impl Message<'_> {
@@ -350,6 +353,7 @@ impl Message<'_> {
             // sending it.
             Inner::Frame(m) => unsafe { m.as_bytes() },
             Inner::Line(line) => line,
+            Inner::Placed(line) => line,
         }
     }
 
@@ -358,6 +362,7 @@ impl Message<'_> {
         match &self.inner {
             Inner::Frame(m) => m.len(),
             Inner::Line(line) => line.len(),
+            Inner::Placed(line) => line.len(),
         }
     }
 
@@ -397,15 +402,30 @@ impl Message<'_> {
     /// }
     /// shmrt_guest::entry!(run);
     /// ```
+    #[inline(always)]
     pub fn reply_in_place(
         self,
         outbox: &mut Outbox,
         transform: impl FnOnce(&mut [u8]) -> usize,
     ) -> Result<(), SendError> {
-        let inner = match self.inner {
-            Inner::Frame(inner) => inner,
-            Inner::Line(line) => return outbox.gather_line(line, transform),
-        };
+        // Small, so that a handler of packed lines inlines into the loop
+        // over them (`packed::each_line`): the other cases are calls.
+        match self.inner {
+            Inner::Placed(line) => outbox.place_line(line, transform),
+            Inner::Line(line) => outbox.gather_line(line, transform),
+            Inner::Frame(inner) => reply_frame_in_place(inner, outbox, transform),
+        }
+    }
+}
+
+/// [`Message::reply_in_place`] of a message of the ring.
+#[inline(never)]
+fn reply_frame_in_place(
+    inner: channel::Message<'_>,
+    outbox: &mut Outbox,
+    transform: impl FnOnce(&mut [u8]) -> usize,
+) -> Result<(), SendError> {
+    {
         match inner.take_slot() {
             Ok((slot, len)) => {
                 let mut area = outbox.tx.held_slot_area(&slot);

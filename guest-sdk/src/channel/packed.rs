@@ -16,6 +16,7 @@
 //! same answers sent one message a line.
 
 use core::cell::UnsafeCell;
+use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU8, Ordering};
 
 use shmrt_primitives::call_header::{
@@ -24,7 +25,7 @@ use shmrt_primitives::call_header::{
 };
 
 use super::outbox::copy;
-use super::{Inner, Message, Outbox, SendError};
+use super::{Inner, Message, Outbox, SendError, channel};
 
 /// Bytes of answers gathered before they go out as a packed answer of
 /// their own (a line's answers longer than this go alone, packed).
@@ -40,6 +41,13 @@ pub(crate) struct Gathering {
     /// Most bytes gathered in one packed answer: [`GATHER`], or less when
     /// the segment's largest message is smaller.
     cap: usize,
+    /// Answers are written over the lines, in the request's own slot: the
+    /// body's first byte there (see [`each_line`]). `None` once an answer
+    /// did not go in place (the answers go to [`STAGING`] from then on).
+    place: Option<NonNull<u8>>,
+    /// Bytes of answers written from `place` on: never past the start of
+    /// the line being handled, so a line is read before it is written over.
+    placed: usize,
 }
 
 /// Where answers are gathered. One per plugin: the channel opens once and
@@ -129,8 +137,8 @@ pub fn each_line(
         // Not even the magic's first byte: the one check plain messages pay.
         return handle(msg, outbox);
     }
-    let body = match packed_lines(bytes) {
-        Some(Ok(body)) if host_packs() => body,
+    let body_len = match packed_lines(bytes) {
+        Some(Ok(body)) if host_packs() => body.len(),
         // A plain message, or one that only looks packed: as it is.
         _ => return handle(msg, outbox),
     };
@@ -139,49 +147,113 @@ pub fn each_line(
         // loop can not happen): as it is.
         return handle(msg, outbox);
     }
+    let frame = match msg.inner {
+        Inner::Frame(m) => m,
+        // A line is handled as it is (it can only come from a handler's
+        // own call, while gathering: see above).
+        _ => return handle(msg, outbox),
+    };
     let largest = (outbox.max_payload() as usize).saturating_sub(CALL_HEADER_SIZE);
     outbox.pack = Gathering {
         on: true,
         len: 0,
         cap: GATHER.min(largest),
+        place: None,
+        placed: 0,
     };
-    let mut result = Ok(());
-    let mut rest = body;
-    while !rest.is_empty() {
-        let end = find_newline(rest).unwrap_or(rest.len());
-        let line = &rest[..end];
-        rest = rest.get(end + 1..).unwrap_or(&[]);
-        let msg = Message {
-            inner: Inner::Line(line),
-        };
-        if let Err(e) = handle(msg, outbox) {
-            result = Err(e);
-            break;
+    let (slot, body) = match frame.take_slot() {
+        Ok((slot, _)) => {
+            // In a slot: the answers are written over the lines.
+            let mut area = outbox.tx.held_slot_area(&slot);
+            // SAFETY: the slot's payload holds the header and the body
+            // (`packed_lines` read them there).
+            let body = unsafe { area.as_mut_ptr().add(CALL_HEADER_SIZE) };
+            outbox.pack.place = NonNull::new(body);
+            (Some(slot), body)
         }
-    }
-    let sent = outbox.finish_packed(msg);
+        Err(inline) => {
+            // Inline in the ring: the answers are gathered. The ring bytes
+            // stay ours until `inline` is dropped, after the lines.
+            // SAFETY: as in `Message::as_bytes`.
+            let body = unsafe { inline.as_bytes() }[CALL_HEADER_SIZE..].as_ptr();
+            let result = each_line_in(body.cast_mut(), body_len, false, outbox, &mut handle);
+            drop(inline);
+            let sent = outbox.finish_packed(None);
+            return result.and(sent);
+        }
+    };
+    let result = each_line_in(body, body_len, true, outbox, &mut handle);
+    let sent = outbox.finish_packed(slot);
     result.and(sent)
 }
 
-/// Where the first newline of `bytes` is: eight bytes at a time (a byte
-/// loop costs a bounds-checked load and a branch a byte in wasm).
+/// Hands `handle` each line of the `len` bytes of a packed body at `body`
+/// (which end with a newline), as a [`Message`]: `Inner::Placed` when
+/// `placed` (the body lies in a held slot, ours to write), else
+/// `Inner::Line`. Stops at the first error, returned.
+///
+/// The newlines are found eight bytes at a time: each word gives the mask
+/// of its newline bytes, and each line costs a count of trailing zeros
+/// (a byte loop costs a bounds-checked load and a branch a byte in wasm).
 #[inline(always)]
-fn find_newline(bytes: &[u8]) -> Option<usize> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGHS: u64 = 0x8080_8080_8080_8080;
-    const NL: u64 = ONES * b'\n' as u64;
+fn each_line_in(
+    body: *mut u8,
+    len: usize,
+    placed: bool,
+    outbox: &mut Outbox,
+    handle: &mut impl FnMut(Message<'_>, &mut Outbox) -> Result<(), SendError>,
+) -> Result<(), SendError> {
+    let mut start = 0;
     let mut at = 0;
-    while let Some(word) = bytes.get(at..at + 8) {
-        let w = u64::from_le_bytes(word.try_into().expect("8 bytes")) ^ NL;
-        let zero = w.wrapping_sub(ONES) & !w & HIGHS;
-        if zero != 0 {
-            // The lowest flagged byte is the first newline (borrows only
-            // flag bytes above a true zero).
-            return Some(at + (zero.trailing_zeros() / 8) as usize);
+    while at < len {
+        let word = if len - at >= 8 {
+            // SAFETY: 8 bytes inside the body; a line before them may be
+            // written over meanwhile, never a byte at or past `start`.
+            u64::from_le(unsafe { body.add(at).cast::<u64>().read_unaligned() })
+        } else {
+            let mut w = [0u8; 8];
+            for (i, b) in w[..len - at].iter_mut().enumerate() {
+                // SAFETY: inside the body, as above.
+                *b = unsafe { body.add(at + i).read() };
+            }
+            // Zero bytes past the end are no newlines.
+            u64::from_le_bytes(w)
+        };
+        let mut newlines = newline_mask(word);
+        while newlines != 0 {
+            let end = at + (newlines.trailing_zeros() / 8) as usize;
+            newlines &= newlines - 1;
+            // SAFETY: `start..end` lies inside the body, lines do not
+            // overlap, and answers are written only before `start` (see
+            // `Gathering::placed`), or inside the line by its handler.
+            let msg = unsafe {
+                let line = body.add(start);
+                Message {
+                    inner: if placed {
+                        Inner::Placed(core::slice::from_raw_parts_mut(line, end - start))
+                    } else {
+                        Inner::Line(core::slice::from_raw_parts(line, end - start))
+                    },
+                }
+            };
+            handle(msg, outbox)?;
+            start = end + 1;
         }
         at += 8;
     }
-    bytes[at..].iter().position(|&b| b == b'\n').map(|i| at + i)
+    Ok(())
+}
+
+/// The high bit of each byte of `word` that is a newline, and no other
+/// bit (exact: no borrow runs from one byte into the next).
+#[inline(always)]
+fn newline_mask(word: u64) -> u64 {
+    const LOWS: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    const NL: u64 = 0x0101_0101_0101_0101 * b'\n' as u64;
+    let x = word ^ NL;
+    // A byte's high bit is set when its low seven bits are not all zero,
+    // or when its own high bit is set: when it is not zero.
+    !(((x & LOWS).wrapping_add(LOWS)) | x | LOWS)
 }
 
 impl Outbox {
@@ -193,6 +265,11 @@ impl Outbox {
         len: usize,
         fill: impl FnOnce(&mut [u8]) -> usize,
     ) -> Result<(), SendError> {
+        if self.pack.place.is_some() {
+            // An answer that does not go in place: from now on, all go to
+            // the gathering buffer.
+            self.leave_place()?;
+        }
         if self.pack.len + len + 1 > self.pack.cap {
             self.flush_gathered()?;
             if len + 1 > self.pack.cap {
@@ -212,7 +289,7 @@ impl Outbox {
     /// A line of a packed message answered in place
     /// (`Message::reply_in_place`): copied to where its answer goes and
     /// transformed there.
-    #[inline(always)]
+    #[inline(never)]
     pub(super) fn gather_line(
         &mut self,
         line: &[u8],
@@ -224,10 +301,74 @@ impl Outbox {
         })
     }
 
+    /// A line of a packed message in a held slot answered in place
+    /// (`Message::reply_in_place`): transformed where it is, and, while
+    /// the answers go in place, its answer written right after the
+    /// previous one (where it already is when every line so far was
+    /// answered with itself: no copy at all).
+    #[inline(always)]
+    pub(super) fn place_line(
+        &mut self,
+        line: &mut [u8],
+        transform: impl FnOnce(&mut [u8]) -> usize,
+    ) -> Result<(), SendError> {
+        let Some(place) = self.pack.place else {
+            return self.gather_line(line, transform);
+        };
+        let len = line.len();
+        let n = transform(line).min(len);
+        let from = line.as_ptr();
+        let placed = self.pack.placed;
+        // SAFETY: `place..` is the body of the held slot, and answers so
+        // far end at or before this line's start (`Gathering::placed`):
+        // `to..to + n + 1` ends at or before the line's newline, inside
+        // the body. `line` is not used past here.
+        unsafe {
+            let to = place.as_ptr().add(placed);
+            if to.cast_const() != from || n != len {
+                core::ptr::copy(from, to, n);
+                to.add(n).write(b'\n');
+            }
+        }
+        self.pack.placed = placed + n + 1;
+        Ok(())
+    }
+
+    /// Stops writing answers in place: those written so far go to the
+    /// gathering buffer (empty until now), or, when they do not fit
+    /// there, as a packed answer of their own.
+    #[cold]
+    fn leave_place(&mut self) -> Result<(), SendError> {
+        let Some(place) = self.pack.place.take() else {
+            return Ok(());
+        };
+        let placed = core::mem::take(&mut self.pack.placed);
+        // SAFETY: the first `placed` bytes of the body hold the answers
+        // written in place; the slot stays held until the lines are done.
+        let answers = unsafe { core::slice::from_raw_parts(place.as_ptr(), placed) };
+        if placed <= self.pack.cap {
+            // SAFETY: the outbox is the buffer's one user; this borrow
+            // ends with the copy.
+            (unsafe { staging() })[..placed].copy_from_slice(answers);
+            self.pack.len = placed;
+            return Ok(());
+        }
+        let on = core::mem::replace(&mut self.pack.on, false);
+        let total = CALL_HEADER_SIZE + placed;
+        let sent = self.send_cut_ring(total, true, |out| {
+            out[..CALL_HEADER_SIZE].copy_from_slice(&PACKED_LINES_HEADER);
+            out[CALL_HEADER_SIZE..].copy_from_slice(answers);
+            total
+        });
+        self.pack.on = on;
+        sent
+    }
+
     /// Sends what is gathered as a packed answer, now: before a message
     /// that does not go through the gathering ([`Outbox::reserve`]), or
     /// when the buffer is full.
     pub(super) fn flush_gathered(&mut self) -> Result<(), SendError> {
+        self.leave_place()?;
         let len = core::mem::take(&mut self.pack.len);
         if len == 0 {
             return Ok(());
@@ -264,47 +405,64 @@ impl Outbox {
         sent
     }
 
-    /// The lines of `request` are handled: gathering stops, and what was
-    /// gathered goes back as one packed answer, in the request's slot when
-    /// it came in one large enough, else in a message of its own (the
-    /// request given back first, so that its slot is free for it).
-    fn finish_packed(&mut self, request: Message<'_>) -> Result<(), SendError> {
+    /// The lines of a request are handled: gathering stops, and the
+    /// answers go back as one packed answer, in the request's slot (held
+    /// in `slot`) when it came in one large enough, else in a message of
+    /// its own (the slot given back first, so that it is free for it).
+    /// Answers written in place are in the slot already.
+    fn finish_packed(&mut self, slot: Option<channel::HeldSlot>) -> Result<(), SendError> {
         self.pack.on = false;
+        let slot = match (self.pack.place.take(), slot) {
+            (Some(place), Some(slot)) => {
+                let placed = core::mem::take(&mut self.pack.placed);
+                if placed == 0 {
+                    return self.tx.free_held_slot(slot).map_err(SendError::Protocol);
+                }
+                // SAFETY: the header's 16 bytes lie before the body, in the
+                // held slot.
+                unsafe {
+                    core::ptr::copy_nonoverlapping(
+                        PACKED_LINES_HEADER.as_ptr(),
+                        place.as_ptr().sub(CALL_HEADER_SIZE),
+                        CALL_HEADER_SIZE,
+                    );
+                }
+                return self.send_held_slot(slot, (CALL_HEADER_SIZE + placed) as u32);
+            }
+            (_, slot) => slot,
+        };
         let len = core::mem::take(&mut self.pack.len);
         if len == 0 {
+            if let Some(slot) = slot {
+                return self.tx.free_held_slot(slot).map_err(SendError::Protocol);
+            }
             return Ok(());
         }
         let total = CALL_HEADER_SIZE + len;
-        if let Inner::Frame(m) = request.inner {
-            match m.take_slot() {
-                Ok((slot, _)) => {
-                    let fits = {
-                        let mut area = self.tx.held_slot_area(&slot);
-                        match area.get_mut(..total) {
-                            Some(area) => {
-                                // SAFETY: a slot the host sent is ours until
-                                // we send or free it, and the host is trusted
-                                // (see `Message::as_bytes`).
-                                let out = unsafe { area.into_mut_slice() };
-                                out[..CALL_HEADER_SIZE].copy_from_slice(&PACKED_LINES_HEADER);
-                                // SAFETY: the outbox is the buffer's one
-                                // user; this borrow ends with the copy.
-                                out[CALL_HEADER_SIZE..]
-                                    .copy_from_slice(&unsafe { staging() }[..len]);
-                                true
-                            }
-                            None => false,
-                        }
-                    };
-                    if fits {
-                        return self.send_held_slot(slot, total as u32);
+        if let Some(slot) = slot {
+            let fits = {
+                let mut area = self.tx.held_slot_area(&slot);
+                match area.get_mut(..total) {
+                    Some(area) => {
+                        // SAFETY: a slot the host sent is ours until we send
+                        // or free it, and the host is trusted (see
+                        // `Message::as_bytes`).
+                        let out = unsafe { area.into_mut_slice() };
+                        out[..CALL_HEADER_SIZE].copy_from_slice(&PACKED_LINES_HEADER);
+                        // SAFETY: the outbox is the buffer's one user; this
+                        // borrow ends with the copy.
+                        out[CALL_HEADER_SIZE..].copy_from_slice(&unsafe { staging() }[..len]);
+                        true
                     }
-                    // Too small for the answers: given back, the answer
-                    // takes a slot of its own.
-                    let _ = self.tx.free_held_slot(slot);
+                    None => false,
                 }
-                Err(m) => drop(m),
+            };
+            if fits {
+                return self.send_held_slot(slot, total as u32);
             }
+            // Too small for the answers: given back, the answer takes a
+            // slot of its own.
+            let _ = self.tx.free_held_slot(slot);
         }
         self.send_cut_ring(total, true, |out| {
             out[..CALL_HEADER_SIZE].copy_from_slice(&PACKED_LINES_HEADER);
@@ -318,25 +476,60 @@ impl Outbox {
 
 #[cfg(test)]
 mod tests {
-    use super::find_newline;
+    use super::newline_mask;
 
-    #[test]
-    fn newlines_are_found_at_every_offset() {
-        for len in 0..40 {
-            for at in 0..=len {
-                let mut b = [b'x'; 40];
-                let bytes = &mut b[..len];
-                if at < len {
-                    bytes[at] = b'\n';
-                    // Bytes that borrow in the word trick after it.
-                    if at + 1 < len {
-                        bytes[at + 1] = 0x0b;
-                    }
-                }
-                let want = (at < len).then_some(at);
-                assert_eq!(find_newline(bytes), want, "len {len}, newline at {at}");
+    /// Where the newlines of `bytes` (at most 8) are, by the mask.
+    fn newlines(bytes: &[u8]) -> alloc_free::Positions {
+        let mut w = [0u8; 8];
+        w[..bytes.len()].copy_from_slice(bytes);
+        let mut m = newline_mask(u64::from_le_bytes(w));
+        let mut found = alloc_free::Positions::default();
+        while m != 0 {
+            found.push((m.trailing_zeros() / 8) as usize);
+            m &= m - 1;
+        }
+        found
+    }
+
+    mod alloc_free {
+        /// Up to 8 positions, without an allocator.
+        #[derive(Default, Debug, PartialEq)]
+        pub(super) struct Positions {
+            at: [usize; 8],
+            len: usize,
+        }
+        impl Positions {
+            pub(super) fn push(&mut self, at: usize) {
+                self.at[self.len] = at;
+                self.len += 1;
+            }
+            pub(super) fn as_slice(&self) -> &[usize] {
+                &self.at[..self.len]
             }
         }
-        assert_eq!(find_newline(b"\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\n"), Some(8));
+    }
+
+    #[test]
+    fn every_newline_and_nothing_else_is_flagged() {
+        // Every pattern of newlines over 8 bytes, the other bytes chosen
+        // to tempt a borrow (0x0b, 0x0a ^ 1, and 0x8a, 0x0a with the high
+        // bit) or plain.
+        for fill in [b'x', 0x0b, 0x8a, 0x00, 0xff, 0x09] {
+            for pattern in 0u32..256 {
+                let mut bytes = [fill; 8];
+                let mut want = alloc_free::Positions::default();
+                for (i, b) in bytes.iter_mut().enumerate() {
+                    if pattern & (1 << i) != 0 {
+                        *b = b'\n';
+                        want.push(i);
+                    }
+                }
+                assert_eq!(
+                    newlines(&bytes).as_slice(),
+                    want.as_slice(),
+                    "fill {fill:#x}, pattern {pattern:#010b}"
+                );
+            }
+        }
     }
 }

@@ -145,6 +145,51 @@ fn several_answers_or_none_for_a_line_keep_their_order() {
     }
 }
 
+/// Answers written over the lines (in place, none, shorter than their
+/// lines, so that later ones move back) keep their bytes and order in
+/// every mode; a pack whose answers leave the lines' place midway (a line
+/// answered twice) too.
+#[test]
+fn answers_in_place_shorter_or_none_keep_their_order() {
+    let probe = guest("runtime/cli/tests/guests/lines-probe");
+    let mut input = Vec::new();
+    let mut want = Vec::new();
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    for i in 0..200_000u64 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        match x % 1000 {
+            0..=299 => {
+                input.extend_from_slice(format!("short {i}-{}\n", x % 97).as_bytes());
+                want.extend_from_slice(format!("{i}-{}\n", x % 97).as_bytes());
+            }
+            300..=399 => input.extend_from_slice(b"none\n"),
+            // Rarely: a line answered twice, from which on the pack's
+            // answers are gathered.
+            400 => {
+                input.extend_from_slice(format!("twice {i}\n").as_bytes());
+                want.extend_from_slice(format!("{i}\n{i}\n").as_bytes());
+            }
+            _ => {
+                let line = format!("line {i} {}", "x".repeat((x % 40) as usize));
+                input.extend_from_slice(format!("{line}\n").as_bytes());
+                want.extend_from_slice(format!("{line}\n").as_bytes());
+            }
+        }
+    }
+    // The last line without its newline, answered in place shorter.
+    input.extend_from_slice(b"short last");
+    want.extend_from_slice(b"last\n");
+    for mode in ["callback", "fiber", "thread"] {
+        in_exec_mode(mode, || {
+            let out = run(&[], &probe, &input);
+            assert!(out.status.success(), "{mode}: {}", stderr(&out));
+            assert_same(&out.stdout, &want, mode);
+        });
+    }
+}
+
 /// A producer that writes a line at a time: each line's answer comes
 /// before the next line is written (nothing waits to fill a batch).
 #[test]

@@ -209,7 +209,7 @@ impl Feeder {
         input: std::os::fd::BorrowedFd<'_>,
         progress: &mut Progress,
     ) -> anyhow::Result<()> {
-        const BLOCK: usize = 1 << 16;
+        const BLOCK: usize = 1 << 18;
         // Packed, each message's header is written in the 16 bytes before
         // its first line (lines already sent, or this room at the front).
         let head = if self.packed { CALL_HEADER_SIZE } else { 0 };

@@ -1,5 +1,6 @@
 //! A `handler!` plugin (so `shmrt run` packs its lines) driven by each
-//! line: `twice TEXT` answers TEXT twice, `none` answers nothing, `boom`
+//! line: `twice TEXT` answers TEXT twice, `short TEXT` answers TEXT in
+//! place (shorter than its line), `none` answers nothing, `boom`
 //! panics, `liar` sends a malformed packed-lines answer (a header whose
 //! body does not end with a newline, through `Outbox::reserve`, which the
 //! gathering does not wrap); anything else is echoed in place.
@@ -13,6 +14,12 @@ fn answer(msg: Message<'_>, outbox: &mut Outbox) -> Result<(), SendError> {
     if let Some(text) = bytes.strip_prefix(b"twice ") {
         outbox.send(text)?;
         return outbox.send(text);
+    }
+    if bytes.starts_with(b"short ") {
+        return msg.reply_in_place(outbox, |b| {
+            b.copy_within(6.., 0);
+            b.len() - 6
+        });
     }
     match bytes {
         b"none" => Ok(()),
