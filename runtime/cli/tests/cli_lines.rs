@@ -80,7 +80,7 @@ fn random_lines_round_trip_byte_exact_in_every_mode() {
     let input = random_lines(0x5EED);
     let want = echoed(&input);
     let echo = guest("examples/echo");
-    for mode in ["callback", "fiber", "thread"] {
+    for mode in ["auto", "callback", "fiber", "thread"] {
         in_exec_mode(mode, || {
             let out = run(&[], &echo, &input);
             assert!(out.status.success(), "{mode}: {}", stderr(&out));
@@ -136,7 +136,7 @@ fn several_answers_or_none_for_a_line_keep_their_order() {
             }
         }
     }
-    for mode in ["callback", "fiber", "thread"] {
+    for mode in ["auto", "callback", "fiber", "thread"] {
         in_exec_mode(mode, || {
             let out = run(&[], &probe, &input);
             assert!(out.status.success(), "{mode}: {}", stderr(&out));
@@ -181,7 +181,7 @@ fn answers_in_place_shorter_or_none_keep_their_order() {
     // The last line without its newline, answered in place shorter.
     input.extend_from_slice(b"short last");
     want.extend_from_slice(b"last\n");
-    for mode in ["callback", "fiber", "thread"] {
+    for mode in ["auto", "callback", "fiber", "thread"] {
         in_exec_mode(mode, || {
             let out = run(&[], &probe, &input);
             assert!(out.status.success(), "{mode}: {}", stderr(&out));
@@ -195,7 +195,7 @@ fn answers_in_place_shorter_or_none_keep_their_order() {
 #[test]
 fn a_slow_producer_gets_each_answer_before_writing_the_next_line() {
     let echo = guest("examples/echo");
-    for mode in ["callback", "fiber", "thread"] {
+    for mode in ["auto", "callback", "fiber", "thread"] {
         let mut child = shmrt()
             .args(["-q", "run", "--exec", mode])
             .arg(&echo)
@@ -234,7 +234,7 @@ fn a_slow_producer_gets_each_answer_before_writing_the_next_line() {
 #[test]
 fn a_malformed_packed_answer_is_a_clear_error() {
     let probe = guest("runtime/cli/tests/guests/lines-probe");
-    for mode in ["callback", "fiber", "thread"] {
+    for mode in ["auto", "fiber", "thread"] {
         let mut child = shmrt()
             .args(["run", "--exec", mode])
             .arg(&probe)
@@ -274,7 +274,7 @@ fn a_malformed_packed_answer_is_a_clear_error() {
 #[test]
 fn a_batch_in_flight_when_the_guest_traps_is_lost_whole_and_reported() {
     let probe = guest("runtime/cli/tests/guests/lines-probe");
-    for mode in ["callback", "fiber", "thread"] {
+    for mode in ["auto", "fiber", "thread"] {
         let mut child = shmrt()
             .args(["run", "--restart", "on-failure", "--exec", mode])
             .arg(&probe)

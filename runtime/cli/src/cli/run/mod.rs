@@ -68,8 +68,16 @@ impl RunCommand {
             return self.run_calls(function, &runtime, &wasm, options, chunk, &interrupts);
         }
         let mut options = options;
-        let packed =
-            self.framing == Framing::Lines && plugin.as_ref().is_ok_and(reads_packed_lines);
+        // A callback's slice (1 s by default) bounds one call, which would
+        // be a whole pack of lines: packs go to a fiber, which an epoch
+        // tick preempts, and a callback asked for by name gets a line a
+        // message, its slice bounding one line's handling as before.
+        let packed = self.framing == Framing::Lines
+            && options.execution != Execution::Callback
+            && plugin.as_ref().is_ok_and(reads_packed_lines);
+        if packed && options.execution == Execution::Auto {
+            options.execution = Execution::Fiber;
+        }
         if packed {
             // The plugin said it reads packed lines; this says we pack.
             use shmrt::primitives::call_header::{
