@@ -418,7 +418,8 @@ fn verbose_runs_say_what_shmrt_did() {
     assert!(out.status.success(), "{err}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "HELLO\n");
     assert!(err.contains("compiled the module"), "{err}");
-    assert!(err.contains("callback guest, segment of"), "{err}");
+    // Lines go packed to a handler! plugin, and so to a fiber.
+    assert!(err.contains("fiber guest, segment of"), "{err}");
     assert!(err.contains("the guest returned 0 after"), "{err}");
 }
 
