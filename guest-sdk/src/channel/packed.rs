@@ -126,17 +126,29 @@ fn host_packs() -> bool {
 /// shmrt_guest::packed_lines_export!();
 /// # fn main() {}
 /// ```
-#[inline]
+#[inline(always)]
 pub fn each_line(
     msg: Message<'_>,
     outbox: &mut Outbox,
     mut handle: impl FnMut(Message<'_>, &mut Outbox) -> Result<(), SendError>,
 ) -> Result<(), SendError> {
-    let bytes = msg.as_bytes();
-    if bytes.first() != Some(&PACKED_LINES_HEADER[0]) {
-        // Not even the magic's first byte: the one check plain messages pay.
+    if msg.as_bytes().first() != Some(&PACKED_LINES_HEADER[0]) {
+        // Not even the magic's first byte: the one check plain messages
+        // pay, inlined into the caller's loop (the message is not copied
+        // into a call of its own).
         return handle(msg, outbox);
     }
+    each_line_of_packed(msg, outbox, handle)
+}
+
+/// [`each_line`] of a message that may be packed.
+#[inline(never)]
+fn each_line_of_packed(
+    msg: Message<'_>,
+    outbox: &mut Outbox,
+    mut handle: impl FnMut(Message<'_>, &mut Outbox) -> Result<(), SendError>,
+) -> Result<(), SendError> {
+    let bytes = msg.as_bytes();
     let body_len = match packed_lines(bytes) {
         Some(Ok(body)) if host_packs() => body.len(),
         // A plain message, or one that only looks packed: as it is.
