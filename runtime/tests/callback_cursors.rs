@@ -198,3 +198,47 @@ fn garbage_cursors_in_the_record_are_a_protocol_error() {
         "send: {sent:?}"
     );
 }
+
+/// A guest that leaves garbage in its record and then traps: the host
+/// publishes what a trapped call left (the answers of the messages before
+/// the failing one), checked as always: the sandbox ends with its trap or
+/// the protocol violation the receiver found, the receiver and the sender
+/// with errors, in time, and no host panic.
+#[test]
+fn garbage_cursors_left_by_a_call_that_traps_end_in_errors() {
+    let wat = format!(
+        r#"(module
+  (memory (export "memory") 1)
+  (global (export "{export}") i32 (i32.const 2048))
+  (func (export "shmrt_on_messages") (result i32)
+    (drop (i32.atomic.load (i32.const 0)))
+    (i32.store (i32.const 2052) (i32.const -256))
+    (i32.store (i32.const 2056) (i32.const 7))
+    (i32.store (i32.const 2060) (i32.const 3))
+    unreachable))"#,
+        export = CallbackCursors::EXPORT,
+    );
+    let outcome = within(Duration::from_secs(30), move || {
+        let runtime = Runtime::new().unwrap();
+        let sandbox = runtime
+            .spawn(wat.as_bytes(), callback("garbage-trap"))
+            .unwrap();
+        let (mut tx, mut rx, handle) = sandbox.split();
+        tx.send(b"go").unwrap();
+        let received = rx
+            .recv_timeout(Some(Duration::from_secs(5)))
+            .map(|m| m.map(|m| m.len()));
+        let sent = tx.send(b"again");
+        (received, sent, handle.join())
+    });
+    let (received, sent, joined) = outcome.expect("the host answered within 30 s");
+    assert!(received.is_err(), "recv: {received:?}");
+    assert!(sent.is_err(), "send: {sent:?}");
+    assert!(
+        matches!(
+            joined,
+            Err(SandboxError::Trap { .. } | SandboxError::Protocol { .. })
+        ),
+        "join: {joined:?}"
+    );
+}
