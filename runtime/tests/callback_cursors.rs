@@ -146,7 +146,12 @@ fn guest_reading_its_ack(address: i64, read_at: i64) -> String {
 #[test]
 fn only_a_record_inside_memory_and_aligned_is_acknowledged() {
     let runtime = Runtime::new().unwrap();
-    for (address, read_at, want) in [(1024, 1024, 7), (1025, 1024, 9), (65530, 1024, 9)] {
+    for (address, read_at, want) in [
+        (1024, 1024, 7),
+        (1025, 1024, 9),
+        (65530, 1024, 9),
+        (65520, 65520, 7),
+    ] {
         let wat = guest_reading_its_ack(address, read_at);
         let mut sandbox = runtime
             .spawn(wat.as_bytes(), callback("ack"))
