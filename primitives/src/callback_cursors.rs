@@ -28,6 +28,15 @@
 //! published by the guest at once, with wasm atomics: rare, and what
 //! keeps a long call from holding the other side's room.
 //!
+//! A call that traps. The SDK leaves its cursors after each message it
+//! answered, so that after a trap (or an interrupted call) the host
+//! publishes what the messages before the failing one read and answered:
+//! their answers reach the host, as from a guest that publishes its
+//! cursors itself. Only a cursor the guest did not store itself during
+//! the call: a producer's wrap or a quarter of the inbox read stores the
+//! header's cursor, and the record's older value is then left alone (the
+//! answers since are lost with the call).
+//!
 //! A hostile guest gains nothing: the host stores values the guest could
 //! have stored itself into its own ring headers, and the host's ends
 //! check every cursor they load, as always.

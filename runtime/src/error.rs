@@ -289,3 +289,21 @@ impl SandboxError {
         SandboxError::Io { what, source }
     }
 }
+
+/// A batch that failed part way ([`crate::HostSender::send_batch`]): the
+/// payloads before the failing one were sent (and published), the rest
+/// were not. `?` turns it into the [`SandboxError`] underneath.
+#[derive(Debug, thiserror::Error)]
+#[error("{error} ({sent} of the batch were sent before it; send the rest again from there)")]
+pub struct BatchError {
+    /// How many of the batch's payloads went out before the error.
+    pub sent: usize,
+    /// Why the next one did not.
+    pub error: SandboxError,
+}
+
+impl From<BatchError> for SandboxError {
+    fn from(e: BatchError) -> Self {
+        e.error
+    }
+}

@@ -32,7 +32,7 @@ mod runtime;
 mod segment;
 mod state;
 
-pub use error::{OpenSegmentError, SandboxError};
+pub use error::{BatchError, OpenSegmentError, SandboxError};
 pub use exec::handle::{SandboxHandle, StopHandle};
 pub use exec::host_imports;
 pub use host::calls::{CallError, Caller, MAX_PLUGIN_MESSAGE, PendingCall, call_codes};

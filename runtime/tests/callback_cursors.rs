@@ -146,7 +146,12 @@ fn guest_reading_its_ack(address: i64, read_at: i64) -> String {
 #[test]
 fn only_a_record_inside_memory_and_aligned_is_acknowledged() {
     let runtime = Runtime::new().unwrap();
-    for (address, read_at, want) in [(1024, 1024, 7), (1025, 1024, 9), (65530, 1024, 9)] {
+    for (address, read_at, want) in [
+        (1024, 1024, 7),
+        (1025, 1024, 9),
+        (65530, 1024, 9),
+        (65520, 65520, 7),
+    ] {
         let wat = guest_reading_its_ack(address, read_at);
         let mut sandbox = runtime
             .spawn(wat.as_bytes(), callback("ack"))
@@ -196,5 +201,49 @@ fn garbage_cursors_in_the_record_are_a_protocol_error() {
             Err(SandboxError::Protocol { .. } | SandboxError::Closed { .. })
         ),
         "send: {sent:?}"
+    );
+}
+
+/// A guest that leaves garbage in its record and then traps: the host
+/// publishes what a trapped call left (the answers of the messages before
+/// the failing one), checked as always: the sandbox ends with its trap or
+/// the protocol violation the receiver found, the receiver and the sender
+/// with errors, in time, and no host panic.
+#[test]
+fn garbage_cursors_left_by_a_call_that_traps_end_in_errors() {
+    let wat = format!(
+        r#"(module
+  (memory (export "memory") 1)
+  (global (export "{export}") i32 (i32.const 2048))
+  (func (export "shmrt_on_messages") (result i32)
+    (drop (i32.atomic.load (i32.const 0)))
+    (i32.store (i32.const 2052) (i32.const -256))
+    (i32.store (i32.const 2056) (i32.const 7))
+    (i32.store (i32.const 2060) (i32.const 3))
+    unreachable))"#,
+        export = CallbackCursors::EXPORT,
+    );
+    let outcome = within(Duration::from_secs(30), move || {
+        let runtime = Runtime::new().unwrap();
+        let sandbox = runtime
+            .spawn(wat.as_bytes(), callback("garbage-trap"))
+            .unwrap();
+        let (mut tx, mut rx, handle) = sandbox.split();
+        tx.send(b"go").unwrap();
+        let received = rx
+            .recv_timeout(Some(Duration::from_secs(5)))
+            .map(|m| m.map(|m| m.len()));
+        let sent = tx.send(b"again");
+        (received, sent, handle.join())
+    });
+    let (received, sent, joined) = outcome.expect("the host answered within 30 s");
+    assert!(received.is_err(), "recv: {received:?}");
+    assert!(sent.is_err(), "send: {sent:?}");
+    assert!(
+        matches!(
+            joined,
+            Err(SandboxError::Trap { .. } | SandboxError::Protocol { .. })
+        ),
+        "join: {joined:?}"
     );
 }

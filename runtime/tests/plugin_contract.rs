@@ -379,7 +379,7 @@ fn a_host_function_cannot_wait_on_its_own_channel() {
         let sandbox = runtime
             .spawn(&wasm, options("own-channel", mode, functions))
             .unwrap();
-        let (mut tx, mut rx, handle) = sandbox.split();
+        let (tx, mut rx, handle) = sandbox.split();
         let mut call = vec![0u8; shmrt::primitives::call_header::call_len(6, 1)];
         let at = shmrt::primitives::call_header::write_call(&mut call, 9, "lookup").unwrap();
         call[at] = b'k';

@@ -696,6 +696,13 @@ impl Channel {
                 crate::error!("could not answer a {}-byte message: {}", len, e);
                 break e.exit_status();
             }
+            if defer {
+                // Left after each message (plain stores): should a later
+                // one trap, the host still publishes what this one read
+                // and answered (`CallbackCursors`, "a call that traps").
+                SHMRT_CALLBACK_CURSORS
+                    .leave(inbox.rx.take_unpublished(), outbox.tx.take_unpublished());
+            }
             if budget.spent_after_one_more() {
                 break 0;
             }

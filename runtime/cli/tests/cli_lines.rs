@@ -336,3 +336,45 @@ fn the_packing_configuration_key_is_reserved() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("shmrt.lines"), "{}", stderr(&out));
 }
+
+/// A callback that traps on a message after answering others in the same
+/// call: those answers are written, as in thread and fiber mode (the SDK
+/// leaves its cursors for the host after each message, and the host
+/// publishes them after the trap too), then the run ends with the trap's
+/// status. Length-prefixed, so that each line is a message of its own.
+#[test]
+fn answers_made_before_a_trap_in_the_same_call_are_written() {
+    let probe = guest("runtime/cli/tests/guests/lines-probe");
+    let mut input = Vec::new();
+    for m in [&b"one"[..], b"two", b"boom", b"four"] {
+        input.extend_from_slice(&(m.len() as u32).to_le_bytes());
+        input.extend_from_slice(m);
+    }
+    for mode in ["callback", "fiber", "thread"] {
+        let mut child = shmrt()
+            .args(["run", "--framing", "len32", "--exec", mode])
+            .arg(&probe)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn shmrt run");
+        child.stdin.take().unwrap().write_all(&input).unwrap();
+        let status = wait_at_most(&mut child, Duration::from_secs(30), mode);
+        let mut out = Vec::new();
+        child.stdout.take().unwrap().read_to_end(&mut out).unwrap();
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        assert_eq!(status.code(), Some(70), "{mode}: {err}");
+        assert_eq!(
+            out, b"\x03\0\0\0one\x03\0\0\0two",
+            "{mode}: the answers before the trap"
+        );
+        assert!(!common::host_panicked(&err), "{mode}: {err}");
+    }
+}

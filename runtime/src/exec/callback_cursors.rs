@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use shmrt_primitives::callback_cursors::CallbackCursors;
 use wasmtime::{AsContext, AsContextMut, Instance, Memory, Val};
 
+use super::guest_driver::ring_positions;
 use crate::state::shared::SandboxShared;
 
 /// The index of the record's word at byte `offset`.
@@ -69,6 +70,39 @@ impl CursorRecord {
                 .add(self.at)
                 .cast::<[AtomicU32; 4]>()
         })
+    }
+
+    /// After a call that trapped (or was interrupted): publishes what the
+    /// record holds of the messages the call finished before it failed
+    /// (the SDK leaves its cursors after each message), so that their
+    /// answers reach the host and they count as read, as with a guest
+    /// that publishes for itself. A cursor the guest stored itself during
+    /// the call (a producer's wrap, a quarter of the inbox read: see
+    /// `before`, the [`ring_positions`] from before the call) may be newer
+    /// than what the record holds, whose value is then left alone.
+    pub(crate) fn publish_after_trap(
+        &self,
+        store: &impl AsContext,
+        shared: &SandboxShared,
+        before: Option<(u32, u32, u32)>,
+    ) {
+        let now = ring_positions(shared);
+        let (Some(before), Some(now)) = (before, now) else {
+            return;
+        };
+        let Some(words) = self.words(store) else {
+            return;
+        };
+        let pending = &words[word(CallbackCursors::PENDING_AT)];
+        let mut bits = pending.load(Ordering::Relaxed);
+        if now.0 != before.0 {
+            bits &= !CallbackCursors::READ;
+        }
+        if (now.1, now.2) != (before.1, before.2) {
+            bits &= !CallbackCursors::WRITE;
+        }
+        pending.store(bits, Ordering::Relaxed);
+        self.publish(store, shared);
     }
 
     /// After a call: stores into the ring headers the cursors the call

@@ -492,8 +492,13 @@ fn call_back(
         shared.callback_call(false);
         called
     };
-    if let (Ok(_), Some(cursors)) = (&called, cursors) {
-        cursors.publish(&**store, shared);
+    if let Some(cursors) = cursors {
+        match &called {
+            Ok(_) => cursors.publish(&**store, shared),
+            // What the messages before the failing one read and answered
+            // still reaches the host (see `publish_after_trap`).
+            Err(_) => cursors.publish_after_trap(&**store, shared, before),
+        }
     }
     match called {
         // After the goodbye, the call that leaves nothing
@@ -530,7 +535,7 @@ fn call_back(
 
 /// Where the guest's reading of its inbox and writing of its outbox
 /// stand: a callback that moved neither did nothing.
-fn ring_positions(shared: &SandboxShared) -> Option<(u32, u32, u32)> {
+pub(super) fn ring_positions(shared: &SandboxShared) -> Option<(u32, u32, u32)> {
     let segment = shared.segment_file().segment();
     let h2g = segment.h2g_ring(shared.guest_index())?.cursors();
     let g2h = segment.g2h_ring(shared.guest_index())?.cursors();

@@ -269,22 +269,20 @@ impl HostReceiver {
         mut each: impl FnMut(HostMessage<'_>),
     ) -> Result<usize, SandboxError> {
         each(self.recv()?);
-        self.rx.set_lazy_release(true);
+        let batch = LazyBatch(self);
+        batch.0.rx.set_lazy_release(true);
         let mut got = 1;
-        let drained = loop {
-            match self.rx.try_recv() {
+        loop {
+            match batch.0.rx.try_recv() {
                 Ok(Some(inner)) => {
                     each(HostMessage { inner });
                     got += 1;
                 }
                 Ok(None) => break Ok(got),
-                Err(e) => break Err(protocol(&self.shared, e)),
+                Err(e) => break Err(protocol(&batch.0.shared, e)),
             }
-        };
-        // Publishes the batch's room at once.
-        self.rx.set_lazy_release(false);
-        room_freed(&self.shared);
-        drained
+        }
+        // Dropping `batch` publishes its room at once.
     }
 
     /// A registration for [`Self::poll_recv`], kept by the caller across
@@ -393,5 +391,17 @@ impl HostReceiver {
             }),
             Err(e) => Err(protocol(shared, e)),
         }
+    }
+}
+
+/// A batch being received ([`HostReceiver::recv_batch`]) with lazy
+/// releases: dropped, also by a panic of `each`, it gives the batch's
+/// room back at once and makes releases immediate again.
+struct LazyBatch<'r>(&'r mut HostReceiver);
+
+impl Drop for LazyBatch<'_> {
+    fn drop(&mut self) {
+        self.0.rx.set_lazy_release(false);
+        room_freed(&self.0.shared);
     }
 }

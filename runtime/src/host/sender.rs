@@ -13,7 +13,7 @@ use shmrt_primitives::channel::{HeldSlot, Reservation, Sender};
 
 use super::reserved::ReservedSlot;
 use super::wait::{AsyncWaiter, block_on_guest, earliest, notify, poll_guest, protocol};
-use crate::error::SandboxError;
+use crate::error::{BatchError, SandboxError};
 use crate::exec::guest_driver::GuestDriver;
 use crate::segment::doorbell_futex;
 use crate::state::interrupts::deadline_after;
@@ -561,40 +561,25 @@ impl HostSender {
     /// all that fit, not once each. A callback guest then answers them
     /// all in one call. When the ring fills, what is written is published
     /// and the rest waits for room as a send does. Returns how many were
-    /// sent; on an error, those before it were sent (and published).
+    /// sent. On an error, [`BatchError::sent`] says how many went out
+    /// before it (they are published: go on from there); `Closed` once
+    /// the guest has ended, as a send. What was written is published
+    /// even when the batch's iterator panics.
     pub fn send_batch<'p>(
         &mut self,
         batch: impl IntoIterator<Item = &'p [u8]>,
-    ) -> Result<usize, SandboxError> {
+    ) -> Result<usize, BatchError> {
+        let mut out = BatchOut {
+            sender: self,
+            unpublished: false,
+        };
         let mut sent = 0;
-        let mut unpublished = false;
-        let result = (|| {
-            self.tx.set_deferred(true);
-            for payload in batch {
-                match self.tx.send(payload) {
-                    Ok(()) => unpublished = true,
-                    Err(SendError::Full | SendError::Exhausted) => {
-                        // Out of room: what is written goes out, and this
-                        // one waits as a send does (running a guest on
-                        // this thread, which reads what was published).
-                        self.tx.set_deferred(false);
-                        if std::mem::take(&mut unpublished) {
-                            self.notify();
-                        }
-                        self.send(payload)?;
-                        self.tx.set_deferred(true);
-                    }
-                    Err(e) => return Err(send_error(&self.shared, e)),
-                }
-                sent += 1;
-            }
-            Ok(())
-        })();
-        self.tx.set_deferred(false);
-        if unpublished {
-            self.notify();
+        for payload in batch {
+            out.send(payload)
+                .map_err(|error| BatchError { sent, error })?;
+            sent += 1;
         }
-        result.map(|()| sent)
+        Ok(sent)
     }
 
     /// Wakes the guest if it is parked (after a batch).
@@ -633,4 +618,54 @@ pub enum SendReadError {
     /// The reader failed; nothing was sent.
     #[error("reading the message: {0}")]
     Read(io::Error),
+}
+
+/// A batch being sent ([`HostSender::send_batch`]): its commits are
+/// deferred, and published (the guest told) when the ring fills and when
+/// this is dropped, also by a panic of the batch's iterator: a sender
+/// left deferring would commit every later send unseen.
+struct BatchOut<'s> {
+    sender: &'s mut HostSender,
+    /// Commits not yet published.
+    unpublished: bool,
+}
+
+impl BatchOut<'_> {
+    fn send(&mut self, payload: &[u8]) -> Result<(), SandboxError> {
+        let s = &mut *self.sender;
+        if s.shared.guest_done() || s.shared.stop_requested() {
+            return Err(SandboxError::Closed {
+                sandbox: s.shared.name().to_owned(),
+            });
+        }
+        s.tx.set_deferred(true);
+        match s.tx.send(payload) {
+            Ok(()) => {
+                self.unpublished = true;
+                Ok(())
+            }
+            Err(SendError::Full | SendError::Exhausted) => {
+                // Out of room: what is written goes out, and this one
+                // waits as a send does (running a guest on this thread,
+                // which reads what was published).
+                self.publish();
+                self.sender.send(payload)
+            }
+            Err(e) => Err(send_error(&s.shared, e)),
+        }
+    }
+
+    /// Stores the write cursor and tells the guest, if anything is new.
+    fn publish(&mut self) {
+        self.sender.tx.set_deferred(false);
+        if std::mem::take(&mut self.unpublished) {
+            self.sender.notify();
+        }
+    }
+}
+
+impl Drop for BatchOut<'_> {
+    fn drop(&mut self) {
+        self.publish();
+    }
 }
