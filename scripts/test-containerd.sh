@@ -142,7 +142,7 @@ out=$(printf 'hello\nzero copy\n' | run_plugin docker.io/shmrt/upper:test "upper
 echo "ok: upper answered HELLO / ZERO COPY through the container's fifos"
 
 echo
-echo "== 2. a native host in a runc container, the checksum plugin attached from a shmrt container"
+echo "== 2. a native host in another container, the checksum plugin attached from a shmrt container"
 # The directory both containers mount: a tmpfs, as a pod's emptyDir with
 # medium Memory.
 shared="$tmp/shared"
@@ -157,20 +157,24 @@ for lib in $(ldd "$hostfs/attach-host" | grep -o '/[^ ]*'); do
 done
 import_image docker.io/shmrt/checksum:test /checksum.wasm --wasm "$checksum"
 share="type=bind,src=$shared,dst=/shared,options=rbind:rw"
-# (--rootfs: the first argument is the root filesystem's directory.)
-ctr_ run --rm --mount "$share" --rootfs "$hostfs" native-host-$$ /attach-host --wait /shared/segment \
-    >"$tmp/host.out" 2>&1 &
-host=$!
-for _ in $(seq 100); do
-    [ -e "$shared/segment" ] && break
-    sleep 0.1
+# The host in runc, then as a pod of the shmrt runtime class runs it: in
+# the shim's Linux container (an ELF entry point).
+for host_runtime in io.containerd.runc.v2 io.containerd.shmrt.v1; do
+    echo "-- the native host's runtime: $host_runtime"
+    # (--rootfs: the first argument is the root filesystem's directory.)
+    ctr_ run --rm --runtime "$host_runtime" --mount "$share" --rootfs "$hostfs" "native-host-$$-${host_runtime##*.containerd.}" /attach-host --wait /shared/segment \
+        >"$tmp/host.out" 2>&1 &
+    host=$!
+    for _ in $(seq 100); do
+        [ -e "$shared/segment" ] && break
+        sleep 0.1
 done
 [ -e "$shared/segment" ] || { cat "$tmp/host.out"; fail "the native host made no segment in the shared directory"; }
 "$shmrt" inspect "$shared/segment" >"$tmp/inspect.out" 2>&1 || { cat "$tmp/inspect.out"; fail "shmrt inspect of the host's segment"; }
 status=0
 timeout 120 ctr_ run --rm --runtime io.containerd.shmrt.v1 --mount "$share" \
     --env SHMRT_ATTACH=/shared/segment --env SHMRT_PEER=1 \
-    docker.io/shmrt/checksum:test "checksum-$$" </dev/null >"$tmp/plugin.out" 2>&1 || status=$?
+    docker.io/shmrt/checksum:test "checksum-$$-${host_runtime##*.containerd.}" </dev/null >"$tmp/plugin.out" 2>&1 || status=$?
 host_status=0
 wait "$host" || host_status=$?
 cat "$tmp/host.out"
@@ -179,6 +183,8 @@ cat "$tmp/host.out"
 grep -q "checksummed in place by the plugin" "$tmp/host.out" || fail "the host did not verify the plugin's checksums"
 [ ! -e "$shared/segment" ] || fail "the host's segment is still there after both ended"
 echo "ok: 33 payloads of 256 KiB written by the native container, checksummed in place by the plugin, every checksum matched"
+
+done
 
 echo
 echo "== 3. a killed task leaves no segment and no process behind"
