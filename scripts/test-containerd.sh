@@ -210,6 +210,12 @@ kill_test() { # SIGNAL ID [--env ...]
     grep -q PING "$tmp/kill.out" || { cat "$tmp/kill.out"; fail "$id did not answer"; }
     [ -e "$shared/plugin.seg" ] || fail "$id made no segment file"
     kill -0 "$pid" || fail "$id's process $pid is not there"
+    if [ "$signal" = SIGTERM ] && [ -z "${measured:-}" ]; then
+        measured=1
+        local shim_kib
+        shim_kib=$(pgrep -f -- "-id $id( |$)" | grep -vx "$pid" | xargs -r ps -o rss= -p | awk '{s += $1} END {print s}')
+        echo "memory (measured): the plugin's process $(ps -o rss= -p "$pid" | tr -d ' ') KiB resident, its shim's processes $shim_kib KiB ($(basename "$bin") build)"
+    fi
     ctr_ tasks kill -s "$signal" "$id"
     local status=0
     timeout 30 tail --pid="$ctr_pid" -f /dev/null || fail "$id still runs 30 s after $signal"
