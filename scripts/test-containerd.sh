@@ -140,6 +140,16 @@ out=$(printf 'hello\nzero copy\n' | run_plugin docker.io/shmrt/upper:test "upper
     { cat "$tmp/upper.err"; fail "the upper plugin's run failed"; }
 [ "$out" = "$(printf 'HELLO\nZERO COPY')" ] || { cat "$tmp/upper.err"; fail "upper's output: '$out'"; }
 echo "ok: upper answered HELLO / ZERO COPY through the container's fifos"
+# The container's memory limit is the guest's budget, read from the
+# cgroup filesystem that Kubernetes mounts in containers (ctr's default
+# spec has none: mounted here as the CRI does, read-only).
+out=$(echo budget | run_plugin docker.io/shmrt/upper:test "upper-limit-$$" --memory-limit 268435456 \
+    --mount type=cgroup,src=cgroup,dst=/sys/fs/cgroup,options=ro:nosuid:noexec:nodev 2>"$tmp/upper.err") ||
+    { cat "$tmp/upper.err"; fail "the upper plugin's run with a memory limit failed"; }
+[ "$out" = BUDGET ] || fail "upper's output with a memory limit: '$out'"
+grep -q -- 'running shmrt.*max-memory.\{1,8\}268435456' "$tmp/containerd.log" ||
+    fail "the container's memory limit (256 MiB) did not become the plugin's --max-memory"
+echo "ok: the container's memory limit of 256 MiB is the plugin's --max-memory"
 
 echo
 echo "== 2. a native host in another container, the checksum plugin attached from a shmrt container"
