@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test of the workspace. Needs only rustup and cargo.
+# Runs every test of the workspace. Needs rustup and cargo; as root on Debian
+# it installs the rest (Zig, the shim's libseccomp-dev, protobuf-compiler,
+# pkg-config, containerd and runc for its tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +17,19 @@ if ! python3 -m ziglang version >/dev/null 2>&1; then
     python3 -m pip install --user ziglang ||
         python3 -m pip install --user --break-system-packages ziglang ||
         echo "note: could not install Zig; the C and Zig guest tests will say SKIPPED"
+fi
+
+# The containerd shim (shim/, on runwasi's containerd-shim-wasm) links
+# libseccomp (youki's libcontainer) and generates containerd's API bindings
+# with protoc when it builds: Debian's packages, installed as root.
+if ! pkg-config --exists libseccomp 2>/dev/null || ! command -v protoc >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y libseccomp-dev protobuf-compiler pkg-config ||
+            { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y libseccomp-dev protobuf-compiler pkg-config; }
+    else
+        echo "the workspace's build needs libseccomp-dev, protobuf-compiler and pkg-config (the containerd shim): install them, e.g. sudo apt-get install libseccomp-dev protobuf-compiler pkg-config"
+        exit 1
+    fi
 fi
 
 # A test run needs about 4 GiB of disk (2.6 GiB measured from a clean clone
@@ -61,6 +76,10 @@ step "the embedding example"
 target/debug/examples/embed "$(target/debug/shmrt build examples/upper)"
 target/debug/examples/many "$(target/debug/shmrt build examples/echo)" --count 200 --rounds 3
 target/debug/examples/calls-host "$(target/debug/shmrt build examples/text-tools)"
+
+step "containerd: the shim runs plugins under a private containerd (root; installs containerd and runc)"
+# Uses the shim, shmrt and attach-host that `cargo test` built.
+./scripts/test-containerd.sh
 
 step "no_std builds for wasm32"
 cargo build -p shmrt-primitives --target wasm32-unknown-unknown
@@ -125,7 +144,8 @@ step "packaging: the publishable crates package and build from their packages"
 # earlier run with the same version would be taken, stale. So those builds
 # go first (on a fresh machine there are none).
 cargo clean -p shmrt-primitives -p shmrt -p shmrt-guest
-cargo package --workspace --exclude shmrt-cli --exclude shmrt-capi --exclude shmrt-python --locked
+cargo package --workspace --exclude shmrt-cli --exclude shmrt-capi --exclude shmrt-python \
+    --exclude containerd-shim-shmrt --locked
 
 step "rustdoc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps

@@ -9,6 +9,11 @@
 //! cargo build --release --locked -p shmrt-cli -p shmrt --bin shmrt --examples
 //! target/release/examples/attach-host target/release/shmrt $(target/release/shmrt build examples/checksum)
 //! ```
+//!
+//! With `--wait SEGMENT` it starts no plugin: it creates the segment at
+//! SEGMENT and waits for one that someone else starts attached to it as
+//! peer 1, e.g. in another container of the same pod sharing the directory
+//! (scripts/test-containerd.sh, docs/run-on-kubernetes.md).
 
 use std::process::Command;
 use std::time::Instant;
@@ -21,21 +26,34 @@ use shmrt::primitives::checksum::checksum64;
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let (Some(shmrt), Some(plugin)) = (args.next(), args.next()) else {
-        bail!("usage: attach-host SHMRT_BINARY PLUGIN.wasm");
+    let usage = "usage: attach-host SHMRT_BINARY PLUGIN.wasm, or attach-host --wait SEGMENT";
+    let (Some(first), Some(second)) = (args.next(), args.next()) else {
+        bail!("{usage}");
     };
-    let path = std::env::temp_dir().join(format!("shmrt-attach-host-{}.seg", std::process::id()));
+    let path = if first == "--wait" {
+        std::path::PathBuf::from(&second)
+    } else {
+        std::env::temp_dir().join(format!("shmrt-attach-host-{}.seg", std::process::id()))
+    };
     let segment = HostSegment::create(&path, &SegmentConfig::single_guest(), false)?;
     let (mut tx, mut rx) = segment.reserve(1, SpinBudget::default())?;
     println!("segment {} reserved for peer 1", path.display());
 
-    let mut child = Command::new(&shmrt)
-        .args(["run", "--attach"])
-        .arg(&path)
-        .args(["--peer", "1"])
-        .arg(&plugin)
-        .spawn()
-        .with_context(|| format!("starting {shmrt}"))?;
+    let mut child = if first == "--wait" {
+        println!("waiting for a plugin attached to it as peer 1");
+        None
+    } else {
+        let (shmrt, plugin) = (first, second);
+        Some(
+            Command::new(&shmrt)
+                .args(["run", "--attach"])
+                .arg(&path)
+                .args(["--peer", "1"])
+                .arg(&plugin)
+                .spawn()
+                .with_context(|| format!("starting {shmrt}"))?,
+        )
+    };
 
     const N: usize = 32;
     const LEN: usize = 256 * 1024;
@@ -65,15 +83,18 @@ fn main() -> anyhow::Result<()> {
     }
     let elapsed = start.elapsed();
     segment.goodbye();
-    let status = child.wait()?;
+    let status = child.as_mut().map(|c| c.wait()).transpose()?;
     println!(
         "plugin started, attached and answered the first payload in {startup:.1?}; then \
          {N} payloads of {} KiB, each written and checksummed by this process and \
-         checksummed in place by the plugin, in {elapsed:.1?} ({:.0} MiB/s); plugin {status}",
+         checksummed in place by the plugin, in {elapsed:.1?} ({:.0} MiB/s){}",
         LEN / 1024,
-        (N * LEN) as f64 / elapsed.as_secs_f64() / (1 << 20) as f64
+        (N * LEN) as f64 / elapsed.as_secs_f64() / (1 << 20) as f64,
+        status.map_or(String::new(), |s| format!("; plugin {s}"))
     );
-    if !status.success() {
+    if let Some(status) = status
+        && !status.success()
+    {
         bail!("the plugin process failed: {status}");
     }
     Ok(())

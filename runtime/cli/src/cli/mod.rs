@@ -69,13 +69,23 @@ pub fn init_tracing(cli: &Cli) {
         (false, 2) => "warn,shmrt=debug",
         _ => "warn,shmrt=trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default))
+    };
     use std::io::IsTerminal;
     let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal() && !no_color)
-        .init();
+    let ansi = std::io::stderr().is_terminal() && !no_color;
+    let subscriber = || {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter())
+            .with_writer(std::io::stderr)
+            .with_ansi(ansi)
+    };
+    // `log` records (wasmtime's, cranelift's) go through tracing too,
+    // unless the process set a `log` logger before (the containerd shim
+    // runs the CLI in its container's process): then tracing alone.
+    if subscriber().try_init().is_err() {
+        let _ = tracing::subscriber::set_global_default(subscriber().finish());
+    }
 }

@@ -129,6 +129,10 @@ pub struct RunCommand {
     /// plugin run again starts without compiling.
     #[arg(long)]
     pub(super) no_cache: bool,
+    /// Keep compiled modules in DIR (its `modules/` directory) instead of
+    /// the user's cache directory; it must be this user's own.
+    #[arg(long, value_name = "DIR", conflicts_with = "no_cache")]
+    pub(super) cache_dir: Option<PathBuf>,
     /// Arguments for the guest (WASI guests), after `--`.
     #[arg(last = true)]
     pub(super) args: Vec<String>,
@@ -267,7 +271,9 @@ impl RunCommand {
             module_cache: if self.no_cache {
                 None
             } else {
-                RuntimeConfig::default_module_cache()
+                self.cache_dir
+                    .clone()
+                    .or_else(RuntimeConfig::default_module_cache)
             },
         })?)
     }
