@@ -11,7 +11,7 @@ mod common;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Duration;
 
-use common::guest;
+use common::{guest, within};
 use shmrt::{Execution, Runtime, SandboxError, SandboxOptions};
 
 fn options(name: &str, execution: Execution) -> SandboxOptions {
@@ -21,16 +21,6 @@ fn options(name: &str, execution: Execution) -> SandboxOptions {
         timeout: Some(Duration::from_secs(60)),
         ..SandboxOptions::default()
     }
-}
-
-/// Runs `f` on a thread of its own; `None` if it has not returned within
-/// `limit` (the thread is left behind: the test fails anyway).
-fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(limit).ok()
 }
 
 /// What comes back from `rx` within 5 s each, up to `count` messages.

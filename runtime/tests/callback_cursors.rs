@@ -10,7 +10,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::guest;
+use common::{guest, within};
 use shmrt::{Execution, Runtime, SandboxError, SandboxOptions};
 use shmrt_primitives::callback_cursors::CallbackCursors;
 
@@ -21,16 +21,6 @@ fn callback(name: &str) -> SandboxOptions {
         timeout: Some(Duration::from_secs(60)),
         ..SandboxOptions::default()
     }
-}
-
-/// Runs `f` on a thread of its own; `None` if it has not returned within
-/// `limit` (the thread is left behind: the test fails anyway).
-fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(limit).ok()
 }
 
 /// The message numbered `i`: its number, then bytes derived from it, of a

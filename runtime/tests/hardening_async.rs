@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::guest;
+use common::{guest, within};
 use shmrt::{Execution, GuestStdout, Runtime, SandboxError, SandboxOptions};
 
 const MODES: [Execution; 3] = [Execution::Thread, Execution::Fiber, Execution::Callback];
@@ -22,16 +22,6 @@ fn options(name: &str, execution: Execution) -> SandboxOptions {
         timeout: Some(Duration::from_secs(60)),
         ..SandboxOptions::default()
     }
-}
-
-/// Runs `f` on a thread of its own; `None` if it has not returned within
-/// `limit` (the thread is left behind: the test fails anyway).
-fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(limit).ok()
 }
 
 fn current_thread() -> tokio::runtime::Runtime {

@@ -84,6 +84,20 @@ pub fn guest(dir: &str) -> PathBuf {
     path
 }
 
+/// Runs `f` on a thread of its own; `None` if it has not returned within
+/// `limit` (the thread is left behind: the test fails anyway), so that a
+/// hang fails a test instead of holding the run.
+pub fn within<T: Send + 'static>(
+    limit: std::time::Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit).ok()
+}
+
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
