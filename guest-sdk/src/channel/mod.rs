@@ -439,8 +439,18 @@ fn reply_frame_in_place(
             }
             Err(inner) => {
                 let len = inner.len();
-                // Inline, and the reply is no longer: inline too.
-                outbox.send_cut(len, true, |out| {
+                // Inline, and the reply is no longer: inline too. Each
+                // path gets a closure of its own, used once, so that the
+                // ring's (every answer's) inlines into the send.
+                if outbox.pack.on {
+                    return outbox.send_cut(len, true, |out| {
+                        // SAFETY: as below.
+                        copy(out, unsafe { inner.as_bytes() });
+                        drop(inner);
+                        transform(out)
+                    });
+                }
+                outbox.send_cut_ring(len, true, |out| {
                     // SAFETY: the host is trusted and writes a message's
                     // bytes only before sending it (see `as_bytes`); the
                     // slice is gone once copied, before `inner` is dropped.
