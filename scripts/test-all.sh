@@ -144,6 +144,15 @@ step "packaging: the publishable crates package and build from their packages"
 # earlier run with the same version would be taken, stale. So those builds
 # go first (on a fresh machine there are none).
 cargo clean -p shmrt-primitives -p shmrt -p shmrt-guest
+# Cargo also unpacks each package of its temporary registry under
+# $CARGO_HOME/registry/src/<hash of the registry's path>/ and never unpacks
+# again over a directory it finished: a CARGO_HOME kept from an earlier run
+# in the same checkout path would hand the verification stale sources (CI
+# failed so: a module added since was "not found"). No crate of ours is on
+# crates.io, so every such directory came from a packaging run: remove them.
+for crate in shmrt-primitives shmrt shmrt-guest; do
+    rm -rf "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/"$crate"-[0-9]*
+done
 cargo package --workspace --exclude shmrt-cli --exclude shmrt-capi --exclude shmrt-python \
     --exclude containerd-shim-shmrt --locked
 
