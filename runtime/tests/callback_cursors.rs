@@ -237,3 +237,44 @@ fn garbage_cursors_left_by_a_call_that_traps_end_in_errors() {
         "join: {joined:?}"
     );
 }
+
+/// `Sandbox::ends` hands out both ends at once, so they can run on two
+/// scoped threads at once: the receiver's thread parks while it drives a
+/// guest on the host's thread with nothing queued, and each send on the
+/// other thread must wake it (the wakes of ends that take turns on one
+/// thread skip that; a lost one costs a nap of 50 ms, 100 s here).
+#[test]
+fn ends_borrowed_together_wake_each_other_across_scoped_threads() {
+    const ROUND_TRIPS: u32 = 2_000;
+    for execution in [Execution::Callback, Execution::Fiber] {
+        let echo = std::fs::read(guest("examples/echo")).unwrap();
+        let done = within(Duration::from_secs(60), move || {
+            let runtime = Runtime::new().unwrap();
+            let mut options = callback("ends-together");
+            options.execution = execution;
+            let mut sandbox = runtime.spawn(&echo, options).unwrap();
+            let (tx, rx) = sandbox.ends();
+            let (replied, reply) = std::sync::mpsc::channel::<Vec<u8>>();
+            std::thread::scope(|s| {
+                s.spawn(move || {
+                    for _ in 0..ROUND_TRIPS {
+                        let m = rx.recv().expect("a reply");
+                        replied.send(m.to_vec()).unwrap();
+                    }
+                });
+                for i in 0..ROUND_TRIPS {
+                    let m = message(i);
+                    tx.send(&m).unwrap();
+                    assert_eq!(reply.recv().unwrap(), m, "round trip {i}");
+                }
+            });
+            sandbox.sender().goodbye();
+            sandbox.join()
+        });
+        assert_eq!(
+            done.map(|r| r.map_err(|e| e.to_string())),
+            Some(Ok(0)),
+            "{execution:?}: {ROUND_TRIPS} round trips on two threads"
+        );
+    }
+}
