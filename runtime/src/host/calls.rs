@@ -416,7 +416,6 @@ impl Sandbox {
     /// handle that stops and joins it.
     pub fn into_caller(self) -> (Caller, crate::exec::handle::SandboxHandle) {
         let sandbox = self.handle.shared.name().to_owned();
-        self.handle.shared.set_ends_apart();
         let caller = Caller(Arc::new(CallerShared {
             identity: identity(&self.handle.shared),
             sandbox,

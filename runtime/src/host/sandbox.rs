@@ -61,21 +61,13 @@ impl Sandbox {
     /// from the receiver with the sender
     /// ([`HostMessage::reply_in_place`](crate::HostMessage::reply_in_place))
     /// while keeping the sandbox whole (for [`Self::call`]).
-    ///
-    /// Two ends borrowed at once may be used on two threads at once (a
-    /// scoped thread each), so from the first call on, the host's wakes of
-    /// a guest on its thread fence as those of a split sandbox do (about
-    /// 30 ns a round trip; [`Self::sender`] and [`Self::receiver`] keep
-    /// the unfenced path).
     pub fn ends(&mut self) -> (&mut HostSender, &mut HostReceiver) {
-        self.handle.shared.set_ends_apart();
         (&mut self.sender, &mut self.receiver)
     }
 
     /// Splits into ends that can move to other threads, and the handle
     /// that joins the guest.
     pub fn split(self) -> (HostSender, HostReceiver, SandboxHandle) {
-        self.handle.shared.set_ends_apart();
         (self.sender, self.receiver, self.handle)
     }
 

@@ -371,18 +371,6 @@ pub(super) fn notify(shared: &SandboxShared, bell: &shmrt_primitives::Doorbell) 
 /// parked on `bell`. One fence for all (the eventcount's and the wake
 /// slots').
 fn wake_who_runs_the_guest(shared: &SandboxShared, bell: &shmrt_primitives::Doorbell) {
-    if !shared.ends_apart() {
-        // The two ends take turns on one thread (or through a lock): a
-        // waiter registered before this call did so earlier in the same
-        // order, and sees what the caller published at its next look; no
-        // thread parks on `bell` (only the other end of a split sandbox
-        // does), and no turn runs while this one does (`host_moved` is
-        // for that). Two fences a round trip saved (see
-        // `SandboxShared::ends_apart`).
-        shared.fiber_wake().wake_fenced();
-        shared.host_task().wake_fenced();
-        return;
-    }
     shared.host_moved();
     std::sync::atomic::fence(Ordering::SeqCst);
     shared.fiber_wake().wake_fenced();

@@ -118,8 +118,6 @@ pub(crate) struct SandboxShared {
     host_task: WakeSlot,
     /// See [`Self::host_moved`].
     host_moves: AtomicU64,
-    /// See [`Self::ends_apart`].
-    ends_apart: AtomicBool,
 }
 
 impl SandboxShared {
@@ -168,7 +166,6 @@ impl SandboxShared {
             fiber_wake: WakeSlot::default(),
             host_task: WakeSlot::default(),
             host_moves: AtomicU64::new(0),
-            ends_apart: AtomicBool::new(false),
         }
     }
 
@@ -458,23 +455,6 @@ impl SandboxShared {
     /// guest can not move, compared by an async task around its turn.
     pub(crate) fn host_moved(&self) {
         self.host_moves.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Whether the host's two ends may run on two threads at once (a
-    /// split sandbox, a [`crate::Caller`], ends borrowed together). While
-    /// they can not, every wait of a host end and every wake of one are
-    /// ordered by the caller's own program order (one thread, or threads
-    /// taking turns through a lock), and a guest on the host's thread
-    /// waits on nothing but them: the wakes of [`crate::host`] skip their
-    /// fences. Set before the ends can move, so Relaxed (moving a value
-    /// to another thread orders it).
-    pub(crate) fn ends_apart(&self) -> bool {
-        self.ends_apart.load(Ordering::Relaxed)
-    }
-
-    /// See [`Self::ends_apart`]: from now on, for good.
-    pub(crate) fn set_ends_apart(&self) {
-        self.ends_apart.store(true, Ordering::Relaxed);
     }
 
     /// See [`Self::host_moved`]. SeqCst: read after the task's
