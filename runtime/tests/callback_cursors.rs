@@ -11,7 +11,7 @@ mod common;
 use std::time::Duration;
 
 use common::{guest, within};
-use shmrt::{Execution, Runtime, SandboxError, SandboxOptions};
+use shmrt::{Execution, Runtime, Sandbox, SandboxError, SandboxOptions};
 use shmrt_primitives::callback_cursors::CallbackCursors;
 
 fn callback(name: &str) -> SandboxOptions {
@@ -284,4 +284,55 @@ fn ends_borrowed_together_wake_each_other_across_scoped_threads() {
             "{execution:?}: {ROUND_TRIPS} round trips on two threads"
         );
     }
+}
+
+/// Ends swapped between two sandboxes (`std::mem::swap` on their
+/// `sender()`s) leave each sandbox with an end on each of two threads,
+/// though neither was split: thread X holds sandbox `a` (the receiver of
+/// guest A, the sender to guest B), thread Y sandbox `b`. Each message
+/// goes X -> B -> Y -> A -> X, so each thread parks while it drives its
+/// guest and must be woken by the other's send. An end used away from its
+/// sandbox marks the two ends apart (a wake-up lost would cost a nap of
+/// 50 ms a message, 100 s here).
+#[test]
+fn ends_swapped_between_sandboxes_wake_each_other_across_threads() {
+    const ROUND_TRIPS: u32 = 1_000;
+    let echo = std::fs::read(guest("examples/echo")).unwrap();
+    let done = within(Duration::from_secs(60), move || {
+        let runtime = Runtime::new().unwrap();
+        let mut a = runtime.spawn(&echo, callback("swapped-a")).unwrap();
+        let mut b = runtime.spawn(&echo, callback("swapped-b")).unwrap();
+        std::mem::swap(a.sender(), b.sender());
+        let y = std::thread::spawn(move || -> Result<Sandbox, String> {
+            for i in 0..ROUND_TRIPS {
+                // From guest B, passed on to guest A.
+                let m = b.receiver().recv().map_err(|e| e.to_string())?.to_vec();
+                if m != message(i) {
+                    return Err(format!("message {i} from B is wrong"));
+                }
+                b.sender().send(&m).map_err(|e| e.to_string())?;
+            }
+            Ok(b)
+        });
+        for i in 0..ROUND_TRIPS {
+            // To guest B; back from guest A.
+            a.sender().send(&message(i)).map_err(|e| e.to_string())?;
+            let m = a.receiver().recv().map_err(|e| e.to_string())?.to_vec();
+            if m != message(i) {
+                return Err(format!("message {i} from A is wrong"));
+            }
+        }
+        let mut b = y.join().map_err(|_| "thread Y panicked".to_string())??;
+        a.sender().goodbye();
+        b.sender().goodbye();
+        Ok((
+            a.join().map_err(|e| e.to_string())?,
+            b.join().map_err(|e| e.to_string())?,
+        ))
+    });
+    assert_eq!(
+        done,
+        Some(Ok((0, 0))),
+        "{ROUND_TRIPS} messages around two sandboxes with swapped senders"
+    );
 }

@@ -256,6 +256,13 @@ impl GuestDriver {
                 // while this one ran the guest (a callback that leaves its
                 // cursors to the host does not ring it itself).
                 if ring_positions(&self.shared) != before {
+                    std::sync::atomic::compiler_fence(Ordering::SeqCst);
+                    if !self.shared.ends_apart() {
+                        // One thread holds both ends: nothing to fence
+                        // against (see `wake_who_runs_the_guest`).
+                        self.shared.host_task().wake_fenced();
+                        return turn;
+                    }
                     self.shared.host_task().wake();
                     let bell = &self.shared.peer().g2h_doorbell;
                     if bell.has_waiters() {

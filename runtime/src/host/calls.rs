@@ -416,11 +416,12 @@ impl Sandbox {
     /// handle that stops and joins it.
     pub fn into_caller(self) -> (Caller, crate::exec::handle::SandboxHandle) {
         let sandbox = self.handle.shared.name().to_owned();
+        self.handle.shared.set_ends_apart();
         let caller = Caller(Arc::new(CallerShared {
             identity: identity(&self.handle.shared),
             sandbox,
-            sender: Mutex::new(self.sender),
-            receiver: Mutex::new(self.receiver),
+            sender: Mutex::new(*self.sender),
+            receiver: Mutex::new(*self.receiver),
             next_id: AtomicU64::new(self.next_call_id),
             book: Mutex::new(Book::default()),
             changed: Condvar::new(),

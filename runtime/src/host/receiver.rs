@@ -41,6 +41,9 @@ pub struct HostReceiver {
     spin: u32,
     /// Runs a guest on the host's thread, when it is one.
     driver: Option<Arc<Mutex<GuestDriver>>>,
+    /// Where this end lives in its [`crate::Sandbox`] (boxed there), 0
+    /// outside one: see [`Self::check_home`].
+    home: usize,
 }
 
 /// A message from the guest, in place in the segment. Dropping it releases
@@ -160,11 +163,27 @@ impl HostReceiver {
             shared,
             spin,
             driver,
+            home: 0,
+        }
+    }
+
+    /// Records where this end lives, boxed in its sandbox.
+    pub(crate) fn settle_home(&mut self) {
+        self.home = std::ptr::from_ref(self) as usize;
+    }
+
+    /// Called first by everything that receives, waits or wakes: as
+    /// `HostSender::check_home`, for this end.
+    #[inline(always)]
+    fn check_home(&self) {
+        if self.home != std::ptr::from_ref(self) as usize && !self.shared.ends_apart() {
+            self.shared.mark_ends_apart_now();
         }
     }
 
     /// The next message if one is there.
     pub fn try_recv(&mut self) -> Result<Option<HostMessage<'_>>, SandboxError> {
+        self.check_home();
         let shared = &*self.shared;
         match self.rx.try_recv() {
             Ok(Some(inner)) => Ok(Some(HostMessage { inner })),
@@ -179,6 +198,7 @@ impl HostReceiver {
     /// Whether nothing is queued now. Finding the ring drained, tells a
     /// guest parked for room (once per drained ring, not per message).
     pub fn is_empty(&mut self) -> Result<bool, SandboxError> {
+        self.check_home();
         let empty = self.rx.is_empty().map_err(|e| protocol(&self.shared, e))?;
         if empty {
             room_freed(&self.shared);
@@ -193,6 +213,7 @@ impl HostReceiver {
         &mut self,
         timeout: Option<Duration>,
     ) -> Result<Option<HostMessage<'_>>, SandboxError> {
+        self.check_home();
         let deadline = timeout.and_then(deadline_after);
         if self.is_empty()? {
             let Self {
@@ -200,6 +221,7 @@ impl HostReceiver {
                 shared,
                 spin,
                 driver,
+                ..
             } = &mut *self;
             let driver = driver.as_deref();
             let spin = *spin;
@@ -226,6 +248,7 @@ impl HostReceiver {
     /// task when it rings or ends. `Err(Closed)` once the guest has ended
     /// and everything it sent has been read.
     pub async fn recv_async(&mut self) -> Result<HostMessage<'_>, SandboxError> {
+        self.check_home();
         let has_message = {
             let Self {
                 rx, shared, driver, ..
@@ -268,6 +291,7 @@ impl HostReceiver {
         &mut self,
         mut each: impl FnMut(HostMessage<'_>),
     ) -> Result<usize, SandboxError> {
+        self.check_home();
         each(self.recv()?);
         let batch = LazyBatch(self);
         batch.0.rx.set_lazy_release(true);
@@ -288,6 +312,7 @@ impl HostReceiver {
     /// A registration for [`Self::poll_recv`], kept by the caller across
     /// polls.
     pub fn recv_wait(&self) -> RecvWait {
+        self.check_home();
         RecvWait {
             waiter: AsyncWaiter::new(Arc::clone(&self.shared)),
         }
@@ -316,6 +341,7 @@ impl HostReceiver {
         wait: &mut RecvWait,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<HostMessage<'_>, SandboxError>> {
+        self.check_home();
         use std::task::Poll;
         let Self {
             rx, shared, driver, ..
@@ -357,6 +383,7 @@ impl HostReceiver {
     /// Waits as long as it takes; `Err(Closed)` once the guest has ended
     /// and everything it sent has been read.
     pub fn recv(&mut self) -> Result<HostMessage<'_>, SandboxError> {
+        self.check_home();
         while self.is_empty()? {
             if self.shared.guest_done() {
                 // Everything committed before the end is visible now.
@@ -372,6 +399,7 @@ impl HostReceiver {
                 shared,
                 spin,
                 driver,
+                ..
             } = &mut *self;
             let driver = driver.as_deref();
             let spin = *spin;

@@ -127,6 +127,9 @@ pub struct HostSender {
     spin: u32,
     /// Runs a guest on the host's thread, when it is one.
     driver: Option<Arc<Mutex<GuestDriver>>>,
+    /// Where this end lives in its [`crate::Sandbox`] (boxed there), 0
+    /// outside one: see [`Self::check_home`].
+    home: usize,
 }
 
 impl std::fmt::Debug for HostSender {
@@ -159,6 +162,24 @@ impl HostSender {
             shared,
             spin,
             driver,
+            home: 0,
+        }
+    }
+
+    /// Records where this end lives, boxed in its sandbox.
+    pub(crate) fn settle_home(&mut self) {
+        self.home = std::ptr::from_ref(self) as usize;
+    }
+
+    /// Called first by everything that sends, waits or wakes. An end away
+    /// from its box (moved out of the sandbox with `std::mem::swap` on
+    /// [`crate::Sandbox::sender`]) may run on another thread than the
+    /// other end, which skips its fences while the ends are not marked
+    /// apart: mark them, once (see `SandboxShared::ends_apart`).
+    #[inline(always)]
+    fn check_home(&self) {
+        if self.home != std::ptr::from_ref(self) as usize && !self.shared.ends_apart() {
+            self.shared.mark_ends_apart_now();
         }
     }
 
@@ -170,6 +191,7 @@ impl HostSender {
     /// Sends `payload` if there is room now; `Ok(false)` when the ring or
     /// the pool is full.
     pub fn try_send(&mut self, payload: &[u8]) -> Result<bool, SandboxError> {
+        self.check_home();
         let sent = self.try_send_no_notify(payload)?;
         if sent {
             self.notify();
@@ -237,12 +259,14 @@ impl HostSender {
         timeout: Option<Duration>,
         stall: &mut SlotStall,
     ) -> Result<(), SandboxError> {
+        self.check_home();
         let deadline = timeout.and_then(deadline_after);
         let Self {
             tx,
             shared,
             spin,
             driver,
+            ..
         } = self;
         let driver = driver.as_deref();
         let spin = *spin;
@@ -295,11 +319,13 @@ impl HostSender {
         mut slot: HeldSlot,
         len: u32,
     ) -> Result<(), SandboxError> {
+        self.check_home();
         let Self {
             tx,
             shared,
             spin,
             driver,
+            ..
         } = self;
         let driver = driver.as_deref();
         let spin = *spin;
@@ -347,12 +373,14 @@ impl HostSender {
         len: usize,
         timeout: Option<Duration>,
     ) -> Result<ReservedSlot, SandboxError> {
+        self.check_home();
         let deadline = timeout.and_then(deadline_after);
         let Self {
             tx,
             shared,
             spin,
             driver,
+            ..
         } = self;
         let driver = driver.as_deref();
         let spin = *spin;
@@ -425,11 +453,13 @@ impl HostSender {
         max: usize,
         read: impl FnOnce(SharedBytesMut<'_>) -> io::Result<usize>,
     ) -> Result<ReadSend, SendReadError> {
+        self.check_home();
         let Self {
             tx,
             shared,
             spin,
             driver,
+            ..
         } = self;
         let driver = driver.as_deref();
         let spin = *spin;
@@ -479,6 +509,7 @@ impl HostSender {
     /// (fiber, callback) runs inside the poll, in bounded batches, when
     /// there is no room; a thread guest wakes the task when it rings.
     pub async fn send_async(&mut self, payload: &[u8]) -> Result<(), SandboxError> {
+        self.check_home();
         let len = payload.len();
         let Self {
             tx, shared, driver, ..
@@ -548,6 +579,7 @@ impl HostSender {
     /// guest: for batches, followed by [`Self::notify`].
     #[inline]
     pub fn try_send_no_notify(&mut self, payload: &[u8]) -> Result<bool, SandboxError> {
+        self.check_home();
         match self.tx.send(payload) {
             Ok(()) => Ok(true),
             Err(SendError::Full | SendError::Exhausted) => Ok(false),
@@ -569,6 +601,7 @@ impl HostSender {
         &mut self,
         batch: impl IntoIterator<Item = &'p [u8]>,
     ) -> Result<usize, BatchError> {
+        self.check_home();
         let mut out = BatchOut {
             sender: self,
             unpublished: false,
@@ -584,11 +617,13 @@ impl HostSender {
 
     /// Wakes the guest if it is parked (after a batch).
     pub fn notify(&self) {
+        self.check_home();
         notify(&self.shared, &self.shared.peer().h2g_doorbell);
     }
 
     /// Raises host goodbye: the guest drains what is queued and returns.
     pub fn goodbye(&mut self) {
+        self.check_home();
         let index = self.shared.guest_index();
         doorbell_futex::say_goodbye(self.shared.segment_file().segment(), index..index + 1);
         // A guest on the host's thread runs once more (it may end).

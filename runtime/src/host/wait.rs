@@ -371,6 +371,20 @@ pub(super) fn notify(shared: &SandboxShared, bell: &shmrt_primitives::Doorbell) 
 /// parked on `bell`. One fence for all (the eventcount's and the wake
 /// slots').
 fn wake_who_runs_the_guest(shared: &SandboxShared, bell: &shmrt_primitives::Doorbell) {
+    // What the caller published stays before the flag's load (the
+    // frequent side of `asymmetric_fence`).
+    std::sync::atomic::compiler_fence(Ordering::SeqCst);
+    if !shared.ends_apart() {
+        // The ends take turns on one thread (or through a lock): a waiter
+        // registered before this call did so earlier in that order and
+        // sees what the caller published at its next look; no other
+        // thread parks on `bell` (only the other end of a split sandbox
+        // does) and no turn runs meanwhile (`host_moved` is for that).
+        // Two fences a round trip fewer (see `SandboxShared::ends_apart`).
+        shared.fiber_wake().wake_fenced();
+        shared.host_task().wake_fenced();
+        return;
+    }
     shared.host_moved();
     std::sync::atomic::fence(Ordering::SeqCst);
     shared.fiber_wake().wake_fenced();

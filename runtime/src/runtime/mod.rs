@@ -247,12 +247,11 @@ impl Runtime {
         // ends start from (its H2G write, its G2H read): zero, not read
         // (each page read at a spawn is a fault).
         let (tx, rx) = segment.fresh_host_channel(shared.guest_index());
-        Ok(Sandbox {
-            sender: HostSender::new(tx, shared.clone(), driver.clone()),
-            receiver: HostReceiver::new(rx, shared, driver),
+        Ok(Sandbox::new(
+            HostSender::new(tx, shared.clone(), driver.clone()),
+            HostReceiver::new(rx, shared, driver),
             handle,
-            next_call_id: 1,
-        })
+        ))
     }
 
     /// Runs `wasm` as a guest of a segment file another program made (the

@@ -6,8 +6,10 @@
 //! code runs on (`guest_stack.rs`), what it writes for people to read
 //! (`guest_output.rs`), and the runtime-wide clocks its waits use: the
 //! epoch ticker (`epoch_ticker.rs`) and the wake timer of async hosts
-//! (`wake_timer.rs`).
+//! (`wake_timer.rs`), and the process's asymmetric fence
+//! (`asymmetric_fence.rs`).
 
+pub(crate) mod asymmetric_fence;
 pub(crate) mod contract;
 pub(crate) mod epoch_ticker;
 pub(crate) mod escape;

@@ -118,6 +118,8 @@ pub(crate) struct SandboxShared {
     host_task: WakeSlot,
     /// See [`Self::host_moved`].
     host_moves: AtomicU64,
+    /// See [`Self::ends_apart`].
+    ends_apart: AtomicBool,
 }
 
 impl SandboxShared {
@@ -166,6 +168,7 @@ impl SandboxShared {
             fiber_wake: WakeSlot::default(),
             host_task: WakeSlot::default(),
             host_moves: AtomicU64::new(0),
+            ends_apart: AtomicBool::new(!super::asymmetric_fence::available()),
         }
     }
 
@@ -455,6 +458,39 @@ impl SandboxShared {
     /// guest can not move, compared by an async task around its turn.
     pub(crate) fn host_moved(&self) {
         self.host_moves.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether the host's two ends may run on two threads at once. Until
+    /// they may, every wait of a host end and every wake of one are
+    /// ordered by the caller's own order (one thread, or threads taking
+    /// turns through a lock), and a guest on the host's thread waits on
+    /// nothing but them: the wakes after a send or a receive skip their
+    /// fence (`host::wait`). Set for good by `Sandbox::split`,
+    /// `into_caller` and `ends`, before their ends can move (Relaxed:
+    /// moving a value to another thread orders it), and by the first use
+    /// of an end found away from its sandbox ([`Self::mark_ends_apart_now`]).
+    /// Set from the start when the process has no asymmetric fence.
+    ///
+    /// A waker that skips its fence must fence the compiler between what
+    /// it published and this load (see `asymmetric_fence`).
+    pub(crate) fn ends_apart(&self) -> bool {
+        self.ends_apart.load(Ordering::Relaxed)
+    }
+
+    /// See [`Self::ends_apart`]: for ends that can not run yet.
+    pub(crate) fn set_ends_apart(&self) {
+        self.ends_apart.store(true, Ordering::Relaxed);
+    }
+
+    /// See [`Self::ends_apart`]: an end runs away from its sandbox (moved
+    /// out with `std::mem::swap`), maybe while the other end runs on its
+    /// thread without fences. Its store, then a barrier on every thread:
+    /// the other end's next wake either sees the flag and fences, or
+    /// published before the barrier, so that this end's next look sees it.
+    #[cold]
+    pub(crate) fn mark_ends_apart_now(&self) {
+        self.ends_apart.store(true, Ordering::SeqCst);
+        super::asymmetric_fence::heavy();
     }
 
     /// See [`Self::host_moved`]. SeqCst: read after the task's

@@ -1,0 +1,36 @@
+//! An asymmetric fence: one side of a Dekker pair that runs often keeps
+//! only a compiler fence, and the side that runs rarely pays for both with
+//! `membarrier(2)`, which makes every running thread of the process
+//! execute a full memory barrier before it returns (a thread not running
+//! passes one in the scheduler). So when the rare side stores, calls
+//! [`heavy`], then loads, and the frequent side stores, fences the
+//! compiler, then loads, one of the two loads sees the other side's
+//! store, as with a SeqCst fence on each side.
+//!
+//! Used for the wakes of a sandbox whose two host ends take turns on one
+//! thread (`SandboxShared::ends_apart`): the frequent side is every send
+//! and receive, the rare side the first use of an end found away from its
+//! sandbox.
+
+use std::sync::OnceLock;
+
+use rustix::thread::{MembarrierCommand, membarrier};
+
+/// Whether this process can use [`heavy`]: the private expedited command
+/// registered (Linux 4.14; a seccomp filter may refuse it, and then every
+/// sandbox keeps its fences).
+pub(crate) fn available() -> bool {
+    static REGISTERED: OnceLock<bool> = OnceLock::new();
+    *REGISTERED.get_or_init(|| membarrier(MembarrierCommand::RegisterPrivateExpedited).is_ok())
+}
+
+/// The rare side's barrier: a full memory barrier on every thread of the
+/// process that runs now. Only called once [`available`] said yes; should
+/// the kernel refuse it after all, the global command (slower, and needing
+/// no registration) does the same.
+pub(crate) fn heavy() {
+    if membarrier(MembarrierCommand::PrivateExpedited).is_err() {
+        membarrier(MembarrierCommand::Global)
+            .expect("membarrier: registered for the process, refused now");
+    }
+}
