@@ -9,7 +9,7 @@ use shmrt_primitives::channel::{Message, Receiver};
 use shmrt_primitives::{SharedBytes, SharedBytesMut};
 
 use super::sender::HostSender;
-use super::wait::{AsyncWaiter, block_on_guest, poll_guest, protocol, room_freed};
+use super::wait::{AsyncWaiter, Home, block_on_guest, poll_guest, protocol, room_freed};
 use crate::error::SandboxError;
 use crate::exec::guest_driver::GuestDriver;
 use crate::state::interrupts::deadline_after;
@@ -41,9 +41,8 @@ pub struct HostReceiver {
     spin: u32,
     /// Runs a guest on the host's thread, when it is one.
     driver: Option<Arc<Mutex<GuestDriver>>>,
-    /// Where this end lives in its [`crate::Sandbox`] (boxed there), 0
-    /// outside one: see [`Self::check_home`].
-    home: usize,
+    /// Where this end lives in its [`crate::Sandbox`].
+    pub(super) home: Home,
 }
 
 /// A message from the guest, in place in the segment. Dropping it releases
@@ -163,22 +162,15 @@ impl HostReceiver {
             shared,
             spin,
             driver,
-            home: 0,
+            home: Home::default(),
         }
     }
 
-    /// Records where this end lives, boxed in its sandbox.
-    pub(crate) fn settle_home(&mut self) {
-        self.home = std::ptr::from_ref(self) as usize;
-    }
-
-    /// Called first by everything that receives, waits or wakes: as
-    /// `HostSender::check_home`, for this end.
+    /// Called first by everything that receives, waits or wakes (see
+    /// [`Home`]).
     #[inline(always)]
     fn check_home(&self) {
-        if self.home != std::ptr::from_ref(self) as usize && !self.shared.ends_apart() {
-            self.shared.mark_ends_apart_now();
-        }
+        self.home.check(self, &self.shared);
     }
 
     /// The next message if one is there.

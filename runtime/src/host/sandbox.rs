@@ -5,6 +5,7 @@ use shmrt_primitives::Segment;
 
 use super::receiver::HostReceiver;
 use super::sender::HostSender;
+use super::wait::Home;
 use crate::error::SandboxError;
 use crate::exec::handle::SandboxHandle;
 use crate::state::options::Execution;
@@ -27,8 +28,8 @@ impl Sandbox {
     pub(crate) fn new(sender: HostSender, receiver: HostReceiver, handle: SandboxHandle) -> Self {
         let mut sender = Box::new(sender);
         let mut receiver = Box::new(receiver);
-        sender.settle_home();
-        receiver.settle_home();
+        sender.home = Home::of(&*sender);
+        receiver.home = Home::of(&*receiver);
         Sandbox {
             sender,
             receiver,

@@ -12,7 +12,7 @@ use shmrt_primitives::SharedBytesMut;
 use shmrt_primitives::channel::{HeldSlot, Reservation, Sender};
 
 use super::reserved::ReservedSlot;
-use super::wait::{AsyncWaiter, block_on_guest, earliest, notify, poll_guest, protocol};
+use super::wait::{AsyncWaiter, Home, block_on_guest, earliest, notify, poll_guest, protocol};
 use crate::error::{BatchError, SandboxError};
 use crate::exec::guest_driver::GuestDriver;
 use crate::segment::doorbell_futex;
@@ -127,9 +127,8 @@ pub struct HostSender {
     spin: u32,
     /// Runs a guest on the host's thread, when it is one.
     driver: Option<Arc<Mutex<GuestDriver>>>,
-    /// Where this end lives in its [`crate::Sandbox`] (boxed there), 0
-    /// outside one: see [`Self::check_home`].
-    home: usize,
+    /// Where this end lives in its [`crate::Sandbox`].
+    pub(super) home: Home,
 }
 
 impl std::fmt::Debug for HostSender {
@@ -162,25 +161,15 @@ impl HostSender {
             shared,
             spin,
             driver,
-            home: 0,
+            home: Home::default(),
         }
     }
 
-    /// Records where this end lives, boxed in its sandbox.
-    pub(crate) fn settle_home(&mut self) {
-        self.home = std::ptr::from_ref(self) as usize;
-    }
-
-    /// Called first by everything that sends, waits or wakes. An end away
-    /// from its box (moved out of the sandbox with `std::mem::swap` on
-    /// [`crate::Sandbox::sender`]) may run on another thread than the
-    /// other end, which skips its fences while the ends are not marked
-    /// apart: mark them, once (see `SandboxShared::ends_apart`).
+    /// Called first by everything that sends, waits or wakes (see
+    /// [`Home`]).
     #[inline(always)]
     fn check_home(&self) {
-        if self.home != std::ptr::from_ref(self) as usize && !self.shared.ends_apart() {
-            self.shared.mark_ends_apart_now();
-        }
+        self.home.check(self, &self.shared);
     }
 
     /// Largest payload that fits a slot.

@@ -18,6 +18,31 @@ use crate::state::options::Execution;
 use crate::state::shared::SandboxShared;
 use crate::state::wake_timer::Side;
 
+/// Where a host end lives: the address of its box in its
+/// [`crate::Sandbox`], 0 outside one. An end that sends, receives, waits
+/// or wakes away from it (moved out with `std::mem::swap` on
+/// `Sandbox::sender`) may run on another thread than the other end, which
+/// skips its fences while the ends are not marked apart: [`Self::check`]
+/// marks them, once (see `SandboxShared::ends_apart`).
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Home(usize);
+
+impl Home {
+    /// The home of `end`, where it is now.
+    pub(super) fn of<T>(end: &T) -> Self {
+        Home(std::ptr::from_ref(end) as usize)
+    }
+
+    /// Called first by every operation of `end` that sends, receives,
+    /// waits or wakes.
+    #[inline(always)]
+    pub(super) fn check<T>(self, end: &T, shared: &SandboxShared) {
+        if self.0 != std::ptr::from_ref(end) as usize && !shared.ends_apart() {
+            shared.mark_ends_apart_now();
+        }
+    }
+}
+
 /// The error of a protocol violation, which stops this sandbox only; the
 /// first one is why.
 pub(super) fn protocol(shared: &SandboxShared, error: ProtocolError) -> SandboxError {

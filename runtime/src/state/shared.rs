@@ -168,7 +168,12 @@ impl SandboxShared {
             fiber_wake: WakeSlot::default(),
             host_task: WakeSlot::default(),
             host_moves: AtomicU64::new(0),
-            ends_apart: AtomicBool::new(!super::asymmetric_fence::available()),
+            // A thread guest's wakes always fence (the guest waits too):
+            // its ends start apart, and never pay for the barrier.
+            ends_apart: AtomicBool::new(
+                matches!(execution, Execution::Thread | Execution::Auto)
+                    || !super::asymmetric_fence::available(),
+            ),
         }
     }
 
@@ -469,7 +474,8 @@ impl SandboxShared {
     /// `into_caller` and `ends`, before their ends can move (Relaxed:
     /// moving a value to another thread orders it), and by the first use
     /// of an end found away from its sandbox ([`Self::mark_ends_apart_now`]).
-    /// Set from the start when the process has no asymmetric fence.
+    /// Set from the start for a thread guest, and when the process has no
+    /// asymmetric fence.
     ///
     /// A waker that skips its fence must fence the compiler between what
     /// it published and this load (see `asymmetric_fence`).
@@ -479,7 +485,9 @@ impl SandboxShared {
 
     /// See [`Self::ends_apart`]: for ends that can not run yet.
     pub(crate) fn set_ends_apart(&self) {
-        self.ends_apart.store(true, Ordering::Relaxed);
+        if !self.ends_apart() {
+            self.ends_apart.store(true, Ordering::Relaxed);
+        }
     }
 
     /// See [`Self::ends_apart`]: an end runs away from its sandbox (moved
