@@ -1,4 +1,5 @@
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -233,9 +234,42 @@ def test_ctrl_c_interrupts_a_blocking_recv(plugins, tmp_path):
             """
         )
     )
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    # faulthandler: a child that does not end says where it is (SIGABRT
+    # below dumps every thread's Python stack to stderr).
+    proc = subprocess.Popen(
+        [sys.executable, "-X", "faulthandler", str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout.readline().strip() == "ready"
     proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=30)
-    assert "interrupted" in out
-    assert proc.returncode == 0
+    try:
+        out, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        threads = threads_of(proc.pid)
+        proc.send_signal(signal.SIGABRT)
+        out, err = proc.communicate(timeout=30)
+        pytest.fail(
+            f"Ctrl-C did not end a blocking recv within 30 s.\nthreads (name, state, "
+            f"kernel wait, syscall):\n{threads}\nstdout: {out!r}\nstderr:\n{err}"
+        )
+    assert "interrupted" in out, err
+    assert proc.returncode == 0, err
+
+
+def threads_of(pid: int) -> str:
+    """Each thread of `pid`: its name, state, kernel wait channel and
+    syscall, from /proc (what a hang is waiting on)."""
+    lines = []
+    for task in sorted(pathlib.Path(f"/proc/{pid}/task").iterdir()):
+        def read(name: str) -> str:
+            try:
+                return (task / name).read_text().strip()
+            except OSError as e:
+                return f"({e.strerror})"
+        state = read("stat").rsplit(")", 1)[-1].split()[:1]
+        lines.append(
+            f"  {task.name} {read('comm')} {' '.join(state)} {read('wchan')} {read('syscall')}"
+        )
+    return "\n".join(lines)
