@@ -221,7 +221,11 @@ def test_ctrl_c_interrupts_a_blocking_recv(plugins, tmp_path):
     script.write_text(
         textwrap.dedent(
             f"""
-            import sys, shmrt
+            import signal, sys, shmrt
+            # Python raises KeyboardInterrupt only if SIGINT was not
+            # ignored when it started; a runner started in the background
+            # (nohup, `cmd &` in a script) passes it on ignored.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
             sb = shmrt.Runtime().prepare({build_guest("echo")!r}).spawn(execution="thread")
             try:
                 # Inside the try: a signal that comes before recv starts
