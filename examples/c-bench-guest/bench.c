@@ -37,30 +37,17 @@ INLINE uint64_t lanes(v128_t v) {
     return (uint64_t)wasm_i64x2_extract_lane(v, 0) + (uint64_t)wasm_i64x2_extract_lane(v, 1);
 }
 
-/* The 16 bytes at `offset` into a block, given `base`, `lead` bytes
- * before the block: a plain load (lead 0), or (`realigned`, lead 4) two
- * aligned loads re-joined, for words 4 bytes past 16-byte boundaries. */
-INLINE v128_t load(const uint8_t *base, size_t offset, int realigned) {
-    if (!realigned) {
-        return wasm_v128_load(base + offset);
-    }
-    const v128_t *at = (const v128_t *)(base + offset);
-    v128_t lo = wasm_v128_load(at);
-    v128_t hi = wasm_v128_load(at + 1);
-    return wasm_i8x16_shuffle(lo, hi, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19);
-}
-
 /* The sum of the PER_CHAIN vectors from vector `first` of a block. The
  * sum is also written to chain_sink: a value with a second use stays one
  * of its own (the accumulator is not folded into the chain, which would
  * make the whole chain wait for the previous block), and the store is a
  * side effect here, so Cranelift computes the chain here, a few registers
  * at a time. */
-INLINE v128_t chain(const uint8_t *base, size_t first, int realigned) {
-    v128_t sum = load(base, 16 * first, realigned);
+INLINE v128_t chain(const uint8_t *base, size_t first) {
+    v128_t sum = wasm_v128_load(base + 16 * first);
 #pragma clang loop unroll(full)
     for (size_t i = first + 1; i < first + PER_CHAIN; i++) {
-        sum = wasm_i64x2_add(sum, load(base, 16 * i, realigned));
+        sum = wasm_i64x2_add(sum, wasm_v128_load(base + 16 * i));
     }
     *(volatile v128_t *)&chain_sink = sum;
     return sum;
@@ -84,67 +71,51 @@ static uint64_t sum_tail(const uint8_t *bytes, size_t len) {
     return total;
 }
 
-/* Sums the words of whole blocks of bytes[skip..] that end `slack` bytes
- * or more before the end; *from and *to: the range it covers. */
-INLINE uint64_t sum_blocks(const uint8_t *bytes, size_t len, size_t skip, size_t lead,
-                           size_t slack, int realigned, size_t *from, size_t *to) {
-    size_t blocks = len > skip + slack ? (len - skip - slack) / BLOCK : 0;
+/* Sums the words of the whole blocks of bytes[skip..]; *from and *to:
+ * the range it covers. */
+INLINE uint64_t sum_blocks(const uint8_t *bytes, size_t len, size_t skip, size_t *from,
+                           size_t *to) {
+    size_t blocks = len > skip ? (len - skip) / BLOCK : 0;
     if (blocks == 0) {
         *from = *to = 0;
         return 0;
     }
     v128_t acc = wasm_i64x2_splat(0);
     for (size_t b = 0; b < blocks; b++) {
-        const uint8_t *base = bytes + skip - lead + b * BLOCK;
+        const uint8_t *base = bytes + skip + b * BLOCK;
         /* Opaque (the Rust guest's black_box), so that the loop optimizer
          * does not rewrite the loads' addresses into running pointers:
          * from a plain base, the offsets fold into the wasm loads. */
         __asm__ volatile("" : "+r"(base));
         /* Written out, not looped: a loop would get its own epoch check. */
-        acc = wasm_i64x2_add(acc, chain(base, 0 * PER_CHAIN, realigned));
-        acc = wasm_i64x2_add(acc, chain(base, 1 * PER_CHAIN, realigned));
-        acc = wasm_i64x2_add(acc, chain(base, 2 * PER_CHAIN, realigned));
-        acc = wasm_i64x2_add(acc, chain(base, 3 * PER_CHAIN, realigned));
-        acc = wasm_i64x2_add(acc, chain(base, 4 * PER_CHAIN, realigned));
-        acc = wasm_i64x2_add(acc, chain(base, 5 * PER_CHAIN, realigned));
-        acc = wasm_i64x2_add(acc, chain(base, 6 * PER_CHAIN, realigned));
-        acc = wasm_i64x2_add(acc, chain(base, 7 * PER_CHAIN, realigned));
+        acc = wasm_i64x2_add(acc, chain(base, 0 * PER_CHAIN));
+        acc = wasm_i64x2_add(acc, chain(base, 1 * PER_CHAIN));
+        acc = wasm_i64x2_add(acc, chain(base, 2 * PER_CHAIN));
+        acc = wasm_i64x2_add(acc, chain(base, 3 * PER_CHAIN));
+        acc = wasm_i64x2_add(acc, chain(base, 4 * PER_CHAIN));
+        acc = wasm_i64x2_add(acc, chain(base, 5 * PER_CHAIN));
+        acc = wasm_i64x2_add(acc, chain(base, 6 * PER_CHAIN));
+        acc = wasm_i64x2_add(acc, chain(base, 7 * PER_CHAIN));
     }
     *from = skip;
     *to = skip + blocks * BLOCK;
     return lanes(acc);
 }
 
-/* Words 4 bytes past 8-byte boundaries; `skip` (a multiple of 8) brings
- * the first block's words 4 bytes past a 16-byte boundary. */
-NOINLINE uint64_t sum64_realigned(const uint8_t *bytes, size_t len, size_t skip) {
-    size_t from, to;
-    uint64_t sum = sum_blocks(bytes, len, skip, 4, 16, 1, &from, &to);
-    return sum + sum_tail(bytes, from) + sum_tail(bytes + to, len - to);
-}
-
 /* Words anywhere, loaded from `skip` bytes in (a multiple of 8). */
-NOINLINE uint64_t sum64_plain(const uint8_t *bytes, size_t len, size_t skip) {
+NOINLINE uint64_t sum64_from(const uint8_t *bytes, size_t len, size_t skip) {
     size_t from, to;
-    uint64_t sum = sum_blocks(bytes, len, skip, 0, 0, 0, &from, &to);
+    uint64_t sum = sum_blocks(bytes, len, skip, &from, &to);
     return sum + sum_tail(bytes, from) + sum_tail(bytes + to, len - to);
 }
 
 /* The sum of the u64 LE words of `bytes` (shmrt_primitives'
- * checksum::sum64). A slot payload follows its 4-byte length prefix, so
- * its words sit 4 bytes past 8-byte boundaries: such bytes are read as
- * aligned vectors and re-joined. */
+ * checksum::sum64), as the Rust guest reads them: words on 8-byte
+ * boundaries from the next 16-byte boundary, others as they come (a slot
+ * payload follows its 4-byte length prefix, so a quarter of its loads
+ * cross a cache line, which costs less than re-joining aligned loads). */
 static uint64_t sum64(const uint8_t *bytes, size_t len) {
-    switch ((uintptr_t)bytes % 16) {
-    case 4:
-        return sum64_realigned(bytes, len, 16);
-    case 12:
-        return sum64_realigned(bytes, len, 8);
-    case 8:
-        return sum64_plain(bytes, len, 8);
-    default:
-        return sum64_plain(bytes, len, 0);
-    }
+    return sum64_from(bytes, len, (uintptr_t)bytes % 16 == 8 ? 8 : 0);
 }
 
 /* What the first message picked: -1 not yet, 0 echo, 1 checksum. */

@@ -170,6 +170,42 @@ fn zig_checksum_sums_slot_payloads_in_place_in_every_execution_mode() {
     }
 }
 
+/// The C bench guest's `checksum` mode (the `c_guest_*` workloads of
+/// `shmrt bench`) reads payloads in place with SIMD loads, unaligned ones
+/// when a slot payload starts 4 bytes past a boundary; its sums must equal
+/// the word sum at every length, inline or in a slot, as the Rust bench
+/// guest's do.
+#[test]
+fn c_bench_guest_checksum_matches_sum64_at_every_alignment_and_length() {
+    if !zig() {
+        return;
+    }
+    let wasm = built("examples/c-bench-guest");
+    let lengths = [
+        0, 1, 7, 8, 9, 15, 16, 17, 31, 63, 64, 65, 200, 511, 512, 527, 528, 529, 543, 544, 1023,
+        1024, 1025, 1040, 1041, 2049, 4095, 4096, 4097, 5000, 65535, 65536, 70001, 300_017,
+    ];
+    let mut records = vec![b"checksum".to_vec()];
+    records.extend(
+        lengths
+            .iter()
+            .enumerate()
+            .map(|(i, &len)| bytes(i as u64 + 1, len)),
+    );
+    let out = run(&["--framing", "len32"], &wasm, &len32(&records));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let sums = parse_len32(&out.stdout);
+    assert_eq!(sums.len(), lengths.len(), "one answer per payload");
+    for (record, sum) in records[1..].iter().zip(&sums) {
+        assert_eq!(
+            sum.as_slice(),
+            sum64(record).to_le_bytes(),
+            "checksum of {} bytes",
+            record.len()
+        );
+    }
+}
+
 #[test]
 fn zig_checksum_answers_lines_and_len32_records() {
     if !zig() {

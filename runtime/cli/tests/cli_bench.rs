@@ -114,8 +114,9 @@ fn bench_quick_json_reports_every_workload_and_ratio() {
 }
 
 /// The bench guest's `checksum` mode reads payloads in place with SIMD
-/// loads, realigned when a slot payload starts 4 bytes past a boundary;
-/// its sums must equal `sum64` at every length, inline or in a slot.
+/// loads, unaligned ones when a slot payload starts 4 bytes past a
+/// boundary; its sums must equal `sum64` at every length, inline or in a
+/// slot.
 #[test]
 fn bench_guest_checksum_matches_sum64_at_every_alignment_and_length() {
     let plugin = common::guest("examples/bench-guest");

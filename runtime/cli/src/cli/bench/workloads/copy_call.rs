@@ -128,9 +128,9 @@ mod tests {
     }
 
     /// The bench guest's checksum, called the way the copy-call baseline
-    /// calls it, at every offset from a 16-byte boundary: each offset takes
-    /// its own path (realigned, from the next boundary, plain), and each
-    /// must give `sum64`.
+    /// calls it, at every offset from a 16-byte boundary: words on 8-byte
+    /// boundaries are read from the next 16-byte boundary, others as they
+    /// come, and each must give `sum64`.
     #[test]
     fn bench_guest_checksum_export_matches_sum64_at_every_offset() {
         let mut baseline = CopyCallGuest::new(crate::cli::bench::BENCH_GUEST).unwrap();
