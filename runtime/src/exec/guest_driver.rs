@@ -24,7 +24,7 @@ use super::guest_end::{self, exit_status, report_dropped, unread_messages};
 use super::guest_thread::Entry;
 use crate::error::SandboxError;
 use crate::segment::doorbell_futex;
-use crate::state::epoch_ticker::TickerState;
+use crate::state::epoch_ticker::{InWasm, TickerState};
 use crate::state::options::Execution;
 use crate::state::shared::SandboxShared;
 use crate::state::store::SandboxState;
@@ -115,8 +115,9 @@ pub(crate) struct GuestDriver {
     /// The thread `waker` wakes, when it wakes a thread.
     waker_thread: Option<std::thread::ThreadId>,
     /// Told while the guest runs wasm (the epoch must tick for its
-    /// deadline and its yields).
+    /// deadline and its yields), by `in_wasm` when it has one.
     ticker: Arc<TickerState>,
+    in_wasm: Option<Arc<InWasm>>,
     timeout: Option<Duration>,
     /// The guest's deadline (set before the instantiation).
     deadline: Option<Instant>,
@@ -145,6 +146,8 @@ impl GuestDriver {
         shared: Arc<SandboxShared>,
     ) -> Self {
         let ticker = store.data().ticker.clone();
+        let in_wasm = ticker.flag();
+        store.data_mut().in_wasm = in_wasm.clone();
         let run = async move {
             let result = async {
                 if let Some(init) = initialize {
@@ -158,29 +161,36 @@ impl GuestDriver {
             .await;
             (result, store.data_mut().log_rate.take_dropped())
         };
-        Self::new(Driven::Fiber(Box::pin(run)), ticker, timeout, shared)
+        Self::new(
+            Driven::Fiber(Box::pin(run)),
+            (ticker, in_wasm),
+            timeout,
+            shared,
+        )
     }
 
     /// A callback guest, instantiated and initialized.
     pub fn callback(
-        store: Store<SandboxState>,
+        mut store: Store<SandboxState>,
         (handler, cursors): (TypedFunc<(), i32>, Option<CursorRecord>),
         timeout: Option<Duration>,
         shared: Arc<SandboxShared>,
     ) -> Self {
         let ticker = store.data().ticker.clone();
+        let in_wasm = ticker.flag();
+        store.data_mut().in_wasm = in_wasm.clone();
         let guest = Driven::Callback {
             store: Box::new(store),
             handler,
             cursors,
             calls_after_goodbye: 0,
         };
-        Self::new(guest, ticker, timeout, shared)
+        Self::new(guest, (ticker, in_wasm), timeout, shared)
     }
 
     fn new(
         guest: Driven,
-        ticker: Arc<TickerState>,
+        (ticker, in_wasm): (Arc<TickerState>, Option<Arc<InWasm>>),
         timeout: Option<Duration>,
         shared: Arc<SandboxShared>,
     ) -> Self {
@@ -194,6 +204,7 @@ impl GuestDriver {
             }),
             waker_thread: Some(std::thread::current().id()),
             ticker,
+            in_wasm,
             timeout,
             deadline,
             status: None,
@@ -248,14 +259,14 @@ impl GuestDriver {
     }
 
     fn turn_once(&mut self) -> Turn {
-        let before = ring_positions(&self.shared);
-        match self.step() {
+        let mut moved = false;
+        match self.step(&mut moved) {
             Step::Turn(turn) => {
                 // The other host end may wait for what the guest did: a
                 // task, or a thread parked on the guest-to-host doorbell
                 // while this one ran the guest (a callback that leaves its
                 // cursors to the host does not ring it itself).
-                if ring_positions(&self.shared) != before {
+                if moved {
                     std::sync::atomic::compiler_fence(Ordering::SeqCst);
                     if !self.shared.ends_apart() {
                         // One thread holds both ends: nothing to fence
@@ -279,16 +290,20 @@ impl GuestDriver {
     }
 
     /// One turn; how it ended (the caller ends the guest if it did).
-    fn step(&mut self) -> Step {
+    /// `moved`: whether the guest moved its cursors (read from its inbox
+    /// or wrote to its outbox) in the turn; only a turn that runs it can.
+    fn step(&mut self, moved: &mut bool) -> Step {
         let GuestDriver {
             shared,
             guest,
             waker,
             ticker,
+            in_wasm,
             timeout,
             deadline,
             ..
         } = self;
+        let ticker = (&**ticker, in_wasm.as_deref());
         let shared: &SandboxShared = shared;
         if matches!(guest, Driven::Ended) {
             return Step::Turn(Turn::Ended);
@@ -313,13 +328,15 @@ impl GuestDriver {
             }
             Driven::Fiber(run) => {
                 waker.woken.store(false, Ordering::Relaxed);
-                shared.resumed_at(ticker.ticks());
+                shared.resumed_at(ticker.0.ticks());
                 let task = Waker::from(waker.clone());
                 let mut cx = Context::from_waker(&task);
+                let before = ring_positions(shared);
                 let polled = {
-                    let _running = ticker.running_here();
+                    let _running = ticker.0.running_flagged(ticker.1);
                     run.as_mut().poll(&mut cx)
                 };
+                *moved = ring_positions(shared) != before;
                 match polled {
                     Poll::Ready((result, dropped)) => {
                         Step::End(guest_end::status(result, dropped, shared, *timeout))
@@ -342,6 +359,7 @@ impl GuestDriver {
                 *timeout,
                 (store, handler, calls_after_goodbye),
                 cursors.as_ref(),
+                moved,
             ),
         }
     }
@@ -455,7 +473,7 @@ pub(crate) fn off_async_runtime<R: Send>(
 /// queued for it (or after the host's goodbye), and what it came to.
 fn call_back(
     shared: &SandboxShared,
-    ticker: &TickerState,
+    ticker: (&TickerState, Option<&InWasm>),
     timeout: Option<Duration>,
     (store, handler, calls_after_goodbye): (
         &mut Box<Store<SandboxState>>,
@@ -463,6 +481,7 @@ fn call_back(
         &mut u32,
     ),
     cursors: Option<&CursorRecord>,
+    moved: &mut bool,
 ) -> Step {
     if shared.stop_requested() {
         return Step::End(Err(SandboxError::Stopped {
@@ -491,7 +510,7 @@ fn call_back(
     }
     let before = ring_positions(shared);
     let called = {
-        let _running = ticker.running_here();
+        let _running = ticker.0.running_flagged(ticker.1);
         shared.callback_call(true);
         let called = off_async_runtime(shared, store.data().wasi.is_some(), || {
             handler.call(&mut **store, ())
@@ -507,6 +526,8 @@ fn call_back(
             Err(_) => cursors.publish_after_trap(&**store, shared, before),
         }
     }
+    // Once a call: the cursors the host published for it included.
+    *moved = ring_positions(shared) != before;
     match called {
         // After the goodbye, the call that leaves nothing
         // queued is the last.
@@ -520,7 +541,7 @@ fn call_back(
         // after the goodbye it can do no more, and ends with
         // what it left counted (the one rule of `join`, `recv`
         // and `recv_async`).
-        Ok(0) if ring_positions(shared) == before => {
+        Ok(0) if !*moved => {
             if !goodbye {
                 return Step::Turn(Turn::Idle { wake_at: None });
             }

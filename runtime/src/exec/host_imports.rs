@@ -200,8 +200,8 @@ fn wait(mut c: Caller<'_, SandboxState>, timeout_ns: i64) -> wasmtime::Result<Wa
     }
     not_before_placement(&c.data().shared, "wait")?;
     // Waiting in the host: the epoch need not tick for this guest.
-    let ticker = c.data().ticker.clone();
-    let _waiting = ticker.waiting();
+    let (ticker, in_wasm) = (c.data().ticker.clone(), c.data().in_wasm.clone());
+    let _waiting = ticker.waiting(in_wasm.as_deref());
     let state = c.data_mut();
     let shared = state.shared.clone();
     let bell = &shared.peer().h2g_doorbell;

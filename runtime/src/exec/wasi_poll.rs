@@ -402,7 +402,7 @@ fn clock_deadline(state: &SandboxState, id: u32, timeout: u64, absolute: bool) -
 /// thread.
 pub(crate) fn sleep_until(state: &SandboxState, until: Instant) -> wasmtime::Result<()> {
     // Sleeping in the host: the epoch need not tick for this guest.
-    let _waiting = state.ticker.waiting();
+    let _waiting = state.ticker.waiting(state.in_wasm.as_deref());
     loop {
         if let Some(done) = sleep_step(state, until) {
             return done;

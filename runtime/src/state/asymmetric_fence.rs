@@ -7,10 +7,14 @@
 //! compiler, then loads, one of the two loads sees the other side's
 //! store, as with a SeqCst fence on each side.
 //!
-//! Used for the wakes of a sandbox whose two host ends take turns on one
-//! thread (`SandboxShared::ends_apart`): the frequent side is every send
-//! and receive, the rare side the first use of an end found away from its
-//! sandbox.
+//! Used twice:
+//! - for the wakes of a sandbox whose two host ends take turns on one
+//!   thread (`SandboxShared::ends_apart`): the frequent side is every send
+//!   and receive, the rare side the first use of an end found away from
+//!   its sandbox;
+//! - for the epoch ticker (`epoch_ticker`): the frequent side is every turn
+//!   of a guest on the host's thread (it raises its flag, then looks
+//!   whether the ticker sleeps), the rare side the ticker going to sleep.
 
 use std::sync::OnceLock;
 
@@ -32,8 +36,9 @@ pub(crate) fn available() -> bool {
 /// the kernel refuse it after all, the global command (slower, and needing
 /// no registration) does the same. Should that be refused too (a kernel
 /// with `nohz_full` CPUs, after the command worked once), the one wake
-/// that raced the mark may be late: a blocking wait looks again after a
-/// nap of at most 50 ms, an async one at its next wake. It is logged.
+/// that raced may be late: a blocking wait looks again after a nap of at
+/// most 50 ms, an async one at its next wake, and the ticker wakes within
+/// its longest nap (1 s). It is logged.
 pub(crate) fn heavy() {
     if membarrier(MembarrierCommand::PrivateExpedited).is_ok()
         || membarrier(MembarrierCommand::Global).is_ok()
@@ -42,7 +47,7 @@ pub(crate) fn heavy() {
     }
     std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
     tracing::warn!(
-        "membarrier refused after it was registered: one wake-up of a sandbox whose ends \
-         were parted may come late (at most one nap)"
+        "membarrier refused after it was registered: one wake-up (of a sandbox whose ends \
+         were parted, or of the epoch ticker) may come late (at most one nap)"
     );
 }

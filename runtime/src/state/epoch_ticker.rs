@@ -12,13 +12,25 @@
 //! raises `running` then checks `idle` and unparks the ticker. With both
 //! sides `SeqCst`, at least one sees the other, so a guest never runs wasm
 //! with the ticker asleep for more than one unpark.
+//!
+//! A guest on the host's thread (a callback or a fiber) enters and leaves
+//! at every turn: two locked adds a callback round trip, each waiting for
+//! the stores the guest left in flight. So where `membarrier` works
+//! (`asymmetric_fence`), such a guest raises a flag of its own instead
+//! ([`InWasm`], registered with the ticker), with a plain store and only
+//! a compiler fence before its load of `idle`; the ticker, which goes idle
+//! at most once a tick, pays for both with the heavy barrier between its
+//! store of `idle` and its look at the flags. One side still sees the
+//! other (the asymmetric Dekker pair of `asymmetric_fence`).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{JoinHandle, Thread};
 use std::time::Duration;
 
 use wasmtime::Engine;
+
+use super::asymmetric_fence;
 
 /// How often the engine's epoch advances while a guest runs wasm: the
 /// granularity of deadlines and stops for a guest that is running code.
@@ -27,8 +39,13 @@ pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// What the ticker and the guests share.
 #[derive(Debug, Default)]
 pub(crate) struct TickerState {
-    /// Guests running wasm code now.
+    /// Guests running wasm code now, of those that count themselves here
+    /// (thread guests, instantiations; every guest where `membarrier` is
+    /// refused).
     running: AtomicUsize,
+    /// The flags of guests on the host's thread (see [`InWasm`]); a flag
+    /// only this list holds belongs to a guest that is gone.
+    flags: Mutex<Vec<Arc<InWasm>>>,
     /// The ticker is asleep (or about to be) for want of running guests.
     idle: AtomicBool,
     /// Set when the runtime is dropped: the ticker ends once no sandbox
@@ -70,18 +87,77 @@ impl TickerState {
         RunningWasm(self.clone())
     }
 
-    /// [`Self::running`] for a borrowed state (no reference count to take:
-    /// a callback call makes one a time).
-    pub fn running_here(&self) -> RunningHere<'_> {
-        self.enter();
-        RunningHere(self)
+    /// Counts the current thread's guest as waiting in the host until the
+    /// guard drops (then running again): by its flag, when it has one.
+    pub fn waiting<'a>(&'a self, flag: Option<&'a InWasm>) -> WaitingInHost<'a> {
+        match flag {
+            Some(flag) => flag.lower(),
+            None => self.leave(),
+        }
+        WaitingInHost(self, flag)
     }
 
-    /// Counts the current thread's guest as waiting in the host until the
-    /// guard drops (then running again).
-    pub fn waiting(&self) -> WaitingInHost<'_> {
-        self.leave();
-        WaitingInHost(self)
+    /// A flag for a guest on the host's thread, registered with the
+    /// ticker; `None` where `membarrier` is refused (the guest counts
+    /// itself in `running`, with locked adds).
+    pub fn flag(&self) -> Option<Arc<InWasm>> {
+        if !asymmetric_fence::available() {
+            return None;
+        }
+        let flag = Arc::new(InWasm(AtomicBool::new(false)));
+        self.flags
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(flag.clone());
+        Some(flag)
+    }
+
+    /// Counts a guest on the host's thread as running (by its flag, when
+    /// it has one) until the guard drops.
+    pub fn running_flagged<'a>(&'a self, flag: Option<&'a InWasm>) -> RunningFlagged<'a> {
+        match flag {
+            Some(flag) => self.raise(flag),
+            None => self.enter(),
+        }
+        RunningFlagged(self, flag)
+    }
+
+    /// A guest with a flag starts (or resumes) running wasm code.
+    fn raise(&self, flag: &InWasm) {
+        // SYNC POINT "ticker idle", the frequent side: the flag's store,
+        // then (a compiler fence: `membarrier` on the ticker's side stands
+        // in for the rest) the load of `idle` (module docs).
+        flag.0.store(true, Ordering::Relaxed);
+        std::sync::atomic::compiler_fence(Ordering::SeqCst);
+        if self.idle.load(Ordering::Relaxed)
+            && let Some(t) = self.thread.get()
+        {
+            t.unpark();
+        }
+    }
+
+    /// Whether no guest runs wasm now, as far as this look sees (forgets
+    /// the flags of guests that are gone).
+    fn nobody_running(&self) -> bool {
+        if self.running.load(Ordering::SeqCst) != 0 {
+            return false;
+        }
+        let mut flags = self.flags.lock().unwrap_or_else(|e| e.into_inner());
+        flags.retain(|f| Arc::strong_count(f) > 1);
+        !flags.iter().any(|f| f.0.load(Ordering::Relaxed))
+    }
+}
+
+/// Whether one guest on the host's thread (a callback or a fiber, run by
+/// whichever host thread holds its driver) runs wasm code now. Written
+/// only by the thread that runs the guest's turn, read by the ticker.
+#[derive(Debug)]
+pub(crate) struct InWasm(AtomicBool);
+
+impl InWasm {
+    fn lower(&self) {
+        // The ticker seeing it late ticks once more; nothing else.
+        self.0.store(false, Ordering::Relaxed);
     }
 }
 
@@ -95,23 +171,29 @@ impl Drop for RunningWasm {
     }
 }
 
-/// See [`TickerState::running_here`].
+/// See [`TickerState::running_flagged`].
 #[derive(Debug)]
-pub(crate) struct RunningHere<'a>(&'a TickerState);
+pub(crate) struct RunningFlagged<'a>(&'a TickerState, Option<&'a InWasm>);
 
-impl Drop for RunningHere<'_> {
+impl Drop for RunningFlagged<'_> {
     fn drop(&mut self) {
-        self.0.leave();
+        match self.1 {
+            Some(flag) => flag.lower(),
+            None => self.0.leave(),
+        }
     }
 }
 
 /// See [`TickerState::waiting`].
 #[derive(Debug)]
-pub(crate) struct WaitingInHost<'a>(&'a TickerState);
+pub(crate) struct WaitingInHost<'a>(&'a TickerState, Option<&'a InWasm>);
 
 impl Drop for WaitingInHost<'_> {
     fn drop(&mut self) {
-        self.0.enter();
+        match self.1 {
+            Some(flag) => self.0.raise(flag),
+            None => self.0.enter(),
+        }
     }
 }
 
@@ -134,10 +216,17 @@ impl EpochTicker {
                     std::thread::sleep(EPOCH_TICK);
                     engine.increment_epoch();
                     s.ticks.fetch_add(1, Ordering::Relaxed);
-                    if s.running.load(Ordering::SeqCst) == 0 {
-                        // SYNC POINT "ticker idle" (see `enter`).
+                    if s.nobody_running() {
+                        // SYNC POINT "ticker idle" (see `enter` and
+                        // `raise`): the flags' side has only a compiler
+                        // fence, so the heavy barrier stands between this
+                        // store and the second look (none is needed where
+                        // no flag was handed out).
                         s.idle.store(true, Ordering::SeqCst);
-                        if s.running.load(Ordering::SeqCst) == 0 {
+                        if asymmetric_fence::available() {
+                            asymmetric_fence::heavy();
+                        }
+                        if s.nobody_running() {
                             // Woken by a guest that runs again; the timeout
                             // only bounds a wake-up lost to a bug.
                             std::thread::park_timeout(Duration::from_secs(1));

@@ -9,7 +9,7 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use super::contract::ContractState;
-use super::epoch_ticker::TickerState;
+use super::epoch_ticker::{InWasm, TickerState};
 use super::guest_output::{self, LogRate};
 use super::memory_limit::MemoryLimit;
 use super::options::{GuestStdin, SandboxOptions};
@@ -39,6 +39,9 @@ pub(crate) struct SandboxState {
     pub poll_backoff: Duration,
     /// The runtime's epoch ticker, told when this guest waits in the host.
     pub ticker: Arc<TickerState>,
+    /// The flag a guest on the host's thread raises for the ticker while
+    /// it runs wasm (set by its driver), if it has one.
+    pub in_wasm: Option<Arc<InWasm>>,
     /// Host functions, configuration and the pending host-call result.
     pub contract: ContractState,
 }
@@ -75,6 +78,7 @@ impl SandboxState {
             wait_seen_write: None,
             poll_backoff: MIN_POLL_NAP,
             ticker,
+            in_wasm: None,
         })
     }
 }

@@ -51,6 +51,27 @@ impl Cpus {
     }
 }
 
+impl Cpus {
+    /// Pins this thread to the `i`-th CPU this run may use (counting
+    /// round), so that threads started from the pinned bench thread spread
+    /// over every CPU instead of sharing the host's. Pins nothing when the
+    /// run pins nothing.
+    pub(super) fn spread(&self, i: usize) {
+        use rustix::thread::{CpuSet, sched_setaffinity};
+        let Some(all) = &self.before else { return };
+        if self.pinned.is_none() {
+            return;
+        }
+        let usable: Vec<usize> = (0..CpuSet::MAX_CPU).filter(|&c| all.is_set(c)).collect();
+        if let Some(&cpu) = usable.get(i % usable.len().max(1)) {
+            let mut set = CpuSet::new();
+            set.set(cpu);
+            // Failing leaves it on the host CPU: slower, never wrong.
+            let _ = sched_setaffinity(None, &set);
+        }
+    }
+}
+
 impl Drop for Cpus {
     fn drop(&mut self) {
         if let (Some(_), Some(before)) = (&self.pinned, &self.before) {

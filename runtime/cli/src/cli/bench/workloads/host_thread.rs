@@ -9,17 +9,20 @@ use super::copy_call::CopyCallGuest;
 use super::slots::payload;
 use super::{explain, finish, guest_round_trip};
 use crate::cli::bench::BenchPlan;
+use crate::cli::bench::cpus::Cpus;
 use crate::cli::bench::measure::{
     Measured, PerPhase, batches, median, median_ratio, payload_samples,
 };
 
 /// Measures the family: `copy_call_64b` and `rtt_guest_callback` with
-/// their ratio, `rtt_guest_fiber`, then the slot payloads of each size,
-/// callback and fiber.
+/// their ratio, the same round trips on every CPU at once, the batch,
+/// `rtt_guest_fiber`, then the slot payloads of each size, callback and
+/// fiber.
 pub(super) fn record(
     runtime: &Runtime,
     guest: &[u8],
     plan: BenchPlan,
+    cpus: &Cpus,
     measured: &mut Measured,
     step: &mut dyn FnMut(&str),
 ) -> Result<(), SandboxError> {
@@ -29,6 +32,11 @@ pub(super) fn record(
         Some("callback_rtt_vs_copy_call"),
         ("copy_call_64b", copies),
         ("rtt_guest_callback", callback),
+    );
+    step("rtt_guest_callback_parallel");
+    measured.latency(
+        "rtt_guest_callback_parallel",
+        parallel_callback_rtt(runtime, guest, plan, cpus)?,
     );
     step("callback_batch_64b");
     let (batch, copies) = callback_batch_pair(runtime, guest, plan)?;
@@ -139,6 +147,60 @@ fn host_thread_rtt_pair(
     }
     finish(sb)?;
     Ok((in_guest, copies))
+}
+
+/// 64-byte round trips with echoing callback guests, one per host thread
+/// and one thread per CPU (2 to 4, each pinned to its own), all at once: ns per round trip, each
+/// thread's batches. Sandboxes driven by different threads share nothing
+/// but the runtime (its engine and epoch ticker), so each thread's round
+/// trip should cost what one alone costs (`rtt_guest_callback`).
+fn parallel_callback_rtt(
+    runtime: &Runtime,
+    guest: &[u8],
+    plan: BenchPlan,
+    cpus: &Cpus,
+) -> Result<Vec<f64>, SandboxError> {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4));
+    let start = std::sync::Barrier::new(threads);
+    let start = &start;
+    let per_thread: Vec<Result<Vec<f64>, SandboxError>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|i| {
+                scope.spawn(move || {
+                    // A CPU each (they start on the bench's one).
+                    cpus.spread(i);
+                    let sb = spawn_on_host_thread(runtime, guest, Execution::Callback, b"echo")
+                        .and_then(|mut sb| {
+                            drop(sb.receiver().recv()?);
+                            Ok(sb)
+                        });
+                    // Every thread starts timing together, ready or not.
+                    start.wait();
+                    let mut sb = sb?;
+                    let msg = [7u8; 64];
+                    let mut failure = None;
+                    // Every batch of the plan (not a phase's share): long
+                    // enough that the threads overlap for all but the
+                    // start, which a wake-up of each may stagger.
+                    let samples = batches(plan, || guest_round_trip(&mut sb, &msg, &mut failure));
+                    if let Some(e) = failure {
+                        return Err(explain(sb, e));
+                    }
+                    finish(sb)?;
+                    Ok(samples)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    let mut samples = Vec::new();
+    for r in per_thread {
+        samples.extend(r?);
+    }
+    Ok(samples)
 }
 
 /// Requests in one batch of `callback_batch_64b`.

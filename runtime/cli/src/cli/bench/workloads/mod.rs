@@ -46,7 +46,7 @@ pub(super) fn run(
     round_trips::record(&runtime, guest, plan, &cpus, &mut measured, step)?;
     slots::record(&runtime, guest, plan, &cpus, &mut measured, step)?;
     // The guest on the host's thread: no core to cross.
-    host_thread::record(&runtime, guest, plan, &mut measured, step)?;
+    host_thread::record(&runtime, guest, plan, &cpus, &mut measured, step)?;
     // The same, from C through the guest SDK's C ABI, when it can be built.
     let mut not_measured = Vec::new();
     if let Some(why) = c_guest::record(&runtime, guest, plan, &mut measured, step)? {
