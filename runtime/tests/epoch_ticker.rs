@@ -2,9 +2,10 @@
 //! starts running wakes it: a deadline reaches a busy guest on time, in
 //! every mode, however long the process was idle before. A guest on the
 //! host's thread (callback, fiber) tells the ticker with a flag of its own
-//! and only a compiler fence; a wake-up lost there would leave the ticker
-//! asleep for its longest nap (1 s) while the guest loops past its
-//! deadline. Its own test binary: no other test runs guests meanwhile, so
+//! and only a compiler fence, and lowers it while it waits in the host
+//! (a WASI sleep inside a callback); a wake-up lost there, or a flag left
+//! lowered, would leave the ticker asleep for its longest nap (1 s) while
+//! the guest loops past its deadline. Its own test binary: no other test runs guests meanwhile, so
 //! the ticker is surely asleep when each guest starts.
 
 use std::collections::HashSet;
@@ -13,12 +14,32 @@ use std::time::{Duration, Instant};
 
 use shmrt::{Execution, Runtime, SandboxError, SandboxOptions};
 
-/// Loops forever, in its entry point and in its callback.
+/// Loops forever once a message is there: its entry point waits for one
+/// first (a thread guest then waits in the host, so the ticker sleeps
+/// until the loop starts), its callback is called for one.
 const SPIN: &str = r#"(module
+  (import "shmrt" "wait" (func $wait (param i64) (result i32)))
   (memory (export "memory") 1)
-  (func $spin (loop $l (br $l)))
-  (func (export "shmrt_main") (result i32) (call $spin) (i32.const 0))
+  (func $spin (loop $l (drop (i32.atomic.load (i32.const 0))) (br $l)))
+  (func (export "shmrt_main") (result i32)
+    (drop (call $wait (i64.const -1)))
+    (call $spin)
+    (i32.const 0))
   (func (export "shmrt_on_messages") (result i32) (call $spin) (i32.const 0)))"#;
+
+/// A callback that sleeps 50 ms (WASI), then loops forever: it waits in
+/// the host inside the call, and runs wasm again after.
+const SLEEP_THEN_SPIN: &str = r#"(module
+  (import "wasi_snapshot_preview1" "poll_oneoff"
+    (func $poll (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "shmrt_on_messages") (result i32)
+    ;; one relative clock subscription of 50 ms at 0, events at 64
+    (i64.store (i32.const 24) (i64.const 50000000))
+    (i32.store (i32.const 16) (i32.const 1))
+    (drop (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))
+    (loop $l (drop (i32.atomic.load (i32.const 256))) (br $l))
+    (i32.const 0)))"#;
 
 /// How long the process idles before each guest starts (the ticker looks
 /// every 10 ms, and sleeps at its first look with no guest running).
@@ -36,14 +57,20 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 fn a_guest_started_while_the_ticker_sleeps_still_times_out_on_time() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let runtime = Runtime::new().unwrap();
+    let guests = [
+        (Execution::Callback, SPIN),
+        (Execution::Callback, SLEEP_THEN_SPIN),
+        (Execution::Fiber, SPIN),
+        (Execution::Thread, SPIN),
+    ];
     for round in 0..3 {
-        for execution in [Execution::Callback, Execution::Fiber, Execution::Thread] {
+        for (i, (execution, wat)) in guests.into_iter().enumerate() {
             let spawned = Instant::now();
             let mut sandbox = runtime
                 .spawn(
-                    SPIN.as_bytes(),
+                    wat.as_bytes(),
                     SandboxOptions {
-                        name: format!("spin-{}-{round}", execution.name()),
+                        name: format!("spin-{i}-{}-{round}", execution.name()),
                         execution,
                         timeout: Some(TIMEOUT),
                         ..SandboxOptions::default()
@@ -58,16 +85,16 @@ fn a_guest_started_while_the_ticker_sleeps_still_times_out_on_time() {
             let ended = spawned.elapsed();
             assert!(
                 matches!(err, SandboxError::Closed { .. }),
-                "{execution:?}: {err}"
+                "guest {i}, {execution:?}: {err}"
             );
             assert!(
                 matches!(sandbox.join(), Err(SandboxError::Timeout { .. })),
-                "{execution:?}"
+                "guest {i}, {execution:?}"
             );
             assert!(
                 ended < TIMEOUT + LATE,
-                "{execution:?}, round {round}: a {TIMEOUT:?} deadline ended the guest only \
-                 after {ended:?} (the ticker slept while it ran)"
+                "guest {i}, {execution:?}, round {round}: a {TIMEOUT:?} deadline ended the \
+                 guest only after {ended:?} (the ticker slept while it ran)"
             );
         }
     }

@@ -291,7 +291,9 @@ impl GuestDriver {
 
     /// One turn; how it ended (the caller ends the guest if it did).
     /// `moved`: whether the guest moved its cursors (read from its inbox
-    /// or wrote to its outbox) in the turn; only a turn that runs it can.
+    /// or wrote to its outbox) in the turn, which only a turn that runs it
+    /// can do (the host's receiver on another thread clearing the G2H
+    /// watermark meanwhile reads as a move too: one needless wake-up).
     fn step(&mut self, moved: &mut bool) -> Step {
         let GuestDriver {
             shared,

@@ -17,6 +17,7 @@
 //!   whether the ticker sleeps), the rare side the ticker going to sleep.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustix::thread::{MembarrierCommand, membarrier};
 
@@ -28,8 +29,13 @@ pub(crate) fn available() -> bool {
     *REGISTERED.get_or_init(|| {
         membarrier(MembarrierCommand::RegisterPrivateExpedited).is_ok()
             && membarrier(MembarrierCommand::PrivateExpedited).is_ok()
-    })
+    }) && !REFUSED.load(Ordering::Relaxed)
 }
+
+/// Set when [`heavy`] was refused after [`available`] said yes: from then
+/// on nothing new relies on it (sandboxes and guests made later fence
+/// both sides), and the refusal is logged once.
+static REFUSED: AtomicBool = AtomicBool::new(false);
 
 /// The rare side's barrier: a full memory barrier on every thread of the
 /// process that runs now. Only called once [`available`] said yes; should
@@ -45,9 +51,12 @@ pub(crate) fn heavy() {
     {
         return;
     }
-    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-    tracing::warn!(
-        "membarrier refused after it was registered: one wake-up (of a sandbox whose ends \
-         were parted, or of the epoch ticker) may come late (at most one nap)"
-    );
+    std::sync::atomic::fence(Ordering::SeqCst);
+    if !REFUSED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            "membarrier refused after it was registered: a wake-up (of a sandbox whose ends \
+             were parted, or of the epoch ticker) may come late (at most one nap); sandboxes \
+             made from now on fence both sides"
+        );
+    }
 }

@@ -25,6 +25,8 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+
+use crossbeam_utils::CachePadded;
 use std::thread::{JoinHandle, Thread};
 use std::time::Duration;
 
@@ -42,12 +44,14 @@ pub(crate) struct TickerState {
     /// Guests running wasm code now, of those that count themselves here
     /// (thread guests, instantiations; every guest where `membarrier` is
     /// refused).
-    running: AtomicUsize,
+    running: CachePadded<AtomicUsize>,
     /// The flags of guests on the host's thread (see [`InWasm`]); a flag
     /// only this list holds belongs to a guest that is gone.
-    flags: Mutex<Vec<Arc<InWasm>>>,
+    flags: Mutex<Flags>,
     /// The ticker is asleep (or about to be) for want of running guests.
-    idle: AtomicBool,
+    /// Read at every turn of every guest on the host's thread: a line of
+    /// its own, which no guest writes.
+    idle: CachePadded<AtomicBool>,
     /// Set when the runtime is dropped: the ticker ends once no sandbox
     /// holds this state either (a sandbox that outlives its runtime keeps
     /// its deadline, slice and stop).
@@ -88,13 +92,22 @@ impl TickerState {
     }
 
     /// Counts the current thread's guest as waiting in the host until the
-    /// guard drops (then running again): by its flag, when it has one.
+    /// guard drops (then as it was before: running, unless it was not):
+    /// by its flag, when it has one.
     pub fn waiting<'a>(&'a self, flag: Option<&'a InWasm>) -> WaitingInHost<'a> {
-        match flag {
-            Some(flag) => flag.lower(),
-            None => self.leave(),
+        let was_raised = match flag {
+            // Only the thread running the guest writes its flag.
+            Some(flag) => flag.0.swap(false, Ordering::Relaxed),
+            None => {
+                self.leave();
+                true
+            }
+        };
+        WaitingInHost {
+            state: self,
+            flag,
+            was_raised,
         }
-        WaitingInHost(self, flag)
     }
 
     /// A flag for a guest on the host's thread, registered with the
@@ -104,11 +117,16 @@ impl TickerState {
         if !asymmetric_fence::available() {
             return None;
         }
-        let flag = Arc::new(InWasm(AtomicBool::new(false)));
-        self.flags
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(flag.clone());
+        let flag = Arc::new(InWasm(CachePadded::new(AtomicBool::new(false))));
+        let mut flags = self.flags.lock().unwrap_or_else(|e| e.into_inner());
+        // The flags of guests that are gone go here too, not only when
+        // the ticker looks (it does not while it sleeps, and need not
+        // look at flags while a counted guest runs): the list stays within
+        // twice the guests alive.
+        if flags.list.len() >= flags.prune_at {
+            flags.prune();
+        }
+        flags.list.push(flag.clone());
         Some(flag)
     }
 
@@ -136,23 +154,61 @@ impl TickerState {
         }
     }
 
-    /// Whether no guest runs wasm now, as far as this look sees (forgets
-    /// the flags of guests that are gone).
-    fn nobody_running(&self) -> bool {
-        if self.running.load(Ordering::SeqCst) != 0 {
-            return false;
-        }
+    /// What the ticker's look sees: whether a guest runs wasm now (`None`:
+    /// none does), and whether any flag is handed out (forgets the flags
+    /// of guests that are gone).
+    fn look(&self) -> Look {
         let mut flags = self.flags.lock().unwrap_or_else(|e| e.into_inner());
-        flags.retain(|f| Arc::strong_count(f) > 1);
-        !flags.iter().any(|f| f.0.load(Ordering::Relaxed))
+        flags.prune();
+        Look {
+            running: self.running.load(Ordering::SeqCst) != 0
+                || flags.list.iter().any(|f| f.0.load(Ordering::Relaxed)),
+            flags: !flags.list.is_empty(),
+        }
+    }
+}
+
+/// See [`TickerState::look`].
+struct Look {
+    running: bool,
+    flags: bool,
+}
+
+/// The flags handed out ([`TickerState::flag`]).
+#[derive(Debug)]
+struct Flags {
+    list: Vec<Arc<InWasm>>,
+    /// The length at which [`TickerState::flag`] prunes the list.
+    prune_at: usize,
+}
+
+impl Default for Flags {
+    fn default() -> Self {
+        Flags {
+            list: Vec::new(),
+            prune_at: 64,
+        }
+    }
+}
+
+impl Flags {
+    /// Forgets the flags only this list holds (their guests are gone).
+    fn prune(&mut self) {
+        self.list.retain(|f| Arc::strong_count(f) > 1);
+        self.prune_at = (2 * self.list.len()).max(64);
+        if self.list.capacity() > 4 * self.prune_at {
+            self.list.shrink_to(self.prune_at);
+        }
     }
 }
 
 /// Whether one guest on the host's thread (a callback or a fiber, run by
 /// whichever host thread holds its driver) runs wasm code now. Written
-/// only by the thread that runs the guest's turn, read by the ticker.
+/// only by the thread that runs the guest's turn, read by the ticker. On
+/// a cache line of its own: the flags of two sandboxes driven by two
+/// threads share nothing.
 #[derive(Debug)]
-pub(crate) struct InWasm(AtomicBool);
+pub(crate) struct InWasm(CachePadded<AtomicBool>);
 
 impl InWasm {
     fn lower(&self) {
@@ -186,13 +242,18 @@ impl Drop for RunningFlagged<'_> {
 
 /// See [`TickerState::waiting`].
 #[derive(Debug)]
-pub(crate) struct WaitingInHost<'a>(&'a TickerState, Option<&'a InWasm>);
+pub(crate) struct WaitingInHost<'a> {
+    state: &'a TickerState,
+    flag: Option<&'a InWasm>,
+    was_raised: bool,
+}
 
 impl Drop for WaitingInHost<'_> {
     fn drop(&mut self) {
-        match self.1 {
-            Some(flag) => self.0.raise(flag),
-            None => self.0.enter(),
+        match self.flag {
+            Some(flag) if self.was_raised => self.state.raise(flag),
+            Some(_) => {}
+            None => self.state.enter(),
         }
     }
 }
@@ -216,17 +277,22 @@ impl EpochTicker {
                     std::thread::sleep(EPOCH_TICK);
                     engine.increment_epoch();
                     s.ticks.fetch_add(1, Ordering::Relaxed);
-                    if s.nobody_running() {
+                    if !s.look().running {
                         // SYNC POINT "ticker idle" (see `enter` and
                         // `raise`): the flags' side has only a compiler
                         // fence, so the heavy barrier stands between this
-                        // store and the second look (none is needed where
-                        // no flag was handed out).
+                        // store and the second look. None is needed while
+                        // no flag is handed out: a flag handed out later
+                        // is pushed under the lock this look takes after
+                        // the store, so its guest's first look at `idle`
+                        // sees it.
                         s.idle.store(true, Ordering::SeqCst);
-                        if asymmetric_fence::available() {
+                        let mut look = s.look();
+                        if look.flags && !look.running {
                             asymmetric_fence::heavy();
+                            look = s.look();
                         }
-                        if s.nobody_running() {
+                        if !look.running {
                             // Woken by a guest that runs again; the timeout
                             // only bounds a wake-up lost to a bug.
                             std::thread::park_timeout(Duration::from_secs(1));
@@ -257,5 +323,57 @@ impl Drop for EpochTicker {
                 let _ = t.join();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Flags of guests that are gone are forgotten as new ones are handed
+    /// out, even while the ticker never looks (it sleeps, or a counted
+    /// guest runs): spawning and dropping sandboxes for ever keeps the
+    /// list within twice the guests alive.
+    #[test]
+    fn the_flags_of_gone_guests_do_not_pile_up() {
+        let state = TickerState::default();
+        let Some(kept) = state.flag() else {
+            eprintln!("SKIPPED: membarrier is refused here, so no flag is handed out");
+            return;
+        };
+        state.enter();
+        for _ in 0..100_000 {
+            drop(state.flag().expect("available once"));
+        }
+        let flags = state.flags.lock().unwrap();
+        assert!(flags.list.len() <= 64, "{} flags listed", flags.list.len());
+        assert!(flags.list.iter().any(|f| Arc::ptr_eq(f, &kept)));
+        assert!(flags.list.capacity() <= 4 * 64, "{}", flags.list.capacity());
+        drop(flags);
+        state.leave();
+    }
+
+    /// A wait inside a turn lowers the flag and raises it again after; a
+    /// wait outside one (the flag down) leaves it down.
+    #[test]
+    fn a_wait_restores_the_flag_as_it_found_it() {
+        let state = TickerState::default();
+        let Some(flag) = state.flag() else {
+            eprintln!("SKIPPED: membarrier is refused here, so no flag is handed out");
+            return;
+        };
+        let raised = || flag.0.load(Ordering::Relaxed);
+        {
+            let _running = state.running_flagged(Some(&flag));
+            assert!(raised());
+            {
+                let _waiting = state.waiting(Some(&flag));
+                assert!(!raised());
+            }
+            assert!(raised());
+        }
+        assert!(!raised());
+        drop(state.waiting(Some(&flag)));
+        assert!(!raised());
     }
 }
