@@ -41,10 +41,13 @@ static REFUSED: AtomicBool = AtomicBool::new(false);
 /// process that runs now. Only called once [`available`] said yes; should
 /// the kernel refuse it after all, the global command (slower, and needing
 /// no registration) does the same. Should that be refused too (a kernel
-/// with `nohz_full` CPUs, after the command worked once), the one wake
-/// that raced may be late: a blocking wait looks again after a nap of at
+/// with `nohz_full` CPUs, after the command worked once), a wake that
+/// races it may be late: a blocking wait looks again after a nap of at
 /// most 50 ms, an async one at its next wake, and the ticker wakes within
-/// its longest nap (1 s). It is logged.
+/// its longest nap (1 s). That holds for every later race of what was
+/// made before the refusal (a sandbox whose ends were parted once, a
+/// guest's ticker flag), each time; what is made after it fences both
+/// sides. It is logged once.
 pub(crate) fn heavy() {
     if membarrier(MembarrierCommand::PrivateExpedited).is_ok()
         || membarrier(MembarrierCommand::Global).is_ok()

@@ -25,10 +25,10 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-
-use crossbeam_utils::CachePadded;
 use std::thread::{JoinHandle, Thread};
 use std::time::Duration;
+
+use crossbeam_utils::CachePadded;
 
 use wasmtime::Engine;
 
@@ -154,9 +154,9 @@ impl TickerState {
         }
     }
 
-    /// What the ticker's look sees: whether a guest runs wasm now (`None`:
-    /// none does), and whether any flag is handed out (forgets the flags
-    /// of guests that are gone).
+    /// What the ticker's look sees: whether a guest runs wasm now, and
+    /// whether any flag is handed out (forgets the flags of guests that
+    /// are gone).
     fn look(&self) -> Look {
         let mut flags = self.flags.lock().unwrap_or_else(|e| e.into_inner());
         flags.prune();
@@ -272,7 +272,6 @@ impl EpochTicker {
         let thread = std::thread::Builder::new()
             .name("shmrt-epoch".into())
             .spawn(move || {
-                let _ = s.thread.set(std::thread::current());
                 while !(s.stopping.load(Ordering::Relaxed) && Arc::strong_count(&s) == 1) {
                     std::thread::sleep(EPOCH_TICK);
                     engine.increment_epoch();
@@ -301,6 +300,11 @@ impl EpochTicker {
                     }
                 }
             })?;
+        // Set before any guest exists (they come with the runtime this
+        // belongs to), so that a guest that sees `idle` finds the thread
+        // to unpark: a set by the ticker itself would be ordered after its
+        // store of `idle` only by a 10 ms sleep.
+        let _ = state.thread.set(thread.thread().clone());
         Ok(EpochTicker {
             state,
             thread: Some(thread),
