@@ -120,9 +120,8 @@ impl TickerState {
         let flag = Arc::new(InWasm(CachePadded::new(AtomicBool::new(false))));
         let mut flags = self.flags.lock().unwrap_or_else(|e| e.into_inner());
         // The flags of guests that are gone go here too, not only when
-        // the ticker looks (it does not while it sleeps, and need not
-        // look at flags while a counted guest runs): the list stays within
-        // twice the guests alive.
+        // the ticker looks (it does not while it sleeps): the list stays
+        // within 64, or twice the guests alive at the last prune.
         if flags.list.len() >= flags.prune_at {
             flags.prune();
         }
@@ -335,9 +334,9 @@ mod tests {
     use super::*;
 
     /// Flags of guests that are gone are forgotten as new ones are handed
-    /// out, even while the ticker never looks (it sleeps, or a counted
-    /// guest runs): spawning and dropping sandboxes for ever keeps the
-    /// list within twice the guests alive.
+    /// out, even while the ticker never looks (it sleeps): spawning and
+    /// dropping sandboxes for ever keeps the list within 64, or twice the
+    /// guests alive.
     #[test]
     fn the_flags_of_gone_guests_do_not_pile_up() {
         let state = TickerState::default();
