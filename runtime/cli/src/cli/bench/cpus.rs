@@ -16,16 +16,11 @@ pub(super) struct Cpus {
 
 impl Cpus {
     pub(super) fn pin() -> Self {
-        use rustix::thread::{CpuSet, sched_getaffinity, sched_setaffinity};
+        use rustix::thread::{sched_getaffinity, sched_setaffinity};
         let before = sched_getaffinity(None).ok();
         let pinned = before.as_ref().and_then(|all| {
-            let mut usable = (0..CpuSet::MAX_CPU).filter(|&c| all.is_set(c));
+            let mut usable = usable(all);
             let (host, peer) = (usable.next()?, usable.next()?);
-            let only = |cpu| {
-                let mut set = CpuSet::new();
-                set.set(cpu);
-                set
-            };
             let pinned = (only(host), only(peer));
             sched_setaffinity(None, &pinned.0).ok()?;
             Some(pinned)
@@ -49,27 +44,33 @@ impl Cpus {
         }
         r
     }
-}
 
-impl Cpus {
     /// Pins this thread to the `i`-th CPU this run may use (counting
     /// round), so that threads started from the pinned bench thread spread
     /// over every CPU instead of sharing the host's. Pins nothing when the
     /// run pins nothing.
     pub(super) fn spread(&self, i: usize) {
-        use rustix::thread::{CpuSet, sched_setaffinity};
-        let Some(all) = &self.before else { return };
-        if self.pinned.is_none() {
+        let (Some(all), Some(_)) = (&self.before, &self.pinned) else {
             return;
-        }
-        let usable: Vec<usize> = (0..CpuSet::MAX_CPU).filter(|&c| all.is_set(c)).collect();
-        if let Some(&cpu) = usable.get(i % usable.len().max(1)) {
-            let mut set = CpuSet::new();
-            set.set(cpu);
+        };
+        let count = usable(all).count();
+        if let Some(cpu) = usable(all).nth(i % count.max(1)) {
             // Failing leaves it on the host CPU: slower, never wrong.
-            let _ = sched_setaffinity(None, &set);
+            let _ = rustix::thread::sched_setaffinity(None, &only(cpu));
         }
     }
+}
+
+/// The CPUs of `all`, in order.
+fn usable(all: &rustix::thread::CpuSet) -> impl Iterator<Item = usize> + '_ {
+    (0..rustix::thread::CpuSet::MAX_CPU).filter(|&c| all.is_set(c))
+}
+
+/// The set of CPU `cpu` alone.
+fn only(cpu: usize) -> rustix::thread::CpuSet {
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(cpu);
+    set
 }
 
 impl Drop for Cpus {
